@@ -1,0 +1,86 @@
+"""The datapath interface every mode implements.
+
+A datapath turns a :class:`~labkit.catalog.ServiceCatalog` into kernel state
+in the lab's *node* namespace.  Following kube-proxy, the rules are rendered
+by a pure function (``render``: catalog -> text, unit-testable without root)
+and loaded atomically by the kernel's own loader (``apply``).  ``setup`` and
+``teardown`` come in pairs; ``teardown`` removes exactly what ``setup`` made.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..catalog import ServiceCatalog
+    from ..lab import Lab
+
+
+@dataclass
+class ProgramResult:
+    """How long programming took: render (pure Python) and load (the kernel loader)."""
+    render_s: float
+    load_s: float
+
+    @property
+    def program_s(self) -> float:
+        return self.render_s + self.load_s
+
+
+class Datapath(ABC):
+    #: mode name as used on the command line and in the data
+    name: ClassVar[str]
+    #: one line for `labkit doctor` and the report
+    summary: ClassVar[str]
+    #: what the kernel must have; shown when the mode is unavailable
+    needs: ClassVar[str] = ""
+    #: cost model, for the report
+    lookup: ClassVar[str] = ""
+
+    def __init__(self, lab: "Lab") -> None:
+        self.lab = lab
+        self.catalog: "ServiceCatalog | None" = None
+
+    # ---- availability ----------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def unavailable(cls, lab: "Lab | None" = None) -> str | None:
+        """None when this mode can run here, else the reason (missing tool,
+        privilege or kernel feature), in words a user can act on.  May use
+        the given scratch ``lab`` to try the kernel for real."""
+
+    # ---- rendering (pure) ------------------------------------------------
+    @staticmethod
+    @abstractmethod
+    def render(catalog: "ServiceCatalog") -> str:
+        """The full datapath for ``catalog`` as loader input text."""
+
+    # ---- kernel ------------------------------------------------------------
+    @abstractmethod
+    def load(self, text: str) -> None:
+        """Apply rendered text atomically inside ``self.lab.node``."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Remove everything this datapath put into the node namespace."""
+
+    def setup(self, catalog: "ServiceCatalog") -> ProgramResult:
+        """Program ``catalog`` from scratch; returns the time it took."""
+        t0 = time.perf_counter()
+        text = self.render(catalog)
+        t1 = time.perf_counter()
+        self.load(text)
+        t2 = time.perf_counter()
+        self.catalog = catalog
+        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+
+    def teardown(self) -> None:
+        self.clear()
+        self.catalog = None
+
+    # ---- observation (for validity checks) ---------------------------------
+    def describe(self) -> dict:
+        """Facts about the loaded state for meta.json (rule counts, versions)."""
+        return {}

@@ -1,0 +1,145 @@
+"""kube-proxy's iptables layout, for the legacy (x_tables) and nft backends.
+
+Layout (after kube-proxy ``pkg/proxy/iptables``; our own code)::
+
+    PREROUTING/OUTPUT -> KUBE-SERVICES
+    KUBE-SERVICES   one rule per service port: -d VIP/32 -p tcp --dport P -j KUBE-SVC-<hash>
+                    last rule: addrtype LOCAL -> KUBE-NODEPORTS
+    KUBE-SVC-<hash> ! -s <cluster CIDR> -> KUBE-MARK-MASQ, then one rule per
+                    endpoint: -m statistic --mode random --probability 1/n,
+                    1/(n-1), ... (the last unconditional) -j KUBE-SEP-<hash>
+    KUBE-SEP-<hash> -s EP -> KUBE-MARK-MASQ; -j DNAT --to-destination EP:P
+    POSTROUTING -> KUBE-POSTROUTING: masquerade what KUBE-MARK-MASQ marked
+
+A new connection to the last service walks every KUBE-SERVICES rule: the
+O(services) cost this lab measures.  Above 1,000 endpoints kube-proxy drops
+the per-endpoint comments ("large cluster mode"); so do we.
+"""
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import LabkitError
+from .base import Datapath
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..catalog import ServiceCatalog
+    from ..lab import Lab
+
+LARGE_CLUSTER_ENDPOINTS = 1000
+MASQ_MARK = "0x4000"
+
+
+def render_iptables(catalog: "ServiceCatalog") -> str:
+    """The nat table for ``catalog`` in iptables-restore format (pure)."""
+    large = catalog.total_endpoints > LARGE_CLUSTER_ENDPOINTS
+    cluster_cidr = str(catalog.endpoint_net)
+    chains = [":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+              ":POSTROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]",
+              ":KUBE-POSTROUTING - [0:0]", ":KUBE-MARK-MASQ - [0:0]"]
+    head = [
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+        f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}",
+        f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
+        f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
+        "-j MASQUERADE --random-fully",
+    ]
+    services: list[str] = []
+    rules: list[str] = []
+    n = catalog.endpoints
+    for i in range(catalog.services):
+        name = catalog.name(i)
+        vip = catalog.vip(i)
+        eps = catalog.endpoints_of(i)
+        for port in catalog.ports:
+            svc = f"KUBE-SVC-{catalog.chain_id(i, port)}"
+            comment = f'-m comment --comment "{name}:p{port} cluster IP"'
+            chains.append(f":{svc} - [0:0]")
+            services.append(f"-A KUBE-SERVICES {comment} -m tcp -p tcp -d {vip}/32 --dport {port} -j {svc}")
+            rules.append(f"-A {svc} {comment} -m tcp -p tcp -d {vip}/32 --dport {port} "
+                         f"! -s {cluster_cidr} -j KUBE-MARK-MASQ")
+            for j, ep in enumerate(eps):
+                sep = f"KUBE-SEP-{catalog.endpoint_chain_id(i, j, port)}"
+                chains.append(f":{sep} - [0:0]")
+                epc = "" if large else f'-m comment --comment "{name}:p{port} -> {ep}:{port}" '
+                if j < n - 1:
+                    rules.append(f"-A {svc} {epc}-m statistic --mode random "
+                                 f"--probability {1.0 / (n - j):0.10f} -j {sep}")
+                else:
+                    rules.append(f"-A {svc} {epc}-j {sep}")
+                sc = "" if large else f'-m comment --comment "{name}:p{port}" '
+                rules.append(f"-A {sep} {sc}-s {ep}/32 -j KUBE-MARK-MASQ")
+                rules.append(f"-A {sep} {sc}-m tcp -p tcp -j DNAT --to-destination {ep}:{port}")
+    services.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this '
+                    'must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+    return "\n".join(["*nat", *chains, *head, *services, *rules, "COMMIT", ""])
+
+
+EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" \
+            ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+
+
+class _Iptables(Datapath):
+    backend: ClassVar[str]
+    lookup = "linear walk of KUBE-SERVICES: O(services)"
+
+    @classmethod
+    def restore_cmd(cls) -> str:
+        return f"iptables-{cls.backend}-restore"
+
+    @classmethod
+    def unavailable(cls, lab: "Lab | None" = None) -> str | None:
+        tool = cls.restore_cmd()
+        if not shutil.which(tool):
+            return f"{tool} not found (Debian package iptables; `sudo make setup` installs it)"
+        if lab is not None:
+            try:
+                lab.run(lab.node, [tool], input=render_iptables_probe(), timeout=30)
+                lab.run(lab.node, [tool], input=EMPTY_NAT, timeout=30)
+            except LabkitError as exc:
+                return f"the kernel refused a {cls.backend} nat table: {exc} ({cls.needs})"
+        return None
+
+    @staticmethod
+    def render(catalog: "ServiceCatalog") -> str:
+        return render_iptables(catalog)
+
+    def load(self, text: str) -> None:
+        self.lab.run(self.lab.node, [self.restore_cmd()], input=text, timeout=3600)
+
+    def describe(self) -> dict:
+        cp = self.lab.run(self.lab.node, [f"iptables-{self.backend}", "--version"], check=False)
+        return {"iptables_version": cp.stdout.strip()}
+
+
+def render_iptables_probe() -> str:
+    """A one-service table that exercises every match and target we use."""
+    from ..catalog import ServiceCatalog
+    return render_iptables(ServiceCatalog(services=1, endpoints=2))
+
+
+class IptablesLegacy(_Iptables):
+    name = "iptables-legacy"
+    backend = "legacy"
+    summary = "kube-proxy iptables mode on the legacy x_tables backend"
+    needs = "CONFIG_IP_NF_NAT, CONFIG_NETFILTER_XT_MATCH_STATISTIC/COMMENT/ADDRTYPE/MARK"
+
+    def clear(self) -> None:
+        # legacy tables cannot be deleted, only emptied
+        self.lab.run(self.lab.node, [self.restore_cmd()], input=EMPTY_NAT)
+
+
+class IptablesNft(_Iptables):
+    name = "iptables-nft"
+    backend = "nft"
+    summary = "kube-proxy iptables mode on the nf_tables backend (iptables-nft, xt compat matches)"
+    needs = "CONFIG_NF_TABLES, CONFIG_NFT_COMPAT, CONFIG_NF_NAT, xt statistic/comment/addrtype/mark"
+
+    def clear(self) -> None:
+        self.lab.run(self.lab.node, [self.restore_cmd()], input=EMPTY_NAT)
+        if shutil.which("nft"):
+            self.lab.run(self.lab.node, ["nft", "delete", "table", "ip", "nat"], check=False)

@@ -1,0 +1,182 @@
+"""Thin kernel helpers: namespaces, netlink, commands inside a namespace.
+
+Everything here acts inside a named namespace; nothing touches the root
+namespace.  pyroute2's synchronous API cannot run inside a running asyncio
+loop (a Jupyter kernel has one), so netlink work runs in a worker thread.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import time
+from typing import Callable, Iterator, Sequence, TypeVar
+
+from .errors import LabkitError, Unavailable, UsageError
+
+NETNS_DIR = "/var/run/netns"
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-netlink")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("labkit needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network "
+                         "namespaces: run it with sudo")
+
+
+def require_tool(name: str, package: str | None = None) -> str:
+    path = shutil.which(name)
+    if not path:
+        pkg = package or name
+        raise Unavailable(f"{name} not found on PATH (Debian package {pkg}; `sudo make setup` installs it)")
+    return path
+
+
+def list_namespaces() -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def create(name: str) -> None:
+    from pyroute2 import netns as _netns
+    if name in list_namespaces():
+        raise LabkitError(f"network namespace {name} already exists")
+    _in_thread(lambda: _netns.create(name))
+
+
+def ns_pids(name: str) -> list[int]:
+    """Processes whose network namespace is ``name``."""
+    try:
+        target = os.stat(os.path.join(NETNS_DIR, name))
+    except FileNotFoundError:
+        return []
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{d}/ns/net")
+        except OSError:
+            continue
+        if (st.st_ino, st.st_dev) == (target.st_ino, target.st_dev):
+            pids.append(int(d))
+    return pids
+
+
+def kill_pids(pids: Sequence[int], grace: float = 2.0) -> None:
+    pids = [p for p in pids if p != os.getpid()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if _alive(p)]
+            time.sleep(0.02)
+        if not pids:
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def remove(name: str) -> None:
+    """Kill what runs in the namespace, then delete it (its links, routes,
+    rules and IPVS/netfilter state go with it)."""
+    from pyroute2 import netns as _netns
+    kill_pids(ns_pids(name))
+    if name in list_namespaces():
+        _in_thread(lambda: _netns.remove(name))
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    return _pool.submit(fn).result()
+
+
+def netlink(ns: str, fn: Callable[..., T]) -> T:
+    """Run ``fn(ipr)`` with a pyroute2 IPRoute bound to namespace ``ns``."""
+    from pyroute2 import IPRoute
+
+    def call() -> T:
+        with IPRoute(netns=ns) as ipr:
+            return fn(ipr)
+    return _in_thread(call)
+
+
+def run(ns: str, argv: Sequence[str], *, input: str | bytes | None = None, check: bool = True,
+        timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command inside namespace ``ns`` (``ip netns exec``)."""
+    cmd = ["ip", "netns", "exec", ns, *argv]
+    text = not isinstance(input, bytes)
+    try:
+        cp = subprocess.run(cmd, input=input, capture_output=True, text=text, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise LabkitError(f"`{' '.join(argv)}` in {ns} did not finish in {timeout:.0f} s") from None
+    if check and cp.returncode != 0:
+        err = cp.stderr if text else cp.stderr.decode(errors="replace")
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        raise LabkitError(f"`{' '.join(argv[:3])}` in {ns} failed (exit {cp.returncode}): {tail}")
+    return cp
+
+
+def sysctl(ns: str, settings: dict[str, object]) -> None:
+    """Set sysctls inside ``ns``: sysctl(ns, {"net.ipv4.ip_forward": 1})."""
+    run(ns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in settings.items())])
+
+
+def ns_inode(path: str = "/proc/thread-self/ns/net") -> int:
+    return os.stat(path).st_ino
+
+
+def root_ns_inode() -> int:
+    return os.stat("/proc/1/ns/net").st_ino
+
+
+@contextlib.contextmanager
+def entered(ns: str) -> Iterator[None]:
+    """Move the *calling thread* into namespace ``ns`` and back.
+
+    Sockets opened inside keep that namespace after the block ends.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(os.path.join(NETNS_DIR, ns), os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise LabkitError(f"cannot enter namespace {ns}: {os.strerror(e)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:  # pragma: no cover - would be fatal
+                os._exit(70)
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def refuse_root_namespace(what: str = "send a probe") -> None:
+    """Raise if the calling thread is in the host's (pid 1's) namespace."""
+    if ns_inode() == root_ns_inode():
+        raise LabkitError(f"refusing to {what} from the root network namespace")
