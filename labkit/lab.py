@@ -103,20 +103,49 @@ class Lab:
             # no IPv6 chatter (router solicitations, DAD) on the tap
             netns.sysctl(ns, {"net.ipv6.conf.all.disable_ipv6": 1,
                               "net.ipv6.conf.default.disable_ipv6": 1})
-        netns.netlink(t.node_ns, self._links_node)
-        netns.netlink(t.client_ns, self._config_client)
-        netns.netlink(t.backend_ns, self._config_backend)
-        netns.netlink(t.node_ns, self._config_node)
-        self._peer_neighbours()
-        netns.sysctl(t.node_ns, {"net.ipv4.ip_forward": 1,
-                                 "net.ipv4.conf.all.rp_filter": 0,
-                                 "net.ipv4.conf.default.rp_filter": 0})
+        self._loopbacks()
+        self._wire()
         netns.sysctl(t.backend_ns, {"net.core.somaxconn": 65535,
                                     "net.ipv4.tcp_max_syn_backlog": 65535,
                                     "net.ipv4.conf.all.rp_filter": 0,
                                     "net.ipv4.ip_nonlocal_bind": 1})
         if self.want_server:
             self.start_server()
+
+    def _wire(self) -> None:
+        """Links, addresses, routes and neighbours of all three namespaces,
+        and the node's sysctls."""
+        t = self.topo
+        netns.netlink(t.node_ns, self._links_node)
+        netns.netlink(t.client_ns, self._config_client)
+        netns.netlink(t.backend_ns, self._config_backend)
+        netns.netlink(t.node_ns, self._config_node)
+        self._peer_neighbours()
+        netns.sysctl(t.node_ns, {"net.ipv6.conf.all.disable_ipv6": 1,
+                                 "net.ipv6.conf.default.disable_ipv6": 1,
+                                 "net.ipv4.ip_forward": 1,
+                                 "net.ipv4.conf.all.rp_filter": 0,
+                                 "net.ipv4.conf.default.rp_filter": 0})
+
+    def reset_node(self) -> None:
+        """Give the node a brand-new namespace (and new veths).
+
+        Netfilter state a mode leaves behind (a legacy table's hooks, conntrack
+        enabled by NAT) lives until its namespace dies; a fresh node per
+        programming block keeps every mode's measurement free of the others'.
+        Client and backend namespaces, and the backend server, stay.
+        """
+        t = self.topo
+
+        def unlink(ipr):
+            for ifname in (t.node_client_if, t.node_backend_if):
+                idx = ipr.link_lookup(ifname=ifname)
+                if idx:
+                    ipr.link("del", index=idx[0])
+        netns.netlink(t.node_ns, unlink)  # veth pairs die with their node end, synchronously
+        netns.remove(t.node_ns)
+        netns.create(t.node_ns)
+        self._wire()
 
     def _links_node(self, ipr) -> None:
         t = self.topo
@@ -135,17 +164,22 @@ class Lab:
 
     def _config_client(self, ipr) -> None:
         t = self.topo
-        self._up(ipr, "lo", None, None)
         self._up(ipr, t.client_if, t.client_ip, t.prefixlen_client)
         ipr.route("add", dst="0.0.0.0/0", gateway=t.node_client_ip)
 
     def _config_backend(self, ipr) -> None:
         t = self.topo
-        lo = self._up(ipr, "lo", None, None)
         self._up(ipr, t.backend_if, t.backend_ip, t.prefixlen_backend)
         ipr.route("add", dst="0.0.0.0/0", gateway=t.node_backend_ip)
-        # AnyIP: the backend answers for every endpoint address
-        ipr.route("add", dst=self.endpoint_cidr, type="local", table=255, oif=lo, scope=254)
+
+    def _loopbacks(self) -> None:
+        netns.netlink(self.client, lambda ipr: self._up(ipr, "lo", None, None))
+
+        def backend(ipr):
+            lo = self._up(ipr, "lo", None, None)
+            # AnyIP: the backend answers for every endpoint address
+            ipr.route("add", dst=self.endpoint_cidr, type="local", table=255, oif=lo, scope=254)
+        netns.netlink(self.backend, backend)
 
     def _config_node(self, ipr) -> None:
         t = self.topo

@@ -17,6 +17,7 @@ import time
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from .errors import LabkitError, Unavailable, UsageError
+from .topology import PREFIX
 
 NETNS_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -146,14 +147,6 @@ def sysctl(ns: str, settings: dict[str, object]) -> None:
     run(ns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in settings.items())])
 
 
-def ns_inode(path: str = "/proc/thread-self/ns/net") -> int:
-    return os.stat(path).st_ino
-
-
-def root_ns_inode() -> int:
-    return os.stat("/proc/1/ns/net").st_ino
-
-
 @contextlib.contextmanager
 def entered(ns: str) -> Iterator[None]:
     """Move the *calling thread* into namespace ``ns`` and back.
@@ -176,7 +169,18 @@ def entered(ns: str) -> Iterator[None]:
         os.close(own)
 
 
-def refuse_root_namespace(what: str = "send a probe") -> None:
-    """Raise if the calling thread is in the host's (pid 1's) namespace."""
-    if ns_inode() == root_ns_inode():
-        raise LabkitError(f"refusing to {what} from the root network namespace")
+def require_inside(ns: str, what: str = "send a probe") -> None:
+    """Raise unless the calling thread is inside lab namespace ``ns``.
+
+    A positive check: probes leave only from a namespace the lab made, never
+    from the host's (root) namespace or any other.
+    """
+    if not ns.startswith(PREFIX + "-"):
+        raise LabkitError(f"refusing to {what} from {ns!r}: not a labkit namespace")
+    here = os.stat("/proc/thread-self/ns/net")
+    try:
+        there = os.stat(os.path.join(NETNS_DIR, ns))
+    except FileNotFoundError:
+        raise LabkitError(f"refusing to {what}: namespace {ns} does not exist") from None
+    if (here.st_ino, here.st_dev) != (there.st_ino, there.st_dev):
+        raise LabkitError(f"refusing to {what} from outside the lab namespace {ns}")
