@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .base import Datapath, ProgramResult
+from .ebpf import Ebpf, EbpfXdp
 from .iptables import IptablesLegacy, IptablesNft
+from .nftables import Nftables
 
-_ALL: list[type[Datapath]] = [IptablesLegacy, IptablesNft]
+_ALL: list[type[Datapath]] = [IptablesLegacy, IptablesNft, Nftables, Ebpf, EbpfXdp]
 
 MODES: dict[str, type[Datapath]] = {cls.name: cls for cls in _ALL}
 

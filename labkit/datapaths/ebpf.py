@@ -1,0 +1,623 @@
+"""An eBPF service datapath in the style of Cilium's ``bpf/lib/lb.h``.
+
+Layout (the C side is ``labkit/bpf/lb.c`` and ``lb.h``; our own code)::
+
+    lb_services  hash   (VIP, port, proto, slot 0) -> backend count
+                        (VIP, port, proto, slot s) -> backend id, s = 1..count
+    lb_backends  array  backend id -> (address, port)
+    lb_ct        LRU    5-tuple + direction -> NAT target, expiry
+    lb_stats     per-CPU counters (new flows, replies, redirects, ...)
+
+``ebpf``: tc clsact ingress programs on the node's veths (``n0``: DNAT of
+client traffic to a service, ``n1``: reverse NAT of backend replies), which
+route the rewritten packet themselves (``bpf_fib_lookup`` + ``bpf_redirect``)
+so netfilter never sees it.  ``ebpf-xdp``: the same lookups as XDP programs.
+See docs/ebpf.md for the hooks and why.
+
+Kernel-facing code stays thin: :func:`render_maps` (pure, unit-tested) turns
+a catalog into the maps' exact bytes; ``setup`` compiles ``lb.c`` once per
+lab, creates maps sized to the catalog, loads the programs with bpftool,
+fills the maps with ``BPF_MAP_UPDATE_BATCH`` and attaches.  Everything is
+pinned under a private bpffs instance for the run, recorded in the run's
+state before it is made, and removed by ``clear`` / at lab close.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import platform
+import shutil
+import socket
+import struct
+import subprocess
+import sysconfig
+import time
+import weakref
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from .. import netns
+from ..errors import LabkitError, Unavailable
+from ..state import STATE_DIR, remove_path
+from .base import Datapath, ProgramResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..catalog import ServiceCatalog
+    from ..lab import Lab
+
+# ---- map layouts: byte for byte as in labkit/bpf/lb.h -----------------------
+SVC_KEY = np.dtype([("addr", ">u4"), ("port", ">u2"), ("slot", "=u2"), ("proto", "u1"),
+                    ("pad", "V3")])
+SVC_VAL = np.dtype([("backend_id", "=u4"), ("count", "=u2"), ("flags", "=u2")])
+BACKEND = np.dtype([("addr", ">u4"), ("port", ">u2"), ("proto", "u1"), ("pad", "V1")])
+CT_KEY = struct.Struct("=4s4sHHBB2x")          # saddr daddr sport dport (network order) proto dir
+CT_VAL = struct.Struct("=Q4sHBxI4x")           # expires nat_addr nat_port closing backend_id
+assert (SVC_KEY.itemsize, SVC_VAL.itemsize, BACKEND.itemsize) == (12, 8, 8)
+assert (CT_KEY.size, CT_VAL.size) == (16, 24)
+
+IPPROTO_TCP = 6
+CT_FORWARD, CT_REPLY = 0, 1
+CT_ENTRIES = 262_144   # LRU: two entries per flow
+STATS = ("new", "established", "reply", "redirect", "redirect_neigh", "stack", "no_backend", "error")
+MAPS = ("lb_services", "lb_backends", "lb_ct", "lb_stats")
+PIN = "@PIN@"          # placeholder for the pin directory in rendered text
+BATCH = 1 << 18        # elements per BPF_MAP_UPDATE_BATCH call
+
+BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_HASH = 1, 2, 6, 9
+
+
+# ---- pure rendering ----------------------------------------------------------
+@dataclass(frozen=True)
+class MapEntries:
+    """The exact contents of the service and backend maps for a catalog."""
+    service_keys: np.ndarray    # SVC_KEY
+    service_values: np.ndarray  # SVC_VAL
+    backend_ids: np.ndarray     # uint32, host order
+    backends: np.ndarray        # BACKEND
+
+    @property
+    def service_max(self) -> int:
+        return max(1, len(self.service_keys))
+
+    @property
+    def backend_max(self) -> int:
+        return int(self.backend_ids.max()) + 1 if len(self.backend_ids) else 1
+
+
+def render_maps(catalog: "ServiceCatalog") -> MapEntries:
+    """Map entries for ``catalog`` (pure, vectorized).
+
+    Service ``i``, port index ``k``: slot 0 holds the endpoint count E, slot
+    ``s`` (1..E) the backend id ``1 + ((i * E) + s - 1) * P + k``; backend id
+    0 is never used.  Backend ``(i, j, k)`` is endpoint ``j`` of service
+    ``i`` on port ``ports[k]``.
+    """
+    s, e, p = catalog.services, catalog.endpoints, len(catalog.ports)
+    ports = np.asarray(catalog.ports, dtype=np.uint32)
+    i = np.arange(s, dtype=np.uint64)[:, None, None]
+    k = np.arange(p, dtype=np.uint64)[None, :, None]
+    slot = np.arange(e + 1, dtype=np.uint64)[None, None, :]
+
+    keys = np.zeros((s, p, e + 1), SVC_KEY)
+    keys["addr"] = catalog.vip_int(0) + i if s else 0
+    keys["port"] = ports[None, :, None]
+    keys["slot"] = slot
+    keys["proto"] = IPPROTO_TCP
+    vals = np.zeros((s, p, e + 1), SVC_VAL)
+    vals["count"][:, :, 0] = e
+    vals["backend_id"][:, :, 1:] = (1 + (i * e + slot[:, :, 1:] - 1) * p + k)
+
+    j = np.arange(e, dtype=np.uint64)[None, :, None]
+    k2 = np.arange(p, dtype=np.uint64)[None, None, :]
+    i2 = np.arange(s, dtype=np.uint64)[:, None, None]
+    backends = np.zeros((s, e, p), BACKEND)
+    backends["addr"] = catalog.endpoint_int(0, 0) + i2 * e + j if s else 0
+    backends["port"] = ports[None, None, :]
+    backends["proto"] = IPPROTO_TCP
+    ids = (1 + (i2 * e + j) * p + k2).astype(np.uint32)
+    return MapEntries(keys.ravel(), vals.ravel(), ids.ravel(), backends.ravel())
+
+
+def _hex(b: bytes) -> str:
+    return " ".join(f"{x:02x}" for x in b)
+
+
+def render_batch(catalog: "ServiceCatalog") -> str:
+    """The same map entries as ``bpftool batch`` commands (pure).
+
+    Map paths start with the ``@PIN@`` placeholder, which :meth:`Ebpf.load`
+    replaces with the pin directory.
+    """
+    m = render_maps(catalog)
+    svc = f"map update pinned {PIN}/lb_services"
+    out = []
+    per = catalog.endpoints + 1
+    for n in range(0, len(m.service_keys), per):
+        k0 = m.service_keys[n]
+        vip = ipaddress.IPv4Address(int(k0["addr"]))
+        out.append(f"# {catalog.name(n // per // len(catalog.ports))} {vip}:{int(k0['port'])}/tcp: "
+                   f"{int(m.service_values[n]['count'])} backends")
+        for x in range(n, n + per):
+            out.append(f"{svc} key hex {_hex(m.service_keys[x].tobytes())} "
+                       f"value hex {_hex(m.service_values[x].tobytes())}")
+    for bid, be in zip(m.backend_ids, m.backends):
+        out.append(f"map update pinned {PIN}/lb_backends key hex {_hex(bid.tobytes())} "
+                   f"value hex {_hex(be.tobytes())}")
+    return "\n".join(out) + "\n"
+
+
+# ---- the bpf() system call -----------------------------------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+(BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_OBJ_PIN, BPF_OBJ_GET,
+ BPF_OBJ_GET_INFO_BY_FD, BPF_MAP_UPDATE_BATCH) = 0, 1, 4, 6, 7, 15, 26
+MNT_DETACH = 2
+
+
+def _bpf(cmd: int, attr: ctypes.Array) -> int:
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        raise Unavailable(f"bpf() system call number unknown on {platform.machine()}")
+    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return ret
+
+
+def _attr(fmt: str, *values) -> ctypes.Array:
+    buf = ctypes.create_string_buffer(128)
+    struct.pack_into(fmt, buf, 0, *values)
+    return buf
+
+
+def map_create(kind: int, key_size: int, value_size: int, entries: int, name: str) -> int:
+    return _bpf(BPF_MAP_CREATE, _attr("=IIIIIII16s", kind, key_size, value_size, entries, 0, 0, 0,
+                                      name.encode()))
+
+
+def obj_pin(fd: int, path: str) -> None:
+    p = ctypes.create_string_buffer(path.encode())
+    _bpf(BPF_OBJ_PIN, _attr("=QI", ctypes.addressof(p), fd))
+
+
+def obj_get(path: str) -> int:
+    p = ctypes.create_string_buffer(path.encode())
+    return _bpf(BPF_OBJ_GET, _attr("=QI", ctypes.addressof(p), 0))
+
+
+def obj_id(fd: int) -> int:
+    """The kernel's id of a program or map (second field of its info struct)."""
+    info = ctypes.create_string_buffer(64)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _attr("=IIQ", fd, len(info), ctypes.addressof(info)))
+    return struct.unpack_from("=I", info, 4)[0]
+
+
+def map_update_batch(fd: int, keys: np.ndarray, values: np.ndarray) -> None:
+    """Insert ``keys[n] -> values[n]`` in batches (BPF_MAP_UPDATE_BATCH)."""
+    keys, values = np.ascontiguousarray(keys), np.ascontiguousarray(values)
+    for lo in range(0, len(keys), BATCH):
+        k, v = keys[lo:lo + BATCH], values[lo:lo + BATCH]
+        attr = _attr("=QQQQII", 0, 0, k.ctypes.data, v.ctypes.data, len(k), fd)
+        _bpf(BPF_MAP_UPDATE_BATCH, attr)
+        done = struct.unpack_from("=I", attr, 32)[0]
+        if done != len(k):
+            raise LabkitError(f"BPF_MAP_UPDATE_BATCH stored {done} of {len(k)} entries")
+
+
+def map_items(fd: int, key_size: int, value_size: int):
+    """Yield (key bytes, value bytes) of a map (BPF_MAP_GET_NEXT_KEY walk)."""
+    key = ctypes.create_string_buffer(key_size)
+    nxt = ctypes.create_string_buffer(key_size)
+    val = ctypes.create_string_buffer(value_size)
+    first = True
+    while True:
+        try:
+            _bpf(BPF_MAP_GET_NEXT_KEY, _attr("=I4xQQ", fd, 0 if first else ctypes.addressof(key),
+                                             ctypes.addressof(nxt)))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            raise
+        first = False
+        ctypes.memmove(key, nxt, key_size)
+        try:
+            _bpf(BPF_MAP_LOOKUP_ELEM, _attr("=I4xQQ", fd, ctypes.addressof(key), ctypes.addressof(val)))
+        except OSError as exc:  # deleted meanwhile
+            if exc.errno == errno.ENOENT:
+                continue
+            raise
+        yield key.raw, val.raw
+
+
+def possible_cpus() -> int:
+    with open("/sys/devices/system/cpu/possible") as f:
+        return max(int(part.split("-")[-1]) for part in f.read().strip().split(",")) + 1
+
+
+# ---- toolchain -------------------------------------------------------------------
+def _multiarch() -> str:
+    return sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+
+
+def toolchain() -> dict[str, str]:
+    """Paths of clang and bpftool, after checking the headers lb.c needs.
+
+    Raises Unavailable naming the missing tool or Debian package.
+    """
+    tools = {"clang": netns.require_tool("clang", "clang"),
+             "bpftool": netns.require_tool("bpftool", "bpftool")}
+    for header, package in (("linux/bpf.h", "linux-libc-dev"),
+                            (f"{_multiarch()}/asm/types.h", "linux-libc-dev"),
+                            ("bpf/bpf_helpers.h", "libbpf-dev")):
+        if not os.path.exists(os.path.join("/usr/include", header)):
+            raise Unavailable(f"/usr/include/{header} not found (Debian package {package}; "
+                              "`sudo make setup` installs it)")
+    return tools
+
+
+def source_path() -> str:
+    return str(resources.files("labkit") / "bpf" / "lb.c")
+
+
+def compile_object(out_dir: str, source: str | None = None) -> tuple[str, str]:
+    """Compile lb.c for the BPF target; returns (object path, clang version)."""
+    clang = toolchain()["clang"]
+    src = source or source_path()
+    obj = os.path.join(out_dir, os.path.basename(src).rsplit(".", 1)[0] + ".o")
+    cmd = [clang, "-O2", "-g", "-Wall", "-target", "bpf", f"-I{os.path.dirname(src)}",
+           f"-I/usr/include/{_multiarch()}", "-c", src, "-o", obj]
+    cp = subprocess.run(cmd, capture_output=True, text=True)
+    if cp.returncode != 0:
+        errs = [ln for ln in cp.stderr.splitlines() if "error" in ln] or cp.stderr.splitlines()
+        raise LabkitError(f"clang could not compile {os.path.basename(src)}: "
+                          + " | ".join(errs[:3]))
+    version = subprocess.run([clang, "--version"], capture_output=True, text=True).stdout
+    return obj, version.splitlines()[0].strip()
+
+
+# ---- per-lab resources: the compiled object and the run's bpffs ---------------------
+@dataclass
+class _LabBpf:
+    obj: str
+    clang: str
+    pin_root: str
+
+
+_per_lab: "weakref.WeakKeyDictionary[Lab, _LabBpf]" = weakref.WeakKeyDictionary()
+
+
+def _mount_bpffs(lab: "Lab") -> str:
+    """A private bpffs instance for this run; unmounting it drops every pin."""
+    path = os.path.join(STATE_DIR, f"bpffs-{lab.run_id}")
+    lab.state.add("paths", path)
+
+    def remove() -> None:
+        if os.path.ismount(path):
+            _libc.umount2(path.encode(), MNT_DETACH)
+        remove_path(path)
+        lab.state.discard("paths", path)
+    lab.defer(f"unmount bpffs {path}", remove)
+    os.makedirs(path, exist_ok=True)
+    if _libc.mount(b"bpf", path.encode(), b"bpf", 0, None) != 0:
+        e = ctypes.get_errno()
+        raise Unavailable(f"cannot mount a bpffs instance at {path}: {os.strerror(e)} "
+                          "(needs CONFIG_BPF_SYSCALL and CAP_SYS_ADMIN)")
+    return path
+
+
+def _lab_bpf(lab: "Lab") -> _LabBpf:
+    ctx = _per_lab.get(lab)
+    if ctx is None:
+        obj, clang = compile_object(lab.mkdtemp("bpf"))
+        ctx = _per_lab[lab] = _LabBpf(obj, clang, _mount_bpffs(lab))
+    return ctx
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0].strip()
+    except (OSError, IndexError):
+        return ""
+
+
+@dataclass(frozen=True)
+class CtEntry:
+    """One connection-tracking entry, addresses as strings, ports as ints."""
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    proto: int
+    reply: bool
+    nat_addr: str
+    nat_port: int
+    backend_id: int
+    closing: bool
+
+
+# ---- the datapaths ---------------------------------------------------------------
+class Ebpf(Datapath):
+    name = "ebpf"
+    summary = ("Cilium-style eBPF load balancer: tc programs on the node's veths, hash-map "
+               "service lookup, CT map, redirect past netfilter")
+    needs = ("clang (-target bpf), bpftool, libbpf-dev, linux-libc-dev; kernel BPF syscall, "
+             "bpffs, tc clsact + cls_bpf, bpf_fib_lookup and bpf_redirect_neigh (5.10+)")
+    lookup = "hash-map lookup in tc ingress, before netfilter: O(1)"
+    #: interface -> program, in the node namespace
+    programs: ClassVar[dict[str, str]] = {"n0": "lb_from_client", "n1": "lb_from_backend"}
+
+    def __init__(self, lab: "Lab") -> None:
+        super().__init__(lab)
+        self._fds: dict[str, int] = {}
+        self._pin_dir: str | None = None
+        self._attached = False
+        self._entries: dict[str, int] = {}
+        self._deferred = False
+
+    # -- availability ---------------------------------------------------------
+    @classmethod
+    def unavailable(cls, lab: "Lab | None" = None) -> str | None:
+        if os.geteuid() != 0:
+            return "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+        try:
+            toolchain()
+            if lab is not None:
+                from ..catalog import ServiceCatalog
+                dp = cls(lab)
+                try:
+                    dp.setup(ServiceCatalog(services=1, endpoints=2, endpoint_cidr=lab.endpoint_cidr))
+                finally:
+                    dp.teardown()
+        except LabkitError as exc:
+            return str(exc)
+        return None
+
+    # -- rendering (pure) -----------------------------------------------------
+    @staticmethod
+    def render(catalog: "ServiceCatalog") -> str:
+        """bpftool batch text; ``setup`` writes the same bytes with the batch syscall."""
+        return render_batch(catalog)
+
+    # -- kernel -------------------------------------------------------------------
+    def setup(self, catalog: "ServiceCatalog") -> ProgramResult:
+        self.clear()
+        t0 = time.perf_counter()
+        entries = render_maps(catalog)
+        t1 = time.perf_counter()
+        try:
+            self._prepare(entries)
+            map_update_batch(self._fds["lb_services"], entries.service_keys, entries.service_values)
+            map_update_batch(self._fds["lb_backends"], entries.backend_ids, entries.backends)
+            self._attach()
+        except BaseException:
+            self.clear()
+            raise
+        self._entries = {"lb_services": len(entries.service_keys), "lb_backends": len(entries.backends)}
+        t2 = time.perf_counter()
+        self.catalog = catalog
+        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+
+    def load(self, text: str) -> None:
+        """Apply ``render`` text with ``bpftool batch`` (slow; for inspection and
+        tests) to maps created by ``prepare`` / ``setup``, then attach."""
+        if self._pin_dir is None:
+            raise LabkitError("ebpf: load() fills maps made by prepare(); call prepare(catalog) first")
+        bpftool = toolchain()["bpftool"]
+        cp = subprocess.run([bpftool, "batch", "file", "-"], input=text.replace(PIN, self._pin_dir),
+                            capture_output=True, text=True)
+        if cp.returncode != 0:
+            raise LabkitError(f"bpftool batch failed: {' | '.join(cp.stderr.strip().splitlines()[-3:])}")
+        self._attach()
+
+    def prepare(self, catalog: "ServiceCatalog") -> None:
+        """Maps sized for ``catalog`` and programs loaded, but empty and detached."""
+        self.clear()
+        try:
+            self._prepare(render_maps(catalog))
+        except BaseException:
+            self.clear()
+            raise
+        self.catalog = catalog
+
+    def _prepare(self, entries: MapEntries) -> None:
+        ctx = _lab_bpf(self.lab)
+        if not self._deferred:  # the lab's close undoes a setup nobody tore down
+            self.lab.defer(f"clear {self.name} datapath", self.clear)
+            self._deferred = True
+        self._pin_dir = pin = os.path.join(ctx.pin_root, self.name)
+        os.makedirs(pin)
+        sizes = {"lb_services": (BPF_MAP_TYPE_HASH, 12, 8, entries.service_max),
+                 "lb_backends": (BPF_MAP_TYPE_ARRAY, 4, 8, entries.backend_max),
+                 "lb_ct": (BPF_MAP_TYPE_LRU_HASH, 16, 24, CT_ENTRIES),
+                 "lb_stats": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(STATS))}
+        try:
+            for m, (kind, ks, vs, n) in sizes.items():
+                self._fds[m] = map_create(kind, ks, vs, n, m)
+                obj_pin(self._fds[m], f"{pin}/{m}")
+        except OSError as exc:
+            raise LabkitError(f"cannot create BPF map {m} ({n:,} entries): {exc}") from None
+        cmd = [toolchain()["bpftool"], "prog", "loadall", ctx.obj, f"{pin}/prog"]
+        for m in MAPS:
+            cmd += ["map", "name", m, "pinned", f"{pin}/{m}"]
+        cp = subprocess.run(cmd, capture_output=True, text=True)
+        if cp.returncode != 0:
+            tail = [ln for ln in cp.stderr.splitlines() if ln.strip()][-4:]
+            raise LabkitError(f"bpftool could not load {os.path.basename(ctx.obj)}: {' | '.join(tail)}")
+        for prog in self._all_programs():
+            self._fds[prog] = obj_get(f"{pin}/prog/{prog}")
+
+    def _all_programs(self) -> list[str]:
+        return list(self.programs.values())
+
+    def _attach(self) -> None:
+        if self._attached:
+            return
+        progs = {ifname: (self._fds[p], p) for ifname, p in self.programs.items()}
+
+        def attach(ipr) -> None:
+            for ifname, (fd, prog) in progs.items():
+                idx = ipr.link_lookup(ifname=ifname)[0]
+                ipr.tc("add", "clsact", idx)
+                ipr.tc("add-filter", "bpf", idx, ":1", fd=fd, name=prog, parent="ffff:fff2",
+                       classid=1, direct_action=True)
+        self._attached = True  # before: a half-done attach is undone by clear()
+        try:
+            netns.netlink(self.lab.node, attach)
+        except Exception as exc:
+            raise LabkitError(f"cannot attach the tc programs in {self.lab.node}: {exc}") from None
+
+    def _detach(self) -> None:
+        def detach(ipr) -> None:
+            for ifname in self.programs:
+                idx = ipr.link_lookup(ifname=ifname)
+                if idx:
+                    try:
+                        ipr.tc("del", "clsact", idx[0])
+                    except Exception:  # noqa: BLE001 - already gone
+                        pass
+        if self.lab.node in netns.list_namespaces():
+            netns.netlink(self.lab.node, detach)
+
+    def clear(self) -> None:
+        if self._attached:
+            self._detach()
+            self._attached = False
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if self._pin_dir is not None:
+            remove_path(self._pin_dir)
+            self._pin_dir = None
+        self._entries = {}
+
+    # -- observation -------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Packet counters of the programs, summed over CPUs."""
+        fd = self._fds.get("lb_stats")
+        if fd is None:
+            return {}
+        ncpu = possible_cpus()
+        out = {}
+        for key, val in map_items(fd, 4, 8 * ncpu):
+            (n,) = struct.unpack("=I", key)
+            if n < len(STATS):
+                out[STATS[n]] = sum(struct.unpack(f"={ncpu}Q", val))
+        return out
+
+    def map_dump(self, name: str) -> list[tuple[bytes, bytes]]:
+        """(key, value) bytes of one of the maps (small maps: one syscall pair per entry)."""
+        sizes = {"lb_services": (12, 8), "lb_backends": (4, 8), "lb_ct": (CT_KEY.size, CT_VAL.size)}
+        if name not in sizes or name not in self._fds:
+            raise LabkitError(f"no map {name!r} loaded (maps: {', '.join(sizes)})")
+        return list(map_items(self._fds[name], *sizes[name]))
+
+    def program_ids(self) -> dict[str, int]:
+        """Kernel ids of the attached programs, by program name."""
+        return {p: obj_id(self._fds[p]) for p in self._all_programs() if p in self._fds}
+
+    def ct_entries(self) -> list[CtEntry]:
+        """The connection-tracking map, both directions."""
+        fd = self._fds.get("lb_ct")
+        if fd is None:
+            return []
+        out = []
+        for k, v in map_items(fd, CT_KEY.size, CT_VAL.size):
+            sa, da, sp, dp, proto, d = CT_KEY.unpack(k)
+            _exp, na, np_, closing, bid = CT_VAL.unpack(v)
+            out.append(CtEntry(socket.inet_ntoa(sa), socket.inet_ntoa(da), socket.ntohs(sp),
+                               socket.ntohs(dp), proto, d == CT_REPLY, socket.inet_ntoa(na),
+                               socket.ntohs(np_), bid, bool(closing)))
+        return out
+
+    def describe(self) -> dict:
+        ctx = _per_lab.get(self.lab)
+        return {"clang_version": ctx.clang if ctx else _version(["clang", "--version"]),
+                "bpftool_version": _version(["bpftool", "version"]),
+                "hooks": {ifname: f"{self._hook_name()} {prog}" for ifname, prog in self.programs.items()},
+                "pin_dir": self._pin_dir,
+                "map_entries": dict(self._entries),
+                "stats": self.stats()}
+
+    def _hook_name(self) -> str:
+        return "tc clsact ingress"
+
+
+XDP_FLAGS_DRV_MODE = 1 << 2
+
+
+class EbpfXdp(Ebpf):
+    name = "ebpf-xdp"
+    summary = ("the ebpf mode's lookups as XDP programs on the node's veths (native veth XDP, "
+               "XDP_REDIRECT between them)")
+    needs = Ebpf.needs + "; native XDP on veth (4.19+); ethtool (Debian package ethtool)"
+    lookup = "hash-map lookup in XDP, before the skb is built: O(1)"
+    programs: ClassVar[dict[str, str]] = {"n0": "lb_xdp_from_client", "n1": "lb_xdp_from_backend"}
+    #: the peers of redirect targets: (role, ifname); see docs/ebpf.md
+    peers: ClassVar[tuple[tuple[str, str], ...]] = (("client", "c0"), ("backend", "b0"))
+    peer_program = "lb_xdp_pass"
+
+    def _all_programs(self) -> list[str]:
+        return [*self.programs.values(), self.peer_program]
+
+    def _peer_ns(self, role: str) -> str:
+        return getattr(self.lab, role)
+
+    @staticmethod
+    def _set_xdp(ns: str, links: dict[str, int]) -> None:
+        def apply(ipr) -> None:
+            for ifname, fd in links.items():
+                idx = ipr.link_lookup(ifname=ifname)
+                if not idx:
+                    if fd < 0:
+                        continue
+                    raise LabkitError(f"no interface {ifname} in {ns}")
+                ipr.link("set", index=idx[0], xdp={"attrs": [["IFLA_XDP_FD", fd],
+                                                             ["IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE]]})
+        if ns not in netns.list_namespaces() and all(fd < 0 for fd in links.values()):
+            return  # detaching from a namespace that is gone
+        netns.netlink(ns, apply)
+
+    def _tx_csum(self, ns: str, ifname: str, on: bool) -> None:
+        """Checksum offload on a peer's transmit side (see docs/ebpf.md: an XDP
+        program cannot finish a CHECKSUM_PARTIAL packet, and a redirected
+        frame loses that state)."""
+        self.lab.run(ns, [netns.require_tool("ethtool", "ethtool"), "-K", ifname,
+                          "tx", "on" if on else "off"], check=on is False)
+
+    def _attach(self) -> None:
+        if self._attached:
+            return
+        self._attached = True
+        try:
+            for role, ifname in self.peers:
+                self._tx_csum(self._peer_ns(role), ifname, False)
+                self._set_xdp(self._peer_ns(role), {ifname: self._fds[self.peer_program]})
+            self._set_xdp(self.lab.node, {ifname: self._fds[p] for ifname, p in self.programs.items()})
+        except LabkitError:
+            raise
+        except Exception as exc:
+            raise LabkitError(f"cannot attach the XDP programs (native mode on veth): {exc}") from None
+
+    def _detach(self) -> None:
+        for ns, links in ((self.lab.node, dict.fromkeys(self.programs, -1)),
+                          *((self._peer_ns(role), {ifname: -1}) for role, ifname in self.peers)):
+            try:
+                self._set_xdp(ns, links)
+            except Exception:  # noqa: BLE001 - link or namespace already gone
+                pass
+        for role, ifname in self.peers:
+            if self._peer_ns(role) in netns.list_namespaces():
+                self._tx_csum(self._peer_ns(role), ifname, True)
+
+    def _hook_name(self) -> str:
+        return "XDP (native)"
+
+
+__all__ = ["Ebpf", "EbpfXdp", "render_maps", "render_batch", "MapEntries", "CtEntry", "compile_object", "toolchain"]
