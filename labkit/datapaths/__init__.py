@@ -8,9 +8,10 @@ from ..errors import UsageError
 from .base import Datapath, ProgramResult
 from .ebpf import Ebpf, EbpfXdp
 from .iptables import IptablesLegacy, IptablesNft
+from .ipvs import Ipvs
 from .nftables import Nftables
 
-_ALL: list[type[Datapath]] = [IptablesLegacy, IptablesNft, Nftables, Ebpf, EbpfXdp]
+_ALL: list[type[Datapath]] = [IptablesLegacy, IptablesNft, Nftables, Ipvs, Ebpf, EbpfXdp]
 
 MODES: dict[str, type[Datapath]] = {cls.name: cls for cls in _ALL}
 

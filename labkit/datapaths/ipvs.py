@@ -1,0 +1,401 @@
+"""kube-proxy's IPVS layout.
+
+Layout (after kube-proxy ``pkg/proxy/ipvs``; our own code)::
+
+    kube-ipvs0 (dummy, left down)   every VIP bound as VIP/32: the kernel adds a
+                                    `local` route per VIP, so packets to it reach
+                                    LOCAL_IN, where IPVS takes them
+    IPVS                            one virtual service per VIP:port, scheduler rr,
+                                    every endpoint a real server with masquerade
+                                    (NAT) forwarding, weight 1
+    ipsets                          KUBE-CLUSTER-IP (hash:ip,port: VIP,tcp:port),
+                                    KUBE-IPVS-IPS (hash:ip: addresses on kube-ipvs0),
+                                    and the sets kube-proxy's always-present rules
+                                    match against (empty here)
+    iptables nat                    KUBE-SERVICES: mark off-cluster traffic to a
+                                    cluster IP for masquerade (one set match), ACCEPT;
+                                    KUBE-POSTROUTING: MASQUERADE what was marked
+    iptables filter                 KUBE-IPVS-FILTER, KUBE-FORWARD, firewall chains
+    sysctls (node ns)               net.ipv4.vs.conntrack=1 (so netfilter NAT sees
+                                    IPVS flows), expire_nodest_conn=1,
+                                    expire_quiescent_template=1, ip_forward=1
+
+The virtual service is found by a hash lookup (``ip_vs_service_find``): the
+cost of a new connection does not grow with the number of services.  Every
+match in the iptables part is a single ipset lookup.
+
+Deviations from kube-proxy, all datapath-neutral: the ipsets' ``maxelem`` is
+raised above kube-proxy's 65536 when a catalog needs more entries; sets and
+rules for features the catalog has no use for (NodePorts, load balancers,
+hairpin endpoints, session affinity) are left out where kube-proxy itself
+leaves them out for empty sets.  The iptables part goes through the nf_tables
+backend (``iptables-nft``), the default of current distributions and of
+kube-proxy's iptables wrapper on a fresh node.
+
+``render`` returns one text with a section per loader, each introduced by a
+``#: <loader>`` line; ``load`` feeds each section to its loader in order.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from typing import TYPE_CHECKING
+
+from ..errors import LabkitError
+from .base import Datapath
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..catalog import ServiceCatalog
+    from ..lab import Lab
+
+DUMMY_DEVICE = "kube-ipvs0"
+SCHEDULER = "rr"
+MASQ_MARK = "0x4000"
+IPSET_DEFAULT_MAXELEM = 65536
+IPSET_HASHSIZE = 1024
+IPTABLES_BACKEND = "nft"
+
+CLUSTER_IP_SET = "KUBE-CLUSTER-IP"
+IPVS_IPS_SET = "KUBE-IPVS-IPS"
+CLUSTER_IP_COMMENT = "Kubernetes service cluster ip + port for masquerade purpose"
+#: sets that kube-proxy's filter rules reference even when they are empty
+EMPTY_SETS = (("KUBE-LOAD-BALANCER", "hash:ip,port"),
+              ("KUBE-EXTERNAL-IP", "hash:ip,port"),
+              ("KUBE-EXTERNAL-IP-LOCAL", "hash:ip,port"),
+              ("KUBE-HEALTH-CHECK-NODE-PORT", "bitmap:port"))
+HEALTH_CHECK_COMMENT = "Kubernetes health check node port"
+
+#: what kube-proxy's IPVS proxier sets at start (conn_reuse_mode is left
+#: alone on kernels >= 5.9; strictARP is off by default)
+SYSCTLS = {
+    "net.ipv4.vs.conntrack": 1,
+    "net.ipv4.vs.expire_nodest_conn": 1,
+    "net.ipv4.vs.expire_quiescent_template": 1,
+    "net.ipv4.ip_forward": 1,
+}
+
+SECTION_ORDER = ("sysctl", "ipset restore", "ip -batch", "ipvsadm -R", f"iptables-{IPTABLES_BACKEND}-restore")
+
+
+# ---- rendering (pure) ------------------------------------------------------
+def render_sysctl() -> str:
+    return "".join(f"{k} = {v}\n" for k, v in SYSCTLS.items())
+
+
+def _maxelem(n: int) -> int:
+    m = IPSET_DEFAULT_MAXELEM
+    while m < n:
+        m *= 2
+    return m
+
+
+def render_ipset(catalog: "ServiceCatalog") -> str:
+    """ipset restore input: the cluster IP sets, filled, and the empty ones."""
+    n_ports = len(catalog.ports)
+    lines = [f"create {CLUSTER_IP_SET} hash:ip,port family inet hashsize {IPSET_HASHSIZE} "
+             f"maxelem {_maxelem(catalog.services * n_ports)}",
+             f"create {IPVS_IPS_SET} hash:ip family inet hashsize {IPSET_HASHSIZE} "
+             f"maxelem {_maxelem(catalog.services)}"]
+    for name, kind in EMPTY_SETS:
+        if kind == "bitmap:port":
+            lines.append(f"create {name} bitmap:port range 0-65535")
+        else:
+            lines.append(f"create {name} {kind} family inet hashsize {IPSET_HASHSIZE} "
+                         f"maxelem {IPSET_DEFAULT_MAXELEM}")
+    for i in range(catalog.services):
+        vip = catalog.vip(i)
+        for port in catalog.ports:
+            lines.append(f"add {CLUSTER_IP_SET} {vip},tcp:{port}")
+        lines.append(f"add {IPVS_IPS_SET} {vip}")
+    return "\n".join(lines) + "\n"
+
+
+def render_addresses(catalog: "ServiceCatalog") -> str:
+    """`ip -batch` input: the dummy device (left down, as kube-proxy does)
+    and every VIP bound to it as a /32."""
+    lines = [f"link add {DUMMY_DEVICE} type dummy"]
+    lines += [f"addr add {catalog.vip(i)}/32 dev {DUMMY_DEVICE}" for i in range(catalog.services)]
+    return "\n".join(lines) + "\n"
+
+
+def render_ipvsadm(catalog: "ServiceCatalog") -> str:
+    """`ipvsadm -R` input: a virtual service per VIP:port, real servers in
+    masquerade mode with weight 1."""
+    lines: list[str] = []
+    for i in range(catalog.services):
+        vip = catalog.vip(i)
+        eps = catalog.endpoints_of(i)
+        for port in catalog.ports:
+            vs = f"{vip}:{port}"
+            lines.append(f"-A -t {vs} -s {SCHEDULER}")
+            lines += [f"-a -t {vs} -r {ep}:{port} -m -w 1" for ep in eps]
+    return "".join(f"{ln}\n" for ln in lines)
+
+
+def render_iptables_ipvs(catalog: "ServiceCatalog") -> str:
+    """iptables-restore input: kube-proxy IPVS mode's nat and filter rules."""
+    cluster_cidr = str(catalog.endpoint_net)
+    c = f'"{CLUSTER_IP_COMMENT}"'
+    nat = [
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+        ":POSTROUTING ACCEPT [0:0]",
+        ":KUBE-SERVICES - [0:0]", ":KUBE-POSTROUTING - [0:0]", ":KUBE-NODE-PORT - [0:0]",
+        ":KUBE-LOAD-BALANCER - [0:0]", ":KUBE-MARK-MASQ - [0:0]",
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+        "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN",
+    ]
+    if catalog.services:
+        nat.append(f"-A KUBE-SERVICES -m comment --comment {c} -m set --match-set {CLUSTER_IP_SET} "
+                   f"dst,dst ! -s {cluster_cidr} -j KUBE-MARK-MASQ")
+    nat += [
+        "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT",
+        "-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ",
+    ]
+    if catalog.services:
+        nat.append(f"-A KUBE-SERVICES -m set --match-set {CLUSTER_IP_SET} dst,dst -j ACCEPT")
+    nat += [
+        f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
+        f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
+        "-j MASQUERADE --random-fully",
+        f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}",
+        "COMMIT",
+    ]
+    filt = [
+        "*filter",
+        ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+        ":KUBE-FORWARD - [0:0]", ":KUBE-NODE-PORT - [0:0]", ":KUBE-PROXY-FIREWALL - [0:0]",
+        ":KUBE-SOURCE-RANGES-FIREWALL - [0:0]", ":KUBE-IPVS-FILTER - [0:0]",
+        ":KUBE-IPVS-OUT-FILTER - [0:0]",
+        '-A INPUT -m comment --comment "kubernetes health check rules" -j KUBE-NODE-PORT',
+        '-A INPUT -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL',
+        '-A INPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-FILTER',
+        '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
+        '-A FORWARD -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL',
+        '-A OUTPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-OUT-FILTER',
+        "-A KUBE-SOURCE-RANGES-FIREWALL -j DROP",
+        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
+        f"-m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT",
+        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        f'-A KUBE-NODE-PORT -m comment --comment "{HEALTH_CHECK_COMMENT}" '
+        "-m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT",
+        "-A KUBE-IPVS-FILTER -m set --match-set KUBE-LOAD-BALANCER dst,dst -j RETURN",
+        f"-A KUBE-IPVS-FILTER -m set --match-set {CLUSTER_IP_SET} dst,dst -j RETURN",
+        "-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP dst,dst -j RETURN",
+        "-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP-LOCAL dst,dst -j RETURN",
+        "-A KUBE-IPVS-FILTER -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN",
+        "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW "
+        f"-m set --match-set {IPVS_IPS_SET} dst -j REJECT",
+        "COMMIT",
+    ]
+    return "\n".join(nat + filt) + "\n"
+
+
+def render_ipvs(catalog: "ServiceCatalog") -> str:
+    """Everything the IPVS mode loads, one ``#: <loader>`` section each."""
+    parts = {
+        "sysctl": render_sysctl(),
+        "ipset restore": render_ipset(catalog),
+        "ip -batch": render_addresses(catalog),
+        "ipvsadm -R": render_ipvsadm(catalog),
+        f"iptables-{IPTABLES_BACKEND}-restore": render_iptables_ipvs(catalog),
+    }
+    return "".join(f"#: {name}\n{parts[name]}" for name in SECTION_ORDER)
+
+
+def split_sections(text: str) -> dict[str, str]:
+    """Inverse of the section framing of :func:`render_ipvs` (pure)."""
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("#: "):
+            current = out.setdefault(line[3:].strip(), [])
+        elif current is None:
+            if line.strip():
+                raise LabkitError(f"IPVS text starts without a '#: <loader>' section line: {line!r}")
+        else:
+            current.append(line)
+    return {k: "".join(v) for k, v in out.items()}
+
+
+EMPTY_TABLES = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+                "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+
+
+# ---- host kernel support ---------------------------------------------------
+def _kernel_config(release: str) -> str | None:
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            return f.read()
+    except OSError:
+        pass
+    try:
+        with open(f"/boot/config-{release}") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def host_ipvs_missing() -> str | None:
+    """None when the running kernel has IPVS (built in, loaded, or as a
+    module), else what is missing, e.g. "CONFIG_IP_VS unset, no module"."""
+    if os.path.exists("/proc/net/ip_vs"):
+        return None
+    release = os.uname().release
+    config = _kernel_config(release) or ""
+    if "CONFIG_IP_VS=y" in config:
+        return None
+    moddir = f"/lib/modules/{release}"
+    for index in ("modules.dep", "modules.builtin"):
+        try:
+            with open(os.path.join(moddir, index)) as f:
+                if "/ip_vs.ko" in f.read():
+                    return None
+        except OSError:
+            continue
+    if not config:
+        what = "no kernel config to read"
+    elif "CONFIG_IP_VS=m" in config:
+        what = "CONFIG_IP_VS=m but no ip_vs module installed"
+    else:
+        what = "CONFIG_IP_VS unset"
+    return f"{what}, no module"
+
+
+def _vm_hint() -> str:
+    try:
+        from ..vm import guest_kernel_release
+        return f"; available in the VM kernel {guest_kernel_release()} (`labkit sweep --kernel vm`)"
+    except Exception:  # the hint is optional
+        return ""
+
+
+# ---- the mode --------------------------------------------------------------
+class Ipvs(Datapath):
+    name = "ipvs"
+    summary = ("kube-proxy IPVS mode: VIPs on the kube-ipvs0 dummy device, one rr virtual "
+               "service per VIP:port with NAT forwarding; ipset-matched iptables masquerade")
+    needs = ("CONFIG_IP_VS, CONFIG_IP_VS_RR, CONFIG_IP_VS_NFCT, CONFIG_DUMMY, CONFIG_IP_SET "
+             "(hash:ip, hash:ip,port, bitmap:port), CONFIG_NETFILTER_XT_SET, nf_tables with xt compat")
+    lookup = "hash lookup of the virtual service (ip_vs_service_find): O(1)"
+
+    TOOLS = (("ipvsadm", "ipvsadm"), ("ipset", "ipset"), ("ip", "iproute2"), ("sysctl", "procps"),
+             (f"iptables-{IPTABLES_BACKEND}-restore", "iptables"))
+
+    def __init__(self, lab: "Lab") -> None:
+        super().__init__(lab)
+        self._saved_sysctls: dict[str, str] | None = None
+        self._loaded = False
+
+    @classmethod
+    def unavailable(cls, lab: "Lab | None" = None) -> str | None:
+        for tool, pkg in cls.TOOLS:
+            if not shutil.which(tool):
+                return f"{tool} not found (Debian package {pkg}; `sudo make setup` installs it)"
+        missing = host_ipvs_missing()
+        if missing:
+            return f"host kernel has no IP_VS ({missing}){_vm_hint()}"
+        if lab is not None:
+            from ..catalog import ServiceCatalog
+            probe = cls(lab)
+            try:
+                probe.setup(ServiceCatalog(services=1, endpoints=2, ports=lab.ports[:1] or (80,)))
+            except LabkitError as exc:
+                return f"the kernel refused the IPVS datapath: {exc} ({cls.needs})"
+            finally:
+                try:
+                    probe.teardown()
+                except LabkitError:
+                    pass
+        return None
+
+    @staticmethod
+    def render(catalog: "ServiceCatalog") -> str:
+        return render_ipvs(catalog)
+
+    # ---- kernel ----------------------------------------------------------
+    def _run(self, argv, **kw):
+        return self.lab.run(self.lab.node, argv, **kw)
+
+    def load(self, text: str) -> None:
+        sections = split_sections(text)
+        unknown = set(sections) - set(SECTION_ORDER)
+        if unknown:
+            raise LabkitError(f"IPVS text has unknown sections: {sorted(unknown)}")
+        if self._loaded:
+            self.clear()
+        self._loaded = True
+        settings = dict(line.split(" = ", 1) for line in sections.get("sysctl", "").splitlines() if line)
+        if settings:
+            if self._saved_sysctls is None:
+                cp = self._run(["sysctl", "-n", *settings], check=False)
+                values = cp.stdout.split("\n")
+                if cp.returncode != 0 or len(values) < len(settings):
+                    raise LabkitError(f"cannot read IPVS sysctls in {self.lab.node} "
+                                      f"(is ip_vs loaded?): {cp.stderr.strip()}")
+                self._saved_sysctls = dict(zip(settings, values))
+            self._run(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in settings.items())])
+        loaders = {"ipset restore": ["ipset", "restore"],
+                   "ip -batch": ["ip", "-batch", "-"],
+                   "ipvsadm -R": ["ipvsadm", "-R"],
+                   f"iptables-{IPTABLES_BACKEND}-restore": [f"iptables-{IPTABLES_BACKEND}-restore"]}
+        for name in SECTION_ORDER[1:]:
+            if name in sections:
+                self._run(loaders[name], input=sections[name], timeout=3600)
+
+    def _ensure_module(self) -> None:
+        """ipvsadm loads ip_vs itself; sysctl needs it loaded first."""
+        if not os.path.exists("/proc/net/ip_vs") and shutil.which("modprobe"):
+            self._run(["modprobe", "ip_vs"], check=False)
+
+    def setup(self, catalog: "ServiceCatalog"):
+        self._ensure_module()
+        return super().setup(catalog)
+
+    def clear(self) -> None:
+        """Undo load(): iptables first (they reference the sets), then the
+        sets, the virtual services, the dummy device, the sysctls."""
+        errors = []
+
+        def step(argv, **kw):
+            cp = self._run(argv, check=False, **kw)
+            if cp.returncode != 0:
+                errors.append(f"`{' '.join(argv[:2])}`: {cp.stderr.strip()[-200:]}")
+        step([f"iptables-{IPTABLES_BACKEND}-restore"], input=EMPTY_TABLES)
+        if IPTABLES_BACKEND == "nft" and shutil.which("nft"):
+            for table in ("nat", "filter"):
+                self._run(["nft", "delete", "table", "ip", table], check=False)
+        for name in (CLUSTER_IP_SET, IPVS_IPS_SET, *(n for n, _ in EMPTY_SETS)):
+            cp = self._run(["ipset", "destroy", name], check=False)
+            if cp.returncode != 0 and "does not exist" not in cp.stderr:
+                errors.append(f"`ipset destroy {name}`: {cp.stderr.strip()}")
+        step(["ipvsadm", "-C"])
+        cp = self._run(["ip", "link", "del", DUMMY_DEVICE], check=False)
+        if cp.returncode != 0 and "Cannot find device" not in cp.stderr:
+            errors.append(f"`ip link del {DUMMY_DEVICE}`: {cp.stderr.strip()}")
+        if self._saved_sysctls:
+            step(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in self._saved_sysctls.items())])
+            self._saved_sysctls = None
+        self._loaded = False
+        if errors:
+            raise LabkitError("IPVS teardown incomplete: " + "; ".join(errors))
+
+    def describe(self) -> dict:
+        out = {"iptables_backend": IPTABLES_BACKEND, "vip_device": f"{DUMMY_DEVICE} (dummy)",
+               "scheduler": SCHEDULER, "forwarding": "masquerade (NAT)",
+               "sysctls": dict(SYSCTLS)}
+        for key, argv in (("ipvsadm_version", ["ipvsadm", "--version"]),
+                          ("ipset_version", ["ipset", "--version"]),
+                          ("iptables_version", [f"iptables-{IPTABLES_BACKEND}", "--version"])):
+            cp = self._run(argv, check=False)
+            out[key] = (cp.stdout or cp.stderr).strip().splitlines()[0] if (cp.stdout or cp.stderr).strip() else ""
+        cp = self._run(["cat", "/proc/net/ip_vs"], check=False)
+        if cp.returncode == 0 and cp.stdout:
+            out["ip_vs"] = cp.stdout.splitlines()[0]
+        return out
