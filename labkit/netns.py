@@ -48,11 +48,18 @@ def list_namespaces() -> list[str]:
         return []
 
 
+def _ip_netns(*args: str) -> None:
+    # iproute2 does the unshare + bind mount without forking this process
+    # (pyroute2's netns.create forks, which deadlocks in a threaded process)
+    cp = subprocess.run(["ip", "netns", *args], capture_output=True, text=True, timeout=60)
+    if cp.returncode != 0:
+        raise LabkitError(f"ip netns {' '.join(args)} failed: {cp.stderr.strip()}")
+
+
 def create(name: str) -> None:
-    from pyroute2 import netns as _netns
     if name in list_namespaces():
         raise LabkitError(f"network namespace {name} already exists")
-    _in_thread(lambda: _netns.create(name))
+    _ip_netns("add", name)
 
 
 def ns_pids(name: str) -> list[int]:
@@ -106,10 +113,9 @@ def _alive(pid: int) -> bool:
 def remove(name: str) -> None:
     """Kill what runs in the namespace, then delete it (its links, routes,
     rules and IPVS/netfilter state go with it)."""
-    from pyroute2 import netns as _netns
     kill_pids(ns_pids(name))
     if name in list_namespaces():
-        _in_thread(lambda: _netns.remove(name))
+        _ip_netns("delete", name)
 
 
 def _in_thread(fn: Callable[[], T]) -> T:
@@ -121,7 +127,11 @@ def netlink(ns: str, fn: Callable[..., T]) -> T:
     from pyroute2 import IPRoute
 
     def call() -> T:
-        with IPRoute(netns=ns) as ipr:
+        # enter the namespace in this worker thread and open the socket there:
+        # IPRoute(netns=...) would fork, which is unsafe in a threaded process
+        with entered(ns):
+            ipr = IPRoute()
+        with ipr:
             return fn(ipr)
     return _in_thread(call)
 
