@@ -209,7 +209,8 @@ def test_ipvs_datapath_real_kernel():
     with Lab(endpoint_cidr=cat.endpoint_cidr, ports=cat.ports) as lab:
         dp = Ipvs(lab)
         lab.defer("ipvs teardown", dp.teardown)
-        before = lab.run(lab.node, ["sysctl", "-n", "net.ipv4.vs.conntrack"], check=False).stdout.strip()
+        lab.run(lab.node, ["modprobe", "ip_vs"], check=False)  # its sysctls appear with it
+        before = lab.run(lab.node, ["sysctl", "-n", "net.ipv4.vs.conntrack"]).stdout.strip()
         dp.setup(cat)
         # the kernel holds what was rendered
         saved = lab.run(lab.node, ["ipvsadm", "-Sn"]).stdout
