@@ -1,0 +1,139 @@
+"""build_report on a synthetic run directory in the sweep's exact schema (no root)."""
+import json
+import os
+import time
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from labkit import report
+from labkit.analysis import sha256_file
+from labkit.errors import UsageError
+
+# true first-packet curves (us) before probe noise; Gamma(2, 2 us) noise on top
+TRUTH = {
+    "iptables-nft": lambda n: 35 + 0.016 * n,
+    "nftables": lambda n: 42 + 0.0 * n,
+    "iptables-legacy": lambda n: 36 + 0.010 * np.maximum(n - 3000, 0),
+}
+
+
+def make_run(out, modes=("iptables-nft", "nftables", "iptables-legacy"),
+             services=(0, 1000, 2500, 5000, 10000), targets=("last", "random"), rounds=2,
+             probes=300, seed=7, invalid_point=5):
+    """Write samples.parquet, points.parquet and meta.json as labkit's sweep does."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(out, exist_ok=True)
+    samples, points = [], []
+    pid = block = 0
+    for r in range(rounds):
+        for mode in modes:
+            for n in services:
+                for t in targets:
+                    rtt = TRUTH[mode](float(n)) + rng.gamma(2.0, 2.0, probes)
+                    error = np.full(probes, "", dtype=object)
+                    valid, reason = True, ""
+                    if pid == invalid_point:
+                        rtt[:12] = np.nan
+                        error[:12] = "timeout"
+                        valid, reason = False, "12 of 300 probes unanswered (timeout 12)"
+                    svc = -1 if t == "none" else max(n - 1, 0)
+                    samples.append(pd.DataFrame({
+                        "run_id": "syn001", "point_id": pid, "mode": mode, "kernel": "6.18.0-test",
+                        "services": n, "endpoints": 10, "target": t, "probe": "syn", "round": r,
+                        "seq": np.arange(probes), "service": svc, "dst": "10.96.0.10",
+                        "rtt_us": rtt, "ok": ~np.isnan(rtt), "error": error.astype(str),
+                        "endpoint": np.where(np.isnan(rtt), "", "10.128.0.12:80")}))
+                    a = rtt[~np.isnan(rtt)]
+                    q = np.percentile(a, [50, 90, 99])
+                    points.append({
+                        "run_id": "syn001", "point_id": pid, "block": block, "mode": mode,
+                        "kernel": "6.18.0-test", "services": n, "endpoints": 10, "target": t,
+                        "probe": "syn", "round": r, "render_s": 1e-6 * n, "load_s": 0.05 + 2e-5 * n,
+                        "program_s": 0.05 + 2.1e-5 * n, "sent": probes, "answered": len(a),
+                        "lost": probes - len(a), "valid": valid, "reason": reason,
+                        "p50_us": q[0], "p90_us": q[1], "p99_us": q[2], "mean_us": a.mean(),
+                        "min_us": a.min(), "started": 1.8e9 + pid, "finished": 1.8e9 + pid + 0.5})
+                    pid += 1
+                block += 1
+    pd.concat(samples, ignore_index=True).to_parquet(os.path.join(out, "samples.parquet"), index=False)
+    pd.DataFrame(points).to_parquet(os.path.join(out, "points.parquet"), index=False)
+    meta = {"run_id": "syn001",
+            "params": {"modes": list(modes), "services": list(services), "endpoints": 10,
+                       "targets": list(targets), "probes": probes, "rounds": rounds, "seed": 1,
+                       "kernel": "auto", "probe_kinds": ["syn"]},
+            "command": "python -m labkit sweep --modes iptables-nft,nftables --out runs/syn001",
+            "kernel": "6.18.0-test", "host": {"hostname": "test", "cpus": 2},
+            "labkit_version": "0.1.0", "git_revision": "0123456789ab",
+            "tools": {"nft": "nftables v1.0.6"}, "packages": {"scapy": "2.6.1"},
+            "started": 1.8e9, "finished": 1.8e9 + pid, "n_points": pid, "complete": True}
+    with open(os.path.join(out, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    return str(out)
+
+
+def test_report_from_a_synthetic_run(tmp_path):
+    run = make_run(tmp_path / "run")
+    t0 = time.monotonic()
+    path = report.build_report(run)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 60, f"report took {elapsed:.0f} s for 60 points x 300 probes"
+    assert path == os.path.join(run, "report.html")
+    body = open(path, encoding="utf-8").read()
+    assert body.count('<img src="data:image/png;base64,') >= 4
+    assert report.self_contained(body)
+    assert "12 of 300 probes unanswered" in body            # invalid point and its reason
+    assert sha256_file(os.path.join(run, "samples.parquet")) in body
+    assert "python -m labkit sweep --modes iptables-nft,nftables" in body
+    assert "kubernetes.io/blog/2025/02/28/nftables-kube-proxy" in body and "published" in body
+    assert "6.18.0-test" in body
+
+    cx = pd.read_csv(os.path.join(run, "crossover.csv"))
+    for col in ("mode_a", "mode_b", "statistic", "kind", "n_star", "ci_low", "ci_high", "finding"):
+        assert col in cx.columns
+    assert set(cx["kind"]) == {"fit", "budget-abs", "budget-rel"}
+    fit = cx[(cx["kind"] == "fit") & np.isfinite(cx["n_star"])]
+    assert len(fit) >= 1
+    assert ((fit["ci_low"] <= fit["n_star"]) & (fit["n_star"] <= fit["ci_high"])).any()
+    main = fit[(fit["mode_a"] == "iptables-nft") & (fit["mode_b"] == "nftables")
+               & (fit["statistic"] == "p50") & (fit["target"] == "last")].iloc[0]
+    assert main["n_star"] == pytest.approx(7 / 0.016, rel=0.2)   # true crossing: 437.5 services
+    assert main["ci_low"] <= main["n_star"] <= main["ci_high"]
+    assert cx["finding"].str.len().min() > 20
+
+    s = pd.read_csv(os.path.join(run, "summary.csv"))
+    legacy = s[(s["mode"] == "iptables-legacy") & (s["statistic"] == "p50") & (s["target"] == "last")]
+    assert legacy["model"].iloc[0] in ("hinge", "segmented")   # not a straight line
+    assert os.path.exists(os.path.join(run, "analysis.ipynb"))
+
+
+def test_report_into_another_directory_leaves_the_run_untouched(tmp_path):
+    run = make_run(tmp_path / "ref", modes=("iptables-nft", "nftables"), rounds=1, probes=150,
+                   targets=("last",), invalid_point=-1)
+    before = {f: (os.path.getmtime(os.path.join(run, f)), sha256_file(os.path.join(run, f)))
+              for f in os.listdir(run)}
+    out = tmp_path / "out"
+    path = report.build_report(run, out_dir=str(out), budget_us=5.0, budget_frac=0.2, n_boot=200)
+    assert path == os.path.join(str(out), "report.html")
+    after = {f: (os.path.getmtime(os.path.join(run, f)), sha256_file(os.path.join(run, f)))
+             for f in os.listdir(run)}
+    assert before == after
+    cx = pd.read_csv(out / "crossover.csv")
+    assert set(cx.loc[cx["kind"] == "budget-abs", "budget_us"]) == {5.0}
+    assert "All points are valid" in open(path, encoding="utf-8").read()
+
+
+def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
+    with pytest.raises(UsageError, match="not a labkit run"):
+        report.build_report(str(tmp_path))
+
+
+def test_stored_notebook_is_thin_and_clean():
+    nb = nbformat.read(report.default_notebook(), as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    assert all(len(c.source.splitlines()) <= 12 for c in code)
