@@ -525,7 +525,14 @@ def fit_curve(key: tuple[str, str, str, str], x, y, Yb, point_ids=None,
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     fits = fit_models(x, y)
-    chosen, used, weights = select_model(fits, criterion)
+    if "linear" not in fits and len(np.unique(x)) == 2:
+        # two observations: nothing to choose from; the line through them
+        # describes the data (a constant would claim "flat" without evidence)
+        theta, rss = fit_batch("linear", x, y[None, :])
+        fits["linear"] = Fit("linear", theta[0], float(rss[0]), len(x))
+        chosen, used, weights = "linear", "none", {m: math.nan for m in fits}
+    else:
+        chosen, used, weights = select_model(fits, criterion)
     c = Curve(*key, x=x, y=y, point_ids=np.asarray(point_ids if point_ids is not None else []),
               fits=fits, chosen=chosen, criterion=used, weights=weights)
     for m in {chosen, "linear"} & set(fits):
@@ -845,12 +852,12 @@ def analyze(run: Run | str, *, budget_us: float = 10.0, budget_frac: float = 0.1
     srows, frows = [], []
     for key, c in curves.items():
         srows.append(_summary_row(c, pts, level))
-        best = getattr(c.fits[c.chosen], c.criterion)
+        best = getattr(c.fits[c.chosen], c.criterion, math.nan)
         for m, f in c.fits.items():
             frows.append(dict(mode=c.series, target=c.target, probe=c.probe, statistic=c.stat,
                               model=m, chosen=m == c.chosen, n_obs=f.n, n_params=f.spec.n_params,
                               rss=f.rss, aic=f.aic, aicc=f.aicc, bic=f.bic, criterion=c.criterion,
-                              delta=(getattr(f, c.criterion) - best) if not math.isnan(c.weights[m])
+                              delta=(getattr(f, c.criterion, math.nan) - best) if not math.isnan(c.weights[m])
                               else math.nan, weight=c.weights[m],
                               curve=f.describe(), **{f"param_{k}": v for k, v in f.params().items()}))
     order = {s: i for i, s in enumerate(run.series_order)}
@@ -903,7 +910,8 @@ def _summary_row(c: Curve, pts: pd.DataFrame, level: float) -> dict:
         b = c.fits["linear"].params()["b"] * 1e3
         lo, hi = percentile_ci(c.boot["linear"][:, 1] * 1e3, level)
         row.update(slope_ns=b, slope_lo=float(lo), slope_hi=float(hi))
-        row["linear_delta"] = getattr(c.fits["linear"], c.criterion) - getattr(c.fit, c.criterion)
+        row["linear_delta"] = (getattr(c.fits["linear"], c.criterion, math.nan)
+                               - getattr(c.fit, c.criterion, math.nan))
     else:
         row.update(slope_ns=np.nan, slope_lo=np.nan, slope_hi=np.nan, linear_delta=np.nan)
     p = c.fit.params()

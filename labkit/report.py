@@ -159,7 +159,7 @@ def _ci(v, lo, hi, fmt="{:,.1f}") -> str:
 
 
 def _crit(c: str) -> str:
-    return {"aicc": "AICc", "aic": "AIC", "bic": "BIC"}.get(c, c)
+    return {"aicc": "AICc", "aic": "AIC", "bic": "BIC", "none": "none (two points)"}.get(c, c)
 
 
 def _when(t) -> str:

@@ -110,6 +110,14 @@ def test_too_few_points_limit_the_models():
     assert crit == "aic" and chosen == "linear"
 
 
+def test_two_points_give_the_line_through_them_not_a_flat_claim():
+    x = np.array([0.0, 1000.0])
+    c = A.fit_curve(("iptables-nft", "last", "syn", "p50"), x, np.array([10.2, 28.1]),
+                    np.array([[10.0, 28.0], [10.4, 28.3]]))
+    assert c.chosen == "linear" and c.criterion == "none"
+    assert c.fit.params()["b"] == pytest.approx(0.0179)
+
+
 # --- bootstrap coverage ---------------------------------------------------------
 
 def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate():
