@@ -1,0 +1,70 @@
+# labkit pipeline.  On a fresh Debian/Ubuntu machine, as root:
+#   sudo make report   # installs what it needs, runs the default sweep, writes the HTML report
+#   sudo make test     # installs what it needs, runs the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PARAMS ?= params/default.yaml
+RUN ?= runs/$(basename $(notdir $(PARAMS)))-$(shell date +%Y%m%d-%H%M%S)
+REFERENCE ?= data/reference/host-6.18
+PUBLISH_DIR ?= build/publish
+# Debian packages the lab needs (see README "Dependencies" for why each is there)
+APT_PACKAGES := iproute2 iptables nftables procps kmod conntrack \
+	clang llvm libbpf-dev linux-libc-dev bpftool \
+	ipvsadm qemu-system-x86 busybox-static \
+	python3-venv python3-dev gcc
+
+.PHONY: setup apt venv report sweep test test-unit lab publish clean distclean
+
+setup: $(STAMP)
+
+apt:
+	@if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root (sudo make ...): it installs Debian packages" >&2; exit 2; fi
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | apt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,vm]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# the default sweep (about 10 minutes on 2 cores) and its report
+report: setup
+	$(BIN)/python -m labkit sweep --params $(PARAMS) --out $(RUN)
+	$(BIN)/python -m labkit report $(RUN)
+	@echo "report: $(RUN)/report.html"
+
+# a sweep from any parameter file, through the parameterized notebook (papermill)
+sweep: setup
+	mkdir -p $(RUN)
+	$(BIN)/papermill notebooks/sweep.ipynb $(RUN)/sweep.ipynb -f $(PARAMS) -p out_dir $(RUN)
+	$(BIN)/python -m labkit report $(RUN)
+
+test: setup
+	$(BIN)/python -m pytest -v -rs $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest -v -rs -m "not root and not vm" $(PYTEST_ARGS)
+
+lab: setup
+	$(BIN)/jupyter lab --allow-root --no-browser notebooks/
+
+# rebuild the published report from the committed reference run (no root needed)
+publish: $(STAMP)
+	$(BIN)/python -m labkit report $(REFERENCE) --out-dir $(PUBLISH_DIR)
+	@echo "published: $(PUBLISH_DIR)/report.html"
+
+clean:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m labkit clean; fi
+
+distclean: clean
+	rm -rf $(VENV) .cache build
