@@ -1,0 +1,160 @@
+"""labkit.vm: the kernel pin, the guest script, and the VM's failure paths.
+
+The failure-path tests boot the pinned kernel for real (skipped, with the
+reason, when it cannot boot here) and check that a failing guest command
+raises LabkitError carrying the console tail, that a boot that does not
+finish in time raises VMBootError, and that no qemu process, exchange
+directory or state file is left behind.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from labkit import vm
+from labkit.errors import LabkitError
+from labkit.state import all_states
+
+
+def test_lock_file_pins_a_debian_kernel():
+    pin = vm.kernel_pin()
+    assert pin.package.startswith("linux-image-") and pin.release in pin.package
+    assert len(pin.sha256) == 64 and int(pin.sha256, 16) >= 0
+    assert vm.guest_kernel_release() == pin.release
+
+
+def test_kernel_pin_reports_a_broken_lock(tmp_path):
+    bad = tmp_path / "k.lock"
+    bad.write_text('package = "linux-image-x"\n')
+    with pytest.raises(LabkitError, match="cannot read the VM kernel pin"):
+        vm.kernel_pin(bad)
+
+
+def test_cache_dir_follows_labkit_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    assert vm.cache_dir() == tmp_path / "vm"
+
+
+def test_guest_script_records_start_output_and_status(tmp_path):
+    """The script the guest runs, run here by sh: same contract."""
+    env = {"PATH": os.environ["PATH"], "GREETING": "it's \"quoted\" $HOME"}
+    script = vm._script(tmp_path, ["sh", "-c", 'echo "$GREETING"; pwd; echo oops >&2; exit 3'],
+                        str(tmp_path), env)
+    (tmp_path / "run.sh").write_text(script)
+    subprocess.run(["sh", str(tmp_path / "run.sh")], check=True, env={})
+    assert (tmp_path / "rc").read_text().strip() == "3"
+    assert (tmp_path / "stdout").read_text() == f"it's \"quoted\" $HOME\n{tmp_path}\n"
+    assert (tmp_path / "stderr").read_text() == "oops\n"
+    assert float((tmp_path / "started").read_text().split()[0]) > 0
+
+
+def test_guest_script_without_its_directory(tmp_path):
+    script = vm._script(tmp_path, ["true"], str(tmp_path / "missing"), {"PATH": "/usr/bin:/bin"})
+    (tmp_path / "run.sh").write_text(script)
+    subprocess.run(["sh", str(tmp_path / "run.sh")], check=True, env={}, capture_output=True)
+    assert (tmp_path / "rc").read_text().strip() == "125"
+    assert "cannot enter" in (tmp_path / "stderr").read_text()
+
+
+def test_guest_env_keeps_labkit_variables(monkeypatch):
+    monkeypatch.setenv("LABKIT_SOMETHING", "x")
+    monkeypatch.setenv("SECRET_TOKEN", "y")
+    env = vm._guest_env({"EXTRA": "1"})
+    assert env["LABKIT_SOMETHING"] == "x" and env["EXTRA"] == "1" and env["LABKIT_IN_VM"] == "1"
+    assert "SECRET_TOKEN" not in env and "/usr/sbin" in env["PATH"].split(":")
+
+
+# ---- booting the VM ---------------------------------------------------------------
+def _qemu_pids() -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and vm._comm(int(d)).startswith("qemu-system"):
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if b"labkit-" in f.read():
+                        out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def _our_leftovers(before_states: set[str]) -> dict:
+    runs = vm.cache_dir() / "runs"
+    return {"qemu": _qemu_pids(),
+            "exchange dirs": sorted(os.listdir(runs)) if runs.is_dir() else [],
+            "state files": sorted(s.run_id for s in all_states()
+                                  if s.run_id not in before_states
+                                  and any(p.startswith(str(runs)) for p in s.paths))}
+
+
+@pytest.fixture
+def bootable():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    ok, why = vm.vm_available()
+    if not ok:
+        pytest.skip(f"VM kernel cannot boot here: {why}")
+    if _qemu_pids():
+        pytest.skip("another labkit VM is running here; its qemu would confuse the leftover check")
+    before = {s.run_id for s in all_states()}
+    yield before
+    assert _our_leftovers(before) == {"qemu": [], "exchange dirs": [], "state files": []}
+
+
+def _error_of(argv, timeout) -> str:
+    """The LabkitError message run_in_vm raises (skips if the VM cannot boot)."""
+    try:
+        vm.run_in_vm(argv, timeout=timeout)
+    except vm.VMBootError as exc:
+        pytest.skip(f"VM kernel did not boot: {exc}")
+    except LabkitError as exc:
+        return str(exc)
+    pytest.fail(f"{argv} raised nothing")
+
+
+@pytest.mark.vm
+@pytest.mark.root
+@pytest.mark.slow
+def test_failing_guest_command_raises_with_console_tail(bootable):
+    msg = _error_of(["sh", "-c", "uname -r; echo guest-says-no >&2; exit 3"], timeout=120)
+    assert "exit 3" in msg and "guest-says-no" in msg and "console tail" in msg
+    assert vm.guest_kernel_release() in msg
+
+
+@pytest.mark.vm
+@pytest.mark.root
+@pytest.mark.slow
+def test_result_and_facts_of_a_guest_command(bootable, tmp_path):
+    out = tmp_path / "shared"
+    try:
+        res = vm.run_in_vm([sys.executable, "-c",
+                            "import os, platform; print(platform.release());"
+                            f"open({str(out / 'w')!r}, 'w').write(os.environ['LABKIT_IN_VM'])"],
+                           timeout=120, rw=[str(out)], check=False)
+    except vm.VMBootError as exc:
+        pytest.skip(f"VM kernel did not boot: {exc}")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == vm.guest_kernel_release() != os.uname().release
+    assert (out / "w").read_text() == "1"  # written in the guest, seen on the host
+    f = res.facts
+    assert f["accel"] in ("kvm", "tcg") and f["accel_reason"]
+    assert f["kernel_sha256"] == vm.kernel_pin().sha256
+    assert 0 < f["guest_uptime_s"] < f["boot_s"] < vm.BOOT_TIMEOUT[f["accel"]]
+
+
+@pytest.mark.vm
+@pytest.mark.root
+def test_boot_timeout_kills_qemu(bootable):
+    vm.fetch_kernel()
+    with pytest.raises(vm.VMBootError, match="did not start the command within 1 s"):
+        vm._boot(["true"], accel="tcg", timeout=10, boot_timeout=1)
+
+
+@pytest.mark.vm
+@pytest.mark.root
+@pytest.mark.slow
+def test_command_timeout_kills_qemu(bootable):
+    assert "did not finish in the VM within 3 s" in _error_of(["sleep", "600"], timeout=3)
