@@ -16,7 +16,6 @@ from .errors import UsageError
 
 TARGETS = ("first", "middle", "last", "random", "none")
 KERNELS = ("auto", "host", "vm")
-PROBE_KINDS = ("syn",)
 MAX_PROBES = 1_000_000
 
 
@@ -117,7 +116,8 @@ class SweepParams:
         p = dataclasses.replace(self)
         p.modes = _names(p.modes, "modes", tuple(MODES))
         p.targets = _names(p.targets, "targets", TARGETS)
-        p.probe_kinds = _names(p.probe_kinds, "probe_kinds", PROBE_KINDS)
+        from .probe import PROBERS
+        p.probe_kinds = _names(p.probe_kinds, "probe_kinds", tuple(PROBERS))
         svc = [_int(v, "services", 0, MAX_SERVICES) for v in _split(p.services, "services")]
         if not svc:
             raise UsageError("services: at least one count is needed")

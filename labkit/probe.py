@@ -269,3 +269,9 @@ class SynProber:
             now = time.perf_counter()
             if now >= end:
                 return n / (now - t0)
+
+
+#: probe kinds by name, as used in ``--probe-kinds`` and the ``probe`` column.
+#: Each is a context manager with ``craft_for(catalog, target, n)`` and
+#: ``run(probes) -> list[ProbeOutcome]``.
+PROBERS: dict[str, type] = {"syn": SynProber}

@@ -290,7 +290,7 @@ class Sweep:
 
     def _block(self, lab, cls, b: Block, targets: list[str], checked: set[str], done: set[int],
                bar) -> None:
-        from .probe import SynProber
+        from .probe import PROBERS
         p = self.params
         lab.reset_node()
         if cls.name not in checked:
@@ -303,31 +303,32 @@ class Sweep:
         dp = cls(lab)
         prog = dp.setup(catalog)
         try:
-            seed = p.seed * 1_000_003 + b.block
-            with SynProber(lab, timeout=p.timeout, seed=seed) as prober:
-                for t in targets:
-                    pid = point_id(p, b, t, "syn")
-                    if pid in done:
-                        continue
-                    if p.warmup:
-                        prober.run(prober.craft_for(catalog, t, p.warmup))
-                    probes = prober.craft_for(catalog, t, p.probes)
-                    started = time.time()
-                    outcomes = prober.run(probes)
-                    finished = time.time()
-                    self._record(b, t, pid, catalog, outcomes, prog, started, finished)
-                    bar.update(1)
+            for kind in p.probe_kinds:
+                seed = (p.seed * 1_000_003 + b.block) * 7 + p.probe_kinds.index(kind)
+                with PROBERS[kind](lab, timeout=p.timeout, seed=seed) as prober:
+                    for t in targets:
+                        pid = point_id(p, b, t, kind)
+                        if pid in done:
+                            continue
+                        if p.warmup:
+                            prober.run(prober.craft_for(catalog, t, p.warmup))
+                        probes = prober.craft_for(catalog, t, p.probes)
+                        started = time.time()
+                        outcomes = prober.run(probes)
+                        finished = time.time()
+                        self._record(b, t, kind, pid, catalog, outcomes, prog, started, finished)
+                        bar.update(1)
         finally:
             dp.teardown()
 
-    def _record(self, b: Block, target: str, pid: int, catalog: ServiceCatalog, outcomes,
+    def _record(self, b: Block, target: str, kind: str, pid: int, catalog: ServiceCatalog, outcomes,
                 prog, started: float, finished: float) -> None:
         p = self.params
         kernel = self.meta["kernel"]
         n = len(outcomes)
         df = pd.DataFrame({
             "run_id": self.meta["run_id"], "point_id": pid, "mode": b.mode, "kernel": kernel,
-            "services": b.services, "endpoints": p.endpoints, "target": target, "probe": "syn",
+            "services": b.services, "endpoints": p.endpoints, "target": target, "probe": kind,
             "round": b.round, "seq": np.arange(n),
             "service": [o.probe.service for o in outcomes],
             "dst": [o.probe.dst for o in outcomes],
@@ -343,7 +344,7 @@ class Sweep:
         point = {
             "run_id": self.meta["run_id"], "point_id": pid, "block": b.block, "mode": b.mode,
             "kernel": kernel, "services": b.services, "endpoints": p.endpoints, "target": target,
-            "probe": "syn", "round": b.round, "render_s": prog.render_s, "load_s": prog.load_s,
+            "probe": kind, "round": b.round, "render_s": prog.render_s, "load_s": prog.load_s,
             "program_s": prog.program_s, "sent": n, "answered": answered, "lost": n - answered,
             "valid": valid, "reason": reason, **summarize(df["rtt_us"].to_numpy()),
             "started": started, "finished": finished,

@@ -14,7 +14,12 @@ IS_ROOT = os.geteuid() == 0
 
 
 def _labkit_namespaces() -> set[str]:
-    return {n for n in netns.list_namespaces() if NS_RE.match(n)}
+    """labkit namespaces, except those of runs still alive in *other* processes
+    (a developer's sweep running next to the suite is not the suite's leftover)."""
+    from labkit.state import all_states
+    others = {s.run_id for s in all_states() if s.pid != os.getpid() and s.owner_alive()}
+    return {n for n in netns.list_namespaces()
+            if (m := NS_RE.match(n)) and m.group(1) not in others}
 
 
 def _labkit_pins() -> set[str]:
