@@ -1,0 +1,334 @@
+"""kube-proxy's nftables layout (``pkg/proxy/nftables``), rendered for ``nft -f``.
+
+Layout (after kube-proxy; our own code)::
+
+    table ip kube-proxy
+      nat-prerouting / nat-output (type nat, priority dstnat) -> jump services
+      services          ip daddr . meta l4proto . th dport vmap @service-ips
+                        fib daddr type local ... vmap @service-nodeports
+      map service-ips   VIP . tcp . port : goto service-<hash>-<ns>/<svc>/tcp/p<port>
+      service-...       ip daddr VIP tcp dport P ip saddr != <cluster CIDR> jump mark-for-masquerade
+                        pick one endpoint, uniformly at random (see below)
+      endpoint-...      ip saddr EP jump mark-for-masquerade; meta l4proto tcp dnat to EP:P
+      mark-for-masquerade  mark set mark or 0x4000
+      nat-postrouting (priority srcnat) -> masquerading: masquerade what was marked
+
+A new connection finds its service with one hash lookup in ``service-ips``:
+O(1) in the number of services.
+
+Endpoint choice.  kube-proxy writes ``numgen random mod N vmap { 0 : goto
+endpoint-..., ... }`` in each service chain: one *anonymous* set per
+service.  On this kernel (6.18) every anonymous set costs the kernel a walk
+of the whole transaction (``__nft_set_trans_bind``) and of the table's set
+list (name allocation), so loading N services is O(N^2): 10,000 x 10 took
+over 100 s.  The default rendering (``select="rules"``) therefore picks the
+endpoint with N rules, ``numgen random mod (N-j) == 0 goto endpoint-j`` for
+j < N-1 and an unconditional ``goto`` last: uniform, like kube-proxy's vmap,
+with no set per service, and loads in linear time.  ``select="vmap"``
+renders kube-proxy's exact form, for comparison.  docs/nftables.md has the
+measurements.
+
+Left out, as in our iptables renderer: the filter-table chains (firewall and
+no-endpoint checks), session affinity, external/LoadBalancer IPs.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import json
+import os
+import resource
+import shutil
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from .. import netns
+from ..catalog import ServiceCatalog
+from ..errors import LabkitError
+from .base import Datapath
+from .iptables import MASQ_MARK
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..lab import Lab
+
+TABLE = "kube-proxy"
+PROBE_TABLE = "labkit-probe"
+SELECT_MODES = ("rules", "vmap", "named", "shared")
+
+
+def _ip(n: int) -> str:
+    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]  # 10 bits -> 2 characters
+
+
+def _hash8(name: str, port: int) -> str:
+    """``chain_hash(name, port)[:8]`` (the first 40 bits in base32), without
+    the slow pure-Python base64 module: it runs a million times at 100k x 10."""
+    v = int.from_bytes(hashlib.sha256(f"{name}:{port}/tcp".encode()).digest()[:5], "big")
+    p = _B32_PAIRS
+    return p[v >> 30] + p[(v >> 20) & 1023] + p[(v >> 10) & 1023] + p[v & 1023]
+
+
+def service_chain(name: str, port: int) -> str:
+    """kube-proxy's service chain name: service-<hash8>-<ns>/<svc>/tcp/p<port>."""
+    return f"service-{_hash8(name, port)}-{name}/tcp/p{port}"
+
+
+def endpoint_chain(name: str, ep: str, port: int) -> str:
+    """kube-proxy's endpoint chain name: endpoint-<hash8>-<ns>/<svc>/tcp/p<port>__<ip>/<port>."""
+    return f"endpoint-{_hash8(f'{name}@{ep}', port)}-{name}/tcp/p{port}__{ep}/{port}"
+
+
+def _pick(chains: list[str], select: str, named: str = "") -> list[str]:
+    """Rules of a service chain that send a new connection to one of ``chains``."""
+    n = len(chains)
+    if select == "vmap":
+        arms = ", ".join(f"{j} : goto {c}" for j, c in enumerate(chains))
+        return [f"numgen random mod {n} vmap {{ {arms} }}"]
+    if select == "named":
+        return [f"numgen random mod {n} vmap @{named}"]
+    if select == "shared":
+        return [f"ip daddr . th dport . numgen random mod {n} vmap @service-endpoints"]
+    # P(endpoint j) = 1/(n-j) given that none before was taken: 1/n each
+    return [f"numgen random mod {n - j} == 0 goto {c}" for j, c in enumerate(chains[:-1])] \
+        + [f"goto {chains[-1]}"]
+
+
+def render_nftables(catalog: ServiceCatalog, *, select: str = "rules", table: str = TABLE) -> str:
+    """The whole ``table ip <table>`` for ``catalog`` as ``nft -f`` input (pure).
+
+    The text first deletes any previous table of that name, in the same
+    transaction, so loading it replaces the datapath atomically.
+
+    ``select``: how a service chain picks its endpoint.  "rules" (default)
+    and "vmap" (kube-proxy's literal form) are described in the module
+    docstring; "named" (one named map per service) and "shared" (one map
+    keyed by VIP . port . slot for all services) exist only for the
+    programming-speed experiments in docs/nftables.md.
+    """
+    if select not in SELECT_MODES:
+        raise ValueError(f"select must be one of {SELECT_MODES}, got {select!r}")
+    mark = MASQ_MARK
+    n = catalog.endpoints
+    cluster_cidr = str(catalog.endpoint_net)
+    elements: list[str] = []
+    shared: list[str] = []
+    chains: list[str] = []
+    for i in range(catalog.services):
+        name = catalog.name(i)
+        vip = _ip(catalog.vip_int(i))
+        eps = [_ip(catalog.endpoint_int(i, j)) for j in range(n)]
+        for port in catalog.ports:
+            svc = service_chain(name, port)
+            elements.append(f"\t\t\t{vip} . tcp . {port} : goto {svc},")
+            epcs = [endpoint_chain(name, ep, port) for ep in eps]
+            named = f"endpoints-{i}-{port}"
+            if select == "named":
+                arms = ", ".join(f"{j} : goto {c}" for j, c in enumerate(epcs))
+                chains.append(f"\tmap {named} {{\n\t\ttypeof numgen random mod {n} : verdict\n"
+                              f"\t\telements = {{ {arms} }}\n\t}}\n")
+            elif select == "shared":
+                shared += [f"\t\t\t{vip} . {port} . {j} : goto {c}," for j, c in enumerate(epcs)]
+            body = [f"ip daddr {vip} tcp dport {port} ip saddr != {cluster_cidr} jump mark-for-masquerade",
+                    *_pick(epcs, select, named)]
+            chains.append(f"\tchain {svc} {{\n" + "".join(f"\t\t{r}\n" for r in body) + "\t}\n")
+            for ep, epc in zip(eps, epcs):
+                chains.append(f"\tchain {epc} {{\n"
+                              f"\t\tip saddr {ep} jump mark-for-masquerade\n"
+                              f"\t\tmeta l4proto tcp dnat to {ep}:{port}\n"
+                              "\t}\n")
+    if select == "shared":
+        chains.insert(0, f"\tmap service-endpoints {{\n"
+                         f"\t\ttypeof ip daddr . th dport . numgen random mod {n} : verdict\n"
+                         + ("\t\telements = {\n" + "\n".join(shared) + "\n\t\t}\n" if shared else "")
+                         + "\t}\n")
+    svc_elems = "\t\telements = {\n" + "\n".join(elements) + "\n\t\t}\n" if elements else ""
+    head = (
+        f"table ip {table} {{}}\n"
+        f"delete table ip {table}\n"
+        f"table ip {table} {{\n"
+        '\tcomment "rules for kube-proxy"\n'
+        "\tmap service-ips {\n"
+        "\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n"
+        '\t\tcomment "ClusterIP, ExternalIP and LoadBalancer IP traffic"\n'
+        f"{svc_elems}"
+        "\t}\n"
+        "\tmap service-nodeports {\n"
+        "\t\ttype inet_proto . inet_service : verdict\n"
+        '\t\tcomment "NodePort traffic"\n'
+        "\t}\n"
+        "\tchain nat-prerouting {\n"
+        "\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+        "\t\tjump services\n"
+        "\t}\n"
+        "\tchain nat-output {\n"
+        # -100 is dstnat; nft 1.0.6 accepts the name only with hook prerouting
+        "\t\ttype nat hook output priority -100; policy accept;\n"
+        "\t\tjump services\n"
+        "\t}\n"
+        "\tchain nat-postrouting {\n"
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+        "\t\tjump masquerading\n"
+        "\t}\n"
+        "\tchain services {\n"
+        "\t\tip daddr . meta l4proto . th dport vmap @service-ips\n"
+        "\t\tfib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports\n"
+        "\t}\n"
+        "\tchain mark-for-masquerade {\n"
+        f"\t\tmark set mark or {mark}\n"
+        "\t}\n"
+        "\tchain masquerading {\n"
+        f"\t\tmark and {mark} == 0 return\n"
+        f"\t\tmark set mark xor {mark}\n"
+        "\t\tmasquerade fully-random\n"
+        "\t}\n"
+    )
+    return head + "".join(chains) + "}\n"
+
+
+# nfnetlink constants (linux/netfilter/nfnetlink.h, nf_tables.h)
+_NETLINK_NETFILTER = 12
+_NFNL_SUBSYS_NFTABLES = 10
+_NFNL_MSG_BATCH_BEGIN, _NFNL_MSG_BATCH_END = 0x10, 0x11
+_NFT_MSG_DELTABLE = 2
+_NFTA_TABLE_NAME = 1
+_NLM_F_REQUEST, _NLM_F_ACK = 1, 4
+_NLMSG_ERROR = 2
+
+
+def _nlmsg(mtype: int, flags: int, seq: int, family: int, res_id: int, payload: bytes = b"") -> bytes:
+    body = struct.pack("=BBH", family, 0, socket.htons(res_id)) + payload
+    return struct.pack("=IHHII", 16 + len(body), mtype, flags, seq, 0) + body
+
+
+def delete_table(ns: str, name: str, family: int = socket.AF_INET) -> bool:
+    """Delete nftables table ``name`` in namespace ``ns`` with one netlink
+    batch; False if there was none.
+
+    ``nft delete table`` first dumps the whole ruleset into its cache: 1.5 s
+    at 10,000 services, 130 s at 100,000 (the kernel restarts the chain dump
+    from the top for every reply buffer).  The kernel itself deletes a
+    1.1-million-chain table in about a second.
+    """
+    key = name.encode() + b"\0"
+    attr = struct.pack("=HH", 4 + len(key), _NFTA_TABLE_NAME) + key
+    attr += b"\0" * (-len(attr) % 4)
+    batch = (_nlmsg(_NFNL_MSG_BATCH_BEGIN, _NLM_F_REQUEST, 1, socket.AF_UNSPEC, _NFNL_SUBSYS_NFTABLES)
+             + _nlmsg((_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_DELTABLE, _NLM_F_REQUEST | _NLM_F_ACK, 2,
+                      family, 0, attr)
+             + _nlmsg(_NFNL_MSG_BATCH_END, _NLM_F_REQUEST, 3, socket.AF_UNSPEC, _NFNL_SUBSYS_NFTABLES))
+    with netns.entered(ns):
+        sk = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+    with sk:
+        sk.settimeout(3600)
+        sk.bind((0, 0))
+        sk.send(batch)
+        while True:
+            data, off = sk.recv(65536), 0
+            while off + 20 <= len(data):
+                length, mtype, _, seq, _ = struct.unpack_from("=IHHII", data, off)
+                if mtype == _NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + 16)[0]
+                    if seq == 2 and err == 0:
+                        return True
+                    if seq == 2 and err == errno.ENOENT:
+                        return False
+                    if err:
+                        raise LabkitError(f"deleting nftables table {name} in {ns}: {os.strerror(err)}")
+                off += (length + 3) & ~3
+
+
+class Nftables(Datapath):
+    name = "nftables"
+    summary = "kube-proxy nftables mode: one service-ips verdict-map lookup, per-service and per-endpoint chains"
+    needs = "CONFIG_NF_TABLES, CONFIG_NFT_NAT, CONFIG_NFT_MASQ, CONFIG_NFT_NUMGEN, CONFIG_NFT_FIB_IPV4"
+    lookup = "one verdict-map (hash) lookup in service-ips: O(1) in services"
+    #: how a service chain picks its endpoint (see the module docstring)
+    select = "rules"
+
+    @classmethod
+    def unavailable(cls, lab: "Lab | None" = None) -> str | None:
+        if not shutil.which("nft"):
+            return "nft not found (Debian package nftables; `sudo make setup` installs it)"
+        if lab is not None:
+            probe = render_nftables(ServiceCatalog(services=1, endpoints=2), select=cls.select,
+                                    table=PROBE_TABLE)
+            try:
+                lab.run(lab.node, ["nft", "-f", "-"], input=probe, timeout=60)
+            except LabkitError as exc:
+                return f"the kernel refused a kube-proxy nftables table: {exc} (needs {cls.needs})"
+            finally:
+                lab.run(lab.node, ["nft", "delete", "table", "ip", PROBE_TABLE], check=False)
+        return None
+
+    @staticmethod
+    def render(catalog: ServiceCatalog) -> str:
+        return render_nftables(catalog, select=Nftables.select)
+
+    def load(self, text: str) -> None:
+        self.lab.run(self.lab.node, ["nft", "-f", "-"], input=text, timeout=3600)
+
+    def tables(self) -> list[str]:
+        """``family name`` of every nftables table in the node namespace (slow while
+        a large table is loaded: nft 1.0.6 then dumps every rule)."""
+        cp = self.lab.run(self.lab.node, ["nft", "list", "tables"])
+        return [ln.split(None, 1)[1] for ln in cp.stdout.splitlines() if ln.startswith("table ")]
+
+    def clear(self) -> None:
+        delete_table(self.lab.node, TABLE)
+
+    def describe(self) -> dict:
+        cp = self.lab.run(self.lab.node, ["nft", "--version"], check=False)
+        return {"nft_version": cp.stdout.strip(), "nft_table": f"ip {TABLE}",
+                "nft_endpoint_select": self.select}
+
+
+# ---- programming-speed benchmark ---------------------------------------------
+
+def bench(services: int, endpoints: int, select: str = "rules", repeat: int = 1) -> list[dict]:
+    """Render + ``nft -f`` a catalog in a fresh lab's node namespace, ``repeat``
+    times; returns one record per run (seconds)."""
+    from ..lab import Lab
+    cat = ServiceCatalog(services=services, endpoints=endpoints)
+    out = []
+    with Lab(endpoint_cidr=cat.endpoint_cidr, server=False) as lab:
+        dp = Nftables(lab)
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            text = render_nftables(cat, select=select)
+            t1 = time.perf_counter()
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            dp.load(text)
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t2 = time.perf_counter()
+            dp.teardown()
+            t3 = time.perf_counter()
+            # CPU time of nft (user + kernel): steadier than wall time on a shared machine
+            cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+            out.append({"services": services, "endpoints": endpoints, "select": select,
+                        "render_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3),
+                        "program_s": round(t2 - t0, 3), "nft_cpu_s": round(cpu, 3),
+                        "nft_maxrss_mb": round(ru1.ru_maxrss / 1024), "delete_s": round(t3 - t2, 3),
+                        "text_mb": round(len(text) / 1e6, 1)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -c 'import labkit.datapaths.nftables as m; m.main()' --services 10000``"""
+    ap = argparse.ArgumentParser(prog="labkit.datapaths.nftables.main",
+                                 description="Time render + nft -f of the nftables datapath in a lab.")
+    ap.add_argument("--services", type=int, default=10_000)
+    ap.add_argument("--endpoints", type=int, default=10)
+    ap.add_argument("--select", choices=SELECT_MODES, default="rules")
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args(argv)
+    for rec in bench(args.services, args.endpoints, args.select, args.repeat):
+        print(json.dumps(rec), flush=True)
+    return 0
+
