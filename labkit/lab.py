@@ -13,9 +13,11 @@ import ipaddress
 import logging
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import Callable, Sequence
 
 from . import netns
@@ -26,6 +28,24 @@ from .topology import Topology, new_run_id
 log = logging.getLogger(__name__)
 
 NEIGH_PERMANENT = 0x80
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT/SIGTERM while tearing down, so a second Ctrl-C cannot leave
+    half a lab behind; the held signal is re-raised afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda n, f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if got:
+            signal.raise_signal(got[0])
 
 
 class Lab:
@@ -103,6 +123,9 @@ class Lab:
             # no IPv6 chatter (router solicitations, DAD) on the tap
             netns.sysctl(ns, {"net.ipv6.conf.all.disable_ipv6": 1,
                               "net.ipv6.conf.default.disable_ipv6": 1})
+        # the client's own sockets (keepalive, HTTP) take ports above the ones
+        # SYN probes use (10000-60999), so a probe never meets their conntrack entry
+        netns.sysctl(t.client_ns, {"net.ipv4.ip_local_port_range": "61000 65535"})
         self._loopbacks()
         self._wire()
         netns.sysctl(t.backend_ns, {"net.core.somaxconn": 65535,
@@ -246,6 +269,10 @@ class Lab:
         if self._closed:
             return
         self._closed = True
+        with _signals_held():
+            self._unwind()
+
+    def _unwind(self) -> None:
         errors = []
         while self._undo:
             what, fn = self._undo.pop()

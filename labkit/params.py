@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +137,12 @@ class SweepParams:
         p.timeout = float(p.timeout)
         if p.kernel not in KERNELS:
             raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {p.kernel!r}")
+        from .probe import SPORT_HI, SPORT_LO
+        per_block = (p.warmup + p.probes) * len(p.targets)
+        if per_block > SPORT_HI - SPORT_LO + 1:
+            raise UsageError(f"(warmup + probes) x targets = {per_block:,} probes per block exceed the "
+                             f"{SPORT_HI - SPORT_LO + 1:,} fresh source ports a block has: conntrack "
+                             "would match reused 5-tuples; lower --probes")
         # the largest catalog must fit the address ranges
         ServiceCatalog(max(p.services), p.endpoints, tuple(p.ports), p.service_cidr, p.endpoint_cidr)
         from .topology import Topology
@@ -164,9 +171,11 @@ def check_out_dir(out: str, resume: bool) -> str:
         raise UsageError(f"--resume: {out} holds no run to resume (no meta.json)")
     if not resume and has_run:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    parent = out if os.path.isdir(out) else os.path.dirname(out)
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent or "/", os.W_OK):
-        raise UsageError(f"--out {out}: {parent} is not writable")
+    # try for real (root passes every permission check, a read-only mount does not)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".labkit-write-test-")
+        probe.close()
+    except OSError as exc:
+        raise UsageError(f"--out {out} is not writable: {exc.strerror}") from None
     return out

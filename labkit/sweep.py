@@ -116,8 +116,14 @@ def endpoint_spread_p(df: pd.DataFrame, catalog: ServiceCatalog) -> float | None
     return float(chisquare(counts).pvalue)
 
 
-def judge_point(df: pd.DataFrame, catalog: ServiceCatalog) -> tuple[bool, str]:
-    """(valid, reason) for one point's checked samples."""
+def judge_point(df: pd.DataFrame, catalog: ServiceCatalog,
+                ct_new: int | None = None) -> tuple[bool, str]:
+    """(valid, reason) for one point's checked samples.
+
+    ``ct_new``: new conntrack entries the node made during the point.  Where
+    the datapath uses conntrack at all (> 0), every answered SYN must have made
+    one: fewer means some probes hit an existing entry and skipped the lookup.
+    """
     reasons = []
     n = len(df)
     lost = int(df["rtt_us"].isna().sum())
@@ -131,6 +137,10 @@ def judge_point(df: pd.DataFrame, catalog: ServiceCatalog) -> tuple[bool, str]:
         k = int((df["error"] == err).sum())
         if k:
             reasons.append(f"{k} probes {text}")
+    answered = int(df["rtt_us"].notna().sum())
+    if ct_new and ct_new < answered:
+        reasons.append(f"{answered - ct_new} probes hit existing conntrack entries "
+                       f"({ct_new} new entries for {answered} answered SYNs)")
     p = endpoint_spread_p(df, catalog)
     if p is not None and p < SPREAD_P_MIN:
         reasons.append(f"uneven endpoint spread (chi-square p={p:.1e})")
@@ -313,16 +323,22 @@ class Sweep:
                         if p.warmup:
                             prober.run(prober.craft_for(catalog, t, p.warmup))
                         probes = prober.craft_for(catalog, t, p.probes)
+                        ct0 = netns.conntrack_entries(lab.node)
                         started = time.time()
                         outcomes = prober.run(probes)
                         finished = time.time()
-                        self._record(b, t, kind, pid, catalog, outcomes, prog, started, finished)
+                        ct1 = netns.conntrack_entries(lab.node)
+                        # entries die 10 s after the client's RST: judge short points only
+                        inserts = None if ct0 is None or ct1 is None or finished - started > 8 \
+                            else ct1 - ct0
+                        self._record(b, t, kind, pid, catalog, outcomes, prog, started, finished,
+                                     ct_new=inserts)
                         bar.update(1)
         finally:
             dp.teardown()
 
     def _record(self, b: Block, target: str, kind: str, pid: int, catalog: ServiceCatalog, outcomes,
-                prog, started: float, finished: float) -> None:
+                prog, started: float, finished: float, ct_new: int | None = None) -> None:
         p = self.params
         kernel = self.meta["kernel"]
         n = len(outcomes)
@@ -339,7 +355,7 @@ class Sweep:
             "endpoint": [o.endpoint for o in outcomes],
         })
         df = check_samples(df, catalog)
-        valid, reason = judge_point(df, catalog)
+        valid, reason = judge_point(df, catalog, ct_new if kind == "syn" else None)
         answered = int(df["rtt_us"].notna().sum())
         point = {
             "run_id": self.meta["run_id"], "point_id": pid, "block": b.block, "mode": b.mode,
@@ -347,6 +363,7 @@ class Sweep:
             "probe": kind, "round": b.round, "render_s": prog.render_s, "load_s": prog.load_s,
             "program_s": prog.program_s, "sent": n, "answered": answered, "lost": n - answered,
             "valid": valid, "reason": reason, **summarize(df["rtt_us"].to_numpy()),
+            "ct_new": -1 if ct_new is None else ct_new,
             "started": started, "finished": finished,
         }
         self.samples.append(df[SAMPLE_COLS])

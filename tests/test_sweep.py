@@ -49,6 +49,7 @@ def test_validity_accepts_even_correct_answers():
     ("unseen", "never seen at the backend"),
     ("uneven", "uneven endpoint spread"),
     ("wrong-source", "answered from the wrong address"),
+    ("conntrack", "probes hit existing conntrack entries"),
 ])
 def test_validity_names_what_is_wrong(case, reason):
     cat = ServiceCatalog(10, 4)
@@ -67,7 +68,7 @@ def test_validity_names_what_is_wrong(case, reason):
     elif case == "wrong-source":
         df.loc[:0, "error"] = "wrong-source"
     df = check_samples(df, cat)
-    valid, why = judge_point(df, cat)
+    valid, why = judge_point(df, cat, ct_new=60 if case == "conntrack" else None)
     assert not valid and reason in why, why
 
 
