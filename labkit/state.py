@@ -9,6 +9,7 @@ recorded *before* they are created, so a crash in between leaves a record.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -88,7 +89,20 @@ def all_states() -> list[RunState]:
     return out
 
 
+MNT_DETACH = 2
+
+
+def unmount(path: str) -> None:
+    """Detach a mount (a run's private bpffs instance: its pins go with it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"cannot unmount {path}: {os.strerror(e)}")
+
+
 def remove_path(path: str) -> None:
+    if os.path.ismount(path):
+        unmount(path)
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:

@@ -316,3 +316,22 @@ def test_lab_close_removes_bpffs():
         # no teardown: the lab's own undo steps must remove it
     assert not os.path.exists(root_dir)
     assert not any(root_dir in line for line in open("/proc/self/mounts"))
+
+
+@root
+def test_remove_path_unmounts_a_bpffs(tmp_path):
+    """What `labkit clean` does with a killed run's bpffs instance."""
+    _skip_unless_root()
+    import ctypes
+    from labkit.state import remove_path
+    path = str(tmp_path / "labkit-zzzzzz-bpffs")
+    os.mkdir(path)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mount(b"bpf", path.encode(), b"bpf", 0, None) == 0, os.strerror(ctypes.get_errno())
+    fd = ebpf.map_create(ebpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1, "lb_test")
+    try:
+        ebpf.obj_pin(fd, f"{path}/lb_test")
+    finally:
+        os.close(fd)
+    remove_path(path)
+    assert not os.path.ismount(path) and not os.path.exists(path)

@@ -43,7 +43,7 @@ import numpy as np
 
 from .. import netns
 from ..errors import LabkitError, Unavailable
-from ..state import STATE_DIR, remove_path
+from ..state import remove_path
 from .base import Datapath, ProgramResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,6 +66,7 @@ CT_ENTRIES = 262_144   # LRU: two entries per flow
 STATS = ("new", "established", "reply", "redirect", "redirect_neigh", "stack", "no_backend", "error")
 MAPS = ("lb_services", "lb_backends", "lb_ct", "lb_stats")
 PIN = "@PIN@"          # placeholder for the pin directory in rendered text
+BPFFS_PARENT = "/tmp"  # a run's bpffs instance: /tmp/labkit-<run>-bpffs (found by `labkit clean`)
 BATCH = 1 << 18        # elements per BPF_MAP_UPDATE_BATCH call
 
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_HASH = 1, 2, 6, 9
@@ -157,7 +158,6 @@ _libc.syscall.restype = ctypes.c_long
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 (BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_OBJ_PIN, BPF_OBJ_GET,
  BPF_OBJ_GET_INFO_BY_FD, BPF_MAP_UPDATE_BATCH) = 0, 1, 4, 6, 7, 15, 26
-MNT_DETACH = 2
 
 
 def _bpf(cmd: int, attr: ctypes.Array) -> int:
@@ -295,13 +295,11 @@ _per_lab: "weakref.WeakKeyDictionary[Lab, _LabBpf]" = weakref.WeakKeyDictionary(
 
 def _mount_bpffs(lab: "Lab") -> str:
     """A private bpffs instance for this run; unmounting it drops every pin."""
-    path = os.path.join(STATE_DIR, f"bpffs-{lab.run_id}")
+    path = os.path.join(BPFFS_PARENT, f"labkit-{lab.run_id}-bpffs")
     lab.state.add("paths", path)
 
     def remove() -> None:
-        if os.path.ismount(path):
-            _libc.umount2(path.encode(), MNT_DETACH)
-        remove_path(path)
+        remove_path(path)  # unmounts first
         lab.state.discard("paths", path)
     lab.defer(f"unmount bpffs {path}", remove)
     os.makedirs(path, exist_ok=True)
@@ -359,6 +357,7 @@ class Ebpf(Datapath):
         self._pin_dir: str | None = None
         self._attached = False
         self._entries: dict[str, int] = {}
+        self._timing: dict[str, float] = {}
         self._deferred = False
 
     # -- availability ---------------------------------------------------------
@@ -393,14 +392,17 @@ class Ebpf(Datapath):
         t1 = time.perf_counter()
         try:
             self._prepare(entries)
+            t_fill = time.perf_counter()
             map_update_batch(self._fds["lb_services"], entries.service_keys, entries.service_values)
             map_update_batch(self._fds["lb_backends"], entries.backend_ids, entries.backends)
+            t_attach = time.perf_counter()
             self._attach()
         except BaseException:
             self.clear()
             raise
         self._entries = {"lb_services": len(entries.service_keys), "lb_backends": len(entries.backends)}
         t2 = time.perf_counter()
+        self._timing.update(render_s=t1 - t0, fill_s=t_attach - t_fill, attach_s=t2 - t_attach)
         self.catalog = catalog
         return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
 
@@ -437,12 +439,14 @@ class Ebpf(Datapath):
                  "lb_backends": (BPF_MAP_TYPE_ARRAY, 4, 8, entries.backend_max),
                  "lb_ct": (BPF_MAP_TYPE_LRU_HASH, 16, 24, CT_ENTRIES),
                  "lb_stats": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(STATS))}
+        t_maps = time.perf_counter()
         try:
             for m, (kind, ks, vs, n) in sizes.items():
                 self._fds[m] = map_create(kind, ks, vs, n, m)
                 obj_pin(self._fds[m], f"{pin}/{m}")
         except OSError as exc:
             raise LabkitError(f"cannot create BPF map {m} ({n:,} entries): {exc}") from None
+        t_load = time.perf_counter()
         cmd = [toolchain()["bpftool"], "prog", "loadall", ctx.obj, f"{pin}/prog"]
         for m in MAPS:
             cmd += ["map", "name", m, "pinned", f"{pin}/{m}"]
@@ -452,6 +456,7 @@ class Ebpf(Datapath):
             raise LabkitError(f"bpftool could not load {os.path.basename(ctx.obj)}: {' | '.join(tail)}")
         for prog in self._all_programs():
             self._fds[prog] = obj_get(f"{pin}/prog/{prog}")
+        self._timing = {"maps_s": t_load - t_maps, "load_s": time.perf_counter() - t_load}
 
     def _all_programs(self) -> list[str]:
         return list(self.programs.values())
@@ -543,6 +548,7 @@ class Ebpf(Datapath):
                 "hooks": {ifname: f"{self._hook_name()} {prog}" for ifname, prog in self.programs.items()},
                 "pin_dir": self._pin_dir,
                 "map_entries": dict(self._entries),
+                "setup_seconds": {k: round(v, 4) for k, v in self._timing.items()},
                 "stats": self.stats()}
 
     def _hook_name(self) -> str:
