@@ -77,3 +77,49 @@ def test_out_dir_refuses_to_overwrite_a_run(tmp_path):
     with pytest.raises(UsageError, match="already holds a run"):
         check_out_dir(str(tmp_path), resume=False)
     assert check_out_dir(str(tmp_path), resume=True) == str(tmp_path)
+
+
+# --- the same refusals through parameter files and papermill -----------------------
+
+BAD_FILES = [
+    ("- just\n- a list\n", "must hold a mapping"),
+    ("modes: [iptables-nft]\nprobes: many\n", "probes must be a whole number"),
+    ("services: {a: 1}\n", "services must be a list"),
+    ("modes: [iptables-nft\n", "not valid YAML"),
+    ("probes: 1000000\nwarmup: 20\ntargets: [last, none]\n", "fresh source ports"),
+    ("endpoints: 2000\n", "endpoints must be in 1..1,000"),
+    ("services: [0, 1000001]\n", "services must be in 0..1,000,000"),
+    ("timeout: true\n", "timeout must be a number"),
+]
+
+
+@pytest.mark.parametrize("text, msg", BAD_FILES, ids=[m for _, m in BAD_FILES])
+def test_bad_parameter_files(tmp_path, text, msg):
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    with pytest.raises(UsageError, match=msg):
+        SweepParams.from_yaml(str(f))
+    cp = labkit("sweep", "--params", str(f), "--out", str(tmp_path / "o"))
+    assert cp.returncode == 2 and msg in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+
+
+def test_unwritable_output_is_refused(tmp_path):
+    cp = labkit("sweep", "--services", "0", "--out", "/proc/labkit-out")
+    assert cp.returncode == 2 and "is not writable" in cp.stderr
+
+
+@pytest.mark.parametrize("params, msg", [
+    (dict(probes=0), "probes must be in 1"),
+    (dict(modes=["iptables-nft", "quantum"]), "unknown mode 'quantum'"),
+    (dict(services=[0, -1]), "services must be in 0"),
+    (dict(endpoint_cidr="10.128.0.0/30", services=[10]), "too small"),
+])
+def test_bad_papermill_parameters_fail_before_the_kernel(tmp_path, params, msg):
+    import papermill as pm
+    before = _labkit_namespaces()
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with pytest.raises(pm.PapermillExecutionError, match=msg):
+        pm.execute_notebook(os.path.join(root, "notebooks", "sweep.ipynb"),
+                            str(tmp_path / "out.ipynb"), parameters=dict(params, out_dir=str(tmp_path / "o")),
+                            kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    assert _labkit_namespaces() <= before and not (tmp_path / "o").exists()
