@@ -48,6 +48,6 @@ def doctor() -> list[dict]:
             row["vm"] = ok
             if ok:
                 row["where"] = "vm"
-                row["reason"] = f"{why}; {note}"
+                row["reason"] = why if "VM kernel" in why else f"{why}; {note}"
         rows.append(row)
     return rows
