@@ -33,6 +33,7 @@ import socket
 import struct
 import subprocess
 import sysconfig
+import tempfile
 import time
 import weakref
 from dataclasses import dataclass
@@ -397,8 +398,10 @@ class Ebpf(Datapath):
             map_update_batch(self._fds["lb_backends"], entries.backend_ids, entries.backends)
             t_attach = time.perf_counter()
             self._attach()
-        except BaseException:
+        except BaseException as exc:
             self.clear()
+            if isinstance(exc, OSError):
+                raise LabkitError(f"{self.name}: programming the maps failed: {exc}") from None
             raise
         self._entries = {"lb_services": len(entries.service_keys), "lb_backends": len(entries.backends)}
         t2 = time.perf_counter()
@@ -423,8 +426,10 @@ class Ebpf(Datapath):
         self.clear()
         try:
             self._prepare(render_maps(catalog))
-        except BaseException:
+        except BaseException as exc:
             self.clear()
+            if isinstance(exc, OSError):
+                raise LabkitError(f"{self.name}: loading failed: {exc}") from None
             raise
         self.catalog = catalog
 
@@ -433,8 +438,7 @@ class Ebpf(Datapath):
         if not self._deferred:  # the lab's close undoes a setup nobody tore down
             self.lab.defer(f"clear {self.name} datapath", self.clear)
             self._deferred = True
-        self._pin_dir = pin = os.path.join(ctx.pin_root, self.name)
-        os.makedirs(pin)
+        self._pin_dir = pin = tempfile.mkdtemp(prefix=f"{self.name}-", dir=ctx.pin_root)
         sizes = {"lb_services": (BPF_MAP_TYPE_HASH, 12, 8, entries.service_max),
                  "lb_backends": (BPF_MAP_TYPE_ARRAY, 4, 8, entries.backend_max),
                  "lb_ct": (BPF_MAP_TYPE_LRU_HASH, 16, 24, CT_ENTRIES),
