@@ -12,7 +12,7 @@ REFERENCE ?= data/reference/host-6.18
 PUBLISH_DIR ?= build/publish
 # Debian packages the lab needs (see README "Dependencies" for why each is there)
 APT_PACKAGES := iproute2 iptables nftables procps kmod conntrack \
-	clang llvm libbpf-dev linux-libc-dev bpftool \
+	clang llvm libbpf-dev linux-libc-dev bpftool ethtool \
 	ipvsadm qemu-system-x86 busybox-static \
 	python3-venv python3-dev gcc
 

@@ -23,10 +23,17 @@ def _labkit_namespaces() -> set[str]:
 
 
 def _labkit_pins() -> set[str]:
+    """bpffs pins and mounts of labkit runs (not of runs alive in other processes)."""
+    from labkit.state import all_states
+    others = {s.run_id for s in all_states() if s.pid != os.getpid() and s.owner_alive()}
     try:
-        return {p for p in os.listdir("/sys/fs/bpf") if p.startswith("labkit-")}
+        pins = {f"/sys/fs/bpf/{p}" for p in os.listdir("/sys/fs/bpf") if p.startswith("labkit-")}
     except OSError:
-        return set()
+        pins = set()
+    with open("/proc/self/mounts") as f:
+        mounts = {line.split()[1] for line in f if line.split()[2] == "bpf"}
+    pins |= {m for m in mounts if "/labkit-" in m}
+    return {p for p in pins if p.split("labkit-")[1][:6] not in others}
 
 
 def pytest_collection_modifyitems(config, items):
