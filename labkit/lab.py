@@ -230,7 +230,7 @@ class Lab:
 
     # -- processes ---------------------------------------------------------
     def spawn(self, ns: str, argv: Sequence[str], *, ready: str | None = None,
-              timeout: float = 15.0, **popen) -> subprocess.Popen:
+              timeout: float = 90.0, **popen) -> subprocess.Popen:
         """Start a process inside ``ns``; it is killed at close().
 
         With ``ready``, wait until the process prints that word on stdout.
