@@ -12,7 +12,7 @@ import os
 import re
 
 from . import netns
-from .state import RunState, all_states, remove_path
+from .state import all_states, pid_alive, remove_path
 from .topology import NS_RE
 
 PATH_RE = re.compile(r"labkit-([a-z0-9]{6})(?:-|$)")
@@ -29,7 +29,7 @@ def clean(force: bool = False) -> list[str]:
             live.add(st.run_id)
             continue
         for pid in st.pids:
-            if netns._alive(pid):
+            if pid_alive(pid):
                 netns.kill_pids([pid])
                 removed.append(f"process {pid}")
         for ns in st.namespaces:

@@ -17,6 +17,7 @@ import time
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from .errors import LabkitError, Unavailable, UsageError
+from .state import pid_alive
 from .topology import PREFIX
 
 NETNS_DIR = "/var/run/netns"
@@ -89,25 +90,10 @@ def kill_pids(pids: Sequence[int], grace: float = 2.0) -> None:
                 os.kill(p, sig)
         deadline = time.monotonic() + grace
         while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if _alive(p)]
+            pids = [p for p in pids if pid_alive(p)]
             time.sleep(0.02)
         if not pids:
             return
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def remove(name: str) -> None:

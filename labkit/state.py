@@ -59,19 +59,22 @@ class RunState:
             return cls(**json.load(f))
 
     def owner_alive(self) -> bool:
-        if self.pid == os.getpid():
-            return True
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                return f.read().split(") ", 1)[1][0] != "Z"
-        except OSError:
-            return False
+        return self.pid == os.getpid() or pid_alive(self.pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
 
 
 def all_states() -> list[RunState]:
