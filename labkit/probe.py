@@ -275,3 +275,7 @@ class SynProber:
 #: Each is a context manager with ``craft_for(catalog, target, n)`` and
 #: ``run(probes) -> list[ProbeOutcome]``.
 PROBERS: dict[str, type] = {"syn": SynProber}
+
+# more kinds live in their own modules, which add themselves to PROBERS when
+# imported: keepalive and reuse-<k> (labkit/keepalive.py)
+from . import keepalive  # noqa: E402,F401  (after the names it imports from here)

@@ -117,12 +117,14 @@ def endpoint_spread_p(df: pd.DataFrame, catalog: ServiceCatalog) -> float | None
 
 
 def judge_point(df: pd.DataFrame, catalog: ServiceCatalog,
-                ct_new: int | None = None) -> tuple[bool, str]:
+                ct_new: int | None = None, spread: bool = True) -> tuple[bool, str]:
     """(valid, reason) for one point's checked samples.
 
     ``ct_new``: new conntrack entries the node made during the point.  Where
     the datapath uses conntrack at all (> 0), every answered SYN must have made
     one: fewer means some probes hit an existing entry and skipped the lookup.
+    ``spread``: judge the endpoint spread (False for probe kinds that send many
+    probes over one connection, which stays on one endpoint by design).
     """
     reasons = []
     n = len(df)
@@ -141,7 +143,7 @@ def judge_point(df: pd.DataFrame, catalog: ServiceCatalog,
     if ct_new and ct_new < answered:
         reasons.append(f"{answered - ct_new} probes hit existing conntrack entries "
                        f"({ct_new} new entries for {answered} answered SYNs)")
-    p = endpoint_spread_p(df, catalog)
+    p = endpoint_spread_p(df, catalog) if spread else None
     if p is not None and p < SPREAD_P_MIN:
         reasons.append(f"uneven endpoint spread (chi-square p={p:.1e})")
     return (not reasons, "; ".join(reasons))
@@ -277,6 +279,9 @@ class Sweep:
         else:
             self.meta.setdefault("resumed", []).append(time.time())
         self._write_meta()
+        # control-plane timings, one row per block and operation (labkit/control.py)
+        from .control import ControlLog
+        self.control = ControlLog(self.out, self.meta["run_id"], self.meta["kernel"], self.resume)
         blocks = plan(p)
         todo = {(b.block, t) for b in blocks for t in b.targets
                 if any(point_id(p, b, t, k) not in done for k in p.probe_kinds)}
@@ -334,6 +339,8 @@ class Sweep:
                         self._record(b, t, kind, pid, catalog, outcomes, prog, started, finished,
                                      ct_new=inserts)
                         bar.update(1)
+            # control plane (labkit/control.py): add one service, remove it, timed
+            self.control.record(b.block, b.round, catalog, dp, prog, lab)
         finally:
             dp.teardown()
 
@@ -355,7 +362,9 @@ class Sweep:
             "endpoint": [o.endpoint for o in outcomes],
         })
         df = check_samples(df, catalog)
-        valid, reason = judge_point(df, catalog, ct_new if kind == "syn" else None)
+        from .probe import PROBERS
+        valid, reason = judge_point(df, catalog, ct_new if kind == "syn" else None,
+                                    spread=getattr(PROBERS[kind], "new_connection_per_probe", True))
         answered = int(df["rtt_us"].notna().sum())
         point = {
             "run_id": self.meta["run_id"], "point_id": pid, "block": b.block, "mode": b.mode,

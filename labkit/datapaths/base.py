@@ -5,13 +5,18 @@ in the lab's *node* namespace.  Following kube-proxy, the rules are rendered
 by a pure function (``render``: catalog -> text, unit-testable without root)
 and loaded atomically by the kernel's own loader (``apply``).  ``setup`` and
 ``teardown`` come in pairs; ``teardown`` removes exactly what ``setup`` made.
+``add_service`` / ``remove_service`` change one service of the loaded
+catalog (the control-plane experiment, :mod:`labkit.control`).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import LabkitError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..catalog import ServiceCatalog
@@ -79,6 +84,41 @@ class Datapath(ABC):
     def teardown(self) -> None:
         self.clear()
         self.catalog = None
+
+    # ---- control-plane operations (labkit/control.py times them) -----------
+    #: how add_service/remove_service change the datapath, for the report
+    update: ClassVar[str] = "full re-render and reload (kube-proxy iptables full sync)"
+
+    def add_service(self) -> ProgramResult:
+        """Add the next service (index N) to the loaded catalog of N services.
+
+        Default: render the whole catalog of N+1 services and load it, as
+        kube-proxy's iptables mode does on a full sync.  Modes that can change
+        one service in place override this."""
+        return self.resync(self._resized(+1))
+
+    def remove_service(self) -> ProgramResult:
+        """Remove the last service (index N-1) of the loaded catalog.
+        Default: full re-render and reload of the N-1 services."""
+        return self.resync(self._resized(-1))
+
+    def resync(self, catalog: "ServiceCatalog") -> ProgramResult:
+        """Render ``catalog`` and load it over the current state."""
+        t0 = time.perf_counter()
+        text = self.render(catalog)
+        t1 = time.perf_counter()
+        self.load(text)
+        t2 = time.perf_counter()
+        self.catalog = catalog
+        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+
+    def _resized(self, delta: int) -> "ServiceCatalog":
+        if self.catalog is None:
+            raise LabkitError(f"{self.name}: no catalog loaded (call setup first)")
+        n = self.catalog.services + delta
+        if n < 0:
+            raise LabkitError(f"{self.name}: no service left to remove")
+        return dataclasses.replace(self.catalog, services=n)
 
     # ---- observation (for validity checks) ---------------------------------
     def describe(self) -> dict:

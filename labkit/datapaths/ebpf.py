@@ -91,17 +91,19 @@ class MapEntries:
         return int(self.backend_ids.max()) + 1 if len(self.backend_ids) else 1
 
 
-def render_maps(catalog: "ServiceCatalog") -> MapEntries:
-    """Map entries for ``catalog`` (pure, vectorized).
+def render_maps(catalog: "ServiceCatalog", first: int = 0) -> MapEntries:
+    """Map entries for ``catalog`` (pure, vectorized); with ``first``, only
+    those of services ``first`` .. N-1 (one service in place: add_service).
 
     Service ``i``, port index ``k``: slot 0 holds the endpoint count E, slot
     ``s`` (1..E) the backend id ``1 + ((i * E) + s - 1) * P + k``; backend id
     0 is never used.  Backend ``(i, j, k)`` is endpoint ``j`` of service
     ``i`` on port ``ports[k]``.
     """
-    s, e, p = catalog.services, catalog.endpoints, len(catalog.ports)
+    e, p = catalog.endpoints, len(catalog.ports)
+    s = max(0, catalog.services - first)
     ports = np.asarray(catalog.ports, dtype=np.uint32)
-    i = np.arange(s, dtype=np.uint64)[:, None, None]
+    i = np.arange(first, first + s, dtype=np.uint64)[:, None, None]
     k = np.arange(p, dtype=np.uint64)[None, :, None]
     slot = np.arange(e + 1, dtype=np.uint64)[None, None, :]
 
@@ -116,13 +118,19 @@ def render_maps(catalog: "ServiceCatalog") -> MapEntries:
 
     j = np.arange(e, dtype=np.uint64)[None, :, None]
     k2 = np.arange(p, dtype=np.uint64)[None, None, :]
-    i2 = np.arange(s, dtype=np.uint64)[:, None, None]
+    i2 = np.arange(first, first + s, dtype=np.uint64)[:, None, None]
     backends = np.zeros((s, e, p), BACKEND)
     backends["addr"] = catalog.endpoint_int(0, 0) + i2 * e + j if s else 0
     backends["port"] = ports[None, None, :]
     backends["proto"] = IPPROTO_TCP
     ids = (1 + (i2 * e + j) * p + k2).astype(np.uint32)
     return MapEntries(keys.ravel(), vals.ravel(), ids.ravel(), backends.ravel())
+
+
+def spare_entries(catalog: "ServiceCatalog") -> tuple[int, int]:
+    """(service-map keys, backend ids) one more service of ``catalog`` needs."""
+    p = len(catalog.ports)
+    return (catalog.endpoints + 1) * p, catalog.endpoints * p
 
 
 def _hex(b: bytes) -> str:
@@ -157,8 +165,8 @@ def render_batch(catalog: "ServiceCatalog") -> str:
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
-(BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_OBJ_PIN, BPF_OBJ_GET,
- BPF_OBJ_GET_INFO_BY_FD, BPF_MAP_UPDATE_BATCH) = 0, 1, 4, 6, 7, 15, 26
+(BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_OBJ_PIN,
+ BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD, BPF_MAP_UPDATE_BATCH) = 0, 1, 3, 4, 6, 7, 15, 26
 
 
 def _bpf(cmd: int, attr: ctypes.Array) -> int:
@@ -210,6 +218,13 @@ def map_update_batch(fd: int, keys: np.ndarray, values: np.ndarray) -> None:
         done = struct.unpack_from("=I", attr, 32)[0]
         if done != len(k):
             raise LabkitError(f"BPF_MAP_UPDATE_BATCH stored {done} of {len(k)} entries")
+
+
+def map_delete(fd: int, keys: np.ndarray) -> None:
+    """Delete ``keys`` one by one (BPF_MAP_DELETE_ELEM), in the given order."""
+    keys = np.ascontiguousarray(keys)
+    for n in range(len(keys)):
+        _bpf(BPF_MAP_DELETE_ELEM, _attr("=I4xQ", fd, keys[n:n + 1].ctypes.data))
 
 
 def map_items(fd: int, key_size: int, value_size: int):
@@ -392,7 +407,7 @@ class Ebpf(Datapath):
         entries = render_maps(catalog)
         t1 = time.perf_counter()
         try:
-            self._prepare(entries)
+            self._prepare(entries, catalog)
             t_fill = time.perf_counter()
             map_update_batch(self._fds["lb_services"], entries.service_keys, entries.service_values)
             map_update_batch(self._fds["lb_backends"], entries.backend_ids, entries.backends)
@@ -421,11 +436,52 @@ class Ebpf(Datapath):
             raise LabkitError(f"bpftool batch failed: {' | '.join(cp.stderr.strip().splitlines()[-3:])}")
         self._attach()
 
+    # -- control-plane operations: one service in place ------------------------
+    update = ("map updates in place: backends, then the service's slots with slot 0 (the "
+              "count) last, as Cilium orders them; removal in reverse")
+
+    def add_service(self) -> ProgramResult:
+        new = self._resized(+1)
+        t0 = time.perf_counter()
+        e = render_maps(new, first=self.catalog.services)
+        master = e.service_keys["slot"] == 0
+        t1 = time.perf_counter()
+        try:
+            map_update_batch(self._fds["lb_backends"], e.backend_ids, e.backends)
+            map_update_batch(self._fds["lb_services"], e.service_keys[~master], e.service_values[~master])
+            map_update_batch(self._fds["lb_services"], e.service_keys[master], e.service_values[master])
+        except OSError as exc:
+            raise LabkitError(f"{self.name}: adding a service to the maps failed: {exc}") from None
+        t2 = time.perf_counter()
+        self._entries = {"lb_services": self._entries.get("lb_services", 0) + len(e.service_keys),
+                         "lb_backends": self._entries.get("lb_backends", 0) + len(e.backends)}
+        self.catalog = new
+        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+
+    def remove_service(self) -> ProgramResult:
+        new = self._resized(-1)
+        t0 = time.perf_counter()
+        e = render_maps(self.catalog, first=new.services)
+        master = e.service_keys["slot"] == 0
+        t1 = time.perf_counter()
+        try:
+            map_delete(self._fds["lb_services"], e.service_keys[master])
+            map_delete(self._fds["lb_services"], e.service_keys[~master])
+            # an array map cannot delete: clear the backends instead
+            map_update_batch(self._fds["lb_backends"], e.backend_ids, np.zeros_like(e.backends))
+        except OSError as exc:
+            raise LabkitError(f"{self.name}: removing a service from the maps failed: {exc}") from None
+        t2 = time.perf_counter()
+        self._entries = {"lb_services": self._entries.get("lb_services", 0) - len(e.service_keys),
+                         "lb_backends": self._entries.get("lb_backends", 0) - len(e.backends)}
+        self.catalog = new
+        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+
     def prepare(self, catalog: "ServiceCatalog") -> None:
         """Maps sized for ``catalog`` and programs loaded, but empty and detached."""
         self.clear()
         try:
-            self._prepare(render_maps(catalog))
+            self._prepare(render_maps(catalog), catalog)
         except BaseException as exc:
             self.clear()
             if isinstance(exc, OSError):
@@ -433,14 +489,16 @@ class Ebpf(Datapath):
             raise
         self.catalog = catalog
 
-    def _prepare(self, entries: MapEntries) -> None:
+    def _prepare(self, entries: MapEntries, catalog: "ServiceCatalog") -> None:
         ctx = _lab_bpf(self.lab)
         if not self._deferred:  # the lab's close undoes a setup nobody tore down
             self.lab.defer(f"clear {self.name} datapath", self.clear)
             self._deferred = True
         self._pin_dir = pin = tempfile.mkdtemp(prefix=f"{self.name}-", dir=ctx.pin_root)
-        sizes = {"lb_services": (BPF_MAP_TYPE_HASH, 12, 8, entries.service_max),
-                 "lb_backends": (BPF_MAP_TYPE_ARRAY, 4, 8, entries.backend_max),
+        # room for one more service, so add_service can change the maps in place
+        spare_keys, spare_ids = spare_entries(catalog)
+        sizes = {"lb_services": (BPF_MAP_TYPE_HASH, 12, 8, entries.service_max + spare_keys),
+                 "lb_backends": (BPF_MAP_TYPE_ARRAY, 4, 8, entries.backend_max + spare_ids),
                  "lb_ct": (BPF_MAP_TYPE_LRU_HASH, 16, 24, CT_ENTRIES),
                  "lb_stats": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(STATS))}
         t_maps = time.perf_counter()

@@ -40,10 +40,11 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import time
 from typing import TYPE_CHECKING
 
 from ..errors import LabkitError
-from .base import Datapath
+from .base import Datapath, ProgramResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..catalog import ServiceCatalog
@@ -223,6 +224,34 @@ def split_sections(text: str) -> dict[str, str]:
     return {k: "".join(v) for k, v in out.items()}
 
 
+def render_ipvs_add(catalog: "ServiceCatalog", i: int) -> str:
+    """The changes that add service ``i`` of ``catalog`` to a loaded IPVS
+    datapath, one ``#: <loader>`` section each, in the order to apply them:
+    set entries, the VIP on the dummy device, the virtual service and its
+    real servers last (pure)."""
+    vip = catalog.vip(i)
+    ipset = [f"add {CLUSTER_IP_SET} {vip},tcp:{port}" for port in catalog.ports]
+    ipset.append(f"add {IPVS_IPS_SET} {vip}")
+    ipvs = []
+    for port in catalog.ports:
+        ipvs.append(f"-A -t {vip}:{port} -s {SCHEDULER}")
+        ipvs += [f"-a -t {vip}:{port} -r {ep}:{port} -m -w 1" for ep in catalog.endpoints_of(i)]
+    return ("#: ipset restore\n" + "".join(f"{ln}\n" for ln in ipset)
+            + f"#: ip -batch\naddr add {vip}/32 dev {DUMMY_DEVICE}\n"
+            + "#: ipvsadm -R\n" + "".join(f"{ln}\n" for ln in ipvs))
+
+
+def render_ipvs_remove(catalog: "ServiceCatalog", i: int) -> str:
+    """The reverse of :func:`render_ipvs_add`: the virtual service first
+    (its real servers go with it), then the VIP, then the set entries (pure)."""
+    vip = catalog.vip(i)
+    ipset = [f"del {CLUSTER_IP_SET} {vip},tcp:{port}" for port in catalog.ports]
+    ipset.append(f"del {IPVS_IPS_SET} {vip}")
+    return ("#: ipvsadm -R\n" + "".join(f"-D -t {vip}:{port}\n" for port in catalog.ports)
+            + f"#: ip -batch\naddr del {vip}/32 dev {DUMMY_DEVICE}\n"
+            + "#: ipset restore\n" + "".join(f"{ln}\n" for ln in ipset))
+
+
 EMPTY_TABLES = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
                 ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
                 "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
@@ -348,6 +377,28 @@ class Ipvs(Datapath):
         for name in SECTION_ORDER[1:]:
             if name in sections:
                 self._run(loaders[name], input=sections[name], timeout=3600)
+
+    # ---- control-plane operations: one service in place ---------------------
+    update = ("ipset add/del, the VIP on kube-ipvs0, ipvsadm -A/-a (-D to remove): only the "
+              "changed service, as kube-proxy's IPVS proxier applies its diff")
+
+    def add_service(self) -> ProgramResult:
+        return self._apply_one(self._resized(+1), render_ipvs_add, self.catalog.services)
+
+    def remove_service(self) -> ProgramResult:
+        return self._apply_one(self._resized(-1), render_ipvs_remove, self.catalog.services - 1)
+
+    def _apply_one(self, catalog: "ServiceCatalog", renderer, i: int) -> ProgramResult:
+        t0 = time.perf_counter()
+        text = renderer(catalog if renderer is render_ipvs_add else self.catalog, i)
+        t1 = time.perf_counter()
+        loaders = {"ipset restore": ["ipset", "restore"], "ip -batch": ["ip", "-batch", "-"],
+                   "ipvsadm -R": ["ipvsadm", "-R"]}
+        for name, body in split_sections(text).items():  # in the text's order
+            self._run(loaders[name], input=body, timeout=3600)
+        t2 = time.perf_counter()
+        self.catalog = catalog
+        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
 
     def _ensure_module(self) -> None:
         """ipvsadm loads ip_vs itself; sysctl needs it loaded first."""
