@@ -43,12 +43,14 @@ CONTROL = "control.parquet"
 CONTROL_META = "control.json"
 OPS = ("program", "add", "remove")
 COLUMNS = ["run_id", "block", "mode", "kernel", "services", "endpoints", "round", "op", "seconds",
-           "render_s", "load_s", "verified", "check", "update", "started"]
+           "render_s", "load_s", "services_before", "verified", "check", "update", "started"]
 VERIFY_TIMEOUT = 0.3
 
 
-def _row(op: str, services: int, prog, verified: bool | None, check: str, started: float) -> dict:
-    return {"op": op, "services": services, "seconds": prog.render_s + prog.load_s,
+def _row(op: str, services: int, before: int, prog, verified: bool | None, check: str,
+         started: float) -> dict:
+    return {"op": op, "services": services, "services_before": before,
+            "seconds": prog.render_s + prog.load_s,
             "render_s": prog.render_s, "load_s": prog.load_s,
             "verified": verified, "check": check, "started": started}
 
@@ -68,8 +70,9 @@ def _answered(lab, catalog: ServiceCatalog, i: int, vip: str, seed: int) -> tupl
 
 
 def measure_ops(lab, dp, seed: int = 0, verify: bool = True) -> list[dict]:
-    """Add one service to the loaded datapath ``dp`` and remove it again;
-    one row per operation (``services`` = the count before it)."""
+    """Add one service to the loaded datapath ``dp`` of N services and remove
+    it again; one row per operation.  ``services`` is N for both,
+    ``services_before`` the count each operation found (N, then N+1)."""
     rows = []
     n = dp.catalog.services
     t = time.time()
@@ -78,7 +81,7 @@ def measure_ops(lab, dp, seed: int = 0, verify: bool = True) -> list[dict]:
     if verify:
         ok, what = _answered(lab, dp.catalog, n, dp.catalog.vip(n), seed)
         verified, check = ok and what == "ok", f"new VIP: {what}"
-    rows.append(_row("add", n, prog, verified, check, t))
+    rows.append(_row("add", n, n, prog, verified, check, t))
     vip = dp.catalog.vip(n)
     grown = dp.catalog
     t = time.time()
@@ -86,7 +89,7 @@ def measure_ops(lab, dp, seed: int = 0, verify: bool = True) -> list[dict]:
     if verify:
         ok, what = _answered(lab, grown, n, vip, seed + 1)
         verified, check = not ok, ("removed VIP: still answered" if ok else "removed VIP: no answer")
-    rows.append(_row("remove", n + 1, prog, verified, check, t))
+    rows.append(_row("remove", n, n + 1, prog, verified, check, t))
     return rows
 
 
@@ -104,7 +107,7 @@ class ControlLog:
                started: float | None = None, verify: bool = True) -> list[dict]:
         """The block's ``program`` row (from ``prog``) and its measured
         ``add`` and ``remove`` rows; written at once."""
-        rows = [_row("program", catalog.services, prog, None, "", started or time.time())]
+        rows = [_row("program", catalog.services, 0, prog, None, "", started or time.time())]
         rows += measure_ops(lab, dp, seed=block, verify=verify)
         for r in rows:
             r.update(run_id=self.run_id, block=block, mode=dp.name, kernel=self.kernel,

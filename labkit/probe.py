@@ -277,5 +277,6 @@ class SynProber:
 PROBERS: dict[str, type] = {"syn": SynProber}
 
 # more kinds live in their own modules, which add themselves to PROBERS when
-# imported: keepalive and reuse-<k> (labkit/keepalive.py)
-from . import keepalive  # noqa: E402,F401  (after the names it imports from here)
+# imported: keepalive and reuse-<k> (labkit/keepalive.py), http-new and
+# http-keepalive (labkit/http_probe.py)
+from . import keepalive, http_probe  # noqa: E402,F401  (after the names they import from here)

@@ -1,0 +1,225 @@
+"""Control-plane operations: one-service renderers (pure), add/remove on the
+real kernel for every mode, the control.parquet table of sweeps and of
+`labkit control`."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labkit import control
+from labkit.catalog import ServiceCatalog
+from labkit.datapaths import MODES, Datapath
+from labkit.datapaths.ebpf import render_maps, spare_entries
+from labkit.datapaths.ipvs import host_ipvs_missing, render_ipvs, render_ipvs_add, render_ipvs_remove
+from labkit.datapaths.nftables import (endpoint_chain, render_add_service, render_nftables,
+                                       render_remove_service, service_chain)
+
+CAT = ServiceCatalog(3, 2)
+
+
+# ---- pure -------------------------------------------------------------------
+class _Recorder(Datapath):
+    """A datapath that only records what it is asked to load (tests the base defaults)."""
+    name = "recorder"
+    summary = "test"
+
+    @classmethod
+    def unavailable(cls, lab=None):
+        return None
+
+    @staticmethod
+    def render(catalog):
+        return f"{catalog.services} services"
+
+    def load(self, text):
+        self.loaded.append(text)
+
+    def clear(self):
+        self.loaded.append("clear")
+
+
+def test_default_add_remove_rerender_the_whole_catalog():
+    dp = _Recorder(lab=None)
+    dp.loaded = []
+    dp.setup(CAT)
+    add = dp.add_service()
+    assert dp.catalog.services == 4 and dp.loaded[-1] == "4 services"
+    rem = dp.remove_service()
+    assert dp.catalog == CAT and dp.loaded == ["3 services", "4 services", "3 services"]
+    assert add.program_s >= 0 and rem.program_s >= 0
+    assert "full re-render" in Datapath.update
+
+
+def test_nftables_add_text_matches_the_full_render():
+    big = ServiceCatalog(4, 2, ports=(80, 8080))
+    text = render_add_service(big, 3)
+    full = render_nftables(big)
+    head, tail = text.split("}\nadd element ", 1)
+    assert head.startswith("table ip kube-proxy {\n")
+    # every chain block of the incremental text is, byte for byte, in the full table
+    blocks = ["\tchain " + b for b in head.split("\tchain ")[1:]]
+    assert len(blocks) == 2 * (1 + 2)
+    assert all(b in full for b in blocks)
+    # and none is in the table of the first 3 services
+    assert not any(b in render_nftables(ServiceCatalog(3, 2, ports=(80, 8080))) for b in blocks)
+    s80, s8080 = (service_chain(big.name(3), p) for p in (80, 8080))
+    assert tail == (f"ip kube-proxy service-ips {{ 10.96.0.4 . tcp . 80 : goto {s80}, "
+                    f"10.96.0.4 . tcp . 8080 : goto {s8080} }}\n")
+    # endpoint chains come before the service chain that jumps to them
+    assert head.index(f"chain {s80} ") > head.index(f"chain {endpoint_chain(big.name(3), '10.128.0.7', 80)} ")
+
+
+def test_nftables_remove_text_exact():
+    one = ServiceCatalog(1, 1)
+    svc = service_chain(one.name(0), 80)
+    ep = endpoint_chain(one.name(0), "10.128.0.1", 80)
+    assert render_remove_service(one, 0) == (
+        "delete element ip kube-proxy service-ips { 10.96.0.1 . tcp . 80 }\n"
+        f"flush chain ip kube-proxy {svc}\ndelete chain ip kube-proxy {svc}\n"
+        f"flush chain ip kube-proxy {ep}\ndelete chain ip kube-proxy {ep}\n")
+
+
+def test_ipvs_add_remove_text_exact():
+    assert render_ipvs_add(CAT, 2) == (
+        "#: ipset restore\nadd KUBE-CLUSTER-IP 10.96.0.3,tcp:80\nadd KUBE-IPVS-IPS 10.96.0.3\n"
+        "#: ip -batch\naddr add 10.96.0.3/32 dev kube-ipvs0\n"
+        "#: ipvsadm -R\n-A -t 10.96.0.3:80 -s rr\n-a -t 10.96.0.3:80 -r 10.128.0.5:80 -m -w 1\n"
+        "-a -t 10.96.0.3:80 -r 10.128.0.6:80 -m -w 1\n")
+    assert render_ipvs_remove(CAT, 2) == (
+        "#: ipvsadm -R\n-D -t 10.96.0.3:80\n#: ip -batch\naddr del 10.96.0.3/32 dev kube-ipvs0\n"
+        "#: ipset restore\ndel KUBE-CLUSTER-IP 10.96.0.3,tcp:80\ndel KUBE-IPVS-IPS 10.96.0.3\n")
+    # the added lines are the full render's lines for that service
+    full = render_ipvs(CAT)
+    for ln in render_ipvs_add(CAT, 2).splitlines():
+        if not ln.startswith("#:"):
+            assert ln in full
+
+
+def test_ebpf_entries_of_one_service_are_a_slice_of_the_full_maps():
+    cat = ServiceCatalog(5, 3, ports=(80, 443))
+    full, tail = render_maps(cat), render_maps(cat, first=4)
+    per_svc, per_be = 2 * 4, 2 * 3
+    assert tail.service_keys.tobytes() == full.service_keys[-per_svc:].tobytes()
+    assert tail.service_values.tobytes() == full.service_values[-per_svc:].tobytes()
+    assert np.array_equal(tail.backend_ids, full.backend_ids[-per_be:])
+    assert tail.backends.tobytes() == full.backends[-per_be:].tobytes()
+    assert spare_entries(cat) == (per_svc, per_be)
+    assert len(render_maps(cat, first=5).service_keys) == 0
+
+
+def test_summary_and_slopes_of_a_table():
+    rows = []
+    for n, s in ((0, 0.01), (1000, 1.01), (2000, 2.01)):
+        for op in control.OPS:
+            rows.append(dict(mode="m", op=op, services=n, seconds=s, verified=None if op == "program" else True))
+    df = pd.DataFrame(rows)
+    s = control.summary(df)
+    assert list(s["op"].unique()) == list(control.OPS)
+    assert (s["failed_checks"] == 0).all() and (s["count"] == 1).all()
+    sl = control.slopes(df)
+    assert np.allclose(sl["ms_per_1000_services"], 1000.0) and np.allclose(sl["intercept_s"], 0.01)
+    assert set(sl["chosen"]) == {"linear"}
+
+
+# ---- real kernel ----------------------------------------------------------------
+def _mode_ready(mode: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    why = MODES[mode].unavailable()
+    if why:
+        pytest.skip(f"{mode}: {why}")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("mode", list(MODES))
+def test_add_and_remove_one_service_real_kernel(mode):
+    """Program 30 services, add one (its VIP answers from its endpoints),
+    remove it (its VIP no longer answers); the others keep working."""
+    _mode_ready(mode)
+    from labkit.lab import Lab
+    from labkit.probe import SynProber
+    cat = ServiceCatalog(30, 3)
+    with Lab(endpoint_cidr=cat.endpoint_cidr) as lab:
+        dp = MODES[mode](lab)
+        lab.defer(f"{mode} teardown", dp.teardown)
+        dp.setup(cat)
+        rows = control.measure_ops(lab, dp, seed=1)
+        assert [r["op"] for r in rows] == ["add", "remove"]
+        assert [r["services"] for r in rows] == [30, 30]
+        assert [r["services_before"] for r in rows] == [30, 31]
+        assert all(r["verified"] for r in rows), rows
+        assert all(r["seconds"] > 0 and r["seconds"] == r["render_s"] + r["load_s"] for r in rows)
+        assert dp.catalog == cat
+        with SynProber(lab, timeout=0.5, seed=2) as pr:
+            out = pr.run([pr.craft(i, cat.vip(i), 80) for i in (0, 29) for _ in range(5)])
+        assert all(o.rtt_ns for o in out), [o.error for o in out]
+        assert all(cat.service_of_endpoint(o.endpoint.split(":")[0])[0] == o.probe.service for o in out)
+        # twice in a row: the state after add+remove is a clean base
+        assert all(r["verified"] for r in control.measure_ops(lab, dp, seed=3))
+
+
+@pytest.mark.vm
+@pytest.mark.root
+@pytest.mark.slow
+def test_ipvs_add_remove_in_vm():
+    """IPVS is not in this host kernel: run the real-kernel test inside the VM."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if host_ipvs_missing() is None:
+        pytest.skip("the host kernel has IPVS: test_add_and_remove_one_service_real_kernel[ipvs] runs it")
+    from labkit import vm
+    ok, why = vm.vm_available()
+    if not ok:
+        pytest.skip(f"VM kernel cannot boot here: {why}")
+    try:
+        res = vm.run_in_vm([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                            f"{__file__}::test_add_and_remove_one_service_real_kernel[ipvs]"],
+                           timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)), check=False)
+    except vm.VMBootError as exc:
+        pytest.skip(f"VM kernel did not boot: {exc}")
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.root
+def test_labkit_control_writes_the_table(tmp_path):
+    _mode_ready("nftables")
+    _mode_ready("iptables-nft")
+    out = control.run_control(["iptables-nft", "nftables"], [0, 50], str(tmp_path / "ctl"),
+                              endpoints=2, progress=False)
+    df = pd.read_parquet(os.path.join(out, control.CONTROL))
+    assert set(control.COLUMNS) <= set(df.columns)
+    assert len(df) == 2 * 2 * 3
+    assert sorted(df.groupby(["mode", "services"]).size().unique()) == [3]
+    assert (df["seconds"] > 0).all()
+    assert df.loc[df["op"] != "program", "verified"].astype(bool).all()
+    meta = pd.read_json(os.path.join(out, control.CONTROL_META), typ="series")
+    assert meta["complete"] and meta["experiment"] == "control"
+    with pytest.raises(Exception, match="already holds"):
+        control.run_control(["nftables"], [0], out, progress=False)
+
+
+@pytest.mark.root
+def test_sweep_writes_control_rows_per_block_and_valid_keepalive_points(tmp_path):
+    """The issue's done-when command in small: syn and keepalive probes, and
+    control.parquet with one row per block and operation."""
+    _mode_ready("nftables")
+    from labkit.params import SweepParams
+    from labkit.sweep import Sweep
+    p = SweepParams(modes=["iptables-nft", "nftables"], services=[0, 30], targets=["last"],
+                    probe_kinds=["syn", "keepalive"], probes=40, warmup=5, rounds=1, endpoints=3)
+    out = Sweep(p, str(tmp_path / "run"), progress=False).run()
+    pts = pd.read_parquet(os.path.join(out, "points.parquet"))
+    assert set(pts["probe"]) == {"syn", "keepalive"} and pts["valid"].all(), pts["reason"].tolist()
+    ctl = pd.read_parquet(os.path.join(out, control.CONTROL))
+    assert len(ctl) == 4 * 3 and sorted(ctl["op"].value_counts().unique()) == [4]
+    assert set(ctl["block"]) == set(pts["block"])
+    assert ctl.loc[ctl["op"] != "program", "verified"].astype(bool).all()
+    # the program row repeats the block's programming time from points.parquet
+    prog = ctl[ctl["op"] == "program"].set_index("block")["seconds"]
+    per_block = pts.drop_duplicates("block").set_index("block")["program_s"]
+    assert np.allclose(prog.sort_index(), per_block.sort_index())
