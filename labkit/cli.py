@@ -55,6 +55,15 @@ def cmd_sweep(args) -> int:
     check_out_dir(args.out, args.resume)
     from .netns import require_root
     require_root()
+    from .vm import choose_kernel, sweep_in_vm
+    where, why = choose_kernel(params.kernel if params else "host", params.modes if params else [],
+                               args.out, args.resume)
+    if where == "vm":  # re-run this very sweep inside the pinned VM kernel
+        print(f"labkit: {why}", file=sys.stderr)
+        res = sweep_in_vm(args.argv, args.out)
+        print(f"wrote {args.out}/samples.parquet, points.parquet, meta.json (VM kernel "
+              f"{res.facts['kernel_release']}, {res.facts['accel']}, boot {res.facts['boot_s']:.0f} s)")
+        return 0
     cmd = "python -m labkit sweep " + " ".join(shlex.quote(a) for a in args.argv)
     out = Sweep(params, args.out, resume=args.resume, command=cmd,
                 progress=not args.quiet).run()

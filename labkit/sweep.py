@@ -182,14 +182,16 @@ def environment() -> dict:
             pkgs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pkgs[name] = "not installed"
-    rev = "unknown"
+    # labkit.vm passes the host's revision: git over 9p under emulation is slow
+    rev = os.environ.get("LABKIT_GIT_REVISION", "unknown")
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        cp = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty", "--abbrev=12"],
-                            capture_output=True, text=True, timeout=10)
-        if cp.returncode == 0:
-            rev = cp.stdout.strip()
-    except OSError:
+        if rev == "unknown":
+            cp = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty", "--abbrev=12"],
+                                capture_output=True, text=True, timeout=10)
+            if cp.returncode == 0:
+                rev = cp.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
         pass
     return {
         "kernel": platform.release(),

@@ -140,6 +140,16 @@ def _tail(text: str, n: int) -> str:
     return "\n".join(text.rstrip().splitlines()[-n:])
 
 
+_EARLY_BOOT = re.compile(r"^\[\s*0\.0+\]|^(Memory|Poking) KASLR|^Probing EDD")
+
+
+def _console_tail(console: str, n: int = CONSOLE_TAIL) -> str:
+    """The console's last lines, without the firmware map and early boot
+    chatter that precede the kernel's own messages."""
+    lines = [ln for ln in console.rstrip().splitlines() if not _EARLY_BOOT.search(ln)]
+    return "\n".join(lines[-n:]) or "(empty)"
+
+
 def _download(pin: KernelPin, cache: Path) -> Path:
     deb = cache / f"{pin.package}_{pin.version}_amd64.deb"
     if deb.is_file() and _sha256(deb) == pin.sha256:
@@ -415,11 +425,11 @@ def _boot(argv: Sequence[str], *, accel: str, timeout: float, boot_timeout: floa
             if started_at is None and now - t0 > boot_timeout:
                 console = _read(xdir / "console.log")
                 raise VMBootError(f"the VM ({accel}) did not start the command within {boot_timeout:.0f} s; "
-                                  f"console tail:\n{_tail(console, CONSOLE_TAIL)}")
+                                  f"console tail:\n{_console_tail(console)}")
             if started_at is not None and now - started_at > timeout:
                 console = _read(xdir / "console.log")
                 raise LabkitError(f"`{shlex.join(argv)}` did not finish in the VM within {timeout:.0f} s; "
-                                  f"console tail:\n{_tail(console, CONSOLE_TAIL)}")
+                                  f"console tail:\n{_console_tail(console)}")
             time.sleep(0.1)
         end = time.monotonic()
         if started_at is None and (xdir / "started").exists():
@@ -430,10 +440,10 @@ def _boot(argv: Sequence[str], *, accel: str, timeout: float, boot_timeout: floa
         rc_text = _read(xdir / "rc").strip()
         if started_at is None:
             raise VMBootError(f"the VM ({accel}) exited (vng status {proc.returncode}) before running the "
-                              f"command; console tail:\n{_tail(console, CONSOLE_TAIL)}")
+                              f"command; console tail:\n{_console_tail(console)}")
         if not rc_text.isdigit():
             raise LabkitError(f"`{shlex.join(argv)}` ended in the VM without an exit status (kernel panic, "
-                              f"OOM?); console tail:\n{_tail(console, CONSOLE_TAIL)}")
+                              f"OOM?); console tail:\n{_console_tail(console)}")
         uptime = _read(xdir / "started").split()
         facts = {
             "kernel_package": pin.package, "kernel_version": pin.version,
@@ -527,21 +537,76 @@ def run_in_vm(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None
         raise LabkitError(
             f"`{shlex.join(argv)}` failed in the VM kernel {res.facts['kernel_release']} "
             f"(exit {res.returncode}): {_tail(res.stderr, 5) or '(no stderr)'}\n"
-            f"console tail:\n{_tail(res.console, CONSOLE_TAIL)}")
+            f"console tail:\n{_console_tail(res.console)}")
     return res
 
 
-def sweep_in_vm(args: Sequence[str], out_dir: str, timeout: float,
+SWEEP_TIMEOUT = 7 * 24 * 3600.0   # a sweep in the VM may take days under emulation
+
+
+def strip_options(args: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``args`` without the options ``names`` and their values
+    (``--opt value`` and ``--opt=value`` forms)."""
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = True
+        elif not any(a.startswith(n + "=") for n in names):
+            out.append(a)
+    return out
+
+
+def choose_kernel(kernel: str, modes: Sequence[str], out_dir: str | None = None,
+                  resume: bool = False) -> tuple[str, str]:
+    """("host"|"vm", why) for ``sweep --kernel host|vm|auto``.
+
+    auto: the host when it runs every mode, else the VM (all modes then run
+    there, so they are compared inside one kernel).  A resumed run stays
+    where it started."""
+    from . import datapaths
+    if os.environ.get("LABKIT_IN_VM"):
+        return "host", "already inside the VM"
+    if resume and out_dir and os.path.exists(os.path.join(out_dir, "vm.json")):
+        return "vm", "resuming a run that was measured in the VM"
+    if kernel == "host":
+        return "host", "--kernel host"
+    if kernel == "vm":
+        ok, why = vm_available()
+        if not ok:
+            raise Unavailable(f"--kernel vm: {why}")
+        return "vm", "--kernel vm"
+    missing = {m: datapaths.get(m).unavailable(None) for m in modes}
+    missing = {m: why for m, why in missing.items() if why}
+    if not missing:
+        return "host", "the host kernel runs every mode"
+    ok, why = vm_available()
+    if not ok:
+        return "host", f"VM unavailable ({why}); {', '.join(missing)} will be refused"
+    return "vm", f"the host cannot run {', '.join(missing)}: all modes run in the VM kernel {guest_kernel_release()}"
+
+
+def sweep_in_vm(args: Sequence[str], out_dir: str, timeout: float = SWEEP_TIMEOUT,
                 echo: IO[str] | None = sys.stderr) -> VMResult:
     """Re-run ``labkit sweep`` inside the VM: ``python -m labkit sweep
-    --kernel host <args> --out <out_dir>`` (``args`` without --kernel/--out).
-    Writes the VM facts to ``<out_dir>/vm.json`` for meta.json."""
+    --kernel host <args> --out <out_dir>`` (any --kernel/--out in ``args``
+    are replaced).  The VM facts go to ``<out_dir>/vm.json`` and under
+    ``"vm"`` in meta.json."""
+    from . import store
     out_dir = os.path.abspath(out_dir)
-    argv = [sys.executable, "-m", "labkit", "sweep", "--kernel", "host", *args, "--out", out_dir]
-    res = run_in_vm(argv, timeout, rw=[out_dir], echo=echo)
-    with open(os.path.join(out_dir, "vm.json"), "w") as f:
-        json.dump(res.facts, f, indent=2)
-        f.write("\n")
+    rest = strip_options(args, ("--kernel", "--out"))
+    argv = [sys.executable, "-m", "labkit", "sweep", "--kernel", "host", *rest, "--out", out_dir]
+    from .sweep import environment
+    env = {"LABKIT_GIT_REVISION": environment()["git_revision"]}
+    res = run_in_vm(argv, timeout, env=env, rw=[out_dir], echo=echo)
+    store.write_json(os.path.join(out_dir, "vm.json"), res.facts)
+    meta = os.path.join(out_dir, store.META)
+    if os.path.exists(meta):
+        m = store.read_json(meta)
+        m["vm"] = res.facts
+        store.write_json(meta, m)
     return res
 
 
