@@ -1,4 +1,4 @@
-"""``python -m labkit`` / ``labkit``: doctor, sweep, report, clean, bench."""
+"""``python -m labkit`` / ``labkit``: doctor, sweep, report, clean, bench, cpu, control."""
 from __future__ import annotations
 
 import argparse
@@ -105,6 +105,39 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# -- experiments of issue 7 (labkit/cpu.py, labkit/control.py) ------------------
+
+def cmd_cpu(args) -> int:
+    from .cpu import run_cpu
+    from .netns import require_root
+    from .params import SweepParams
+    over = {k: getattr(args, k) for k in ("modes", "services", "endpoints", "targets", "rounds", "seed")}
+    params = SweepParams.from_dict({k: v for k, v in over.items() if v is not None})
+    require_root()
+    out = run_cpu(params, args.out, rate=args.rate, seconds=args.seconds,
+                  command="python -m labkit cpu " + " ".join(shlex.quote(a) for a in args.argv),
+                  progress=not args.quiet)
+    print(f"wrote {out}/cpu.parquet, cpu.json")
+    return 0
+
+
+def cmd_control(args) -> int:
+    from .control import run_control
+    from .datapaths import MODES
+    from .netns import require_root
+    from .params import _int, _names, _split
+    modes = _names(args.modes, "modes", tuple(MODES))
+    services = sorted({_int(v, "services", 0, 1_000_000) for v in _split(args.services, "services")})
+    endpoints = _int(args.endpoints, "endpoints", 1, 1000)
+    rounds = _int(args.rounds, "rounds", 1, 100)
+    require_root()
+    out = run_control(modes, services, args.out, endpoints=endpoints, rounds=rounds, seed=args.seed,
+                      verify=not args.no_verify, progress=not args.quiet,
+                      command="python -m labkit control " + " ".join(shlex.quote(a) for a in args.argv))
+    print(f"wrote {out}/control.parquet, control.json")
+    return 0
+
+
 # ---------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +191,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=3)
     b.add_argument("--seconds", type=float, default=2.0)
     b.set_defaults(fn=cmd_bench)
+
+    # -- experiments of issue 7 -------------------------------------------------------
+    u = sub.add_parser("cpu", help="CPU time the node spends per new connection, at a fixed rate")
+    u.add_argument("--modes", help="comma-separated modes (default iptables-legacy,iptables-nft)")
+    u.add_argument("--services", help="comma-separated service counts")
+    u.add_argument("--endpoints", help="endpoints per service (default 10)")
+    u.add_argument("--targets", default="last", help="targets of the new connections (default last)")
+    u.add_argument("--rounds", help="repetitions, interleaved (default 3)")
+    u.add_argument("--seed", help="seed of the order (default 1)")
+    u.add_argument("--rate", type=float, default=1000.0, help="new connections per second (default 1000)")
+    u.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
+    u.add_argument("--out", required=True, help="directory for cpu.parquet (may be a sweep's run directory)")
+    u.add_argument("--quiet", action="store_true", help="no progress bar")
+    u.set_defaults(fn=cmd_cpu)
+
+    k = sub.add_parser("control", help="seconds to program N services, and to add and remove one")
+    k.add_argument("--modes", default="iptables-legacy,iptables-nft,nftables,ebpf")
+    k.add_argument("--services", default="0,1000,10000,30000,100000")
+    k.add_argument("--endpoints", default="10", help="endpoints per service (default 10)")
+    k.add_argument("--rounds", default="1", help="repetitions (default 1)")
+    k.add_argument("--seed", type=int, default=1)
+    k.add_argument("--no-verify", action="store_true", help="skip the SYN that checks each operation")
+    k.add_argument("--out", required=True, help="directory for control.parquet")
+    k.add_argument("--quiet", action="store_true", help="no progress bar")
+    k.set_defaults(fn=cmd_control)
     return ap
 
 

@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import netns
 from .errors import LabkitError, Unavailable
-from .keepalive import SNAPLEN, parse_segment, same_cpu
 from .probe import PROBERS, TCP_ACK, TCP_SYN, ProbeOutcome, drain, open_tap
+from .wire import PACKET_IGNORE_OUTGOING, SNAPLEN, SOL_PACKET, parse_segment, same_cpu
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import ServiceCatalog
@@ -60,7 +60,6 @@ NGINX_PORT = 8080
 KEEPALIVE_REQUESTS = 100       # nginx's default keepalive_requests
 BATCH = 100                    # ab -e gives every latency exactly for n <= 100
 REDIRECT_TABLE = "labkit-http"
-SOL_PACKET, PACKET_IGNORE_OUTGOING = 263, 23
 
 
 # ---- pure ---------------------------------------------------------------------

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import random
 import socket
 import struct
@@ -64,6 +63,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import netns
 from .errors import LabkitError
+from .wire import PACKET_IGNORE_OUTGOING, SNAPLEN, SOL_PACKET, Segment, parse_segment, same_cpu  # noqa: F401
 from .probe import (CMSG_SPACE, PACKET_HOST, PACKET_OUTGOING, PROBERS, TCP_ACK, TCP_RST, TCP_SYN,
                     ProbeOutcome, _ts_ns, drain, open_tap)
 
@@ -74,64 +74,8 @@ if TYPE_CHECKING:  # pragma: no cover
 TOKEN_BYTES = 64
 RANDOM_SERVICES = 16
 REUSE_COUNTS = (1, 2, 5, 10, 100)
-SOL_PACKET = 263
-PACKET_IGNORE_OUTGOING = 23
-SNAPLEN = 256
 _primed: "weakref.WeakSet[Lab]" = weakref.WeakSet()
 TCP_FIN = 0x01
-
-
-@contextlib.contextmanager
-def same_cpu(pids: Sequence[int]):
-    """Run the calling thread and the processes ``pids`` on one CPU (the
-    highest CPU all of them may use); their affinities are restored after."""
-    mine = os.sched_getaffinity(0)
-    saved = {}
-    for p in pids:
-        with contextlib.suppress(ProcessLookupError):
-            saved[p] = os.sched_getaffinity(p)
-    common = set(mine).intersection(*saved.values()) or set(mine)
-    cpu = max(common)
-    try:
-        os.sched_setaffinity(0, {cpu})
-        for p in saved:
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(p, {cpu})
-        yield cpu
-    finally:
-        os.sched_setaffinity(0, mine)
-        for p, cpus in saved.items():
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(p, cpus)
-
-
-@dataclass(frozen=True)
-class Segment:
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    seq: int
-    flags: int
-    payload: bytes
-
-
-def parse_segment(frame: bytes) -> Segment | None:
-    """An Ethernet/IPv4/TCP frame's addresses, ports, flags and payload (pure).
-
-    The payload ends where the IP datagram ends (Ethernet padding is not
-    payload)."""
-    if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
-        return None
-    ihl = (frame[14] & 0x0F) * 4
-    total = struct.unpack_from("!H", frame, 16)[0]
-    o = 14 + ihl
-    if len(frame) < o + 20:
-        return None
-    sport, dport, seq = struct.unpack_from("!HHI", frame, o)
-    doff = (frame[o + 12] >> 4) * 4
-    return Segment(socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34]), sport, dport,
-                   seq, frame[o + 13], frame[o + doff:14 + total])
 
 
 def make_token(prefix: bytes, n: int, size: int = TOKEN_BYTES) -> bytes:

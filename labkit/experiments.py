@@ -1,0 +1,488 @@
+"""Report sections for the connection-reuse, HTTP, CPU and control-plane
+experiments.  Each section appears only when its data is in the run
+directory:
+
+* established connections: probe kind ``keepalive`` in samples.parquet;
+* requests per connection: kinds ``reuse-<k>``;
+* a real client and server: kinds ``http-new`` / ``http-keepalive``;
+* CPU per new connection: ``cpu.parquet`` (``python -m labkit cpu``);
+* control plane: ``control.parquet`` (every sweep; ``python -m labkit control``).
+
+Statistics reuse :mod:`labkit.analysis` (its curves, bootstrap, crossovers);
+this module only computes what those sections add (penalties, the 1%
+keepalive budget, fits of CPU and control-plane tables) and renders them.
+Pure: reads, computes, returns tables and figures.
+"""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from . import anchors, analysis
+from .analysis import Analysis, Curve
+
+REUSE_KINDS = ["reuse-1", "reuse-2", "reuse-5", "reuse-10", "reuse-100"]
+HTTP_KINDS = ["http-new", "http-keepalive"]
+KIND_ORDER = ["syn", "keepalive", *REUSE_KINDS, *HTTP_KINDS]
+KEEPALIVE_BUDGET = 0.01   # "1% of a keepalive request's latency"
+
+
+def _kind_order(kinds: Iterable[str]) -> list[str]:
+    kinds = list(dict.fromkeys(kinds))
+    return [k for k in KIND_ORDER if k in kinds] + sorted(k for k in kinds if k not in KIND_ORDER)
+
+
+def _ci_text(v: float, lo: float, hi: float, fmt: str = "{:,.1f}") -> str:
+    if v is None or not np.isfinite(v):
+        return ""
+    s = fmt.format(v)
+    if np.isfinite(lo) and np.isfinite(hi):
+        s += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return s
+
+
+# ---------------------------------------------------------------------------
+# penalties from fitted curves
+
+def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None,
+                  stat: str = "p50") -> pd.DataFrame:
+    """Per mode and probe kind: the fitted ``stat`` at the smallest and the
+    largest measured service count and their difference (the penalty), with
+    bootstrap intervals, and the pooled measured medians at both ends."""
+    target = target or an.headline_target
+    level = an.settings["level"]
+    rows = []
+    pts = an.points[an.points["used"]]
+    for series in an.series:
+        for probe in _kind_order(probes):
+            c = an.curves.get((series, target, probe, stat))
+            if c is None:
+                continue
+            x = np.array([c.xmin, c.xmax])
+            v = c.predict(x)
+            b = c.boot_predict(x)
+            pen = b[:, 1] - b[:, 0]
+            lo, hi = analysis.percentile_ci(pen, level)
+            sub = pts[(pts["series"] == series) & (pts["probe"] == probe) & (pts["target"] == target)]
+            med = {}
+            for end, n in (("lo", c.xmin), ("hi", c.xmax)):
+                ids = sub.loc[sub["services"] == n, "point_id"]
+                r = an.run.samples[an.run.samples["point_id"].isin(ids)]["rtt_us"].dropna()
+                med[end] = float(r.median()) if len(r) else math.nan
+            rows.append(dict(mode=series, probe=probe, target=target, statistic=stat,
+                             services_lo=int(c.xmin), services_hi=int(c.xmax),
+                             fit_lo_us=float(v[0]), fit_hi_us=float(v[1]),
+                             penalty_us=float(v[1] - v[0]), penalty_lo=float(lo), penalty_hi=float(hi),
+                             penalty_pct=float((v[1] - v[0]) / v[0] * 100) if v[0] > 0 else math.nan,
+                             median_lo_us=med["lo"], median_hi_us=med["hi"],
+                             median_penalty_us=med["hi"] - med["lo"], model=c.chosen))
+    return pd.DataFrame(rows)
+
+
+def own_budget(c: Curve, frac: float, level: float = 0.95) -> dict:
+    """The smallest service count at which curve ``c`` exceeds its own value
+    at its smallest count by ``frac`` of that value (NaN if never in range),
+    with a bootstrap interval."""
+    x = np.unique(np.concatenate([np.linspace(c.xmin, c.xmax, analysis.GRID_POINTS), c.knots()]))
+    p = c.predict(x)
+    b = c.boot_predict(x)
+    base, bbase = p[0], b[:, :1]
+    n_star = float(analysis.first_exceed(x[1:], p[1:] - base - frac * base)) if len(x) > 1 else math.nan
+    bx = analysis.first_exceed(x[1:], b[:, 1:] - bbase - frac * bbase)
+    found = bx[~np.isnan(bx)]
+    lo, hi = analysis.percentile_ci(found, level) if len(found) else (math.nan, math.nan)
+    return dict(n_star=n_star, ci_low=float(lo), ci_high=float(hi),
+                boot_frac=float(len(found) / len(bx)) if len(bx) else math.nan,
+                budget_us=float(frac * base), baseline_us=float(base))
+
+
+def keepalive_budget(an: Analysis, probe: str, frac: float = KEEPALIVE_BUDGET,
+                     target: str | None = None, stat: str = "p50") -> pd.DataFrame:
+    """Where does a mode's penalty exceed ``frac`` of a request's latency?
+
+    Two readings: against each other mode (the budget is ``frac`` of that
+    mode's value at its smallest count: :func:`labkit.analysis.budget_row`),
+    and against the mode's own value at its smallest count."""
+    target = target or an.headline_target
+    level = an.settings["level"]
+    present = [s for s in an.series if (s, target, probe, stat) in an.curves]
+    rows = []
+    for a in present:
+        ca = an.curves[(a, target, probe, stat)]
+        r = own_budget(ca, frac, level)
+        txt = f"{frac:.0%} of its own {stat} at {ca.xmin:,.0f} services ({r['budget_us']:.2f} us)"
+        if np.isfinite(r["n_star"]):
+            finding = f"{a} exceeds {txt} from {r['n_star']:,.0f} services"
+            if np.isfinite(r["ci_low"]):
+                finding += f" ({level:.0%} CI {r['ci_low']:,.0f}\u2013{r['ci_high']:,.0f})"
+        else:
+            finding = f"{a} never exceeds {txt} in {ca.xmin:,.0f}\u2013{ca.xmax:,.0f} services"
+        rows.append(dict(mode_a=a, mode_b="(itself)", probe=probe, target=target, statistic=stat,
+                         budget_us=r["budget_us"], n_star=r["n_star"], ci_low=r["ci_low"],
+                         ci_high=r["ci_high"], boot_frac=r["boot_frac"], finding=finding + f" ({probe})."))
+        for b in present:
+            if b == a:
+                continue
+            cb = an.curves[(b, target, probe, stat)]
+            base = float(cb.predict([cb.xmin])[0])
+            row = analysis.budget_row(ca, cb, frac * base, "budget-rel",
+                                      f"{frac:.0%} of {b}'s {stat} at {cb.xmin:,.0f} services "
+                                      f"({frac * base:.2f} us)", level)
+            rows.append({k: row.get(k) for k in ("mode_a", "mode_b", "probe", "target", "statistic",
+                                                  "budget_us", "n_star", "ci_low", "ci_high",
+                                                  "boot_frac", "finding")})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------
+# curves of per-row tables (CPU)
+
+def row_curve(key: tuple[str, str, str, str], x: np.ndarray, y: np.ndarray, n_boot: int,
+              rng: np.random.Generator) -> Curve:
+    """Fit :mod:`labkit.analysis` models to one observation per row, with a
+    bootstrap that redraws the rows (rounds) within each service count."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    Yb = np.empty((n_boot, len(x)))
+    for n in np.unique(x):
+        idx = np.flatnonzero(x == n)
+        Yb[:, idx] = y[idx][rng.integers(0, len(idx), size=(n_boot, len(idx)))]
+    return analysis.fit_curve(key, x, y, Yb)
+
+
+@dataclass
+class CpuAnalysis:
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    curves: dict = field(default_factory=dict)
+    fits: pd.DataFrame | None = None
+    crossover: pd.DataFrame | None = None
+
+
+def analyze_cpu(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> CpuAnalysis:
+    """Fits of the datapath's excess CPU per connection against services,
+    per mode and target, and where two modes' fitted curves cross."""
+    from . import cpu
+    rng = np.random.default_rng(seed)
+    v = df[df["valid"]]
+    curves = {}
+    for (mode, target), g in v.groupby(["mode", "target"], sort=True):
+        if g["services"].nunique() < 2:
+            continue
+        curves[(mode, target)] = row_curve((mode, target, "cpu", "excess"), g["services"].to_numpy(),
+                                           g["excess_us"].to_numpy(), n_boot, rng)
+    fits = []
+    for (mode, target), c in curves.items():
+        lin = c.fits.get("linear")
+        lo = hi = math.nan
+        if lin is not None and "linear" in c.boot:
+            lo, hi = analysis.percentile_ci(c.boot["linear"][:, 1] * 1e3, level)
+        fits.append(dict(mode=mode, target=target, model=c.chosen, curve=c.fit.describe(),
+                         slope_ns_per_service=lin.params()["b"] * 1e3 if lin else math.nan,
+                         slope_lo=float(lo), slope_hi=float(hi), rows=len(c.x)))
+    cross = []
+    for target in sorted({t for _, t in curves}):
+        modes = [m for m, t in curves if t == target]
+        for i, a in enumerate(modes):
+            for b in modes[i + 1:]:
+                cross.append(analysis.crossing_row(curves[(a, target)], curves[(b, target)], level))
+    return CpuAnalysis(df, cpu.summary(df), curves, pd.DataFrame(fits),
+                       pd.DataFrame(cross, columns=analysis.CROSSOVER_COLUMNS))
+
+
+def control_published() -> pd.DataFrame:
+    """The published kube-proxy control-plane figures (ANCHORS.md)."""
+    t = anchors.table("k8s-issues")
+    return t[["series", "metric", "services", "value", "low", "high", "note"]]
+
+
+# ---------------------------------------------------------------------------
+# figures
+
+def _palette(names: Iterable[str]) -> dict:
+    import seaborn as sns
+    names = list(dict.fromkeys(names))
+    return dict(zip(names, sns.color_palette("colorblind", max(len(names), 3))))
+
+
+def kinds_figure(an: Analysis, probes: Iterable[str], target: str | None = None, stat: str = "p50"):
+    """One panel per mode: ``stat`` against services for each probe kind
+    (points: measured; lines: chosen fits)."""
+    import matplotlib.pyplot as plt
+    target = target or an.headline_target
+    probes = _kind_order(probes)
+    pal = _palette(probes)
+    fig, axes = plt.subplots(1, len(an.series), figsize=(4.6 * len(an.series), 3.6), squeeze=False,
+                             sharey=True)
+    pts = an.points[an.points["used"] & (an.points["target"] == target)]
+    for ax, series in zip(axes[0], an.series):
+        for probe in probes:
+            sub = pts[(pts["series"] == series) & (pts["probe"] == probe)]
+            ax.scatter(sub["services"], sub[stat], s=14, color=pal[probe], alpha=0.7)
+            c = an.curves.get((series, target, probe, stat))
+            if c is not None:
+                x = np.linspace(c.xmin, c.xmax, 200)
+                ax.plot(x, c.predict(x), color=pal[probe], lw=1.6, label=probe)
+        ax.set_title(f"{series}: {stat}, target {target}")
+        ax.set_xlabel("services")
+        ax.set_ylabel(f"{stat} latency (\u00b5s)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def reuse_figure(an: Analysis, target: str | None = None, stat: str = "p50"):
+    """Mean per-request latency against requests per connection, one line
+    per service count, one panel per mode."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    target = target or an.headline_target
+    pts = an.points[an.points["used"] & (an.points["target"] == target)
+                    & an.points["probe"].isin(REUSE_KINDS)].copy()
+    pts["k"] = pts["probe"].str.split("-").str[1].astype(int)
+    counts = sorted(pts["services"].unique())
+    colors = dict(zip(counts, sns.color_palette("viridis", len(counts))))
+    fig, axes = plt.subplots(1, len(an.series), figsize=(4.6 * len(an.series), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, series in zip(axes[0], an.series):
+        sub = pts[pts["series"] == series]
+        for n in counts:
+            g = sub[sub["services"] == n].groupby("k")[stat].median()
+            if len(g):
+                ax.plot(g.index, g.values, marker="o", color=colors[n], label=f"{n:,} services")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{series}: per-request latency, {stat} over connections")
+        ax.set_xlabel("requests per connection")
+        ax.set_ylabel("mean per-request latency (\u00b5s)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def cpu_figure(ca: CpuAnalysis, level: float = 0.95):
+    import matplotlib.pyplot as plt
+    v = ca.table
+    targets = sorted(v["target"].unique())
+    pal = _palette(v["mode"])
+    fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 3.8), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for mode, g in v[v["target"] == target].groupby("mode", sort=False):
+            ok = g[g["valid"]]
+            ax.scatter(ok["services"], ok["excess_us"], s=16, color=pal[mode], alpha=0.75)
+            bad = g[~g["valid"]]
+            if len(bad):
+                ax.scatter(bad["services"], bad["excess_us"], marker="x", color="#d62728", s=30)
+            c = ca.curves.get((mode, target))
+            if c is not None:
+                x = np.linspace(c.xmin, c.xmax, 200)
+                lo, hi = c.band(x, level)
+                ax.fill_between(x, lo, hi, color=pal[mode], alpha=0.2, linewidth=0)
+                ax.plot(x, c.predict(x), color=pal[mode], lw=1.7, label=f"{mode} ({c.chosen})")
+        ax.set_title(f"datapath CPU per new connection, target {target}")
+        ax.set_xlabel("services")
+        ax.set_ylabel("CPU \u00b5s per connection, above no datapath")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def control_figure(df: pd.DataFrame):
+    import matplotlib.pyplot as plt
+    from . import control
+    pal = _palette(df["mode"])
+    ops = [o for o in control.OPS if o in set(df["op"])]
+    fig, axes = plt.subplots(1, len(ops), figsize=(4.6 * len(ops), 3.6), squeeze=False, sharey=True)
+    for ax, op in zip(axes[0], ops):
+        for mode, g in df[df["op"] == op].groupby("mode", sort=False):
+            m = g.groupby("services")["seconds"].median()
+            x = np.maximum(m.index.to_numpy(dtype=float), 1)
+            ax.plot(x, m.values, marker="o", color=pal[mode], label=mode)
+            ax.scatter(np.maximum(g["services"], 1), g["seconds"], s=8, color=pal[mode], alpha=0.4)
+        pub = anchors.table("k8s-issues")
+        if op == "program":
+            p = pub[pub["services"].notna()]
+            ax.errorbar(p["services"].astype(float), p["value"],
+                        yerr=[p["value"] - p["low"], p["high"] - p["value"]], fmt="s", mfc="none",
+                        color="0.4", capsize=3, label="published (kube-proxy issues)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{op}: seconds (median; 0 drawn at 1)")
+        ax.set_xlabel("services")
+        ax.set_ylabel("seconds")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# sections (HTML and figures, for the notebooks)
+
+@dataclass
+class Section:
+    title: str
+    intro: str
+    parts: list = field(default_factory=list)   # HTML strings and matplotlib figures
+
+
+def _table(df: pd.DataFrame, fmt: str = "{:,.2f}") -> str:
+    from .report import table_html
+    return table_html(df, fmt)
+
+
+def _penalty_html(t: pd.DataFrame, level: float) -> str:
+    out = pd.DataFrame({
+        "mode": t["mode"], "probe": t["probe"], "target": t["target"],
+        "services": [f"{a:,}\u2192{b:,}" for a, b in zip(t["services_lo"], t["services_hi"])],
+        "fitted \u00b5s at the ends": [f"{a:,.1f} \u2192 {b:,.1f}" for a, b in zip(t["fit_lo_us"], t["fit_hi_us"])],
+        f"penalty \u00b5s [{level:.0%} CI]": [_ci_text(v, lo, hi) for v, lo, hi in
+                                              zip(t["penalty_us"], t["penalty_lo"], t["penalty_hi"])],
+        "penalty %": t["penalty_pct"],
+        "measured medians \u00b5s": [f"{a:,.1f} \u2192 {b:,.1f}" for a, b in zip(t["median_lo_us"], t["median_hi_us"])],
+        "model": t["model"]})
+    return _table(out, "{:,.1f}")
+
+
+def _budget_html(t: pd.DataFrame) -> str:
+    out = pd.DataFrame({"mode": t["mode_a"], "against": t["mode_b"], "probe": t["probe"],
+                        "budget \u00b5s": t["budget_us"],
+                        "n* services [CI]": [_ci_text(v, lo, hi, "{:,.0f}") if np.isfinite(v) else "not reached"
+                                             for v, lo, hi in zip(t["n_star"].astype(float),
+                                                                  t["ci_low"].astype(float),
+                                                                  t["ci_high"].astype(float))],
+                        "bootstrap fits reaching it": [f"{v:.0%}" if np.isfinite(v) else ""
+                                                       for v in t["boot_frac"].astype(float)],
+                        "finding": t["finding"]})
+    return _table(out, "{:,.2f}")
+
+
+def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, seed: int = 0) -> list[Section]:
+    """The sections whose data exists in ``run_dir``, in report order."""
+    from . import control, cpu
+    out: list[Section] = []
+    level = an.settings["level"] if an is not None else 0.95
+    probes = set(an.points["probe"]) if an is not None else set()
+    if an is not None and "keepalive" in probes:
+        kinds = [k for k in ("syn", "keepalive", *HTTP_KINDS, "reuse-100") if k in probes]
+        s = Section("Established connections (keepalive)", (
+            "A <code>keepalive</code> probe is one request (64 bytes, echoed by the backend) on a TCP "
+            "connection that is already open, timed on the wire like the SYN probes. Only the first "
+            "packet of a connection walks the service table; later packets match the node's "
+            "connection tracking (or the eBPF CT map). <b>Penalty</b>: the fitted p50 at the largest "
+            "measured count minus at the smallest, per mode and probe kind, with its bootstrap "
+            "interval; the measured medians are shown beside it."))
+        s.parts.append(_penalty_html(penalty_table(an, kinds), level))
+        s.parts.append(kinds_figure(an, kinds))
+        out.append(s)
+    reuse = [k for k in REUSE_KINDS if k in probes]
+    if an is not None and reuse:
+        s = Section("Requests per connection", (
+            "Each <code>reuse-k</code> probe opens a new connection, sends k requests on it and "
+            "closes it; its figure is the mean cost of one request, (handshake + the k request round "
+            "trips) / k, all timed on the wire. The service lookup is paid once per connection, so "
+            "its share falls as 1/k. k = 100 is nginx's default <code>keepalive_requests</code>."))
+        s.parts.append(_penalty_html(penalty_table(an, reuse), level))
+        s.parts.append(reuse_figure(an))
+        budgets = [keepalive_budget(an, k) for k in ("reuse-100", "keepalive") if k in probes]
+        if budgets:
+            s.parts.append(f"<h4>Where does a mode's penalty exceed {KEEPALIVE_BUDGET:.0%} of a "
+                           "keepalive request's latency?</h4>" + _budget_html(pd.concat(budgets)))
+        claims = [t for k, t in anchors.CLAIMS if k == "tigera"]
+        s.parts.append("<p class='lk-note'>Published (Tigera, different setup): " +
+                       html.escape(claims[0] if claims else "") + "</p>")
+        out.append(s)
+    http = [k for k in HTTP_KINDS if k in probes]
+    if an is not None and http:
+        kinds = [k for k in ("syn", "http-new", "keepalive", "http-keepalive") if k in probes]
+        s = Section("A real client and server (nginx and ab)", (
+            "<code>http-new</code>: ApacheBench in the client namespace, one new connection per "
+            "request; <code>http-keepalive</code>: <code>ab -k</code>, up to 100 requests per "
+            "connection; nginx in the backend namespace. These are <b>user-space timings</b> taken by "
+            "ab (connect, request, response read), so they include ab's and nginx's own work; the "
+            "SYN and keepalive probes are kernel timestamps on the wire. Compare penalties (growth "
+            "with services), not absolute values."))
+        s.parts.append(_penalty_html(penalty_table(an, kinds), level))
+        summ = an.summary[(an.summary["probe"].isin(kinds)) & (an.summary["statistic"] == "p50")
+                          & (an.summary["target"] == an.headline_target)]
+        if len(summ):
+            s.parts.append("<h4>Slopes of a straight-line fit, ns per service (p50)</h4>" + _table(pd.DataFrame({
+                "mode": summ["mode"], "probe": summ["probe"],
+                "slope ns/service [CI]": [_ci_text(v, lo, hi, "{:,.2f}") for v, lo, hi in
+                                          zip(summ["slope_ns"], summ["slope_lo"], summ["slope_hi"])]})))
+        out.append(s)
+    cdf = cpu.load(run_dir)
+    if cdf is not None and len(cdf):
+        ca = analyze_cpu(cdf, n_boot=n_boot, seed=seed, level=level)
+        rate = float(cdf["rate"].iloc[0])
+        s = Section("CPU per new connection", (
+            f"New connections (SYNs for fresh 5-tuples) at {rate:,.0f}/s from a pinned thread in the "
+            "client namespace; its CPU time (the node's softirq work runs in its context with veth on "
+            "this kernel: see <code>labkit/cpu.py</code>) divided by the connections, minus the same "
+            "with no datapath in the node, measured in the same block. <b>excess cores</b> = excess "
+            "\u00d7 rate. Red crosses: rows whose rate was not reached or whose SYNs went unanswered."))
+        sm = ca.summary.copy()
+        s.parts.append(_table(sm.rename(columns={"cpu_us": "CPU \u00b5s/conn", "baseline_us": "no datapath \u00b5s/conn",
+                                                 "excess_us": "excess \u00b5s/conn", "excess_min": "min",
+                                                 "excess_max": "max", "excess_cores": f"excess cores at {rate:,.0f}/s"}),
+                              "{:,.3f}"))
+        s.parts.append(cpu_figure(ca, level))
+        if ca.fits is not None and len(ca.fits):
+            s.parts.append("<h4>Fits of the excess against services</h4>" + _table(ca.fits, "{:,.3f}"))
+        if ca.crossover is not None and len(ca.crossover):
+            s.parts.append("<h4>Crossovers</h4><ul>" + "".join(
+                f"<li>{html.escape(str(t))}</li>" for t in ca.crossover["finding"]) + "</ul>")
+        tig = anchors.table("tigera", "cpu")
+        if len(tig):
+            d = tig.groupby("series")["value"].agg(lambda v: v.iloc[-1] - v.iloc[0])
+            s.parts.append("<p class='lk-note'>Published (Tigera, whole client node at 1,000 requests/s, "
+                           "10 to 10,000 services, chart): CPU grew by " + ", ".join(
+                               f"{v:.2f} cores ({k})" for k, v in d.items()) + ". Ours is the node's datapath "
+                           "work alone.</p>")
+        out.append(s)
+    ctl = control.load(run_dir)
+    if ctl is not None and len(ctl):
+        s = Section("Control plane: programming and changing services", (
+            "<b>program</b>: render and load N services into a fresh node; <b>add</b> / "
+            "<b>remove</b>: one service when N exist. iptables modes re-render and restore the whole "
+            "table (kube-proxy's full sync); nftables changes one service in one <code>nft</code> "
+            "transaction; IPVS applies only that service's ipset, address and ipvsadm changes; eBPF "
+            "updates map entries in place. Each add/remove is checked with a SYN to the VIP."))
+        s.parts.append(control_figure(ctl))
+        sm = control.summary(ctl)
+        s.parts.append(_table(sm.rename(columns={"median": "median s", "min": "min s", "max": "max s",
+                                                 "count": "n"}), "{:,.4f}"))
+        sl = control.slopes(ctl)
+        if len(sl):
+            s.parts.append("<h4>Straight-line slopes, milliseconds per 1,000 services</h4>" + _table(sl, "{:,.2f}"))
+        upd = ctl.drop_duplicates("mode")[["mode", "update"]]
+        s.parts.append("<h4>How each mode changes one service</h4>" + _table(upd))
+        pub = control_published()
+        s.parts.append("<h4>Published kube-proxy figures</h4>" + _table(pub, "{:,.2f}") + "<ul>" + "".join(
+            f"<li>{html.escape(t)}</li>" for k, t in anchors.CLAIMS if k == "k8s-issues") + "</ul>")
+        out.append(s)
+    return out
+
+
+def display_sections(run_dir: str, an: Analysis | None = None, **kw) -> int:
+    """Display every section that has data (in a notebook); returns how many."""
+    from IPython.display import HTML, display
+    from .plots import show
+    secs = sections(run_dir, an, **kw)
+    for s in secs:
+        display(HTML(f"<h2>{html.escape(s.title)}</h2><p>{s.intro}</p>"))
+        for p in s.parts:
+            if isinstance(p, str):
+                display(HTML(p))
+            else:
+                show(p)
+    return len(secs)
