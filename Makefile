@@ -13,7 +13,7 @@ PUBLISH_DIR ?= build/publish
 # Debian packages the lab needs (see README "Dependencies" for why each is there)
 APT_PACKAGES := iproute2 iptables nftables procps kmod conntrack \
 	clang llvm libbpf-dev linux-libc-dev bpftool ethtool \
-	ipvsadm qemu-system-x86 busybox-static \
+	ipvsadm ipset qemu-system-x86 busybox-static file \
 	python3-venv python3-dev gcc
 
 .PHONY: setup apt venv report sweep test test-unit lab publish clean distclean

@@ -37,6 +37,7 @@ ETH_P_ALL = 0x0003
 PACKET_HOST = 0
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = 35
+SO_RCVBUFFORCE = 33
 TCP_SYN, TCP_RST, TCP_ACK = 0x02, 0x04, 0x10
 CMSG_SPACE = socket.CMSG_SPACE(16)
 SPORT_LO, SPORT_HI = 10000, 60999
@@ -90,7 +91,8 @@ def open_tap(ns: str, ifname: str) -> socket.socket:
         netns.require_inside(ns, "open a probe socket")
         # ETH_P_ALL: only "all protocols" taps see outgoing frames
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        # SO_RCVBUFFORCE (root) is not capped by net.core.rmem_max (212 KiB on stock kernels)
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         s.bind((ifname, ETH_P_ALL))
     return s

@@ -103,12 +103,17 @@ def check_samples(df: pd.DataFrame, catalog: ServiceCatalog) -> pd.DataFrame:
 
 
 def endpoint_spread_p(df: pd.DataFrame, catalog: ServiceCatalog) -> float | None:
-    """Chi-square p-value that endpoints were chosen evenly (by index within
-    their service), or None when there are too few probes to tell."""
+    """Chi-square p-value that one service's endpoints were chosen evenly, or
+    None when it does not apply: fewer than 5 probes per endpoint, or probes
+    spread over many services (``random`` target), where a round-robin
+    scheduler (IPVS ``rr``) starts every service at the same endpoint and so
+    is deterministic per service, not uniform across them."""
     from scipy.stats import chisquare
     if catalog.endpoints < 2:
         return None
     vip = df[(df["service"] >= 0) & df["ok"]]
+    if vip["service"].nunique() != 1:
+        return None
     idx = vip["endpoint"].str.split(":").str[0].map(lambda a: catalog.service_of_endpoint(a)[1])
     if len(idx) < 5 * catalog.endpoints:
         return None
