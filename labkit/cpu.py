@@ -61,7 +61,7 @@ import pandas as pd
 from . import datapaths, netns, store
 from .catalog import ServiceCatalog
 from .errors import LabkitError, Unavailable, UsageError
-from .wire import same_cpu
+from .wire import isolated
 
 CPU = "cpu.parquet"
 CPU_META = "cpu.json"
@@ -152,7 +152,7 @@ def generate(lab, frames: Sequence[bytes], rate: float = RATE) -> dict:
         netns.require_inside(lab.client, "send CPU-experiment frames")
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     irq_acct = bool(irq_time_accounting())
-    with sock, same_cpu([]) as cpu:
+    with sock, isolated([]) as cpu:
         sock.bind((t.client_if, 0))
         send = sock.send
         rx0, _ = packets(lab.client, t.client_if)

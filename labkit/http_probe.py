@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Sequence
 from . import netns
 from .errors import LabkitError, Unavailable
 from .probe import PROBERS, TCP_ACK, TCP_SYN, ProbeOutcome, drain, open_tap
-from .wire import PACKET_IGNORE_OUTGOING, SNAPLEN, SOL_PACKET, parse_segment, same_cpu
+from .wire import PACKET_IGNORE_OUTGOING, SNAPLEN, SOL_PACKET, parse_segment, isolated
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import ServiceCatalog
@@ -272,7 +272,7 @@ class _HttpProber:
         argv = ["ab", "-q", "-n", str(n), "-c", "1", "-s", str(max(1, round(self.timeout * 4))),
                 "-e", csv, *(["-k"] if self.keepalive else []), f"http://{p.dst}:{p.dport}/"]
         drain(self.btap)
-        with same_cpu([self.nginx.pid]):   # ab inherits the pinned thread's CPU
+        with isolated([self.nginx.pid]):   # ab inherits the thread's CPU and policy
             cp = self.lab.run(self.lab.client, argv, check=False, timeout=60 + n * self.timeout * 4)
         syns = self._syns()
         outs = [ProbeOutcome(q) for q in probes]

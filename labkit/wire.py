@@ -1,5 +1,6 @@
 """Small helpers shared by the connection-level probes (keepalive, reuse,
-HTTP) and the CPU experiment: TCP segment parsing, CPU pinning.
+HTTP) and the CPU experiment: TCP segment parsing, isolating the measuring
+thread and its server on one CPU.
 
 No imports from the probe modules, so any of them may import this first.
 """
@@ -17,28 +18,42 @@ SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23    # a tap that sees incoming frames only (Linux 4.20+)
 
 
+RT_PRIORITY = 1   # SCHED_FIFO priority while probing: above every normal task, the lowest RT one
+
+
 @contextlib.contextmanager
-def same_cpu(pids: Sequence[int]):
+def isolated(pids: Sequence[int], realtime: bool = True):
     """Run the calling thread and the processes ``pids`` on one CPU (the
-    highest CPU all of them may use); their affinities are restored after."""
-    mine = os.sched_getaffinity(0)
-    saved = {}
-    for p in pids:
+    highest CPU all of them may use) and, with ``realtime``, at SCHED_FIFO
+    priority :data:`RT_PRIORITY`, so other tasks on the machine cannot get
+    between them.  Affinities and policies are restored afterwards.
+
+    Processes the thread starts meanwhile inherit both (``ab``, for one).
+    The threads involved block on I/O between requests; they never spin."""
+    ids = [0]
+    saved_cpu: dict[int, set[int]] = {}
+    saved_pol: dict[int, tuple[int, os.sched_param]] = {}
+    for p in [0, *pids]:
         with contextlib.suppress(ProcessLookupError):
-            saved[p] = os.sched_getaffinity(p)
-    common = set(mine).intersection(*saved.values()) or set(mine)
+            saved_cpu[p] = os.sched_getaffinity(p)
+            saved_pol[p] = (os.sched_getscheduler(p), os.sched_getparam(p))
+            if p:
+                ids.append(p)
+    common = set(saved_cpu[0]).intersection(*saved_cpu.values()) or set(saved_cpu[0])
     cpu = max(common)
     try:
-        os.sched_setaffinity(0, {cpu})
-        for p in saved:
+        for p in ids:
             with contextlib.suppress(ProcessLookupError):
                 os.sched_setaffinity(p, {cpu})
+                if realtime:
+                    os.sched_setscheduler(p, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
         yield cpu
     finally:
-        os.sched_setaffinity(0, mine)
-        for p, cpus in saved.items():
+        for p in reversed(ids):
             with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(p, cpus)
+                pol, prm = saved_pol[p]
+                os.sched_setscheduler(p, pol, prm)
+                os.sched_setaffinity(p, saved_cpu[p])
 
 
 @dataclass(frozen=True)

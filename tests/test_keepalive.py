@@ -147,3 +147,21 @@ def test_reuse_figure_is_handshake_plus_requests_over_k(lab):
     assert err == "" and rtt > 0
     # same order of magnitude as the parts measured by hand (both are real)
     assert sum(parts) / 10 / 20 < rtt < sum(parts) / 10 * 20
+
+
+@pytest.mark.root
+def test_probing_restores_affinity_and_policy(lab):
+    """Client and server run pinned at SCHED_FIFO only while probes run."""
+    import os
+    from labkit.wire import isolated
+    srv = lab.server.pid
+    before = [(os.sched_getaffinity(p), os.sched_getscheduler(p)) for p in (0, srv)]
+    with isolated([srv]) as cpu:
+        assert os.sched_getaffinity(0) == os.sched_getaffinity(srv) == {cpu}
+        assert os.sched_getscheduler(0) == os.sched_getscheduler(srv) == os.SCHED_FIFO
+    cat = ServiceCatalog(0)
+    with PROBERS["keepalive"](lab, seed=1) as pr:
+        assert all(o.rtt_ns for o in pr.run(pr.craft_for(cat, "last", 10)))
+    with PROBERS["reuse-2"](lab, seed=1) as pr:
+        assert all(o.rtt_ns for o in pr.run(pr.craft_for(cat, "last", 3)))
+    assert [(os.sched_getaffinity(p), os.sched_getscheduler(p)) for p in (0, srv)] == before
