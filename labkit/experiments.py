@@ -50,37 +50,41 @@ def _ci_text(v: float, lo: float, hi: float, fmt: str = "{:,.1f}") -> str:
 # penalties from fitted curves
 
 def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None,
-                  stat: str = "p50") -> pd.DataFrame:
-    """Per mode and probe kind: the fitted ``stat`` at the smallest and the
-    largest measured service count and their difference (the penalty), with
-    bootstrap intervals, and the pooled measured medians at both ends."""
+                  stat: str = "p50", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per mode and probe kind: the mean over rounds of the points' ``stat``
+    at the smallest and at the largest measured service count, their
+    difference (the penalty) and its bootstrap interval (rounds redrawn
+    within each count, probes within each point, as in
+    :func:`labkit.analysis.bootstrap_cells`)."""
     target = target or an.headline_target
     level = an.settings["level"]
+    q = {stat: analysis.STATS[stat]}
+    rng = np.random.default_rng(seed)
+    pts = an.points[an.points["used"] & (an.points["target"] == target)]
+    smp = an.run.samples[an.run.samples["rtt_us"].notna()]
+    by_point = {int(k): g.to_numpy(dtype=float) for k, g in smp.groupby("point_id")["rtt_us"]}
     rows = []
-    pts = an.points[an.points["used"]]
     for series in an.series:
         for probe in _kind_order(probes):
-            c = an.curves.get((series, target, probe, stat))
-            if c is None:
+            sub = pts[(pts["series"] == series) & (pts["probe"] == probe)]
+            counts = sorted(sub["services"].unique())
+            if len(counts) < 2:
                 continue
-            x = np.array([c.xmin, c.xmax])
-            v = c.predict(x)
-            b = c.boot_predict(x)
-            pen = b[:, 1] - b[:, 0]
-            lo, hi = analysis.percentile_ci(pen, level)
-            sub = pts[(pts["series"] == series) & (pts["probe"] == probe) & (pts["target"] == target)]
-            med = {}
-            for end, n in (("lo", c.xmin), ("hi", c.xmax)):
-                ids = sub.loc[sub["services"] == n, "point_id"]
-                r = an.run.samples[an.run.samples["point_id"].isin(ids)]["rtt_us"].dropna()
-                med[end] = float(r.median()) if len(r) else math.nan
+            ends = []
+            for n in (counts[0], counts[-1]):
+                ids = [int(i) for i in sub.loc[sub["services"] == n].sort_values("round")["point_id"]
+                       if int(i) in by_point]
+                _, obs, boot = analysis.bootstrap_cells([(float(n), [by_point[i] for i in ids])],
+                                                        n_boot, rng, "hierarchical", q)
+                ends.append((float(obs[stat].mean()), boot[stat].mean(axis=1), len(ids)))
+            (v0, b0, k0), (v1, b1, k1) = ends
+            lo, hi = analysis.percentile_ci(b1 - b0, level)
             rows.append(dict(mode=series, probe=probe, target=target, statistic=stat,
-                             services_lo=int(c.xmin), services_hi=int(c.xmax),
-                             fit_lo_us=float(v[0]), fit_hi_us=float(v[1]),
-                             penalty_us=float(v[1] - v[0]), penalty_lo=float(lo), penalty_hi=float(hi),
-                             penalty_pct=float((v[1] - v[0]) / v[0] * 100) if v[0] > 0 else math.nan,
-                             median_lo_us=med["lo"], median_hi_us=med["hi"],
-                             median_penalty_us=med["hi"] - med["lo"], model=c.chosen))
+                             services_lo=int(counts[0]), services_hi=int(counts[-1]),
+                             value_lo_us=v0, value_hi_us=v1, penalty_us=v1 - v0,
+                             penalty_lo=float(lo), penalty_hi=float(hi),
+                             penalty_pct=(v1 - v0) / v0 * 100 if v0 > 0 else math.nan,
+                             points=f"{k0}, {k1}"))
     return pd.DataFrame(rows)
 
 
@@ -341,15 +345,17 @@ def _table(df: pd.DataFrame, fmt: str = "{:,.2f}") -> str:
 
 
 def _penalty_html(t: pd.DataFrame, level: float) -> str:
+    if not len(t):
+        return '<p class="lk-note">too few service counts for a penalty</p>'
+    st = t["statistic"].iloc[0]
     out = pd.DataFrame({
         "mode": t["mode"], "probe": t["probe"], "target": t["target"],
         "services": [f"{a:,}\u2192{b:,}" for a, b in zip(t["services_lo"], t["services_hi"])],
-        "fitted \u00b5s at the ends": [f"{a:,.1f} \u2192 {b:,.1f}" for a, b in zip(t["fit_lo_us"], t["fit_hi_us"])],
+        f"{st} \u00b5s (mean over rounds)": [f"{a:,.1f} \u2192 {b:,.1f}"
+                                            for a, b in zip(t["value_lo_us"], t["value_hi_us"])],
         f"penalty \u00b5s [{level:.0%} CI]": [_ci_text(v, lo, hi) for v, lo, hi in
                                               zip(t["penalty_us"], t["penalty_lo"], t["penalty_hi"])],
-        "penalty %": t["penalty_pct"],
-        "measured medians \u00b5s": [f"{a:,.1f} \u2192 {b:,.1f}" for a, b in zip(t["median_lo_us"], t["median_hi_us"])],
-        "model": t["model"]})
+        "penalty %": t["penalty_pct"], "points": t["points"]})
     return _table(out, "{:,.1f}")
 
 
@@ -378,10 +384,12 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
             "A <code>keepalive</code> probe is one request (64 bytes, echoed by the backend) on a TCP "
             "connection that is already open, timed on the wire like the SYN probes. Only the first "
             "packet of a connection walks the service table; later packets match the node's "
-            "connection tracking (or the eBPF CT map). <b>Penalty</b>: the fitted p50 at the largest "
-            "measured count minus at the smallest, per mode and probe kind, with its bootstrap "
-            "interval; the measured medians are shown beside it."))
-        s.parts.append(_penalty_html(penalty_table(an, kinds), level))
+            "connection tracking (or the eBPF CT map). <b>Penalty</b>: p50 at the largest measured "
+            "count minus p50 at the smallest (means over rounds), per mode and probe kind, with a "
+            "bootstrap interval. At 0 services the probes aim at an address that is no service (no "
+            "DNAT, no masquerade), so a netfilter mode's penalty from 0 includes the NAT of the flow "
+            "itself; compare modes at the same count to isolate the service lookup."))
+        s.parts.append(_penalty_html(penalty_table(an, kinds, n_boot=n_boot, seed=seed), level))
         s.parts.append(kinds_figure(an, kinds))
         out.append(s)
     reuse = [k for k in REUSE_KINDS if k in probes]
@@ -391,7 +399,7 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
             "closes it; its figure is the mean cost of one request, (handshake + the k request round "
             "trips) / k, all timed on the wire. The service lookup is paid once per connection, so "
             "its share falls as 1/k. k = 100 is nginx's default <code>keepalive_requests</code>."))
-        s.parts.append(_penalty_html(penalty_table(an, reuse), level))
+        s.parts.append(_penalty_html(penalty_table(an, reuse, n_boot=n_boot, seed=seed), level))
         s.parts.append(reuse_figure(an))
         budgets = [keepalive_budget(an, k) for k in ("reuse-100", "keepalive") if k in probes]
         if budgets:
@@ -411,7 +419,7 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
             "ab (connect, request, response read), so they include ab's and nginx's own work; the "
             "SYN and keepalive probes are kernel timestamps on the wire. Compare penalties (growth "
             "with services), not absolute values."))
-        s.parts.append(_penalty_html(penalty_table(an, kinds), level))
+        s.parts.append(_penalty_html(penalty_table(an, kinds, n_boot=n_boot, seed=seed), level))
         summ = an.summary[(an.summary["probe"].isin(kinds)) & (an.summary["statistic"] == "p50")
                           & (an.summary["target"] == an.headline_target)]
         if len(summ):
