@@ -65,7 +65,7 @@ import socket
 import struct
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from . import netns
@@ -82,7 +82,6 @@ TOKEN_BYTES = 64
 RANDOM_SERVICES = 16
 REUSE_COUNTS = (1, 2, 5, 10, 100)
 _primed: "weakref.WeakSet[Lab]" = weakref.WeakSet()
-TCP_FIN = 0x01
 
 
 def make_token(prefix: bytes, n: int, size: int = TOKEN_BYTES) -> bytes:
@@ -110,7 +109,6 @@ class Conn:
     sport: int = 0
     handshake_ns: int | None = None
     error: str = ""
-    tokens: list[bytes] = field(default_factory=list)
 
 
 class _ConnProber:
@@ -245,7 +243,6 @@ class _ConnProber:
         incoming segment that carries the same bytes back."""
         if c.error:
             return None, c.error
-        c.tokens.append(token)
         try:
             c.sock.sendall(token)
         except OSError as exc:

@@ -7,6 +7,7 @@ No imports from the probe modules, so any of them may import this first.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import struct
@@ -19,6 +20,13 @@ PACKET_IGNORE_OUTGOING = 23    # a tap that sees incoming frames only (Linux 4.2
 
 
 RT_PRIORITY = 1   # SCHED_FIFO priority while probing: above every normal task, the lowest RT one
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        logging.getLogger(__name__).warning(msg)
 
 
 @contextlib.contextmanager
@@ -46,7 +54,10 @@ def isolated(pids: Sequence[int], realtime: bool = True):
             with contextlib.suppress(ProcessLookupError):
                 os.sched_setaffinity(p, {cpu})
                 if realtime:
-                    os.sched_setscheduler(p, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
+                    try:
+                        os.sched_setscheduler(p, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
+                    except PermissionError:  # no RT budget here (e.g. a cgroup without one)
+                        _warn_once("real-time priority refused: probing pinned, at normal priority")
         yield cpu
     finally:
         for p in reversed(ids):
