@@ -1,0 +1,38 @@
+"""Project files agree with each other (no root)."""
+import json
+import os
+import re
+import tomllib
+
+import yaml
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~ \[]", req.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_pins_what_pyproject_pins():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        proj = tomllib.load(f)["project"]
+    want = {_name(r): r for r in proj["dependencies"] + proj["optional-dependencies"]["dev"]}
+    with open(os.path.join(ROOT, "environment.yml")) as f:
+        env = yaml.safe_load(f)
+    have = {}
+    for dep in env["dependencies"]:
+        for r in (dep["pip"] if isinstance(dep, dict) else [dep]):
+            if not r.startswith("-e"):
+                have[_name(r)] = r
+    for name, req in want.items():
+        assert name in have, f"environment.yml lacks {name}"
+        assert req.replace(" ", "")[len(name):] == have[name].replace(" ", "")[len(name):], (req, have[name])
+
+
+def test_notebooks_are_stored_without_outputs_and_tag_parameters():
+    for nb in ("sweep.ipynb", "analysis.ipynb"):
+        with open(os.path.join(ROOT, "notebooks", nb)) as f:
+            cells = json.load(f)["cells"]
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), nb
+        assert sum("parameters" in c["metadata"].get("tags", []) for c in code) == 1, nb
