@@ -30,7 +30,9 @@ def test_environment_yml_pins_what_pyproject_pins():
 
 
 def test_notebooks_are_stored_without_outputs_and_tag_parameters():
-    for nb in ("sweep.ipynb", "analysis.ipynb"):
+    nbs = sorted(n for n in os.listdir(os.path.join(ROOT, "notebooks")) if n.endswith(".ipynb"))
+    assert {"sweep.ipynb", "analysis.ipynb"} <= set(nbs)
+    for nb in nbs:
         with open(os.path.join(ROOT, "notebooks", nb)) as f:
             cells = json.load(f)["cells"]
         code = [c for c in cells if c["cell_type"] == "code"]
