@@ -18,7 +18,7 @@ APT_PACKAGES := iproute2 iptables nftables procps kmod conntrack \
 
 .PHONY: setup apt venv report sweep test test-unit lab publish clean distclean
 
-setup: $(STAMP)
+setup: apt $(STAMP)
 
 apt:
 	@if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root (sudo make ...): it installs Debian packages" >&2; exit 2; fi
@@ -28,13 +28,14 @@ apt:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml | apt
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,vm]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# the Python environment alone (no root, no Debian packages): enough for `make publish`
 venv: $(STAMP)
 
 # the default sweep (about 10 minutes on 2 cores) and its report
