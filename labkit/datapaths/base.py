@@ -73,13 +73,7 @@ class Datapath(ABC):
 
     def setup(self, catalog: "ServiceCatalog") -> ProgramResult:
         """Program ``catalog`` from scratch; returns the time it took."""
-        t0 = time.perf_counter()
-        text = self.render(catalog)
-        t1 = time.perf_counter()
-        self.load(text)
-        t2 = time.perf_counter()
-        self.catalog = catalog
-        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+        return self.resync(catalog)
 
     def teardown(self) -> None:
         self.clear()
