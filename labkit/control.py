@@ -69,10 +69,11 @@ def _answered(lab, catalog: ServiceCatalog, i: int, vip: str, seed: int) -> tupl
     return True, "ok"
 
 
-def measure_ops(lab, dp, seed: int = 0, verify: bool = True) -> list[dict]:
+def measure_ops(lab, dp, seed: int = 0, verify: bool = True, each=None) -> list[dict]:
     """Add one service to the loaded datapath ``dp`` of N services and remove
     it again; one row per operation.  ``services`` is N for both,
-    ``services_before`` the count each operation found (N, then N+1)."""
+    ``services_before`` the count each operation found (N, then N+1).
+    ``each(row)`` is called as soon as a row is measured."""
     rows = []
     n = dp.catalog.services
     t = time.time()
@@ -82,6 +83,8 @@ def measure_ops(lab, dp, seed: int = 0, verify: bool = True) -> list[dict]:
         ok, what = _answered(lab, dp.catalog, n, dp.catalog.vip(n), seed)
         verified, check = ok and what == "ok", f"new VIP: {what}"
     rows.append(_row("add", n, n, prog, verified, check, t))
+    if each:
+        each(rows[-1])
     vip = dp.catalog.vip(n)
     grown = dp.catalog
     t = time.time()
@@ -90,6 +93,8 @@ def measure_ops(lab, dp, seed: int = 0, verify: bool = True) -> list[dict]:
         ok, what = _answered(lab, grown, n, vip, seed + 1)
         verified, check = not ok, ("removed VIP: still answered" if ok else "removed VIP: no answer")
     rows.append(_row("remove", n, n + 1, prog, verified, check, t))
+    if each:
+        each(rows[-1])
     return rows
 
 
@@ -105,16 +110,25 @@ class ControlLog:
 
     def record(self, block: int, round_: int, catalog: ServiceCatalog, dp, prog, lab,
                started: float | None = None, verify: bool = True) -> list[dict]:
-        """The block's ``program`` row (from ``prog``) and its measured
-        ``add`` and ``remove`` rows; written at once."""
-        rows = [_row("program", catalog.services, 0, prog, None, "", started or time.time())]
-        rows += measure_ops(lab, dp, seed=block, verify=verify)
-        for r in rows:
-            r.update(run_id=self.run_id, block=block, mode=dp.name, kernel=self.kernel,
+        """The block's ``program`` row (from ``prog``), written at once, then
+        its measured ``add`` and ``remove`` rows (written as each is done:
+        at 100,000 iptables services one operation takes half an hour, and
+        an interrupted run keeps what it measured)."""
+        ident = dict(run_id=self.run_id, block=block, mode=dp.name, kernel=self.kernel,
                      endpoints=catalog.endpoints, round=round_, update=type(dp).update)
+        rows = [{**_row("program", catalog.services, 0, prog, None, "", started or time.time()), **ident}]
         self.rows = [r for r in self.rows if r["block"] != block] + rows  # a resumed block replaces
         self.flush()
+        for r in measure_ops(lab, dp, seed=block, verify=verify, each=self._append(ident)):
+            rows.append(r)
         return rows
+
+    def _append(self, ident: dict):
+        def add(row: dict) -> None:
+            row.update(ident)
+            self.rows.append(row)
+            self.flush()
+        return add
 
     def flush(self) -> None:
         df = pd.DataFrame(self.rows, columns=COLUMNS)
