@@ -14,11 +14,16 @@ PUBLISH_DIR ?= build/publish
 APT_PACKAGES := iproute2 iptables nftables procps kmod conntrack \
 	clang llvm libbpf-dev linux-libc-dev bpftool ethtool \
 	ipvsadm ipset qemu-system-x86 busybox-static file \
-	python3-venv python3-dev gcc
+	apache2-utils python3-venv python3-dev gcc
 
-.PHONY: setup apt venv report sweep test test-unit lab publish clean distclean
+.PHONY: setup apt tools venv report sweep test test-unit lab publish clean distclean
 
-setup: apt $(STAMP)
+setup: apt $(STAMP) tools
+
+# nginx for the HTTP cross-check: Debian's package unpacked into .cache/tools, not
+# installed (installing it would enable and start a web server on the host)
+tools: apt $(STAMP)
+	$(BIN)/python -m labkit.debcache fetch nginx
 
 apt:
 	@if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root (sudo make ...): it installs Debian packages" >&2; exit 2; fi

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from . import netns
+from .debcache import find_tool
 from .errors import LabkitError, Unavailable
 from .probe import PROBERS, TCP_ACK, TCP_SYN, ProbeOutcome, drain, open_tap
 from .wire import PACKET_IGNORE_OUTGOING, SNAPLEN, SOL_PACKET, parse_segment, isolated
@@ -153,7 +154,7 @@ def nginx_for(lab: "Lab", timeout: float = 10.0) -> Nginx:
     srv = _servers.get(lab)
     if srv is not None and srv.proc.poll() is None:
         return srv
-    exe = netns.require_tool("nginx", "nginx-light")
+    exe = find_tool("nginx")
     d = lab.mkdtemp("nginx")
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
@@ -210,11 +211,12 @@ class _HttpProber:
 
     @staticmethod
     def unavailable() -> str | None:
-        for tool, pkg in (("ab", "apache2-utils"), ("nginx", "nginx-light"), ("nft", "nftables")):
-            try:
+        try:
+            for tool, pkg in (("ab", "apache2-utils"), ("nft", "nftables")):
                 netns.require_tool(tool, pkg)
-            except Unavailable as exc:
-                return str(exc)
+            find_tool("nginx")
+        except Unavailable as exc:
+            return str(exc)
         return None
 
     def __enter__(self):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -46,8 +45,9 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Iterator, Mapping, Sequence
+from typing import IO, Mapping, Sequence
 
+from .debcache import cache_base, flock
 from .errors import LabkitError, Unavailable
 from .state import RunState, remove_path
 from .topology import new_run_id
@@ -88,14 +88,7 @@ def guest_kernel_release() -> str:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("LABKIT_CACHE")
-    if base:
-        return Path(base) / "vm"
-    repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").exists() and os.access(repo, os.W_OK):
-        return repo / ".cache" / "vm"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "labkit" / "vm"
+    return cache_base() / "vm"
 
 
 def kernel_root(pin: KernelPin) -> Path:
@@ -117,16 +110,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _need(tool: str, package: str) -> str:
@@ -187,7 +170,7 @@ def fetch_kernel(pin: KernelPin | None = None) -> Path:
     _need("depmod", "kmod")
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    with _flock(cache / ".fetch.lock"):
+    with flock(cache / ".fetch.lock"):
         if _fetched(root, pin):
             return root
         deb = _download(pin, cache)

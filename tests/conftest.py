@@ -64,5 +64,12 @@ def lab():
 
 
 def need_tool(name: str) -> None:
-    if not shutil.which(name):
+    from labkit import debcache
+    from labkit.errors import Unavailable
+    if name in debcache.TOOLS:
+        try:
+            debcache.find_tool(name)
+        except Unavailable as exc:
+            pytest.skip(str(exc))
+    elif not shutil.which(name):
         pytest.skip(f"{name} not installed (`sudo make setup` installs it)")

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from labkit import netns
+from labkit.debcache import find_tool
 from labkit.catalog import ServiceCatalog
 from labkit.http_probe import (BATCH, KINDS, NGINX_PORT, REDIRECT_TABLE, ab_counts, ab_latencies,
                                render_nginx_conf, render_redirect)
@@ -108,7 +109,7 @@ def test_http_new_and_keepalive_through_iptables(lab):
         assert set(_nginx_pids()) - before == {nginx.pid}
         # its files are in the lab's temp dir
         assert os.path.exists(os.path.join(nginx.workdir, "nginx.pid"))
-        cp = lab.run(lab.backend, ["nginx", "-t", "-p", nginx.workdir + "/", "-e",
+        cp = lab.run(lab.backend, [find_tool("nginx"), "-t", "-p", nginx.workdir + "/", "-e",
                                    os.path.join(nginx.workdir, "error.log"),
                                    "-c", os.path.join(nginx.workdir, "nginx.conf")], check=False)
         assert "syntax is ok" in cp.stderr
