@@ -4,32 +4,44 @@ from __future__ import annotations
 
 import statistics
 
-from . import datapaths
+from . import datapaths, netns
 from .catalog import ServiceCatalog
 from .lab import Lab
+from .limits import mem_available
 from .probe import SynProber
 
 
 def bench_program(modes: list[str], services: int, endpoints: int, repeat: int = 3) -> list[dict]:
     """Seconds to program ``services`` x ``endpoints`` from scratch, per mode."""
     cat = ServiceCatalog(services, endpoints)
+    classes = datapaths.preflight(modes, services, endpoints)
     rows = []
     with Lab(endpoint_cidr=cat.endpoint_cidr, server=False) as lab:
         for mode in modes:
-            cls = datapaths.get(mode)
-            times, renders = [], []
+            cls = classes[mode]
+            times, renders, peaks, held = [], [], [], []
             for _ in range(repeat):
                 lab.reset_node()
                 dp = cls(lab)
-                r = dp.setup(cat)
+                before = mem_available() or 0
+                with netns.peak_memory() as pm:
+                    r = dp.setup(cat)
+                held.append((before - (mem_available() or 0)) / 2**20)
                 dp.teardown()
                 times.append(r.program_s)
                 renders.append(r.render_s)
+                peaks.append(pm.mb)
             rows.append({"bench": "program", "mode": mode, "services": services,
                          "endpoints": endpoints, "repeat": repeat,
                          "median_s": round(statistics.median(times), 3),
                          "min_s": round(min(times), 3), "max_s": round(max(times), 3),
-                         "render_median_s": round(statistics.median(renders), 3)})
+                         "render_median_s": round(statistics.median(renders), 3),
+                         # the largest resident set of the mode's loader commands
+                         # (iptables-restore, nft, ipvsadm, bpftool)
+                         "loader_peak_mb": round(max(peaks)),
+                         # MemAvailable drop while the catalog is loaded: the kernel's
+                         # rules and maps (machine-wide, so noisy on a shared host)
+                         "held_mb": round(statistics.median(held))})
     return rows
 
 

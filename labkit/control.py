@@ -152,11 +152,7 @@ def run_control(modes: Sequence[str], services: Sequence[int], out: str, *, endp
     out = os.path.abspath(out)
     if os.path.exists(os.path.join(out, CONTROL)):
         raise UsageError(f"{out} already holds {CONTROL}; choose another --out")
-    classes = {m: datapaths.get(m) for m in modes}
-    for m, cls in classes.items():
-        why = cls.unavailable(None)
-        if why:
-            raise Unavailable(f"mode {m} cannot run here: {why}")
+    classes = datapaths.preflight(modes, max(services) + 1, endpoints)
     largest = ServiceCatalog(max(services) + 1, endpoints)
     os.makedirs(out, exist_ok=True)
     rng = random.Random(seed)

@@ -219,11 +219,8 @@ def run_cpu(params, out: str, *, rate: float = RATE, seconds: float = SECONDS,
     out = os.path.abspath(out)
     if os.path.exists(os.path.join(out, CPU)):
         raise UsageError(f"{out} already holds {CPU}; choose another --out")
-    classes = {m: datapaths.get(m) for m in params.modes}
-    for m, cls in classes.items():
-        why = cls.unavailable(None)
-        if why:
-            raise Unavailable(f"mode {m} cannot run here: {why}")
+    classes = datapaths.preflight(params.modes, max(params.services), params.endpoints,
+                                  len(params.ports))
     os.makedirs(out, exist_ok=True)
     meta = {"run_id": new_run_id(), "experiment": "cpu", "params": params.to_dict(),
             "rate": rate, "seconds": seconds, "irq_time_accounting": irq_time_accounting(),

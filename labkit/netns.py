@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -126,15 +127,94 @@ def netlink(ns: str, fn: Callable[..., T]) -> T:
     return _in_thread(call)
 
 
+class PeakMemory:
+    """Largest resident set (MB) of any command :func:`run` finished while active."""
+
+    def __init__(self) -> None:
+        self.mb = 0.0
+
+
+_peaks: list[PeakMemory] = []
+
+# Runs argv as its child and reports the child's ru_maxrss (KB) on fd argv[1].  The
+# measurement needs this small parent: a child forked straight from a large Python
+# process starts with the parent's resident set as its high-water mark, which
+# would hide the loader's own peak under the renderer's.
+_MAXRSS = ("import os, sys\n"
+           "fd = int(sys.argv[1])\n"
+           "pid = os.fork()\n"
+           "if pid == 0:\n"
+           "    os.close(fd)\n"
+           "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+           "_, status, ru = os.wait4(pid, 0)\n"
+           "os.write(fd, str(ru.ru_maxrss).encode())\n"
+           "code = os.waitstatus_to_exitcode(status)\n"
+           "sys.exit(code if code >= 0 else 128 - code)\n")
+
+
+def _run_measured(cmd: Sequence[str], fd: int, input, text: bool, timeout: float,
+                  env: dict | None) -> subprocess.CompletedProcess | None:
+    """``cmd`` under the measuring parent, in a process group of its own so that a
+    timeout kills the command too; None on timeout."""
+    with subprocess.Popen([sys.executable, "-c", _MAXRSS, str(fd), *cmd],
+                          stdin=subprocess.PIPE if input is not None else None,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text, env=env,
+                          pass_fds=(fd,), start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            if isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                return None
+            raise
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+
+
+@contextlib.contextmanager
+def peak_memory() -> Iterator[PeakMemory]:
+    """``with peak_memory() as pm: dp.setup(cat)``; then ``pm.mb`` is the peak
+    resident set of the commands run meanwhile (the datapath's loaders).  Each
+    command then starts through a small measuring parent (a few ms more): use it
+    in benchmarks, not around timed sweeps."""
+    pm = PeakMemory()
+    _peaks.append(pm)
+    try:
+        yield pm
+    finally:
+        _peaks.remove(pm)
+
+
 def run(ns: str, argv: Sequence[str], *, input: str | bytes | None = None, check: bool = True,
         timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command inside namespace ``ns`` (``ip netns exec``)."""
     cmd = ["ip", "netns", "exec", ns, *argv]
     text = not isinstance(input, bytes)
-    try:
-        cp = subprocess.run(cmd, input=input, capture_output=True, text=text, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        raise LabkitError(f"`{' '.join(argv)}` in {ns} did not finish in {timeout:.0f} s") from None
+    if not _peaks:
+        try:
+            cp = subprocess.run(cmd, input=input, capture_output=True, text=text, timeout=timeout,
+                                env=env)
+        except subprocess.TimeoutExpired:
+            raise LabkitError(f"`{' '.join(argv)}` in {ns} did not finish in {timeout:.0f} s") from None
+    else:
+        rfd, wfd = os.pipe()
+        try:
+            cp = _run_measured(cmd, wfd, input, text, timeout, env)
+            if cp is None:
+                raise LabkitError(f"`{' '.join(argv)}` in {ns} did not finish in {timeout:.0f} s")
+            os.close(wfd)
+            wfd = -1
+            with os.fdopen(rfd, "rb") as f:
+                rfd = -1
+                kb = f.read().strip()
+            if kb.isdigit():
+                for pm in _peaks:
+                    pm.mb = max(pm.mb, int(kb) / 1024)
+        finally:
+            for fd in (rfd, wfd):
+                if fd >= 0:
+                    os.close(fd)
     if check and cp.returncode != 0:
         err = cp.stderr if text else cp.stderr.decode(errors="replace")
         tail = " | ".join(err.strip().splitlines()[-3:])

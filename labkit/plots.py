@@ -4,7 +4,6 @@ notebook and closes it)."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import seaborn as sns

@@ -14,7 +14,6 @@ sweep that stops keeps everything it measured and ``--resume`` continues it.
 """
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import os
 import platform
@@ -32,7 +31,7 @@ import pandas as pd
 
 from . import __version__, datapaths, netns, store
 from .catalog import ServiceCatalog
-from .errors import LabkitError, Unavailable, UsageError
+from .errors import Unavailable, UsageError
 from .params import SweepParams, check_out_dir
 
 SPREAD_P_MIN = 1e-3  # below this the endpoint spread is called uneven
@@ -271,11 +270,7 @@ class Sweep:
     def run(self) -> str:
         p = self.params
         netns.require_root()
-        classes = {m: datapaths.get(m) for m in p.modes}
-        for m, cls in classes.items():
-            why = cls.unavailable(None)
-            if why:
-                raise Unavailable(f"mode {m} cannot run here: {why}")
+        classes = datapaths.preflight(p.modes, max(p.services), p.endpoints, len(p.ports))
         os.makedirs(self.out, exist_ok=True)
         done = self._load_existing()
         if self.meta is None:

@@ -1,5 +1,4 @@
 """Tools unpacked into labkit's cache rather than installed (pure: no root, no network)."""
-import os
 import stat
 
 import pytest

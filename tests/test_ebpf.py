@@ -9,7 +9,6 @@ import socket
 import subprocess
 import time
 
-import numpy as np
 import pytest
 
 from labkit import netns

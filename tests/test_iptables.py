@@ -1,5 +1,4 @@
 """kube-proxy iptables layout: exact rule text (no root), and the real kernel (root)."""
-import subprocess
 
 import numpy as np
 import pytest

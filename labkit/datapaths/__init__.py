@@ -4,7 +4,7 @@ Add a mode by importing its class here and listing it in ``_ALL``.
 """
 from __future__ import annotations
 
-from ..errors import UsageError
+from ..errors import Unavailable, UsageError
 from .base import Datapath, ProgramResult
 from .ebpf import Ebpf, EbpfXdp
 from .iptables import IptablesLegacy, IptablesNft
@@ -23,4 +23,18 @@ def get(name: str) -> type[Datapath]:
         raise UsageError(f"unknown mode {name!r}; known modes: {', '.join(MODES)}") from None
 
 
-__all__ = ["Datapath", "ProgramResult", "MODES", "get"]
+def preflight(modes, services: int, endpoints: int, ports: int = 1) -> dict[str, type[Datapath]]:
+    """The classes of ``modes`` once each can run here and the machine has the
+    memory for its largest catalog (``services`` x ``endpoints`` x ``ports``);
+    raises :class:`Unavailable` naming the reason.  Touches no namespace."""
+    from ..limits import check_memory
+    classes = {m: get(m) for m in modes}
+    for m, cls in classes.items():
+        why = cls.unavailable(None)
+        if why:
+            raise Unavailable(f"mode {m} cannot run here: {why}")
+    check_memory(classes.values(), services, endpoints, ports)
+    return classes
+
+
+__all__ = ["Datapath", "ProgramResult", "MODES", "get", "preflight"]

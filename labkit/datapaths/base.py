@@ -43,6 +43,10 @@ class Datapath(ABC):
     needs: ClassVar[str] = ""
     #: cost model, for the report
     lookup: ClassVar[str] = ""
+    #: bytes of memory per service endpoint (per port) while the catalog loads: the
+    #: loader's peak resident set plus what the kernel holds (labkit.limits); measured
+    #: with `labkit bench program` (loader_peak_mb + held_mb), with a 25% margin
+    mem_per_endpoint: ClassVar[float] = 0.0
 
     def __init__(self, lab: "Lab") -> None:
         self.lab = lab
