@@ -83,3 +83,26 @@ def test_peak_memory_of_commands_run_in_a_namespace(lab):
     # the figure is the command's own, not the (much larger) test process's
     assert 0 < small < 60 and 150 < pm.mb < 300
     lab.run(lab.node, [sys.executable, "-c", ALLOC])   # outside the block: not counted
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("argv", [
+    ["sweep", "--modes", "ebpf,nftables", "--services", "0,100000", "--targets", "last",
+     "--probes", "10", "--kernel", "host"],
+    ["control", "--modes", "nftables", "--services", "100000"],
+    ["cpu", "--modes", "nftables", "--services", "100000"],
+    ["bench", "program", "--modes", "nftables", "--services", "100000", "--repeat", "1"],
+], ids=["sweep", "control", "cpu", "bench"])
+def test_commands_refuse_a_catalog_too_large_before_touching_the_kernel(argv, tmp_path, monkeypatch,
+                                                                        capsys):
+    from labkit import cli, limits
+    monkeypatch.setattr(limits, "mem_available", lambda: 4 * GB)
+    before = netns.list_namespaces()
+    out = tmp_path / "run"
+    if argv[0] != "bench":
+        argv = argv + ["--out", str(out)]
+    assert cli.main(argv) == 3
+    err = capsys.readouterr().err
+    assert "not enough memory" in err and "nftables needs about" in err and "4.0 GB available" in err
+    assert netns.list_namespaces() == before
+    assert not (out / "samples.parquet").exists() and not (out / "control.parquet").exists()
