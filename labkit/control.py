@@ -43,8 +43,7 @@ CONTROL = "control.parquet"
 CONTROL_META = "control.json"
 OPS = ("program", "add", "remove")
 COLUMNS = ["run_id", "block", "mode", "kernel", "services", "endpoints", "round", "op", "seconds",
-           "render_s", "load_s", "services_before", "verified", "check", "update", "started",
-           "settle_s"]
+           "render_s", "load_s", "services_before", "verified", "check", "update", "started"]
 VERIFY_TIMEOUT = 0.3
 
 
@@ -116,9 +115,7 @@ class ControlLog:
         at 100,000 iptables services one operation takes half an hour, and
         an interrupted run keeps what it measured)."""
         ident = dict(run_id=self.run_id, block=block, mode=dp.name, kernel=self.kernel,
-                     endpoints=catalog.endpoints, round=round_, update=type(dp).update,
-                     # how long the block waited for the kernel to free the previous node
-                     settle_s=getattr(lab, "settle_s", 0.0))
+                     endpoints=catalog.endpoints, round=round_, update=type(dp).update)
         rows = [{**_row("program", catalog.services, 0, prog, None, "", started or time.time()), **ident}]
         self.rows = [r for r in self.rows if r["block"] != block] + rows  # a resumed block replaces
         self.flush()
