@@ -62,8 +62,6 @@ class Lab:
         self.server: subprocess.Popen | None = None
         self.tmpdir: str | None = None
         self._closed = False
-        #: seconds the last reset_node waited for the kernel to free the old node
-        self.settle_s = 0.0
 
     # -- roles -------------------------------------------------------------
     @property
@@ -168,9 +166,6 @@ class Lab:
                     ipr.link("del", index=idx[0])
         netns.netlink(t.node_ns, unlink)  # veth pairs die with their node end, synchronously
         netns.remove(t.node_ns)
-        # the kernel frees the old node's state in the background (minutes after
-        # 100,000 nftables services): let it finish before the next measurement
-        self.settle_s = netns.settle(timeout=120)
         netns.create(t.node_ns)
         self._wire()
 

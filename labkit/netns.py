@@ -109,47 +109,6 @@ def remove(name: str) -> None:
                 raise
 
 
-PF_KTHREAD = 0x00200000
-
-
-def kernel_thread_ticks() -> int:
-    """CPU time (clock ticks) all kernel threads have used so far: the kernel's
-    deferred work (namespace cleanup, freeing netfilter objects) runs there."""
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        # after the name: state(0) ppid pgrp session tty tpgid flags(6) ... utime(11) stime(12)
-        if int(fields[6]) & PF_KTHREAD:
-            total += int(fields[11]) + int(fields[12])
-    return total
-
-
-def settle(timeout: float = 300.0, window: float = 0.5, busy: float = 0.05) -> float:
-    """Wait until the kernel's own threads are nearly idle (under ``busy`` of one
-    CPU over ``window`` seconds), at most ``timeout`` seconds; returns the wait.
-
-    Deleting a namespace returns before the kernel has freed it: a node that
-    held 100,000 nftables services keeps a kernel worker busy for minutes
-    afterwards, and the next block's measurement would share the CPU with it.
-    """
-    hz = os.sysconf("SC_CLK_TCK")
-    t0 = time.monotonic()
-    prev = kernel_thread_ticks()
-    while True:
-        time.sleep(window)
-        now = kernel_thread_ticks()
-        if (now - prev) / hz <= busy * window or time.monotonic() - t0 > timeout:
-            return time.monotonic() - t0
-        prev = now
-
-
 def _in_thread(fn: Callable[[], T]) -> T:
     return _pool.submit(fn).result()
 

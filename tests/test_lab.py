@@ -66,4 +66,3 @@ def test_probes_are_refused_outside_the_lab():
             netns.require_inside(lab.client)
         with netns.entered(lab.client):
             netns.require_inside(lab.client)
-
