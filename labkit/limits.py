@@ -20,8 +20,8 @@ from typing import Iterable
 
 from .errors import Unavailable
 
-#: what a run needs besides the loader: Python with the rendered text, the
-#: probes and the tables (measured: the sweep process stays under 1 GB at 100k)
+#: a margin for what a run needs besides the loader and the kernel: the Python
+#: process with its rendered text, probes and tables (an allowance, not a measurement)
 BASE_BYTES = 1 << 30
 
 
