@@ -114,7 +114,8 @@ def fetch(name: str) -> str:
                 cp = _run(["apt-get", "download", "-o", "APT::Sandbox::User=root", pkg], cwd=tmp)
                 debs = sorted(tmp.glob("*.deb"))
                 if cp.returncode != 0 or not debs:
-                    errors.append(f"{pkg}: {(cp.stderr or cp.stdout).strip().splitlines()[-1:] or ['no .deb']}")
+                    last = (cp.stderr or cp.stdout).strip().splitlines()[-1:]
+                    errors.append(f"{pkg}: {last[0] if last else 'no .deb'}")
                     continue
                 root = tmp / "root"
                 cp = _run(["dpkg-deb", "-x", str(debs[0]), str(root)])

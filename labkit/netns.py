@@ -152,24 +152,30 @@ _MAXRSS = ("import os, sys\n"
            "sys.exit(code if code >= 0 else 128 - code)\n")
 
 
-def _run_measured(cmd: Sequence[str], fd: int, input, text: bool, timeout: float,
-                  env: dict | None) -> subprocess.CompletedProcess | None:
-    """``cmd`` under the measuring parent, in a process group of its own so that a
-    timeout kills the command too; None on timeout."""
-    with subprocess.Popen([sys.executable, "-c", _MAXRSS, str(fd), *cmd],
-                          stdin=subprocess.PIPE if input is not None else None,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text, env=env,
-                          pass_fds=(fd,), start_new_session=True) as proc:
+def _run_measured(cmd: Sequence[str], input, text: bool, timeout: float,
+                  env: dict | None) -> tuple[subprocess.CompletedProcess, float]:
+    """``cmd`` under the measuring parent; returns its result and its peak RSS (MB).
+    The command runs in a process group of its own, so a timeout kills it too
+    (raising :class:`subprocess.TimeoutExpired`)."""
+    rfd, wfd = os.pipe()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _MAXRSS, str(wfd), *cmd],
+                                stdin=subprocess.PIPE if input is not None else None,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text, env=env,
+                                pass_fds=(wfd,), start_new_session=True)
+    finally:
+        os.close(wfd)
+    with os.fdopen(rfd, "rb") as report, proc:
         try:
             out, err = proc.communicate(input, timeout=timeout)
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            if isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
-                return None
             raise
-    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+        kb = report.read().strip()
+    mb = int(kb) / 1024 if kb.isdigit() else 0.0
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err), mb
 
 
 @contextlib.contextmanager
@@ -191,30 +197,16 @@ def run(ns: str, argv: Sequence[str], *, input: str | bytes | None = None, check
     """Run a command inside namespace ``ns`` (``ip netns exec``)."""
     cmd = ["ip", "netns", "exec", ns, *argv]
     text = not isinstance(input, bytes)
-    if not _peaks:
-        try:
+    try:
+        if _peaks:
+            cp, mb = _run_measured(cmd, input, text, timeout, env)
+            for pm in _peaks:
+                pm.mb = max(pm.mb, mb)
+        else:
             cp = subprocess.run(cmd, input=input, capture_output=True, text=text, timeout=timeout,
                                 env=env)
-        except subprocess.TimeoutExpired:
-            raise LabkitError(f"`{' '.join(argv)}` in {ns} did not finish in {timeout:.0f} s") from None
-    else:
-        rfd, wfd = os.pipe()
-        try:
-            cp = _run_measured(cmd, wfd, input, text, timeout, env)
-            if cp is None:
-                raise LabkitError(f"`{' '.join(argv)}` in {ns} did not finish in {timeout:.0f} s")
-            os.close(wfd)
-            wfd = -1
-            with os.fdopen(rfd, "rb") as f:
-                rfd = -1
-                kb = f.read().strip()
-            if kb.isdigit():
-                for pm in _peaks:
-                    pm.mb = max(pm.mb, int(kb) / 1024)
-        finally:
-            for fd in (rfd, wfd):
-                if fd >= 0:
-                    os.close(fd)
+    except subprocess.TimeoutExpired:
+        raise LabkitError(f"`{' '.join(argv)}` in {ns} did not finish in {timeout:.0f} s") from None
     if check and cp.returncode != 0:
         err = cp.stderr if text else cp.stderr.decode(errors="replace")
         tail = " | ".join(err.strip().splitlines()[-3:])

@@ -106,3 +106,16 @@ def test_commands_refuse_a_catalog_too_large_before_touching_the_kernel(argv, tm
     assert "not enough memory" in err and "nftables needs about" in err and "4.0 GB available" in err
     assert netns.list_namespaces() == before
     assert not (out / "samples.parquet").exists() and not (out / "control.parquet").exists()
+
+
+@pytest.mark.root
+def test_a_measured_command_that_times_out_is_killed_with_its_parent(lab):
+    import time
+    from labkit.errors import LabkitError
+    marker = "sleep 31.4159"     # an argument no other process has
+    with netns.peak_memory():
+        with pytest.raises(LabkitError, match="did not finish in 1 s"):
+            lab.run(lab.node, marker.split(), timeout=1)
+    time.sleep(0.2)
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    assert left == []

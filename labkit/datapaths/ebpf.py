@@ -358,8 +358,9 @@ class CtEntry:
 # ---- the datapaths ---------------------------------------------------------------
 class Ebpf(Datapath):
     name = "ebpf"
-    # hash-map elements (slot and backend entries, ~100 B each with the kernel's
-    # overhead); at 30,000 x 10 the MemAvailable change was within noise (< 100 MB)
+    # an estimate, not a measurement: two hash-map elements per endpoint (slot and
+    # backend) at ~100 B with the kernel's overhead; at 30,000 x 10 the measured
+    # MemAvailable change was within the machine's noise (< 100 MB)
     mem_per_endpoint = 256
     summary = ("Cilium-style eBPF load balancer: tc programs on the node's veths, hash-map "
                "service lookup, CT map, redirect past netfilter")
