@@ -55,4 +55,8 @@ def write_table(path: str, df: pd.DataFrame) -> None:
 
 
 def read_table(path: str) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    """A table, read through one open file: given a path, pyarrow may open it twice
+    (footer, then pages), and a writer's atomic replace in between mixes two
+    versions ("Page was smaller than expected"). One descriptor holds one version."""
+    with open(path, "rb") as f:
+        return pd.read_parquet(f)

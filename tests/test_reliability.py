@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 
-from labkit import datapaths
+from labkit import datapaths, store
 from labkit.errors import LabkitError
 from labkit.params import SweepParams
 from labkit.state import all_states
@@ -90,7 +90,7 @@ def wait_for_points(out, n=1, proc=None, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         p = out / "points.parquet"
-        if p.exists() and len(pd.read_parquet(p)) >= n:
+        if p.exists() and len(store.read_table(str(p))) >= n:   # read while the sweep writes
             return
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"sweep ended early: {proc.stderr.read()}")
