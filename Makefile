@@ -16,14 +16,14 @@ APT_PACKAGES := iproute2 iptables nftables procps kmod conntrack \
 	ipvsadm ipset qemu-system-x86 busybox-static file \
 	apache2-utils python3-venv python3-dev gcc
 
-.PHONY: setup apt tools venv report sweep test test-unit lab publish clean distclean
+.PHONY: setup apt tools venv report sweep test test-unit lint lab publish clean distclean
 
 setup: apt $(STAMP) tools
 
 # nginx for the HTTP cross-check: Debian's package unpacked into .cache/tools, not
 # installed (installing it would enable and start a web server on the host)
 tools: apt $(STAMP)
-	$(BIN)/python -m labkit.debcache fetch nginx
+	$(BIN)/python -m labkit.kernel.debcache fetch nginx
 
 apt:
 	@if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root (sudo make ...): it installs Debian packages" >&2; exit 2; fi
@@ -58,11 +58,20 @@ sweep: setup
 test: setup
 	$(BIN)/python -m pytest -v -rs $(PYTEST_ARGS)
 
-test-unit: setup
+# unit tests only: no root, no Debian packages, no kernel state (any user)
+test-unit: $(STAMP)
 	$(BIN)/python -m pytest -v -rs -m "not root and not vm" $(PYTEST_ARGS)
 
-lab: setup
-	$(BIN)/jupyter lab --allow-root --no-browser notebooks/
+# the checks CI runs before the tests (also pre-commit hooks: .pre-commit-config.yaml)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python .ci/check_layers.py labkit
+
+# JupyterLab rooted at the repository (notebooks/, data/, runs/ all visible); analysis
+# needs no root, measuring does (run it as root to sweep from a notebook)
+lab: $(STAMP)
+	$(BIN)/jupyter lab --no-browser --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 # rebuild the published report from the committed reference run (no root needed)
 publish: $(STAMP)

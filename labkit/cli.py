@@ -1,29 +1,81 @@
-"""``python -m labkit`` / ``labkit``: doctor, sweep, report, clean, bench, cpu, control."""
+"""``python -m labkit`` / ``labkit``: doctor, sweep, control, cpu, bench, report, clean.
+
+Every run command (sweep, control, cpu, bench program) goes through the one
+experiment runner (:mod:`labkit.runs.runner`): the same pre-flight, output
+directory rules, ``--resume`` and ``--kernel host|vm|auto``.  Bad input gets
+one line on stderr and exit status 2; a machine limit (a missing kernel
+feature, too little memory) exit status 3.
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import signal
 import sys
+from importlib import metadata
+from typing import Any, NoReturn
 
-from .errors import LabkitError, UsageError
+from labkit.core.errors import LabkitError, UsageError
+from labkit.core.validate import names, split, whole
+from labkit.datapaths import MODES
+from labkit.kernel import netns
+from labkit.kernel.clean import clean
+from labkit.kernels.dispatch import KERNELS, choose_kernel, relaunch
+from labkit.report.build import build_report
+from labkit.rundir import schema
+from labkit.runs.bench import BenchProgram, bench_send, summarize_program
+from labkit.runs.control import Control
+from labkit.runs.cpu import Cpu
+from labkit.runs.doctor import doctor
+from labkit.runs.params import SweepParams
+from labkit.runs.runner import Experiment, Runner, prepare_out
+from labkit.runs.sweep import run_sweep
+
+SWEEP_OPTIONS = ("modes", "services", "endpoints", "targets", "probes", "rounds", "warmup", "seed",
+                 "timeout", "kernel", "probe_kinds", "service_cidr", "endpoint_cidr", "ports")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _sigterm(signum, frame):  # unwind context managers: teardown runs
+def _sigterm(signum: int, frame: Any) -> None:  # unwind context managers: teardown runs
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _command(name: str, args: argparse.Namespace) -> str:
+    return f"python -m labkit {name} " + " ".join(shlex.quote(a) for a in args.argv)
+
+
+def _elsewhere(args: argparse.Namespace, kernel: str, modes: list[str], kind: str) -> bool:
+    """Relaunch the command in another kernel when ``--kernel`` asks for it;
+    True when it ran there."""
+    if kernel not in KERNELS:
+        raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    where, why = choose_kernel(kernel, modes, args.out, args.resume)
+    if where == "host":
+        return False
+    print(f"labkit: {why}", file=sys.stderr)
+    res = relaunch(args.cmd, args.argv, args.out, kind)
+    print(f"wrote {args.out} (VM kernel {res.facts['kernel_release']}, {res.facts['accel']}, "
+          f"boot {res.facts['boot_s']:.0f} s)")
+    return True
+
+
+def _runner(exp: Experiment | None, exp_cls: type[Experiment], args: argparse.Namespace) -> Runner:
+    """The runner of a new run (``exp``) or of the one ``--resume`` continues."""
+    kw: dict[str, Any] = {"command": _command(args.cmd, args), "progress": not args.quiet}
+    if args.resume:
+        return Runner.resuming(exp_cls, args.out, **kw)
+    assert exp is not None
+    return Runner(exp, args.out, **kw)
 
 
 # ---------------------------------------------------------------------------
 
-def cmd_doctor(args) -> int:
-    from .doctor import doctor
+def cmd_doctor(args: argparse.Namespace) -> int:
     rows = doctor()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -35,54 +87,83 @@ def cmd_doctor(args) -> int:
     return 0
 
 
-def _sweep_params(args):
-    from .params import SweepParams
-    over = {k: getattr(args, k) for k in ("modes", "services", "endpoints", "targets", "probes",
-                                          "rounds", "warmup", "seed", "timeout", "kernel",
-                                          "probe_kinds", "service_cidr", "endpoint_cidr", "ports")}
+def _sweep_params(args: argparse.Namespace) -> SweepParams:
+    over = {k: getattr(args, k) for k in SWEEP_OPTIONS}
     if args.params:
         return SweepParams.from_yaml(args.params, **over)
     return SweepParams.from_dict({k: v for k, v in over.items() if v is not None})
 
 
-def cmd_sweep(args) -> int:
-    from .params import check_out_dir
-    from .sweep import Sweep
-    options_given = any(getattr(args, k) is not None for k in (
-        "modes", "services", "endpoints", "targets", "probes", "rounds", "warmup", "seed",
-        "timeout", "kernel", "probe_kinds", "service_cidr", "endpoint_cidr", "ports", "params"))
+def cmd_sweep(args: argparse.Namespace) -> int:
+    options_given = args.params is not None or any(getattr(args, k) is not None for k in SWEEP_OPTIONS)
     params = _sweep_params(args) if (options_given or not args.resume) else None
-    check_out_dir(args.out, args.resume)
-    from .netns import require_root
-    require_root()
-    from .vm import choose_kernel, sweep_in_vm
-    where, why = choose_kernel(params.kernel if params else "host", params.modes if params else [],
-                               args.out, args.resume)
-    if where == "vm":  # re-run this very sweep inside the pinned VM kernel
-        print(f"labkit: {why}", file=sys.stderr)
-        res = sweep_in_vm(args.argv, args.out)
-        print(f"wrote {args.out}/samples.parquet, points.parquet, meta.json (VM kernel "
-              f"{res.facts['kernel_release']}, {res.facts['accel']}, boot {res.facts['boot_s']:.0f} s)")
+    prepare_out(args.out, "sweep", args.resume)
+    netns.require_root()
+    modes = params.modes if params else []
+    if _elsewhere(args, params.kernel if params else "host", modes, "sweep"):
         return 0
-    cmd = "python -m labkit sweep " + " ".join(shlex.quote(a) for a in args.argv)
-    out = Sweep(params, args.out, resume=args.resume, command=cmd,
-                progress=not args.quiet).run()
-    print(f"wrote {out}/samples.parquet, points.parquet, meta.json")
+    out = run_sweep(params, args.out, resume=args.resume, command=_command("sweep", args),
+                    progress=not args.quiet)
+    print(f"wrote {out}/{schema.SAMPLES}, {schema.POINTS}, {schema.CONTROL}, {schema.META}")
     return 0
 
 
-def cmd_report(args) -> int:
-    from .report import build_report
-    if not os.path.isdir(args.run_dir):
-        raise UsageError(f"{args.run_dir} is not a run directory")
+def cmd_control(args: argparse.Namespace) -> int:
+    exp = None if args.resume else Control(
+        split(args.modes, "modes"), split(args.services, "services"), endpoints=args.endpoints,
+        rounds=args.rounds, seed=args.seed, verify=not args.no_verify)
+    prepare_out(args.out, "control", args.resume)
+    netns.require_root()
+    if _elsewhere(args, args.kernel, exp.modes if exp else [], "control"):
+        return 0
+    out = _runner(exp, Control, args).run()
+    print(f"wrote {out}/{schema.CONTROL}, {schema.CONTROL_META}")
+    return 0
+
+
+def cmd_cpu(args: argparse.Namespace) -> int:
+    exp = None
+    if not args.resume:
+        over = {k: getattr(args, k) for k in ("modes", "services", "endpoints", "targets", "rounds",
+                                              "seed")}
+        params = SweepParams.from_dict({k: v for k, v in over.items() if v is not None})
+        exp = Cpu(params, rate=args.rate, seconds=args.seconds)
+        exp.check()
+    prepare_out(args.out, "cpu", args.resume)
+    netns.require_root()
+    if _elsewhere(args, args.kernel, exp.modes if exp else [], "cpu"):
+        return 0
+    out = _runner(exp, Cpu, args).run()
+    print(f"wrote {out}/{schema.CPU}, {schema.CPU_META}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "send":
+        print(json.dumps(bench_send(args.seconds, args.repeat)))
+        return 0
+    exp = None if args.resume else BenchProgram(
+        names(args.modes, "modes", tuple(MODES)), whole(args.services, "services", 0, 1_000_000),
+        args.endpoints, args.repeat)
+    prepare_out(args.out, "bench", args.resume)
+    netns.require_root()
+    if args.out and _elsewhere(args, args.kernel, exp.modes if exp else [], "bench"):
+        return 0
+    runner = _runner(exp, BenchProgram, args)
+    runner.run()
+    for row in summarize_program(runner.tables.frame(schema.BENCH)):
+        print(json.dumps(row))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
     path = build_report(args.run_dir, out_dir=args.out_dir, budget_us=args.budget_us,
                         budget_frac=args.budget_frac)
     print(f"wrote {path}")
     return 0
 
 
-def cmd_clean(args) -> int:
-    from .clean import clean
+def cmd_clean(args: argparse.Namespace) -> int:
     removed = clean(force=args.all)
     for line in removed:
         print(f"removed {line}")
@@ -91,59 +172,20 @@ def cmd_clean(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from .bench import bench_program, bench_send
-    if args.what == "program":
-        from .params import _int, _names
-        from .datapaths import MODES
-        modes = _names(args.modes, "modes", tuple(MODES))
-        services = _int(args.services, "services", 0, 1_000_000)
-        for row in bench_program(modes, services, args.endpoints, args.repeat):
-            print(json.dumps(row))
-    else:
-        print(json.dumps(bench_send(args.seconds)))
-    return 0
-
-
-# -- experiments of issue 7 (labkit/cpu.py, labkit/control.py) ------------------
-
-def cmd_cpu(args) -> int:
-    from .cpu import run_cpu
-    from .netns import require_root
-    from .params import SweepParams
-    over = {k: getattr(args, k) for k in ("modes", "services", "endpoints", "targets", "rounds", "seed")}
-    params = SweepParams.from_dict({k: v for k, v in over.items() if v is not None})
-    require_root()
-    out = run_cpu(params, args.out, rate=args.rate, seconds=args.seconds,
-                  command="python -m labkit cpu " + " ".join(shlex.quote(a) for a in args.argv),
-                  progress=not args.quiet)
-    print(f"wrote {out}/cpu.parquet, cpu.json")
-    return 0
-
-
-def cmd_control(args) -> int:
-    from .control import run_control
-    from .datapaths import MODES
-    from .netns import require_root
-    from .params import _int, _names, _split
-    modes = _names(args.modes, "modes", tuple(MODES))
-    services = sorted({_int(v, "services", 0, 1_000_000) for v in _split(args.services, "services")})
-    endpoints = _int(args.endpoints, "endpoints", 1, 1000)
-    rounds = _int(args.rounds, "rounds", 1, 100)
-    require_root()
-    out = run_control(modes, services, args.out, endpoints=endpoints, rounds=rounds, seed=args.seed,
-                      verify=not args.no_verify, progress=not args.quiet,
-                      command="python -m labkit control " + " ".join(shlex.quote(a) for a in args.argv))
-    print(f"wrote {out}/control.parquet, control.json")
-    return 0
-
-
 # ---------------------------------------------------------------------------
+
+def _run_options(p: argparse.ArgumentParser, out_help: str, out_required: bool = True) -> None:
+    p.add_argument("--out", required=out_required, help=out_help)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out with its stored parameters")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="labkit", description=(
         "Measure Kubernetes service datapaths (kube-proxy iptables legacy/nft, nftables, IPVS, "
         "eBPF) on this kernel, inside network namespaces it creates and removes."))
+    ap.add_argument("--version", action="version", version=f"labkit {metadata.version('labkit')}")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     d = sub.add_parser("doctor", help="which modes run here, and why not")
@@ -166,10 +208,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probe-kinds", dest="probe_kinds", help="probe kinds (default syn)")
     s.add_argument("--service-cidr", dest="service_cidr", help="VIP range (default 10.96.0.0/12)")
     s.add_argument("--endpoint-cidr", dest="endpoint_cidr", help="endpoint range (default 10.128.0.0/9)")
-    s.add_argument("--out", required=True, help="run directory to write")
-    s.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_options(s, "run directory to write")
     s.set_defaults(fn=cmd_sweep)
+
+    k = sub.add_parser("control", help="seconds to program N services, and to add and remove one")
+    k.add_argument("--modes", default="iptables-legacy,iptables-nft,nftables,ebpf")
+    k.add_argument("--services", default="0,1000,10000,30000,100000")
+    k.add_argument("--endpoints", default="10", help="endpoints per service (default 10)")
+    k.add_argument("--rounds", default="1", help="repetitions (default 1)")
+    k.add_argument("--seed", default="1")
+    k.add_argument("--kernel", default="host", help="host, vm or auto (default host)")
+    k.add_argument("--no-verify", action="store_true", help="skip the SYN that checks each operation")
+    _run_options(k, "directory for control.parquet")
+    k.set_defaults(fn=cmd_control)
+
+    u = sub.add_parser("cpu", help="CPU time the node spends per new connection, at a fixed rate")
+    u.add_argument("--modes", help="comma-separated modes (default iptables-legacy,iptables-nft)")
+    u.add_argument("--services", help="comma-separated service counts")
+    u.add_argument("--endpoints", help="endpoints per service (default 10)")
+    u.add_argument("--targets", default="last", help="targets of the new connections (default last)")
+    u.add_argument("--rounds", help="repetitions, interleaved (default 3)")
+    u.add_argument("--seed", help="seed of the order (default 1)")
+    u.add_argument("--rate", type=float, default=1000.0, help="new connections per second (default 1000)")
+    u.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
+    u.add_argument("--kernel", default="host", help="host, vm or auto (default host)")
+    _run_options(u, "directory for cpu.parquet (may be a sweep's run directory)")
+    u.set_defaults(fn=cmd_cpu)
+
+    b = sub.add_parser("bench", help="benchmarks: programming time, probe send capacity")
+    b.add_argument("what", choices=["program", "send"])
+    b.add_argument("--modes", default="iptables-legacy,iptables-nft")
+    b.add_argument("--services", default="10000")
+    b.add_argument("--endpoints", default="10")
+    b.add_argument("--repeat", default="3", help="repetitions (default 3)")
+    b.add_argument("--seconds", type=float, default=2.0, help="send: seconds to send (default 2)")
+    b.add_argument("--kernel", default="host", help="host, vm or auto (default host)")
+    _run_options(b, "program: also write bench.parquet there (resumable)", out_required=False)
+    b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("report", help="analyse a run directory into report.html")
     r.add_argument("run_dir")
@@ -182,40 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clean", help="remove what crashed or killed runs left behind")
     c.add_argument("--all", action="store_true", help="also runs whose process is still alive")
     c.set_defaults(fn=cmd_clean)
-
-    b = sub.add_parser("bench", help="benchmarks: programming time, probe send capacity")
-    b.add_argument("what", choices=["program", "send"])
-    b.add_argument("--modes", default="iptables-legacy,iptables-nft")
-    b.add_argument("--services", default="10000")
-    b.add_argument("--endpoints", type=int, default=10)
-    b.add_argument("--repeat", type=int, default=3)
-    b.add_argument("--seconds", type=float, default=2.0)
-    b.set_defaults(fn=cmd_bench)
-
-    # -- experiments of issue 7 -------------------------------------------------------
-    u = sub.add_parser("cpu", help="CPU time the node spends per new connection, at a fixed rate")
-    u.add_argument("--modes", help="comma-separated modes (default iptables-legacy,iptables-nft)")
-    u.add_argument("--services", help="comma-separated service counts")
-    u.add_argument("--endpoints", help="endpoints per service (default 10)")
-    u.add_argument("--targets", default="last", help="targets of the new connections (default last)")
-    u.add_argument("--rounds", help="repetitions, interleaved (default 3)")
-    u.add_argument("--seed", help="seed of the order (default 1)")
-    u.add_argument("--rate", type=float, default=1000.0, help="new connections per second (default 1000)")
-    u.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
-    u.add_argument("--out", required=True, help="directory for cpu.parquet (may be a sweep's run directory)")
-    u.add_argument("--quiet", action="store_true", help="no progress bar")
-    u.set_defaults(fn=cmd_cpu)
-
-    k = sub.add_parser("control", help="seconds to program N services, and to add and remove one")
-    k.add_argument("--modes", default="iptables-legacy,iptables-nft,nftables,ebpf")
-    k.add_argument("--services", default="0,1000,10000,30000,100000")
-    k.add_argument("--endpoints", default="10", help="endpoints per service (default 10)")
-    k.add_argument("--rounds", default="1", help="repetitions (default 1)")
-    k.add_argument("--seed", type=int, default=1)
-    k.add_argument("--no-verify", action="store_true", help="skip the SYN that checks each operation")
-    k.add_argument("--out", required=True, help="directory for control.parquet")
-    k.add_argument("--quiet", action="store_true", help="no progress bar")
-    k.set_defaults(fn=cmd_control)
     return ap
 
 
@@ -226,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv[1:]
-        return args.fn(args)
+        return int(args.fn(args))
     except LabkitError as exc:
         print(f"labkit: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -2,13 +2,19 @@
 with the reason printed (-rs), when the suite does not run as root."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 
 import pytest
 
-from labkit import netns
-from labkit.topology import NS_RE
+from labkit import datapaths
+from labkit.core.catalog import DEFAULT_ENDPOINT_CIDR
+from labkit.core.errors import Unavailable
+from labkit.core.topology import NS_RE
+from labkit.kernel import debcache, netns
+from labkit.kernel.state import all_states
+from labkit.lab.lab import Lab
 
 IS_ROOT = os.geteuid() == 0
 
@@ -16,7 +22,6 @@ IS_ROOT = os.geteuid() == 0
 def _labkit_namespaces() -> set[str]:
     """labkit namespaces, except those of runs still alive in *other* processes
     (a developer's sweep running next to the suite is not the suite's leftover)."""
-    from labkit.state import all_states
     others = {s.run_id for s in all_states() if s.pid != os.getpid() and s.owner_alive()}
     return {n for n in netns.list_namespaces()
             if (m := NS_RE.match(n)) and m.group(1) not in others}
@@ -24,7 +29,6 @@ def _labkit_namespaces() -> set[str]:
 
 def _labkit_pins() -> set[str]:
     """bpffs pins and mounts of labkit runs (not of runs alive in other processes)."""
-    from labkit.state import all_states
     others = {s.run_id for s in all_states() if s.pid != os.getpid() and s.owner_alive()}
     try:
         pins = {f"/sys/fs/bpf/{p}" for p in os.listdir("/sys/fs/bpf") if p.startswith("labkit-")}
@@ -37,10 +41,37 @@ def _labkit_pins() -> set[str]:
 
 
 def pytest_collection_modifyitems(config, items):
+    """The one way root tests are marked: ``@pytest.mark.root`` (or a fixture
+    that builds a lab, which implies it).  Without root they are skipped with
+    the reason printed (-rs)."""
     skip_root = pytest.mark.skip(reason="needs root: network namespaces and netfilter (run `sudo make test`)")
     for item in items:
+        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.root)
         if "root" in item.keywords and not IS_ROOT:
             item.add_marker(skip_root)
+
+
+#: fixtures that build kernel state: a test using one is a root test
+LAB_FIXTURES = {"lab", "programmed"}
+
+
+@functools.cache
+def host_modes() -> tuple[str, ...]:
+    """The modes this host's kernel runs, tried for real in a scratch lab (on
+    first use, never at import or collection: collecting builds no namespace)."""
+    out = []
+    with Lab(endpoint_cidr=DEFAULT_ENDPOINT_CIDR, server=False) as lab:
+        for name, cls in datapaths.MODES.items():
+            lab.reset_node()
+            if cls.unavailable(None) is None and cls.unavailable(lab) is None:
+                out.append(name)
+    return tuple(out)
+
+
+def need_host_mode(mode: str) -> None:
+    if mode not in host_modes():
+        pytest.skip(f"{mode} does not run on this host kernel (see `labkit doctor`)")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,15 +88,11 @@ def nothing_left_behind():
 @pytest.fixture
 def lab():
     """A running lab (client, node, backend namespaces and the echo server)."""
-    from labkit.catalog import DEFAULT_ENDPOINT_CIDR
-    from labkit.lab import Lab
     with Lab(endpoint_cidr=DEFAULT_ENDPOINT_CIDR) as lab:
         yield lab
 
 
 def need_tool(name: str) -> None:
-    from labkit import debcache
-    from labkit.errors import Unavailable
     if name in debcache.TOOLS:
         try:
             debcache.find_tool(name)

@@ -1,11 +1,15 @@
 """Statistics of labkit.analysis on synthetic data with a known truth (pure, no root)."""
+import os
+
 import numpy as np
 import pytest
 from scipy.stats import gamma
 
-from labkit import analysis as A
-from labkit import anchors
-from labkit.errors import UsageError
+from labkit.analysis import anchors
+from labkit.analysis import fit as A
+from labkit.core.errors import UsageError
+from labkit.rundir import schema
+from labkit.runs.params import SweepParams
 
 # probe noise: RTT = curve(n) + Gamma(2, 2 us); its median is a known constant
 NOISE_MEDIAN = float(gamma(2, scale=2).median())
@@ -235,17 +239,19 @@ def test_load_run_refuses_a_directory_that_is_not_a_run(tmp_path):
         A.load_run(str(tmp_path))
 
 
-def test_schema_matches_the_sweep():
-    sweep = pytest.importorskip("labkit.sweep")
-    assert A.SAMPLE_COLUMNS == sweep.SAMPLE_COLS
+def test_the_analysis_reads_the_columns_the_schema_defines():
+    assert set(A.SAMPLE_COLUMNS) <= set(schema.SAMPLE_COLUMNS)
+    assert set(A.POINT_COLUMNS) <= set(schema.POINT_COLUMNS)
+    for kind in schema.KINDS.values():   # every column of every table says what it means
+        for cols in kind.tables.values():
+            assert all(isinstance(v, str) and v for v in cols.values())
 
 
 # --- parameter files ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["default", "quick", "full"])
 def test_parameter_files(name):
-    import os
-    from labkit.params import SweepParams
+
     p = SweepParams.from_yaml(os.path.join(os.path.dirname(__file__), "..", "params", f"{name}.yaml"))
     assert p.probe_kinds == ["syn"] and p.endpoints == 10 and p.services[0] == 0
     assert max(p.services) == {"default": 10_000, "quick": 1_000, "full": 100_000}[name]

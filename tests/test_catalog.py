@@ -1,7 +1,7 @@
 import pytest
 
-from labkit.catalog import ServiceCatalog, chain_hash
-from labkit.errors import UsageError
+from labkit.core.catalog import ServiceCatalog, chain_hash
+from labkit.core.errors import UsageError
 
 
 def test_addresses_are_computed_and_disjoint():

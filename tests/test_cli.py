@@ -3,12 +3,14 @@ import os
 import subprocess
 import sys
 
+import papermill as pm
 import pytest
-
-from labkit import netns
-from labkit.errors import UsageError
-from labkit.params import SweepParams, check_out_dir
 from conftest import _labkit_namespaces
+
+from labkit.core.errors import UsageError
+from labkit.kernel import netns
+from labkit.runs.params import SweepParams
+from labkit.runs.runner import prepare_out
 
 
 def labkit(*args, **kw):
@@ -37,7 +39,7 @@ BAD = [
     (["sweep", "--out", "{tmp}/file"], "is not a directory"),
     (["sweep", "--params", "{tmp}/missing.yaml", "--out", "{tmp}/o"], "does not exist"),
     (["sweep", "--params", "{tmp}/bad.yaml", "--out", "{tmp}/o"], "unknown parameter"),
-    (["sweep", "--resume", "--out", "{tmp}/o"], "holds no run to resume"),
+    (["sweep", "--resume", "--out", "{tmp}/o"], "holds no sweep run to resume"),
     (["sweep", "--services", "0"], "the following arguments are required: --out"),
     (["frobnicate"], "invalid choice"),
 ]
@@ -74,9 +76,9 @@ def test_params_from_yaml_files_validate():
 
 def test_out_dir_refuses_to_overwrite_a_run(tmp_path):
     (tmp_path / "meta.json").write_text("{}")
-    with pytest.raises(UsageError, match="already holds a run"):
-        check_out_dir(str(tmp_path), resume=False)
-    assert check_out_dir(str(tmp_path), resume=True) == str(tmp_path)
+    with pytest.raises(UsageError, match="already holds a sweep run"):
+        prepare_out(str(tmp_path), "sweep", resume=False)
+    assert prepare_out(str(tmp_path), "sweep", resume=True) == str(tmp_path)
 
 
 # --- the same refusals through parameter files and papermill -----------------------
@@ -105,7 +107,7 @@ def test_bad_parameter_files(tmp_path, text, msg):
 
 def test_unwritable_output_is_refused(tmp_path):
     cp = labkit("sweep", "--services", "0", "--out", "/proc/labkit-out")
-    assert cp.returncode == 2 and "is not writable" in cp.stderr
+    assert cp.returncode == 2 and "/proc/labkit-out cannot be created" in cp.stderr
 
 
 @pytest.mark.parametrize("params, msg", [
@@ -115,7 +117,6 @@ def test_unwritable_output_is_refused(tmp_path):
     (dict(endpoint_cidr="10.128.0.0/30", services=[10]), "too small"),
 ])
 def test_bad_papermill_parameters_fail_before_the_kernel(tmp_path, params, msg):
-    import papermill as pm
     before = _labkit_namespaces()
     root = os.path.join(os.path.dirname(__file__), "..")
     with pytest.raises(pm.PapermillExecutionError, match=msg):

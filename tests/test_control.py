@@ -10,13 +10,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labkit import control
-from labkit.catalog import ServiceCatalog
+from labkit.analysis import control as control_analysis
+from labkit.core.catalog import ServiceCatalog
 from labkit.datapaths import MODES, Datapath
 from labkit.datapaths.ebpf import render_maps, spare_entries
 from labkit.datapaths.ipvs import host_ipvs_missing, render_ipvs, render_ipvs_add, render_ipvs_remove
-from labkit.datapaths.nftables import (endpoint_chain, render_add_service, render_nftables,
-                                       render_remove_service, service_chain)
+from labkit.datapaths.nftables import (
+    endpoint_chain,
+    render_add_service,
+    render_nftables,
+    render_remove_service,
+    service_chain,
+)
+from labkit.kernels import vm
+from labkit.lab.lab import Lab
+from labkit.probes.syn import SynProber
+from labkit.rundir import schema
+from labkit.runs import control
+from labkit.runs.params import SweepParams
+from labkit.runs.sweep import run_sweep
 
 CAT = ServiceCatalog(3, 2)
 
@@ -114,21 +126,19 @@ def test_ebpf_entries_of_one_service_are_a_slice_of_the_full_maps():
 def test_summary_and_slopes_of_a_table():
     rows = []
     for n, s in ((0, 0.01), (1000, 1.01), (2000, 2.01)):
-        for op in control.OPS:
+        for op in control_analysis.OPS:
             rows.append(dict(mode="m", op=op, services=n, seconds=s, verified=None if op == "program" else True))
     df = pd.DataFrame(rows)
-    s = control.summary(df)
-    assert list(s["op"].unique()) == list(control.OPS)
+    s = control_analysis.summary(df)
+    assert list(s["op"].unique()) == list(control_analysis.OPS)
     assert (s["failed_checks"] == 0).all() and (s["count"] == 1).all()
-    sl = control.slopes(df)
+    sl = control_analysis.slopes(df)
     assert np.allclose(sl["ms_per_1000_services"], 1000.0) and np.allclose(sl["intercept_s"], 0.01)
     assert set(sl["chosen"]) == {"linear"}
 
 
 # ---- real kernel ----------------------------------------------------------------
 def _mode_ready(mode: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
     why = MODES[mode].unavailable()
     if why:
         pytest.skip(f"{mode}: {why}")
@@ -140,8 +150,6 @@ def test_add_and_remove_one_service_real_kernel(mode):
     """Program 30 services, add one (its VIP answers from its endpoints),
     remove it (its VIP no longer answers); the others keep working."""
     _mode_ready(mode)
-    from labkit.lab import Lab
-    from labkit.probe import SynProber
     cat = ServiceCatalog(30, 3)
     with Lab(endpoint_cidr=cat.endpoint_cidr) as lab:
         dp = MODES[mode](lab)
@@ -167,11 +175,8 @@ def test_add_and_remove_one_service_real_kernel(mode):
 @pytest.mark.slow
 def test_ipvs_add_remove_in_vm():
     """IPVS is not in this host kernel: run the real-kernel test inside the VM."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     if host_ipvs_missing() is None:
         pytest.skip("the host kernel has IPVS: test_add_and_remove_one_service_real_kernel[ipvs] runs it")
-    from labkit import vm
     ok, why = vm.vm_available()
     if not ok:
         pytest.skip(f"VM kernel cannot boot here: {why}")
@@ -190,13 +195,13 @@ def test_labkit_control_writes_the_table(tmp_path):
     _mode_ready("iptables-nft")
     out = control.run_control(["iptables-nft", "nftables"], [0, 50], str(tmp_path / "ctl"),
                               endpoints=2, progress=False)
-    df = pd.read_parquet(os.path.join(out, control.CONTROL))
-    assert set(control.COLUMNS) <= set(df.columns)
+    df = pd.read_parquet(os.path.join(out, schema.CONTROL))
+    assert set(schema.CONTROL_COLUMNS) <= set(df.columns)
     assert len(df) == 2 * 2 * 3
     assert sorted(df.groupby(["mode", "services"]).size().unique()) == [3]
     assert (df["seconds"] > 0).all()
     assert df.loc[df["op"] != "program", "verified"].astype(bool).all()
-    meta = pd.read_json(os.path.join(out, control.CONTROL_META), typ="series")
+    meta = pd.read_json(os.path.join(out, schema.CONTROL_META), typ="series")
     assert meta["complete"] and meta["experiment"] == "control"
     with pytest.raises(Exception, match="already holds"):
         control.run_control(["nftables"], [0], out, progress=False)
@@ -207,14 +212,12 @@ def test_sweep_writes_control_rows_per_block_and_valid_keepalive_points(tmp_path
     """The issue's done-when command in small: syn and keepalive probes, and
     control.parquet with one row per block and operation."""
     _mode_ready("nftables")
-    from labkit.params import SweepParams
-    from labkit.sweep import Sweep
     p = SweepParams(modes=["iptables-nft", "nftables"], services=[0, 30], targets=["last"],
                     probe_kinds=["syn", "keepalive"], probes=40, warmup=5, rounds=1, endpoints=3)
-    out = Sweep(p, str(tmp_path / "run"), progress=False).run()
+    out = run_sweep(p, str(tmp_path / "run"), progress=False)
     pts = pd.read_parquet(os.path.join(out, "points.parquet"))
     assert set(pts["probe"]) == {"syn", "keepalive"} and pts["valid"].all(), pts["reason"].tolist()
-    ctl = pd.read_parquet(os.path.join(out, control.CONTROL))
+    ctl = pd.read_parquet(os.path.join(out, schema.CONTROL))
     assert len(ctl) == 4 * 3 and sorted(ctl["op"].value_counts().unique()) == [4]
     assert set(ctl["block"]) == set(pts["block"])
     assert ctl.loc[ctl["op"] != "program", "verified"].astype(bool).all()

@@ -10,8 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labkit import cpu
-from labkit.catalog import ServiceCatalog
+from labkit.analysis import cpu as cpu_analysis
+from labkit.core.catalog import ServiceCatalog
+from labkit.datapaths import IptablesNft, Nftables
+from labkit.rundir import schema
+from labkit.runs import cpu
+from labkit.runs.params import SweepParams
 
 
 # ---- pure / no root -----------------------------------------------------------
@@ -56,7 +60,7 @@ def test_summary_gives_cores_at_the_rate():
     df = pd.DataFrame([dict(mode="m", target="last", services=n, rate=1000.0, cpu_us=50 + e,
                             baseline_us=50.0, excess_us=e, valid=v)
                        for n, e, v in ((0, 2.0, True), (0, 4.0, True), (10, 100.0, True), (10, 1e6, False))])
-    s = cpu.summary(df)
+    s = cpu_analysis.summary(df)
     assert list(s["services"]) == [0, 10]
     assert s["excess_us"].tolist() == [3.0, 100.0]          # the invalid row is left out
     assert np.allclose(s["excess_cores"], [0.003, 0.1])
@@ -70,7 +74,6 @@ def test_sender_cpu_time_holds_the_node_lookup(lab):
     3,000 rules in the node: the sending thread's CPU per connection must
     grow by a clear margin over the same traffic with no datapath.  (If the
     softirq work were not charged to the sender, the two would be equal.)"""
-    from labkit.datapaths import IptablesNft
     cat = ServiceCatalog(3000, 2)
     base = cpu.measure(lab, cat, "none", 1000, 1.0, seed=1)
     dp = IptablesNft(lab)
@@ -88,19 +91,17 @@ def test_sender_cpu_time_holds_the_node_lookup(lab):
 
 @pytest.mark.root
 def test_labkit_cpu_writes_the_table(tmp_path):
-    from labkit.datapaths import Nftables
     if Nftables.unavailable():
         pytest.skip(Nftables.unavailable())
-    from labkit.params import SweepParams
     p = SweepParams(modes=["nftables"], services=[0, 20], targets=["last"], rounds=1, endpoints=2).validated()
     out = cpu.run_cpu(p, str(tmp_path / "c"), rate=1000, seconds=0.5, progress=False)
-    df = pd.read_parquet(os.path.join(out, cpu.CPU))
-    assert list(df.columns) == cpu.COLUMNS
+    df = pd.read_parquet(os.path.join(out, schema.CPU))
+    assert list(df.columns) == list(schema.CPU_COLUMNS)
     assert len(df) == 2 and df["valid"].all(), df["reason"].tolist()
     assert (df["sent"] == 500).all() and (df["answered"] >= 495).all()
     assert np.allclose(df["excess_us"], df["cpu_us"] - df["baseline_us"])
     assert (df["cpu_us"] > 0).all()
-    meta = pd.read_json(os.path.join(out, cpu.CPU_META), typ="series")
+    meta = pd.read_json(os.path.join(out, schema.CPU_META), typ="series")
     assert meta["complete"] and meta["rate"] == 1000
     with pytest.raises(Exception, match="already holds"):
         cpu.run_cpu(p, out, progress=False)

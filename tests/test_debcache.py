@@ -3,8 +3,9 @@ import stat
 
 import pytest
 
-from labkit import debcache
-from labkit.errors import Unavailable
+from labkit.core.errors import Unavailable
+from labkit.kernel import debcache
+from labkit.kernels import vm
 
 
 @pytest.fixture
@@ -51,5 +52,4 @@ def test_cli_refuses_unknown_tools(capsys):
 
 
 def test_vm_kernel_shares_the_cache(cache):
-    from labkit import vm
     assert vm.cache_dir() == cache / "vm"

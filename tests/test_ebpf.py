@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import re
 import shutil
@@ -11,11 +12,13 @@ import time
 
 import pytest
 
-from labkit import netns
-from labkit.catalog import ServiceCatalog
-from labkit.datapaths import MODES
-from labkit.datapaths import ebpf
-from labkit.errors import LabkitError, Unavailable
+from labkit.core.catalog import ServiceCatalog
+from labkit.core.errors import LabkitError, Unavailable
+from labkit.datapaths import MODES, ebpf
+from labkit.kernel import netns
+from labkit.kernel.state import remove_path
+from labkit.lab.lab import Lab
+from labkit.probes.syn import SynProber
 
 ROOT = os.geteuid() == 0
 needs_clang = pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed")
@@ -143,7 +146,6 @@ def _skip_unless_root():
 @pytest.fixture(scope="module")
 def lab():
     _skip_unless_root()
-    from labkit.lab import Lab
     with Lab(endpoint_cidr=CAT.endpoint_cidr, ports=CAT.ports) as lab:
         yield lab
 
@@ -185,7 +187,6 @@ def _backend_peers(lab) -> dict[int, str]:
 
 @root
 def test_syn_probe_answered_from_vip(lab, dp):
-    from labkit.probe import SynProber
     with SynProber(lab, timeout=1.0, seed=1) as prober:
         outcomes = prober.run(prober.craft_for(CAT, "random", 200))
     bad = [o for o in outcomes if o.error]
@@ -306,7 +307,6 @@ def test_teardown_leaves_nothing(lab, mode):
 @root
 def test_lab_close_removes_bpffs():
     _skip_unless_root()
-    from labkit.lab import Lab
     with Lab(endpoint_cidr=CAT.endpoint_cidr) as lab:
         d = ebpf.Ebpf(lab)
         d.setup(ServiceCatalog(services=2, endpoints=2))
@@ -321,8 +321,7 @@ def test_lab_close_removes_bpffs():
 def test_remove_path_unmounts_a_bpffs(tmp_path):
     """What `labkit clean` does with a killed run's bpffs instance."""
     _skip_unless_root()
-    import ctypes
-    from labkit.state import remove_path
+
     path = str(tmp_path / "labkit-zzzzzz-bpffs")
     os.mkdir(path)
     libc = ctypes.CDLL(None, use_errno=True)

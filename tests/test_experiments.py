@@ -9,9 +9,16 @@ import os
 import nbformat
 import numpy as np
 import pandas as pd
+import papermill as pm
 import pytest
 
-from labkit import analysis, control, cpu, experiments
+from labkit.analysis import control as control_analysis
+from labkit.analysis import experiments as exp_stats
+from labkit.analysis import fit as analysis
+from labkit.report import experiments
+from labkit.rundir import schema
+
+CPU_COLS = list(schema.CPU_COLUMNS)
 
 # true p50-ish curves (us) per (mode, probe) before Gamma noise
 TRUTH = {
@@ -65,24 +72,24 @@ def make_cpu(out, rounds=3, seed=4):
             for n in (0, 1000, 3000, 10000):
                 base = 45 + rng.normal(0, 1)
                 ex = 3 + slope * n + rng.normal(0, 0.5)
-                rows.append(dict(zip(cpu.COLUMNS, [
+                rows.append(dict(zip(CPU_COLS, [
                     "x", r, r, mode, "6.18", n, 10, "last", 1000.0, 5.0, 5000, 5000, 5.0,
                     int((base + ex) * 5000 * 1e3), base + ex, base, ex, "thread", True, "", 0.0, 0.0, 0.0,
                     1.8e9])))
-    pd.DataFrame(rows, columns=cpu.COLUMNS).to_parquet(os.path.join(out, cpu.CPU), index=False)
+    pd.DataFrame(rows, columns=CPU_COLS).to_parquet(os.path.join(out, schema.CPU), index=False)
 
 
 def make_control(out):
     rows = []
     for mode, per in (("iptables-nft", 1e-3), ("nftables", 2e-5)):
         for n in (0, 1000, 10000):
-            for op in control.OPS:
+            for op in control_analysis.OPS:
                 s = 0.01 + (1e-3 if op == "program" else per) * n
                 rows.append(dict(run_id="x", block=0, mode=mode, kernel="6.18", services=n, endpoints=10,
                                  round=0, op=op, seconds=s, render_s=0.0, load_s=s, services_before=n,
                                  verified=None if op == "program" else True, check="", update="u",
                                  started=1.8e9))
-    pd.DataFrame(rows, columns=control.COLUMNS).to_parquet(os.path.join(out, control.CONTROL), index=False)
+    pd.DataFrame(rows, columns=list(schema.CONTROL_COLUMNS)).to_parquet(os.path.join(out, schema.CONTROL), index=False)
 
 
 def _titles(secs):
@@ -107,7 +114,7 @@ def test_sections_appear_only_with_their_data(tmp_path):
 def test_penalties_recover_the_truth(tmp_path):
     run = make_run(tmp_path / "run")
     an = analysis.analyze(run, n_boot=200)
-    t = experiments.penalty_table(an, ["syn", "keepalive"]).set_index(["mode", "probe"])
+    t = exp_stats.penalty_table(an, ["syn", "keepalive"]).set_index(["mode", "probe"])
     assert t.loc[("iptables-nft", "syn"), "penalty_us"] == pytest.approx(0.017 * 3000, abs=1.0)
     assert t.loc[("iptables-nft", "keepalive"), "penalty_us"] == pytest.approx(1.5, abs=0.5)
     lo, hi = t.loc[("iptables-nft", "syn"), ["penalty_lo", "penalty_hi"]]
@@ -117,7 +124,7 @@ def test_penalties_recover_the_truth(tmp_path):
 def test_one_percent_keepalive_budget(tmp_path):
     run = make_run(tmp_path / "run")
     an = analysis.analyze(run, n_boot=200)
-    b = experiments.keepalive_budget(an, "reuse-100")
+    b = exp_stats.keepalive_budget(an, "reuse-100")
     own = b[(b["mode_a"] == "iptables-nft") & (b["mode_b"] == "(itself)")].iloc[0]
     assert own["n_star"] == pytest.approx(500, rel=0.3)
     assert own["ci_low"] < 500 * 1.3 and own["ci_high"] > 500 * 0.7
@@ -129,7 +136,7 @@ def test_one_percent_keepalive_budget(tmp_path):
 
 def test_cpu_fits_find_the_slope(tmp_path):
     make_cpu(str(tmp_path))
-    ca = experiments.analyze_cpu(pd.read_parquet(tmp_path / cpu.CPU), n_boot=200)
+    ca = exp_stats.analyze_cpu(pd.read_parquet(tmp_path / schema.CPU), n_boot=200)
     f = ca.fits.set_index("mode")
     assert f.loc["iptables-nft", "slope_ns_per_service"] == pytest.approx(20.0, abs=1.0)
     assert abs(f.loc["nftables", "slope_ns_per_service"]) < 1.0
@@ -147,7 +154,6 @@ def test_experiments_notebook_is_thin_and_clean():
 
 @pytest.mark.slow
 def test_experiments_notebook_runs_with_papermill(tmp_path):
-    import papermill as pm
     d = str(tmp_path / "d")
     os.makedirs(d)
     make_cpu(d)

@@ -7,14 +7,26 @@ import random
 
 import pandas as pd
 import pytest
-
-from labkit import netns
-from labkit.debcache import find_tool
-from labkit.catalog import ServiceCatalog
-from labkit.http_probe import (BATCH, KINDS, NGINX_PORT, REDIRECT_TABLE, ab_counts, ab_latencies,
-                               render_nginx_conf, render_redirect)
-from labkit.probe import PROBERS
 from conftest import need_tool
+
+from labkit.core.catalog import ServiceCatalog
+from labkit.datapaths import IptablesNft, Nftables
+from labkit.kernel import netns
+from labkit.kernel.debcache import find_tool
+from labkit.lab.lab import Lab
+from labkit.probes import PROBERS
+from labkit.probes.http import (
+    BATCH,
+    KINDS,
+    NGINX_PORT,
+    REDIRECT_TABLE,
+    ab_counts,
+    ab_latencies,
+    render_nginx_conf,
+    render_redirect,
+)
+from labkit.runs.params import SweepParams
+from labkit.runs.sweep import run_sweep
 
 
 # ---- pure -------------------------------------------------------------------
@@ -95,7 +107,6 @@ def _nginx_pids() -> list[int]:
 @pytest.mark.root
 def test_http_new_and_keepalive_through_iptables(lab):
     _tools()
-    from labkit.datapaths import IptablesNft
     cat = ServiceCatalog(12, 4)
     dp = IptablesNft(lab)
     lab.defer("iptables teardown", dp.teardown)
@@ -141,7 +152,6 @@ def test_http_new_and_keepalive_through_iptables(lab):
 @pytest.mark.root
 def test_nginx_is_gone_after_the_lab(tmp_path):
     _tools()
-    from labkit.lab import Lab
     cat = ServiceCatalog(0)
     with Lab(endpoint_cidr=cat.endpoint_cidr) as lab:
         with PROBERS["http-new"](lab, timeout=1.0) as pr:
@@ -155,15 +165,12 @@ def test_nginx_is_gone_after_the_lab(tmp_path):
 @pytest.mark.root
 def test_sweep_with_http_kinds(tmp_path):
     _tools()
-    from labkit.datapaths import Nftables
     if Nftables.unavailable():
         pytest.skip(Nftables.unavailable())
-    from labkit.params import SweepParams
-    from labkit.sweep import Sweep
     p = SweepParams(modes=["nftables"], services=[0, 20], targets=["last", "random"],
                     probe_kinds=["syn", "http-new", "http-keepalive"], probes=60, warmup=5,
                     rounds=1, endpoints=3)
-    out = Sweep(p, str(tmp_path / "run"), progress=False).run()
+    out = run_sweep(p, str(tmp_path / "run"), progress=False)
     pts = pd.read_parquet(os.path.join(out, "points.parquet"))
     smp = pd.read_parquet(os.path.join(out, "samples.parquet"))
     assert set(pts["probe"]) == {"syn", "http-new", "http-keepalive"}

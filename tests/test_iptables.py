@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from labkit.catalog import ServiceCatalog
+from labkit.core.catalog import ServiceCatalog
 from labkit.datapaths.iptables import IptablesLegacy, IptablesNft, render_iptables
+from labkit.probes.syn import SynProber
 
 EXPECTED_1x2 = """\
 *nat
@@ -86,7 +87,6 @@ def test_empty_catalog_keeps_the_hooks():
 @pytest.mark.root
 @pytest.mark.parametrize("cls", [IptablesLegacy, IptablesNft])
 def test_kernel_dnat_to_right_service_and_even_spread(lab, cls):
-    from labkit.probe import SynProber
     why = cls.unavailable(lab)
     if why:
         pytest.skip(f"{cls.name}: {why}")
@@ -112,7 +112,6 @@ def test_kernel_dnat_to_right_service_and_even_spread(lab, cls):
 
 @pytest.mark.root
 def test_kernel_none_target_walks_and_passes(lab):
-    from labkit.probe import SynProber
     cat = ServiceCatalog(50, 2)
     dp = IptablesNft(lab)
     dp.setup(cat)

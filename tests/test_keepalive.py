@@ -2,22 +2,33 @@
 real datapath in lab namespaces (root)."""
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
-
-from labkit.catalog import ServiceCatalog
-from labkit.keepalive import (KINDS, RANDOM_SERVICES, REUSE_COUNTS, TOKEN_BYTES, KeepaliveProber,
-                              make_token, parse_segment)
-from labkit.params import SweepParams
-from labkit.probe import PROBERS
 from conftest import need_tool
+
+from labkit.core.catalog import ServiceCatalog
+from labkit.datapaths import IptablesNft
+from labkit.kernel.wire import isolated
+from labkit.probes import PROBERS
+from labkit.probes.base import parse_segment
+from labkit.probes.conn import (
+    KINDS,
+    RANDOM_SERVICES,
+    REUSE_COUNTS,
+    TOKEN_BYTES,
+    ConnProbe,
+    KeepaliveProber,
+    make_token,
+)
+from labkit.runs.params import SweepParams
 
 
 # ---- pure -------------------------------------------------------------------
 def _frame(payload: bytes, pad: int = 0, flags: str = "PA") -> bytes:
-    from scapy.layers.inet import IP, TCP
-    from scapy.layers.l2 import Ether
+    from scapy.layers.inet import IP, TCP  # noqa: PLC0415  (slow import)
+    from scapy.layers.l2 import Ether  # noqa: PLC0415
     pkt = Ether() / IP(src="172.30.0.2", dst="10.96.0.5") / TCP(sport=61001, dport=80, seq=7,
                                                                 flags=flags) / payload
     return bytes(pkt) + b"\0" * pad
@@ -65,7 +76,6 @@ def test_keepalive_requests_reuse_one_established_connection(lab):
     on one established connection: the node's conntrack table gains no entry
     while the requests run."""
     need_tool("conntrack")
-    from labkit.datapaths import IptablesNft
     cat = ServiceCatalog(20, 4)
     dp = IptablesNft(lab)
     lab.defer("iptables teardown", dp.teardown)
@@ -96,7 +106,6 @@ def test_keepalive_requests_reuse_one_established_connection(lab):
 @pytest.mark.root
 def test_keepalive_random_and_none_targets(lab):
     need_tool("conntrack")
-    from labkit.datapaths import IptablesNft
     cat = ServiceCatalog(40, 2)
     dp = IptablesNft(lab)
     lab.defer("iptables teardown", dp.teardown)
@@ -117,7 +126,6 @@ def test_keepalive_random_and_none_targets(lab):
 @pytest.mark.root
 def test_reuse_probes_open_one_connection_each(lab):
     need_tool("conntrack")
-    from labkit.datapaths import IptablesNft
     cat = ServiceCatalog(10, 3)
     dp = IptablesNft(lab)
     lab.defer("iptables teardown", dp.teardown)
@@ -135,7 +143,6 @@ def test_reuse_probes_open_one_connection_each(lab):
 def test_reuse_figure_is_handshake_plus_requests_over_k(lab):
     """The reuse figure is the mean of the handshake and the k request RTTs
     over k, each taken on the wire: check it against the parts."""
-    from labkit.keepalive import ConnProbe
     cat = ServiceCatalog(0)
     with PROBERS["reuse-10"](lab, timeout=1.0, seed=9) as pr:
         pr._start()
@@ -152,8 +159,7 @@ def test_reuse_figure_is_handshake_plus_requests_over_k(lab):
 @pytest.mark.root
 def test_probing_restores_affinity_and_policy(lab):
     """Client and server run pinned at SCHED_FIFO only while probes run."""
-    import os
-    from labkit.wire import isolated
+
     srv = lab.server.pid
     before = [(os.sched_getaffinity(p), os.sched_getscheduler(p)) for p in (0, srv)]
     with isolated([srv]) as cpu:

@@ -3,11 +3,11 @@ import os
 
 import pytest
 
-from labkit import netns
-from labkit.catalog import DEFAULT_ENDPOINT_CIDR
-from labkit.errors import LabkitError
-from labkit.lab import Lab
-from labkit.state import STATE_DIR
+from labkit.core.catalog import DEFAULT_ENDPOINT_CIDR
+from labkit.core.errors import LabkitError
+from labkit.kernel import netns
+from labkit.kernel.state import STATE_DIR
+from labkit.lab.lab import Lab
 
 pytestmark = pytest.mark.root
 

@@ -2,12 +2,14 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
-from labkit import datapaths, netns
-from labkit.errors import Unavailable
-from labkit.limits import BASE_BYTES, check_memory, mem_available, memory_needed
+from labkit import cli, datapaths
+from labkit.core.errors import LabkitError, Unavailable
+from labkit.kernel import limits, netns
+from labkit.kernel.limits import BASE_BYTES, check_memory, mem_available, memory_needed
 
 GB = 1 << 30
 ALLOC = "b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096])"
@@ -95,7 +97,6 @@ def test_peak_memory_of_commands_run_in_a_namespace(lab):
 ], ids=["sweep", "control", "cpu", "bench"])
 def test_commands_refuse_a_catalog_too_large_before_touching_the_kernel(argv, tmp_path, monkeypatch,
                                                                         capsys):
-    from labkit import cli, limits
     monkeypatch.setattr(limits, "mem_available", lambda: 4 * GB)
     before = netns.list_namespaces()
     out = tmp_path / "run"
@@ -110,8 +111,7 @@ def test_commands_refuse_a_catalog_too_large_before_touching_the_kernel(argv, tm
 
 @pytest.mark.root
 def test_a_measured_command_that_times_out_is_killed_with_its_parent(lab):
-    import time
-    from labkit.errors import LabkitError
+
     marker = "sleep 31.4159"     # an argument no other process has
     with netns.peak_memory():
         with pytest.raises(LabkitError, match="did not finish in 1 s"):

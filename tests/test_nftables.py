@@ -10,11 +10,13 @@ import time
 from fractions import Fraction
 
 import pytest
+from scipy.stats import chisquare
 
-from labkit import netns
-from labkit.catalog import ServiceCatalog, chain_hash
+from labkit.core.catalog import ServiceCatalog, chain_hash
 from labkit.datapaths import MODES
 from labkit.datapaths import nftables as nft
+from labkit.kernel import netns
+from labkit.lab.lab import Lab
 
 ROOT = os.geteuid() == 0
 HAVE_NFT = shutil.which("nft") is not None
@@ -208,7 +210,6 @@ needs_conntrack = pytest.mark.skipif(shutil.which("conntrack") is None,
 
 
 def _lab(cat):
-    from labkit.lab import Lab
     return Lab(endpoint_cidr=cat.endpoint_cidr, ports=cat.ports)
 
 
@@ -293,7 +294,6 @@ def test_dnat_reaches_endpoint_of_the_right_service(programmed):
 @needs_nft
 @needs_conntrack
 def test_spread_across_endpoints_is_even(programmed):
-    from scipy.stats import chisquare
     lab, _, cat = programmed
     i, conns = 33, 200
     for k in range(conns):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -12,41 +13,19 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import _labkit_namespaces, _labkit_pins, host_modes, need_host_mode
 
-from labkit import datapaths, store
-from labkit.errors import LabkitError
-from labkit.params import SweepParams
-from labkit.state import all_states
-from labkit.sweep import Sweep
-
-from conftest import _labkit_namespaces, _labkit_pins
+from labkit import datapaths
+from labkit.core.errors import LabkitError
+from labkit.kernel.state import all_states
+from labkit.rundir import store
+from labkit.runs.params import SweepParams
+from labkit.runs.sweep import run_sweep
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-def host_modes() -> list[str]:
-    from labkit.catalog import DEFAULT_ENDPOINT_CIDR
-    from labkit.lab import Lab
-    if os.geteuid() != 0:
-        return list(datapaths.MODES)
-    out = []
-    with Lab(endpoint_cidr=DEFAULT_ENDPOINT_CIDR, server=False) as lab:
-        for name, cls in datapaths.MODES.items():
-            lab.reset_node()
-            if cls.unavailable(None) is None and cls.unavailable(lab) is None:
-                out.append(name)
-    return out
-
-
-HOST_MODES = host_modes()
 ALL_MODES = list(datapaths.MODES)
-
-
-def _mode_param(name):
-    if name in HOST_MODES:
-        return name
-    return pytest.param(name, marks=pytest.mark.skip(
-        reason=f"{name} does not run on this host kernel (see `labkit doctor`)"))
 
 
 def snapshot_state() -> dict:
@@ -68,7 +47,7 @@ def _server_pids() -> list[int]:
                 cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
             except OSError:
                 continue
-            if b"labkit.server" in cmd:
+            if b"labkit.lab.server" in cmd:
                 out.append(int(d))
     return out
 
@@ -106,8 +85,9 @@ def run_clean():
 
 
 @pytest.mark.parametrize("fault", ["exception", "SIGINT", "SIGTERM", "SIGKILL"])
-@pytest.mark.parametrize("mode", [_mode_param(m) for m in ALL_MODES])
+@pytest.mark.parametrize("mode", ALL_MODES)
 def test_teardown_under_fault(tmp_path, mode, fault):
+    need_host_mode(mode)
     before = snapshot_state()
     out = tmp_path / "run"
     if fault == "exception":
@@ -116,7 +96,7 @@ def test_teardown_under_fault(tmp_path, mode, fault):
         p = SweepParams.from_dict(dict(modes=[mode], services=[0, 200], targets=["last"], probes=30,
                                        rounds=2, warmup=2))
         with pytest.raises(RuntimeError, match="injected"):
-            Sweep(p, str(out), progress=False, on_point=boom).run()
+            run_sweep(p, str(out), progress=False, on_point=boom)
     else:
         proc = subprocess.Popen(sweep_cmd(out, mode), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -171,18 +151,17 @@ def _root_snapshot() -> dict:
 
 def test_root_namespace_untouched_by_a_sweep_of_every_host_mode(tmp_path):
     before = _root_snapshot()
-    p = SweepParams.from_dict(dict(modes=HOST_MODES, services=[0, 100], targets=["last", "none"],
+    p = SweepParams.from_dict(dict(modes=list(host_modes()), services=[0, 100], targets=["last", "none"],
                                    probes=20, rounds=1, warmup=2))
-    Sweep(p, str(tmp_path / "run"), progress=False).run()
+    run_sweep(p, str(tmp_path / "run"), progress=False)
     after = _root_snapshot()
     for key in before:
         assert before[key] == after[key], f"root namespace changed: {key}"
 
 
 def test_resume_after_sigkill_neither_repeats_nor_loses_a_point(tmp_path):
-    import random
     out = tmp_path / "run"
-    modes = ",".join(m for m in ("iptables-legacy", "iptables-nft") if m in HOST_MODES)
+    modes = ",".join(m for m in ("iptables-legacy", "iptables-nft") if m in host_modes())
     total = len(modes.split(",")) * 3 * 3
     k = random.Random().randint(1, total - 2)
     proc = subprocess.Popen(sweep_cmd(out, modes, rounds=3, services="0,100,200"),
@@ -210,13 +189,13 @@ def test_resume_after_sigkill_neither_repeats_nor_loses_a_point(tmp_path):
 
 def test_resume_refuses_other_parameters(tmp_path):
     out = tmp_path / "run"
-    p = SweepParams.from_dict(dict(modes=[HOST_MODES[0]], services=[0], targets=["last"], probes=5,
+    p = SweepParams.from_dict(dict(modes=[host_modes()[0]], services=[0], targets=["last"], probes=5,
                                    rounds=1, warmup=0))
-    Sweep(p, str(out), progress=False).run()
-    q = SweepParams.from_dict(dict(modes=[HOST_MODES[0]], services=[0], targets=["last"], probes=6,
+    run_sweep(p, str(out), progress=False)
+    q = SweepParams.from_dict(dict(modes=[host_modes()[0]], services=[0], targets=["last"], probes=6,
                                    rounds=1, warmup=0))
     with pytest.raises(LabkitError, match="parameters differ"):
-        Sweep(q, str(out), resume=True, progress=False)
+        run_sweep(q, str(out), resume=True, progress=False)
 
 
 def test_two_sweeps_at_once_do_not_interfere(tmp_path):

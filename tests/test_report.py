@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labkit import report
-from labkit.analysis import sha256_file
-from labkit.errors import UsageError
+from labkit.analysis.fit import sha256_file
+from labkit.core.errors import UsageError
+from labkit.report import build as report
 
 # true first-packet curves (us) before probe noise; Gamma(2, 2 us) noise on top
 TRUTH = {

@@ -6,11 +6,12 @@ import sys
 
 import numpy as np
 import pandas as pd
+import papermill as pm
 import pytest
 
-from labkit.catalog import ServiceCatalog
-from labkit.params import SweepParams
-from labkit.sweep import check_samples, judge_point, plan, point_id
+from labkit.core.catalog import ServiceCatalog
+from labkit.runs.params import SweepParams
+from labkit.runs.sweep import Sweep, check_samples, judge_point, point_id
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -18,13 +19,13 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 def test_plan_covers_every_cell_once_interleaved_and_deterministic():
     p = SweepParams.from_dict(dict(modes="iptables-legacy,iptables-nft", services="0,10,20",
                                    targets="last,none", rounds=3, seed=5))
-    blocks = plan(p)
+    blocks = Sweep(p).blocks()
     assert len(blocks) == 2 * 3 * 3
     assert len({(b.mode, b.services, b.round) for b in blocks}) == len(blocks)
     assert [b.round for b in blocks] == sorted(b.round for b in blocks)  # rounds in sequence
     orders = {tuple((b.mode, b.services) for b in blocks if b.round == r) for r in range(3)}
     assert len(orders) > 1  # shuffled differently per round
-    assert plan(p) == blocks  # deterministic
+    assert Sweep(p).blocks() == blocks  # deterministic
     ids = [point_id(p, b, t) for b in blocks for t in b.targets]
     assert len(set(ids)) == len(ids)
 
@@ -106,7 +107,6 @@ def test_cli_sweep_writes_tidy_tables(tmp_path):
 
 @pytest.mark.root
 def test_sweep_notebook_runs_with_tiny_parameters(tmp_path):
-    import papermill as pm
     out = tmp_path / "nb"
     pm.execute_notebook(os.path.join(ROOT, "notebooks", "sweep.ipynb"), str(tmp_path / "sweep.ipynb"),
                         parameters=dict(modes=["iptables-nft"], services=[0, 50], targets=["last"],

@@ -1,4 +1,4 @@
-"""labkit.vm: the kernel pin, the guest script, and the VM's failure paths.
+"""labkit.kernels.vm: the kernel pin, the guest script, and the VM's failure paths.
 
 The failure-path tests boot the pinned kernel for real (skipped, with the
 reason, when it cannot boot here) and check that a failing guest command
@@ -14,9 +14,10 @@ import sys
 
 import pytest
 
-from labkit import vm
-from labkit.errors import LabkitError
-from labkit.state import all_states
+from labkit.core.errors import LabkitError
+from labkit.datapaths import MODES
+from labkit.kernel.state import all_states
+from labkit.kernels import dispatch, vm
 
 
 def test_lock_file_pins_a_debian_kernel():
@@ -69,24 +70,23 @@ def test_guest_env_keeps_labkit_variables(monkeypatch):
 
 def test_strip_options_removes_both_forms():
     args = ["--modes", "ipvs", "--kernel", "vm", "--out=/x", "--probes", "5", "--kernel=auto", "--out", "y"]
-    assert vm.strip_options(args, ("--kernel", "--out")) == ["--modes", "ipvs", "--probes", "5"]
+    assert dispatch.strip_options(args, ("--kernel", "--out")) == ["--modes", "ipvs", "--probes", "5"]
 
 
 def test_choose_kernel(monkeypatch, tmp_path):
-    from labkit.datapaths import MODES
     monkeypatch.delenv("LABKIT_IN_VM", raising=False)
     host_modes = [m for m, cls in MODES.items() if cls.unavailable(None) is None]
     lacking = [m for m, cls in MODES.items() if cls.unavailable(None) is not None]
-    assert vm.choose_kernel("host", lacking)[0] == "host"
+    assert dispatch.choose_kernel("host", lacking)[0] == "host"
     if host_modes:
-        assert vm.choose_kernel("auto", host_modes) == ("host", "the host kernel runs every mode")
+        assert dispatch.choose_kernel("auto", host_modes) == ("host", "the host kernel runs every mode")
     if lacking:
-        where, why = vm.choose_kernel("auto", host_modes[:1] + lacking)
+        where, why = dispatch.choose_kernel("auto", host_modes[:1] + lacking)
         assert where == ("vm" if vm.vm_available()[0] else "host") and lacking[0] in why
     (tmp_path / "vm.json").write_text("{}")
-    assert vm.choose_kernel("host", [], str(tmp_path), resume=True)[0] == "vm"
+    assert dispatch.choose_kernel("host", [], str(tmp_path), resume=True)[0] == "vm"
     monkeypatch.setenv("LABKIT_IN_VM", "1")
-    assert vm.choose_kernel("vm", lacking, str(tmp_path), resume=True)[0] == "host"
+    assert dispatch.choose_kernel("vm", lacking, str(tmp_path), resume=True)[0] == "host"
 
 
 # ---- booting the VM ---------------------------------------------------------------

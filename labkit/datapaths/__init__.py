@@ -4,12 +4,13 @@ Add a mode by importing its class here and listing it in ``_ALL``.
 """
 from __future__ import annotations
 
-from ..errors import Unavailable, UsageError
-from .base import Datapath, ProgramResult
-from .ebpf import Ebpf, EbpfXdp
-from .iptables import IptablesLegacy, IptablesNft
-from .ipvs import Ipvs
-from .nftables import Nftables
+from labkit.core.errors import Unavailable, UsageError
+from labkit.datapaths.base import Datapath, ProgramResult
+from labkit.datapaths.ebpf import Ebpf, EbpfXdp
+from labkit.datapaths.iptables import IptablesLegacy, IptablesNft
+from labkit.datapaths.ipvs import Ipvs
+from labkit.datapaths.nftables import Nftables
+from labkit.kernel.limits import check_memory
 
 _ALL: list[type[Datapath]] = [IptablesLegacy, IptablesNft, Nftables, Ipvs, Ebpf, EbpfXdp]
 
@@ -27,7 +28,6 @@ def preflight(modes, services: int, endpoints: int, ports: int = 1) -> dict[str,
     """The classes of ``modes`` once each can run here and the machine has the
     memory for its largest catalog (``services`` x ``endpoints`` x ``ports``);
     raises :class:`Unavailable` naming the reason.  Touches no namespace."""
-    from ..limits import check_memory
     classes = {m: get(m) for m in modes}
     for m, cls in classes.items():
         why = cls.unavailable(None)

@@ -16,11 +16,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from ..errors import LabkitError
+from labkit.core.errors import LabkitError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..catalog import ServiceCatalog
-    from ..lab import Lab
+    from labkit.core.catalog import ServiceCatalog
+    from labkit.lab.lab import Lab
 
 
 @dataclass
@@ -110,13 +110,18 @@ class Datapath(ABC):
         self.catalog = catalog
         return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
 
-    def _resized(self, delta: int) -> "ServiceCatalog":
+    def _loaded_catalog(self) -> "ServiceCatalog":
+        """The loaded catalog (LabkitError before setup)."""
         if self.catalog is None:
             raise LabkitError(f"{self.name}: no catalog loaded (call setup first)")
-        n = self.catalog.services + delta
+        return self.catalog
+
+    def _resized(self, delta: int) -> "ServiceCatalog":
+        catalog = self._loaded_catalog()
+        n = catalog.services + delta
         if n < 0:
             raise LabkitError(f"{self.name}: no service left to remove")
-        return dataclasses.replace(self.catalog, services=n)
+        return dataclasses.replace(catalog, services=n)
 
     # ---- observation (for validity checks) ---------------------------------
     def describe(self) -> dict:

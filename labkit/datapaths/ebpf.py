@@ -1,6 +1,6 @@
 """An eBPF service datapath in the style of Cilium's ``bpf/lib/lb.h``.
 
-Layout (the C side is ``labkit/bpf/lb.c`` and ``lb.h``; our own code)::
+Layout (the C side is ``labkit/datapaths/bpf/lb.c`` and ``lb.h``; our own code)::
 
     lb_services  hash   (VIP, port, proto, slot 0) -> backend count
                         (VIP, port, proto, slot s) -> backend id, s = 1..count
@@ -41,16 +41,17 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from .. import netns
-from ..errors import LabkitError, Unavailable
-from ..state import remove_path
-from .base import Datapath, ProgramResult
+from labkit.core.catalog import ServiceCatalog
+from labkit.core.errors import LabkitError, Unavailable
+from labkit.datapaths.base import Datapath, ProgramResult
+from labkit.kernel import netns
+from labkit.kernel.state import remove_path
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..catalog import ServiceCatalog
-    from ..lab import Lab
+    from labkit.core.catalog import ServiceCatalog
+    from labkit.lab.lab import Lab
 
-# ---- map layouts: byte for byte as in labkit/bpf/lb.h -----------------------
+# ---- map layouts: byte for byte as in labkit/datapaths/bpf/lb.h -----------------------
 SVC_KEY = np.dtype([("addr", ">u4"), ("port", ">u2"), ("slot", "=u2"), ("proto", "u1"),
                     ("pad", "V3")])
 SVC_VAL = np.dtype([("backend_id", "=u4"), ("count", "=u2"), ("flags", "=u2")])
@@ -278,7 +279,7 @@ def toolchain() -> dict[str, str]:
 
 
 def source_path() -> str:
-    return str(resources.files("labkit") / "bpf" / "lb.c")
+    return str(resources.files("labkit.datapaths") / "bpf" / "lb.c")
 
 
 def compile_object(out_dir: str, source: str | None = None) -> tuple[str, str]:
@@ -387,7 +388,6 @@ class Ebpf(Datapath):
         try:
             toolchain()
             if lab is not None:
-                from ..catalog import ServiceCatalog
                 dp = cls(lab)
                 try:
                     dp.setup(ServiceCatalog(services=1, endpoints=2, endpoint_cidr=lab.endpoint_cidr))
@@ -444,9 +444,9 @@ class Ebpf(Datapath):
               "count) last, as Cilium orders them; removal in reverse")
 
     def add_service(self) -> ProgramResult:
-        new = self._resized(+1)
+        new, old = self._resized(+1), self._loaded_catalog()
         t0 = time.perf_counter()
-        e = render_maps(new, first=self.catalog.services)
+        e = render_maps(new, first=old.services)
         master = e.service_keys["slot"] == 0
         t1 = time.perf_counter()
         try:
@@ -462,9 +462,9 @@ class Ebpf(Datapath):
         return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
 
     def remove_service(self) -> ProgramResult:
-        new = self._resized(-1)
+        new, old = self._resized(-1), self._loaded_catalog()
         t0 = time.perf_counter()
-        e = render_maps(self.catalog, first=new.services)
+        e = render_maps(old, first=new.services)
         master = e.service_keys["slot"] == 0
         t1 = time.perf_counter()
         try:

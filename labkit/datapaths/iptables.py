@@ -20,12 +20,13 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING, ClassVar
 
-from ..errors import LabkitError
-from .base import Datapath
+from labkit.core.catalog import ServiceCatalog
+from labkit.core.errors import LabkitError
+from labkit.datapaths.base import Datapath
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..catalog import ServiceCatalog
-    from ..lab import Lab
+    from labkit.core.catalog import ServiceCatalog
+    from labkit.lab.lab import Lab
 
 LARGE_CLUSTER_ENDPOINTS = 1000
 MASQ_MARK = "0x4000"
@@ -118,7 +119,6 @@ class _Iptables(Datapath):
 
 def render_iptables_probe() -> str:
     """A one-service table that exercises every match and target we use."""
-    from ..catalog import ServiceCatalog
     return render_iptables(ServiceCatalog(services=1, endpoints=2))
 
 

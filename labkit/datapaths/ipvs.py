@@ -43,12 +43,13 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from ..errors import LabkitError
-from .base import Datapath, ProgramResult
+from labkit.core.catalog import ServiceCatalog
+from labkit.core.errors import LabkitError
+from labkit.datapaths.base import Datapath, ProgramResult
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..catalog import ServiceCatalog
-    from ..lab import Lab
+    from labkit.core.catalog import ServiceCatalog
+    from labkit.lab.lab import Lab
 
 DUMMY_DEVICE = "kube-ipvs0"
 SCHEDULER = "rr"
@@ -297,14 +298,6 @@ def host_ipvs_missing() -> str | None:
     return f"{what}, no module"
 
 
-def _vm_hint() -> str:
-    try:
-        from ..vm import guest_kernel_release
-        return f"; available in the VM kernel {guest_kernel_release()} (`labkit sweep --kernel vm`)"
-    except Exception:  # the hint is optional
-        return ""
-
-
 # ---- the mode --------------------------------------------------------------
 class Ipvs(Datapath):
     name = "ipvs"
@@ -332,9 +325,8 @@ class Ipvs(Datapath):
                 return f"{tool} not found (Debian package {pkg}; `sudo make setup` installs it)"
         missing = host_ipvs_missing()
         if missing:
-            return f"host kernel has no IP_VS ({missing}){_vm_hint()}"
+            return f"host kernel has no IP_VS ({missing})"
         if lab is not None:
-            from ..catalog import ServiceCatalog
             probe = cls(lab)
             try:
                 probe.setup(ServiceCatalog(services=1, endpoints=2, ports=lab.ports[:1] or (80,)))
@@ -386,10 +378,10 @@ class Ipvs(Datapath):
               "changed service, as kube-proxy's IPVS proxier applies its diff")
 
     def add_service(self) -> ProgramResult:
-        return self._apply_one(self._resized(+1), render_ipvs_add, self.catalog.services)
+        return self._apply_one(self._resized(+1), render_ipvs_add, self._loaded_catalog().services)
 
     def remove_service(self) -> ProgramResult:
-        return self._apply_one(self._resized(-1), render_ipvs_remove, self.catalog.services - 1)
+        return self._apply_one(self._resized(-1), render_ipvs_remove, self._loaded_catalog().services - 1)
 
     def _apply_one(self, catalog: "ServiceCatalog", renderer, i: int) -> ProgramResult:
         t0 = time.perf_counter()

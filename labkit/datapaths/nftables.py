@@ -45,14 +45,15 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
-from .. import netns
-from ..catalog import ServiceCatalog
-from ..errors import LabkitError
-from .base import Datapath, ProgramResult
-from .iptables import MASQ_MARK
+from labkit.core.catalog import ServiceCatalog
+from labkit.core.errors import LabkitError
+from labkit.datapaths.base import Datapath, ProgramResult
+from labkit.datapaths.iptables import MASQ_MARK
+from labkit.kernel import netns
+from labkit.lab.lab import Lab
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..lab import Lab
+    from labkit.lab.lab import Lab
 
 TABLE = "kube-proxy"
 PROBE_TABLE = "labkit-probe"
@@ -331,10 +332,10 @@ class Nftables(Datapath):
     update = "one nft transaction: add/delete the service's chains and its service-ips element"
 
     def add_service(self) -> ProgramResult:
-        return self._one(self._resized(+1), self.catalog.services, render_add_service)
+        return self._one(self._resized(+1), self._loaded_catalog().services, render_add_service)
 
     def remove_service(self) -> ProgramResult:
-        return self._one(self._resized(-1), self.catalog.services - 1, render_remove_service)
+        return self._one(self._resized(-1), self._loaded_catalog().services - 1, render_remove_service)
 
     def _one(self, catalog: ServiceCatalog, i: int, renderer) -> ProgramResult:
         if self.select not in ("rules", "vmap"):
@@ -368,7 +369,6 @@ class Nftables(Datapath):
 def bench(services: int, endpoints: int, select: str = "rules", repeat: int = 1) -> list[dict]:
     """Render + ``nft -f`` a catalog in a fresh lab's node namespace, ``repeat``
     times; returns one record per run (seconds)."""
-    from ..lab import Lab
     cat = ServiceCatalog(services=services, endpoints=endpoints)
     out = []
     with Lab(endpoint_cidr=cat.endpoint_cidr, server=False) as lab:

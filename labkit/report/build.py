@@ -1,0 +1,376 @@
+"""The published report of a run: ``build_report(DIR)`` executes
+notebooks/analysis.ipynb with papermill into the output directory, then
+converts it to one self-contained HTML file (code hidden, figures embedded as
+base64 PNG, no external scripts).  The notebook writes crossover.csv,
+fits.csv and summary.csv beside it through :mod:`labkit.analysis`.
+
+The section helpers below (``header``, ``summary_table``...) render pieces
+of the report as HTML for the notebook; they hold no statistics of their own.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import html
+import os
+import re
+from importlib import resources
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill as pm
+from IPython.display import HTML
+from jinja2 import DictLoader
+from nbconvert import HTMLExporter
+
+from labkit.analysis import anchors
+from labkit.analysis.fit import Analysis, load_run
+from labkit.core import topology
+from labkit.core.errors import LabkitError, UsageError
+
+#: the analysis notebook, shipped as package data (``labkit/report/notebooks`` links
+#: to the repository's ``notebooks/``; a wheel holds copies)
+NOTEBOOK = Path(str(resources.files("labkit.report") / "notebooks" / "analysis.ipynb"))
+KERNEL = "python3"
+
+# the lab template without anything fetched from the network (require.js,
+# MathJax, mermaid, widget manager): the report must open offline
+_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block data_png scoped -%}
+<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
+<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}"
+ alt="{{ (output | get_metadata('alt', 'image/png')) or 'figure' | escape_html }}">
+</div>
+{%- endblock data_png -%}
+{%- block extra_css -%}
+<style>
+ body { max-width: 1250px; margin: auto; }
+ table.lk { border-collapse: collapse; font-size: 12px; margin: 6px 0 14px 0; }
+ table.lk th, table.lk td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left;
+   vertical-align: top; }
+ table.lk th { background: #f3f3f3; }
+ .lk-note { color: #555; font-size: 12px; }
+ pre.lk { font-size: 11px; background: #f7f7f7; padding: 8px; }
+</style>
+{%- endblock extra_css -%}
+"""
+
+
+def default_notebook() -> str:
+    if not NOTEBOOK.is_file():
+        raise LabkitError(f"the analysis notebook {NOTEBOOK} is missing: reinstall labkit "
+                          "(`pip install .` ships it as package data)")
+    return str(NOTEBOOK)
+
+
+def _writable_dir(path: str) -> bool:
+    probe = path
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return os.path.isdir(probe or "/") and os.access(probe or "/", os.W_OK)
+
+
+def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 10.0,
+                 budget_frac: float = 0.10, out_dir: str | None = None, *, n_boot: int = 1000,
+                 seed: int = 0, notebook: str | None = None, timeout: int = 1800) -> str:
+    """Build DIR/report.html (and crossover.csv, fits.csv, summary.csv, the
+    executed analysis.ipynb) for the run in ``run_dir``.
+
+    Outputs go to ``out_dir`` (default: the run directory itself); a
+    read-only run directory, such as data/reference/<name>/, needs an
+    ``out_dir``.  The raw files are only read.  Returns the HTML path."""
+    run_dir = os.path.abspath(run_dir)
+    load_run(run_dir)  # refuse a directory that is not a run before starting a kernel
+    if budget_us < 0 or not 0 <= budget_frac < 10:
+        raise UsageError(f"budgets must be non-negative, got {budget_us} us and {budget_frac}")
+    out_dir = os.path.abspath(out_dir or run_dir)
+    if not _writable_dir(out_dir):
+        raise UsageError(f"{out_dir} is not writable; pass out_dir= (--out-dir) to write the "
+                         "report elsewhere")
+    os.makedirs(out_dir, exist_ok=True)
+    out_html = os.path.abspath(out_html or os.path.join(out_dir, "report.html"))
+    executed = os.path.join(out_dir, "analysis.ipynb")
+    crossover = os.path.join(out_dir, "crossover.csv")
+    if os.path.exists(crossover):
+        os.unlink(crossover)  # never leave a stale table beside a new report
+
+    params = dict(run_dir=run_dir, out_dir=out_dir, budget_us=float(budget_us),
+                  budget_frac=float(budget_frac), n_boot=int(n_boot), seed=int(seed))
+    try:
+        pm.execute_notebook(notebook or default_notebook(), executed, parameters=params,
+                            kernel_name=KERNEL, cwd=out_dir, progress_bar=False,
+                            log_output=False, execution_timeout=timeout)
+    except pm.PapermillExecutionError as exc:
+        raise LabkitError(f"the analysis notebook failed: {exc.ename}: {exc.evalue} "
+                          f"(executed copy: {executed})") from None
+    if not os.path.exists(crossover):
+        raise LabkitError(f"the analysis notebook did not write {crossover}")
+    body = notebook_html(executed)
+    tmp = out_html + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(body)
+    os.replace(tmp, out_html)
+    return out_html
+
+
+def notebook_html(path: str) -> str:
+    """An executed notebook as self-contained HTML: inputs, prompts and
+    stderr streams (warnings, kept in the notebook) left out."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", [])
+                            if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True, embed_images=True,
+                            extra_loaders=[DictLoader({"labkit.html.j2": _TEMPLATE})],
+                            template_file="labkit.html.j2")
+    body, _ = exporter.from_notebook_node(nb)
+    # nbconvert's final pass sorts attributes (alt before src); put the
+    # source first, as hand-written HTML has it
+    return re.sub(r'<img alt="([^"]*)" ((?:class="[^"]*" )?)src="(data:image/png;base64,[^"]*)"',
+                  r'<img src="\3" alt="\1" \2', body)
+
+
+# ---------------------------------------------------------------------------
+# sections for the notebook (HTML)
+
+def _html(s: str):
+    return HTML(s)
+
+
+def table_html(df: pd.DataFrame, floatfmt: str = "{:,.2f}") -> str:
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else floatfmt.format(v)
+        return html.escape(str(v))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>"
+                   for r in df.itertuples(index=False))
+    return f'<table class="lk"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _ci(v, lo, hi, fmt="{:,.1f}") -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    s = fmt.format(v)
+    if not (np.isnan(lo) or np.isnan(hi)):
+        s += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return s
+
+
+def _crit(c: str) -> str:
+    return {"aicc": "AICc", "aic": "AIC", "bic": "BIC", "none": "none (two points)"}.get(c, c)
+
+
+def _when(t) -> str:
+    try:
+        return dt.datetime.fromtimestamp(float(t), dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (TypeError, ValueError):
+        return "unknown"
+
+
+def header(an: Analysis):
+    m = an.run.meta
+    c = an.checks
+    complete = "complete" if m.get("complete") else "INCOMPLETE (the sweep stopped early)"
+    rows = [("run", m.get("run_id", "")), ("kernel", m.get("kernel", "")),
+            ("modes", ", ".join(an.series)), ("targets", ", ".join(an.targets)),
+            ("probe kinds", ", ".join(an.probes)),
+            ("measured", f"{_when(m.get('started'))} to {_when(m.get('finished'))}, {complete}"),
+            ("points", f"{c['points']} measured, {c['points_used']} used in fits, "
+                       f"{c['points_invalid']} invalid (shown, not fitted)"),
+            ("headline target", an.headline_target),
+            ("budgets", f"{an.settings['budget_us']:g} us and {an.settings['budget_frac']:.0%} of "
+                        "the other mode's 0-service median"),
+            ("intervals", f"{an.settings['level']:.0%} percentile bootstrap, "
+                          f"{an.settings['n_boot']} replicates ({an.settings['resample']})")]
+    df = pd.DataFrame(rows, columns=["", ""])
+    return _html(table_html(df))
+
+
+def summary_table(an: Analysis, stats=("p50", "p99"), target: str | None = None):
+    target = target or an.headline_target
+    s = an.summary[(an.summary["target"] == target) & an.summary["statistic"].isin(stats)].copy()
+    order = {m: i for i, m in enumerate(an.series)}
+    s = s.sort_values(["probe", "statistic", "mode"], key=lambda c: c.map(order) if c.name == "mode" else c)
+    level = f"{an.settings['level']:.0%}"
+    out = pd.DataFrame({
+        "mode": s["mode"], "probe": s["probe"], "statistic": s["statistic"],
+        f"baseline \u00b5s at {int(s['services_min'].min()):,} svc [{level} CI]": [
+            _ci(v, lo, hi) for v, lo, hi in zip(s["baseline_us"], s["baseline_lo"], s["baseline_hi"])],
+        f"slope ns/service, linear fit [{level} CI]": [
+            _ci(v, lo, hi, "{:,.2f}") for v, lo, hi in zip(s["slope_ns"], s["slope_lo"], s["slope_hi"])],
+        "chosen model": s["model"], "fitted curve": s["curve"],
+        "knot, services [CI]": [_ci(v, lo, hi, "{:,.0f}") for v, lo, hi in zip(s["knot"], s["knot_lo"], s["knot_hi"])],
+        "linear fit worse by": [f"{v:.1f} {_crit(c)}" if np.isfinite(v) and v > 0 else ""
+                                for v, c in zip(s["linear_delta"], s["criterion"])],
+        "points (invalid)": [f"{a} ({b})" for a, b in zip(s["n_points"], s["n_invalid"])],
+    })
+    return _html(table_html(out))
+
+
+def crossover_table(an: Analysis, target: str | None = None, stats=("p50", "p99"),
+                    kinds=("fit", "budget-abs", "budget-rel"), only_found_budgets: bool = True):
+    target = target or an.headline_target
+    cx = an.crossover[(an.crossover["target"] == target) & an.crossover["statistic"].isin(stats)
+                      & an.crossover["kind"].isin(kinds)]
+    if only_found_budgets:
+        cx = cx[(cx["kind"] == "fit") | (cx["n_star"] > cx["range_lo"])]
+    return _html(_crossover_html(cx, an.settings["level"]))
+
+
+def _crossover_html(cx: pd.DataFrame, level: float) -> str:
+    if not len(cx):
+        return '<p class="lk-note">none</p>'
+    out = pd.DataFrame({
+        "mode a": cx["mode_a"], "mode b": cx["mode_b"], "target": cx["target"], "probe": cx["probe"],
+        "statistic": cx["statistic"], "kind": cx["kind"],
+        "budget \u00b5s": cx["budget_us"],
+        f"n* services [{level:.0%} CI]": [_ci(v, lo, hi, "{:,.0f}") if np.isfinite(v) else "no crossing"
+                                          for v, lo, hi in zip(cx["n_star"], cx["ci_low"], cx["ci_high"])],
+        "bootstrap fits crossing": [f"{v:.0%}" if np.isfinite(v) else "" for v in cx["boot_frac"]],
+        "finding": cx["finding"]})
+    return table_html(out, "{:,.1f}")
+
+
+def all_crossovers(an: Analysis):
+    n = len(an.crossover)
+    return _html(f"<details><summary>all {n} rows of crossover.csv (every target, statistic and "
+                 f"ordered pair)</summary>{_crossover_html(an.crossover, an.settings['level'])}</details>")
+
+
+def findings(an: Analysis):
+    items = an.headline_findings()
+    if not items:
+        return _html('<p class="lk-note">Only one mode was measured: no crossovers.</p>')
+    return _html("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in items) + "</ul>")
+
+
+def fits_table(an: Analysis, target: str | None = None):
+    target = target or an.headline_target
+    f = an.fits[an.fits["target"] == target]
+    order = {m: i for i, m in enumerate(an.series)}
+    f = f.assign(_o=f["mode"].map(order)).sort_values(["probe", "_o", "statistic"], kind="stable")
+    out = pd.DataFrame({"mode": f["mode"], "probe": f["probe"], "statistic": f["statistic"],
+                        "model": f["model"] + np.where(f["chosen"], " \u2714", ""),
+                        "observations": f["n_obs"], "criterion": f["criterion"].map(_crit),
+                        "\u0394 criterion": f["delta"], "weight": f["weight"], "fitted curve": f["curve"]})
+    return _html(table_html(out))
+
+
+def invalid_points(an: Analysis):
+    bad = an.points[~an.points["used"]]
+    if not len(bad):
+        return _html('<p class="lk-note">All points are valid.</p>')
+    out = pd.DataFrame({"point": bad["point_id"], "mode": bad["series"], "services": bad["services"],
+                        "target": bad["target"], "probe": bad["probe"], "round": bad["round"],
+                        "sent": bad["sent"], "answered": bad["answered"], "p50 \u00b5s": bad["p50"],
+                        "reason": bad["excluded"]})
+    return _html(table_html(out))
+
+
+def published_tables(an: Analysis, target: str | None = None):
+    """Published figures beside ours: the sources, their slopes and ours."""
+    target = target or an.headline_target
+    parts = ["<h4>Sources</h4>"]
+    src = pd.DataFrame([{"key": s.key, "source": s.cite(), "setup": s.setup}
+                        for s in anchors.SOURCES.values()])
+    parts.append(table_html(src))
+    parts.append("<h4>First-packet slopes, ns per service: published (between the published "
+                 "points) and ours (linear fit, chosen model)</h4>")
+    rows = []
+    for stat in ("p50", "p99"):
+        for _, r in anchors.segment_slopes("k8s-nft", stat).iterrows():
+            rows.append({"who": "published: Kubernetes blog 2025 (chart)", "series": r["series"],
+                         "statistic": stat, "range, services": f"{r['from_services']:,}\u2013{r['to_services']:,}",
+                         "slope ns/service": f"{r['slope']:.1f}", "curve": ""})
+        s = an.summary[(an.summary["target"] == target) & (an.summary["statistic"] == stat)]
+        for _, r in s.iterrows():
+            rows.append({"who": f"ours (target {target}, {r['probe']})", "series": r["mode"],
+                         "statistic": stat,
+                         "range, services": f"{r['services_min']:,.0f}\u2013{r['services_max']:,.0f}",
+                         "slope ns/service": _ci(r["slope_ns"], r["slope_lo"], r["slope_hi"], "{:.1f}"),
+                         "curve": f"{r['model']}: {r['curve']}"})
+    parts.append(table_html(pd.DataFrame(rows)))
+    t = anchors.table()
+    t = t.assign(services=t["services"].astype("object").where(t["services"].notna(), ""))
+    parts.append(f"<details><summary>All {len(t)} published figures (tidy, from "
+                 "labkit/anchors.py)</summary>")
+    parts.append(table_html(t[["source", "series", "metric", "unit", "services", "value", "low",
+                               "high", "reading", "note"]], "{:,.4g}") + "</details>")
+    parts.append("<h4>Published statements</h4><ul>" + "".join(
+        f"<li>{html.escape(txt)} <span class='lk-note'>({html.escape(anchors.SOURCES[k].cite())})</span></li>"
+        for k, txt in anchors.CLAIMS) + "</ul>")
+    return _html("".join(parts))
+
+
+def programming_table(an: Analysis):
+    b = an.points.drop_duplicates(["series", "block"])
+    g = b.groupby(["series", "services"])[["render_s", "load_s", "program_s"]].median().reset_index()
+    return _html(table_html(g.rename(columns={"series": "mode", "render_s": "render s (median)",
+                                              "load_s": "load s (median)",
+                                              "program_s": "total s (median)"}), "{:,.3f}"))
+
+
+def methods(an: Analysis):
+    m = an.run.meta
+    doc = topology.__doc__ or ""
+    diagram = doc.split("::", 1)[1] if "::" in doc else doc
+    diagram = "\n".join(line for line in diagram.strip("\n").splitlines()
+                        if line.startswith("   ") or not line.strip()).rstrip()
+    parts = [f'<h4>Topology</h4><pre class="lk">{html.escape(diagram)}</pre>']
+    kv = lambda d: pd.DataFrame(sorted((str(k), str(v)) for k, v in (d or {}).items()),  # noqa: E731
+                                columns=["name", "value"])
+    parts.append(f"<h4>Kernel</h4><p>{html.escape(str(m.get('kernel', 'unknown')))} "
+                 f"(kernels in the data: {html.escape(', '.join(sorted(an.points['kernel'].unique())))})</p>")
+    parts.append("<h4>Sweep parameters (meta.json)</h4>" + table_html(kv(m.get("params"))))
+    a = dict(an.settings)
+    a["models"] = ", ".join(a["models"])
+    a["stats"] = ", ".join(a["stats"])
+    parts.append("<h4>Analysis parameters</h4>" + table_html(kv(a)))
+    parts.append("<h4>Tools</h4>" + table_html(kv(m.get("tools"))))
+    parts.append("<h4>Python packages</h4>" + table_html(kv(m.get("packages"))))
+    host = dict(m.get("host") or {})
+    host.update(labkit_version=m.get("labkit_version", ""), git_revision=m.get("git_revision", ""))
+    parts.append("<h4>Host and code</h4>" + table_html(kv(host)))
+    c = an.checks
+    parts.append(f"<p class='lk-note'>Check: per-point p50 recomputed from samples.parquet differs "
+                 f"from points.parquet by at most {c['max_abs_p50_diff_us']:.3g} \u00b5s.</p>")
+    return _html("".join(parts))
+
+
+def reproduce(an: Analysis):
+    m = an.run.meta
+    name = os.path.basename(an.run.path.rstrip("/"))
+    cmd = m.get("command") or "(not recorded)"
+    s = an.settings
+    rep = f"python -m labkit report {name}"
+    extra = []
+    if s["budget_us"] != 10.0:
+        extra.append(f"--budget-us {s['budget_us']:g}")
+    if s["budget_frac"] != 0.10:
+        extra.append(f"--budget-frac {s['budget_frac']:g}")
+    rep = " ".join([rep] + extra)
+    return _html(f"<p>Measure (as root, on a fresh clone at revision "
+                 f"<code>{html.escape(str(m.get('git_revision', 'unknown')))}</code>):</p>"
+                 f'<pre class="lk">{html.escape(cmd)}</pre>'
+                 f"<p>Rebuild this report from the data (no root needed):</p>"
+                 f'<pre class="lk">{html.escape(rep)}</pre>')
+
+
+def raw_files(an: Analysis):
+    f = an.run.files
+    return _html(table_html(f.rename(columns={"bytes": "bytes"}), "{:,.0f}")
+                 + "<p class='lk-note'>Verify with <code>sha256sum</code>; the raw files are never "
+                   "modified by the analysis.</p>")
+
+
+def self_contained(body: str) -> bool:
+    """True when the HTML loads nothing from elsewhere (scripts, styles, images)."""
+    return not re.search(r'<(script|link|img)[^>]+(src|href)="(https?:)?//', body)

@@ -1,0 +1,327 @@
+"""Report sections for the connection-reuse, HTTP, CPU and control-plane
+experiments.  Each section appears only when its data is in the run
+directory:
+
+* established connections: probe kind ``keepalive`` in samples.parquet;
+* requests per connection: kinds ``reuse-<k>``;
+* a real client and server: kinds ``http-new`` / ``http-keepalive``;
+* CPU per new connection: ``cpu.parquet`` (``python -m labkit cpu``);
+* control plane: ``control.parquet`` (every sweep; ``python -m labkit control``).
+
+The statistics are :mod:`labkit.analysis.experiments` (penalties, the 1%
+keepalive budget, fits of the CPU table) and :mod:`labkit.analysis.control`;
+this module renders them.  Pure: reads, computes, returns tables and figures.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from IPython.display import HTML, display
+
+from labkit.analysis import anchors, control, cpu
+from labkit.analysis.experiments import (
+    HTTP_KINDS,
+    KEEPALIVE_BUDGET,
+    REUSE_KINDS,
+    CpuAnalysis,
+    analyze_cpu,
+    ci_text,
+    keepalive_budget,
+    kind_order,
+    penalty_table,
+)
+from labkit.analysis.fit import Analysis
+from labkit.report.build import table_html
+from labkit.report.plots import show
+
+
+def control_published() -> pd.DataFrame:
+    """The published kube-proxy control-plane figures (ANCHORS.md)."""
+    t = anchors.table("k8s-issues")
+    return t[["series", "metric", "services", "value", "low", "high", "note"]]
+
+
+# ---------------------------------------------------------------------------
+# figures
+
+def _palette(names: Iterable[str]) -> dict:
+    names = list(dict.fromkeys(names))
+    return dict(zip(names, sns.color_palette("colorblind", max(len(names), 3))))
+
+
+def kinds_figure(an: Analysis, probes: Iterable[str], target: str | None = None, stat: str = "p50"):
+    """One panel per mode: ``stat`` against services for each probe kind
+    (points: measured; lines: chosen fits)."""
+    target = target or an.headline_target
+    probes = kind_order(probes)
+    pal = _palette(probes)
+    fig, axes = plt.subplots(1, len(an.series), figsize=(4.6 * len(an.series), 3.6), squeeze=False,
+                             sharey=True)
+    pts = an.points[an.points["used"] & (an.points["target"] == target)]
+    for ax, series in zip(axes[0], an.series):
+        for probe in probes:
+            sub = pts[(pts["series"] == series) & (pts["probe"] == probe)]
+            ax.scatter(sub["services"], sub[stat], s=14, color=pal[probe], alpha=0.7)
+            c = an.curves.get((series, target, probe, stat))
+            if c is not None:
+                x = np.linspace(c.xmin, c.xmax, 200)
+                ax.plot(x, c.predict(x), color=pal[probe], lw=1.6, label=probe)
+        ax.set_title(f"{series}: {stat}, target {target}")
+        ax.set_xlabel("services")
+        ax.set_ylabel(f"{stat} latency (\u00b5s)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def reuse_figure(an: Analysis, target: str | None = None, stat: str = "p50"):
+    """Mean per-request latency against requests per connection, one line
+    per service count, one panel per mode."""
+    target = target or an.headline_target
+    pts = an.points[an.points["used"] & (an.points["target"] == target)
+                    & an.points["probe"].isin(REUSE_KINDS)].copy()
+    pts["k"] = pts["probe"].str.split("-").str[1].astype(int)
+    counts = sorted(pts["services"].unique())
+    colors = dict(zip(counts, sns.color_palette("viridis", len(counts))))
+    fig, axes = plt.subplots(1, len(an.series), figsize=(4.6 * len(an.series), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, series in zip(axes[0], an.series):
+        sub = pts[pts["series"] == series]
+        for n in counts:
+            g = sub[sub["services"] == n].groupby("k")[stat].median()
+            if len(g):
+                ax.plot(g.index, g.values, marker="o", color=colors[n], label=f"{n:,} services")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{series}, target {target}")
+        ax.set_xlabel("requests per connection")
+        ax.set_ylabel(f"per-request latency, {stat} (\u00b5s)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def cpu_figure(ca: CpuAnalysis, level: float = 0.95):
+    v = ca.table
+    targets = sorted(v["target"].unique())
+    pal = _palette(v["mode"])
+    fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 3.8), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for mode, g in v[v["target"] == target].groupby("mode", sort=False):
+            ok = g[g["valid"]]
+            ax.scatter(ok["services"], ok["excess_us"], s=16, color=pal[mode], alpha=0.75)
+            bad = g[~g["valid"]]
+            if len(bad):
+                ax.scatter(bad["services"], bad["excess_us"], marker="x", color="#d62728", s=30)
+            c = ca.curves.get((mode, target))
+            if c is not None:
+                x = np.linspace(c.xmin, c.xmax, 200)
+                lo, hi = c.band(x, level)
+                ax.fill_between(x, lo, hi, color=pal[mode], alpha=0.2, linewidth=0)
+                ax.plot(x, c.predict(x), color=pal[mode], lw=1.7, label=f"{mode} ({c.chosen})")
+        ax.set_title(f"datapath CPU per new connection, target {target}")
+        ax.set_xlabel("services")
+        ax.set_ylabel("CPU \u00b5s per connection, above no datapath")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def control_figure(df: pd.DataFrame):
+    pal = _palette(df["mode"])
+    ops = [o for o in control.OPS if o in set(df["op"])]
+    fig, axes = plt.subplots(1, len(ops), figsize=(4.6 * len(ops), 3.6), squeeze=False, sharey=True)
+    for ax, op in zip(axes[0], ops):
+        for mode, g in df[df["op"] == op].groupby("mode", sort=False):
+            m = g.groupby("services")["seconds"].median()
+            x = np.maximum(m.index.to_numpy(dtype=float), 1)
+            ax.plot(x, m.values, marker="o", color=pal[mode], label=mode)
+            ax.scatter(np.maximum(g["services"], 1), g["seconds"], s=8, color=pal[mode], alpha=0.4)
+        pub = anchors.table("k8s-issues")
+        if op == "program":
+            p = pub[pub["services"].notna()]
+            ax.errorbar(p["services"].astype(float), p["value"],
+                        yerr=[p["value"] - p["low"], p["high"] - p["value"]], fmt="s", mfc="none",
+                        color="0.4", capsize=3, label="published (kube-proxy issues)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{op}: seconds (median; 0 drawn at 1)")
+        ax.set_xlabel("services")
+        ax.set_ylabel("seconds")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# sections (HTML and figures, for the notebooks)
+
+@dataclass
+class Section:
+    title: str
+    intro: str
+    parts: list = field(default_factory=list)   # HTML strings and matplotlib figures
+
+
+def _table(df: pd.DataFrame, fmt: str = "{:,.2f}") -> str:
+    return table_html(df, fmt)
+
+
+def _penalty_html(t: pd.DataFrame, level: float) -> str:
+    if not len(t):
+        return '<p class="lk-note">too few service counts for a penalty</p>'
+    st = t["statistic"].iloc[0]
+    out = pd.DataFrame({
+        "mode": t["mode"], "probe": t["probe"], "target": t["target"],
+        "services": [f"{a:,}\u2192{b:,}" for a, b in zip(t["services_lo"], t["services_hi"])],
+        f"{st} \u00b5s (mean over rounds)": [f"{a:,.1f} \u2192 {b:,.1f}"
+                                            for a, b in zip(t["value_lo_us"], t["value_hi_us"])],
+        f"penalty \u00b5s [{level:.0%} CI]": [ci_text(v, lo, hi) for v, lo, hi in
+                                              zip(t["penalty_us"], t["penalty_lo"], t["penalty_hi"])],
+        "penalty %": t["penalty_pct"], "points": t["points"]})
+    return _table(out, "{:,.1f}")
+
+
+def _budget_html(t: pd.DataFrame) -> str:
+    out = pd.DataFrame({"mode": t["mode_a"], "against": t["mode_b"], "probe": t["probe"],
+                        "budget \u00b5s": t["budget_us"],
+                        "n* services [CI]": [ci_text(v, lo, hi, "{:,.0f}") if np.isfinite(v) else "not reached"
+                                             for v, lo, hi in zip(t["n_star"].astype(float),
+                                                                  t["ci_low"].astype(float),
+                                                                  t["ci_high"].astype(float))],
+                        "bootstrap fits reaching it": [f"{v:.0%}" if np.isfinite(v) else ""
+                                                       for v in t["boot_frac"].astype(float)],
+                        "finding": t["finding"]})
+    return _table(out, "{:,.2f}")
+
+
+def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, seed: int = 0) -> list[Section]:
+    """The sections whose data exists in ``run_dir``, in report order."""
+    out: list[Section] = []
+    level = an.settings["level"] if an is not None else 0.95
+    probes = set(an.points["probe"]) if an is not None else set()
+    if an is not None and "keepalive" in probes:
+        kinds = [k for k in ("syn", "keepalive", *HTTP_KINDS, "reuse-100") if k in probes]
+        s = Section("Established connections (keepalive)", (
+            "A <code>keepalive</code> probe is one request (64 bytes, echoed by the backend) on a TCP "
+            "connection that is already open, timed on the wire like the SYN probes. Only the first "
+            "packet of a connection walks the service table; later packets match the node's "
+            "connection tracking (or the eBPF CT map). <b>Penalty</b>: p50 at the largest measured "
+            "count minus p50 at the smallest (means over rounds), per mode and probe kind, with a "
+            "bootstrap interval. At 0 services the probes aim at an address that is no service (no "
+            "DNAT, no masquerade), so a netfilter mode's penalty from 0 includes the NAT of the flow "
+            "itself; compare modes at the same count to isolate the service lookup."))
+        s.parts.append(_penalty_html(penalty_table(an, kinds, n_boot=n_boot, seed=seed), level))
+        s.parts.append(kinds_figure(an, kinds))
+        out.append(s)
+    reuse = [k for k in REUSE_KINDS if k in probes]
+    if an is not None and reuse:
+        s = Section("Requests per connection", (
+            "Each <code>reuse-k</code> probe opens a new connection, sends k requests on it and "
+            "closes it; its figure is the mean cost of one request, (handshake + the k request round "
+            "trips) / k, all timed on the wire. The service lookup is paid once per connection, so "
+            "its share falls as 1/k. k = 100 is nginx's default <code>keepalive_requests</code>."))
+        s.parts.append(_penalty_html(penalty_table(an, reuse, n_boot=n_boot, seed=seed), level))
+        s.parts.append(reuse_figure(an))
+        budgets = [keepalive_budget(an, k) for k in ("reuse-100", "keepalive") if k in probes]
+        if budgets:
+            s.parts.append(f"<h4>Where does a mode's penalty exceed {KEEPALIVE_BUDGET:.0%} of a "
+                           "keepalive request's latency?</h4>" + _budget_html(pd.concat(budgets)))
+        claims = [t for k, t in anchors.CLAIMS if k == "tigera"]
+        s.parts.append("<p class='lk-note'>Published (Tigera, different setup): " +
+                       html.escape(claims[0] if claims else "") + "</p>")
+        out.append(s)
+    http = [k for k in HTTP_KINDS if k in probes]
+    if an is not None and http:
+        kinds = [k for k in ("syn", "http-new", "keepalive", "http-keepalive") if k in probes]
+        s = Section("A real client and server (nginx and ab)", (
+            "<code>http-new</code>: ApacheBench in the client namespace, one new connection per "
+            "request; <code>http-keepalive</code>: <code>ab -k</code>, up to 100 requests per "
+            "connection; nginx in the backend namespace. These are <b>user-space timings</b> taken by "
+            "ab (connect, request, response read), so they include ab's and nginx's own work; the "
+            "SYN and keepalive probes are kernel timestamps on the wire. Compare penalties (growth "
+            "with services), not absolute values."))
+        s.parts.append(_penalty_html(penalty_table(an, kinds, n_boot=n_boot, seed=seed), level))
+        summ = an.summary[(an.summary["probe"].isin(kinds)) & (an.summary["statistic"] == "p50")
+                          & (an.summary["target"] == an.headline_target)]
+        if len(summ):
+            s.parts.append("<h4>Slopes of a straight-line fit, ns per service (p50)</h4>" + _table(pd.DataFrame({
+                "mode": summ["mode"], "probe": summ["probe"],
+                "slope ns/service [CI]": [ci_text(v, lo, hi, "{:,.2f}") for v, lo, hi in
+                                          zip(summ["slope_ns"], summ["slope_lo"], summ["slope_hi"])]})))
+        out.append(s)
+    cdf = cpu.load(run_dir)
+    if cdf is not None and len(cdf):
+        ca = analyze_cpu(cdf, n_boot=n_boot, seed=seed, level=level)
+        rate = float(cdf["rate"].iloc[0])
+        s = Section("CPU per new connection", (
+            f"New connections (SYNs for fresh 5-tuples) at {rate:,.0f}/s from a pinned thread in the "
+            "client namespace; its CPU time (the node's softirq work runs in its context with veth on "
+            "this kernel: see <code>labkit/cpu.py</code>) divided by the connections, minus the same "
+            "with no datapath in the node, measured in the same block. <b>excess cores</b> = excess "
+            "\u00d7 rate. Red crosses: rows whose rate was not reached or whose SYNs went unanswered."))
+        sm = ca.summary.copy()
+        names = {"cpu_us": "CPU \u00b5s/conn", "baseline_us": "no datapath \u00b5s/conn",
+                 "excess_us": "excess \u00b5s/conn", "excess_min": "min", "excess_max": "max",
+                 "excess_cores": f"excess cores at {rate:,.0f}/s"}
+        s.parts.append(_table(sm.rename(columns=names), "{:,.3f}"))
+        s.parts.append(cpu_figure(ca, level))
+        if ca.fits is not None and len(ca.fits):
+            s.parts.append("<h4>Fits of the excess against services</h4>" + _table(ca.fits, "{:,.3f}"))
+        if ca.crossover is not None and len(ca.crossover):
+            s.parts.append("<h4>Crossovers</h4><ul>" + "".join(
+                f"<li>{html.escape(str(t))}</li>" for t in ca.crossover["finding"]) + "</ul>")
+        tig = anchors.table("tigera", "cpu")
+        if len(tig):
+            d = tig.groupby("series")["value"].agg(lambda v: v.iloc[-1] - v.iloc[0])
+            s.parts.append("<p class='lk-note'>Published (Tigera, whole client node at 1,000 requests/s, "
+                           "10 to 10,000 services, chart): CPU grew by " + ", ".join(
+                               f"{v:.2f} cores ({k})" for k, v in d.items()) + ". Ours is the node's datapath "
+                           "work alone.</p>")
+        out.append(s)
+    ctl = control.load(run_dir)
+    if ctl is not None and len(ctl):
+        s = Section("Control plane: programming and changing services", (
+            "<b>program</b>: render and load N services into a fresh node; <b>add</b> / "
+            "<b>remove</b>: one service when N exist. iptables modes re-render and restore the whole "
+            "table (kube-proxy's full sync); nftables changes one service in one <code>nft</code> "
+            "transaction; IPVS applies only that service's ipset, address and ipvsadm changes; eBPF "
+            "updates map entries in place. Each add/remove is checked with a SYN to the VIP."))
+        s.parts.append(control_figure(ctl))
+        sm = control.summary(ctl)
+        s.parts.append(_table(sm.rename(columns={"median": "median s", "min": "min s", "max": "max s",
+                                                 "count": "n"}), "{:,.4f}"))
+        sl = control.slopes(ctl)
+        if len(sl):
+            s.parts.append("<h4>Straight-line slopes, milliseconds per 1,000 services</h4>" + _table(sl, "{:,.2f}"))
+        upd = ctl.drop_duplicates("mode")[["mode", "update"]]
+        s.parts.append("<h4>How each mode changes one service</h4>" + _table(upd))
+        pub = control_published()
+        s.parts.append("<h4>Published kube-proxy figures</h4>" + _table(pub, "{:,.2f}") + "<ul>" + "".join(
+            f"<li>{html.escape(t)}</li>" for k, t in anchors.CLAIMS if k == "k8s-issues") + "</ul>")
+        out.append(s)
+    return out
+
+
+def display_sections(run_dir: str, an: Analysis | None = None, **kw) -> int:
+    """Display every section that has data (in a notebook); returns how many."""
+    secs = sections(run_dir, an, **kw)
+    for s in secs:
+        display(HTML(f"<h2>{html.escape(s.title)}</h2><p>{s.intro}</p>"))
+        for p in s.parts:
+            if isinstance(p, str):
+                display(HTML(p))
+            else:
+                show(p)
+    return len(secs)

@@ -1,0 +1,178 @@
+"""Figures for an :class:`labkit.analysis.Analysis`.  Each function returns a
+matplotlib Figure; nothing is saved or shown here (``show`` displays one in a
+notebook and closes it)."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+import numpy as np
+import seaborn as sns
+from IPython.display import display
+
+from labkit.analysis import anchors
+from labkit.analysis.fit import Analysis
+
+PANEL = (4.4, 3.4)
+INVALID = dict(marker="x", color="#d62728", s=40, linewidths=1.5, zorder=5)
+
+
+def palette(an: Analysis) -> dict[str, tuple]:
+    names = list(dict.fromkeys(an.run.series_order + sorted(an.points["series"].unique())))
+    return dict(zip(names, sns.color_palette("colorblind", max(len(names), 3))))
+
+
+def _ylabel(probe: str) -> str:
+    return "first-packet RTT (\u00b5s)" if probe == "syn" else f"{probe} RTT (\u00b5s)"
+
+
+def curves(an: Analysis, target: str | None = None, probe: str = "syn",
+           stats: list[str] | None = None) -> plt.Figure:
+    """Per-point statistics against service count, one panel per statistic,
+    with each mode's chosen fitted curve and its bootstrap band.  Invalid
+    points are drawn as red crosses and are not part of any fit."""
+    target = target or an.headline_target
+    stats = stats or an.settings["stats"]
+    level = an.settings["level"]
+    pal = palette(an)
+    fig, axes = plt.subplots(1, len(stats), figsize=(PANEL[0] * len(stats), PANEL[1]), squeeze=False)
+    pts = an.points[(an.points["target"] == target) & (an.points["probe"] == probe)]
+    for ax, stat in zip(axes[0], stats):
+        used = pts[pts["used"]]
+        sns.scatterplot(data=used, x="services", y=stat, hue="series", palette=pal, ax=ax,
+                        s=22, alpha=0.75, legend=False, edgecolor="none")
+        bad = pts[~pts["used"] & pts[stat].notna()]
+        if len(bad):
+            ax.scatter(bad["services"], bad[stat], label="invalid point (not fitted)", **INVALID)
+        for series in an.series:
+            c = an.curves.get((series, target, probe, stat))
+            if c is None:
+                continue
+            x = np.unique(np.concatenate([np.linspace(c.xmin, c.xmax, 300), c.knots()]))
+            lo, hi = c.band(x, level)
+            ax.fill_between(x, lo, hi, color=pal[series], alpha=0.22, linewidth=0)
+            ax.plot(x, c.predict(x), color=pal[series], lw=1.8, label=f"{series} ({c.chosen})")
+        ax.set_title(f"{stat}, target {target}, {probe}")
+        ax.set_xlabel("services")
+        ax.set_ylabel(_ylabel(probe))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False,
+               bbox_to_anchor=(0.5, 1.08))
+    fig.text(0.99, -0.02, f"lines: chosen model; bands: {level:.0%} bootstrap interval",
+             ha="right", va="top", fontsize=8, color="0.35")
+    fig.tight_layout()
+    return fig
+
+
+def ecdfs(an: Analysis, target: str | None = None, probe: str = "syn") -> plt.Figure:
+    """Per-point ECDFs of the probes' RTT: one panel per mode, one line per
+    point, coloured by service count; invalid points dashed."""
+    target = target or an.headline_target
+    pts = an.points[(an.points["target"] == target) & (an.points["probe"] == probe)]
+    series = [s for s in an.run.series_order if s in set(pts["series"])]
+    counts = sorted(pts["services"].unique())
+    colors = dict(zip(counts, sns.color_palette("viridis", len(counts))))
+    smp = an.run.samples
+    smp = smp[smp["point_id"].isin(pts["point_id"]) & smp["rtt_us"].notna()]
+    by_point = dict(tuple(smp.groupby("point_id")["rtt_us"]))
+    fig, axes = plt.subplots(1, len(series), figsize=(PANEL[0] * len(series), PANEL[1]),
+                             squeeze=False, sharex=True)
+    for ax, s in zip(axes[0], series):
+        for _, p in pts[pts["series"] == s].sort_values(["services", "round"]).iterrows():
+            r = by_point.get(p["point_id"])
+            if r is None or not len(r):
+                continue
+            sns.ecdfplot(x=r.to_numpy(), ax=ax, color=colors[p["services"]], lw=1,
+                         ls="-" if p["used"] else "--", alpha=0.85)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(mticker.FuncFormatter(
+            lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+        ax.set_title(f"{s}, target {target}")
+        ax.set_xlabel(_ylabel(probe))
+        ax.set_ylabel("fraction of probes")
+        ax.grid(alpha=0.3, which="both")
+    handles = [plt.Line2D([], [], color=colors[n], lw=2) for n in counts]
+    labels = [f"{n:,} services" for n in counts]
+    if (~pts["used"]).any():
+        handles.append(plt.Line2D([], [], color="0.3", ls="--"))
+        labels.append("invalid point")
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False,
+               bbox_to_anchor=(0.5, 1.08))
+    fig.tight_layout()
+    return fig
+
+
+def published(an: Analysis, target: str | None = None, probe: str = "syn") -> plt.Figure:
+    """Our fitted p50/p99 curves (solid, with bands, measured range only)
+    beside the published first-packet figures (hollow markers, dashed), each
+    labelled with its source."""
+    target = target or an.headline_target
+    level = an.settings["level"]
+    pal = palette(an)
+    stats = [s for s in ("p50", "p99") if s in an.settings["stats"]]
+    fig, axes = plt.subplots(1, len(stats), figsize=(PANEL[0] * 1.25 * len(stats), PANEL[1] * 1.2),
+                             squeeze=False)
+    pub_colors = {"iptables": "#7f7f7f", "nftables": "#bcbd22", "none": "#17becf",
+                  "iptables-nft": "#8c564b", "iptables-legacy": "#e377c2"}
+    for ax, stat in zip(axes[0], stats):
+        for series in an.series:
+            c = an.curves.get((series, target, probe, stat))
+            if c is None:
+                continue
+            x = np.linspace(c.xmin, c.xmax, 300)
+            lo, hi = c.band(x, level)
+            ax.fill_between(x, lo, hi, color=pal[series], alpha=0.2, linewidth=0)
+            ax.plot(x, c.predict(x), color=pal[series], lw=1.8, label=f"ours: {series}")
+        k8s = anchors.table("k8s-nft", stat)
+        for series, g in k8s.groupby("series"):
+            ax.plot(g["services"].astype(float), g["value"], ls="--", marker="o", mfc="none",
+                    color=pub_colors.get(series, "0.5"),
+                    label=f"published: {series}, Kubernetes blog 2025 (chart)")
+        if stat == "p50":
+            mine = anchors.table("this-machine", "p50")
+            for series, g in mine.groupby("series"):
+                yerr = np.vstack([g["value"] - g["low"], g["high"] - g["value"]])
+                ax.errorbar(g["services"].astype(float), g["value"], yerr=yerr, ls=":", marker="D",
+                            mfc="none", capsize=3, color=pub_colors.get(series, "0.5"),
+                            label=f"earlier notes: {series}, this kind of machine")
+        ax.set_title(f"{stat} first-packet RTT, ours (target {target}) and published")
+        ax.set_xlabel("services")
+        ax.set_ylabel("RTT (\u00b5s)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def programming(an: Analysis) -> plt.Figure:
+    """Time to load each mode's rules (one value per block) against service
+    count, with the published iptables-restore figure."""
+    pal = palette(an)
+    blocks = an.points.drop_duplicates(["series", "block"])
+    fig, ax = plt.subplots(figsize=(PANEL[0] * 1.4, PANEL[1]))
+    sns.lineplot(data=blocks, x="services", y="load_s", hue="series", palette=pal, marker="o",
+                 hue_order=[s for s in an.run.series_order if s in set(blocks["series"])],
+                 estimator="median", errorbar=None, ax=ax)
+    pub = anchors.table("k8s-issues", "restore_s").dropna(subset=["services"])
+    for _, r in pub.iterrows():
+        ax.errorbar([float(r["services"])], [r["value"]], yerr=[[r["value"] - r["low"]], [r["high"] - r["value"]]],
+                    marker="s", mfc="none", color="0.4", capsize=3, ls="none",
+                    label="published: iptables-restore, kubernetes issues (2016)")
+    ax.set_yscale("log")
+    ax.set_xlabel("services")
+    ax.set_ylabel("load time (s)")
+    ax.set_title("rule programming time (median per count)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def show(fig: plt.Figure) -> None:
+    """Display a figure in a notebook once (its panel titles as alt text), then free it."""
+    alt = "; ".join(t for t in (ax.get_title() for ax in fig.axes) if t) or "figure"
+    display(fig, metadata={"image/png": {"alt": alt}})
+    plt.close(fig)

@@ -1,0 +1,76 @@
+"""Where a run came from, for its meta file: kernel, host, tool and package
+versions, code revision.  Read-only: nothing here changes the machine (git is
+asked with optional locks off, so a run never writes ``.git/index.lock``).
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import re
+import subprocess
+from importlib import metadata
+from typing import Any, Sequence
+
+TOOLS: dict[str, list[str]] = {
+    "iproute2": ["ip", "-V"], "iptables-legacy": ["iptables-legacy", "--version"],
+    "iptables-nft": ["iptables-nft", "--version"], "nft": ["nft", "--version"],
+    "clang": ["clang", "--version"], "bpftool": ["bpftool", "version"],
+    "ipvsadm": ["ipvsadm", "--version"],
+}
+PACKAGES = ("scapy", "pyroute2", "pandas", "pyarrow", "numpy", "scipy", "seaborn", "papermill")
+_VERSION = re.compile(r"\bv?\d+\.\d+(?:[.\-]\w+)*")
+
+
+def parse_version(output: str) -> str:
+    """The first line of a tool's version output that carries a version
+    number; "unknown" when none does (an error message is not a version)."""
+    for line in output.splitlines():
+        if _VERSION.search(line) and "error" not in line.lower() and "can't" not in line.lower():
+            return line.strip()
+    return "unknown"
+
+
+def tool_version(argv: Sequence[str]) -> str:
+    try:
+        cp = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    return parse_version(cp.stdout + "\n" + cp.stderr)
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def git_revision() -> str:
+    """``git describe --always --dirty`` of the source tree, or "unknown".
+    labkit.kernels passes the host's revision into another kernel through
+    ``LABKIT_GIT_REVISION`` (git over a slow guest filesystem is slow)."""
+    rev = os.environ.get("LABKIT_GIT_REVISION")
+    if rev:
+        return rev
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        cp = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty", "--abbrev=12"],
+                            capture_output=True, text=True, timeout=10, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return cp.stdout.strip() if cp.returncode == 0 and cp.stdout.strip() else "unknown"
+
+
+def environment() -> dict[str, Any]:
+    """The facts every meta file records."""
+    return {
+        "kernel": platform.release(),
+        "host": {"hostname": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
+                 "python": platform.python_version(), "user": getpass.getuser()},
+        "labkit_version": package_version("labkit"),
+        "git_revision": git_revision(),
+        "tools": {k: tool_version(v) for k, v in TOOLS.items()},
+        "packages": {name: package_version(name) for name in PACKAGES},
+    }

@@ -1,0 +1,154 @@
+"""The run directory's schema, written once: file names, table columns (with
+what each means), and the schema version recorded in every meta file.
+
+A run directory holds the tables of one or more run *kinds* (a sweep, the
+control-plane experiment, the CPU experiment, a programming benchmark).  Each
+kind owns one meta file and the tables listed for it; two kinds may share a
+directory (``labkit cpu --out`` a sweep's directory) but never a table.
+Writers (:mod:`labkit.runs`) and readers (:mod:`labkit.analysis`) both take
+names and columns from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: bumped when a column changes meaning or a file changes name
+SCHEMA_VERSION = 2
+
+SAMPLES = "samples.parquet"
+POINTS = "points.parquet"
+CONTROL = "control.parquet"
+CPU = "cpu.parquet"
+BENCH = "bench.parquet"
+META = "meta.json"
+CONTROL_META = "control.json"
+CPU_META = "cpu.json"
+BENCH_META = "bench.json"
+VM_FACTS = "vm.json"
+#: prefix of the temporary files tables are written to before the rename
+TMP_PREFIX = ".tmp-"
+
+# -- columns: name -> meaning ---------------------------------------------------------
+
+_IDENT = {
+    "run_id": "the run's id (also in its namespace names lk-<run id>-*)",
+    "block": "index of the programming block: one mode at one service count in one round",
+    "mode": "datapath mode (labkit doctor lists them)",
+    "kernel": "kernel release the block ran on",
+    "services": "services in the catalog",
+    "endpoints": "endpoints per service",
+    "round": "repetition (rounds interleave every block)",
+}
+
+SAMPLE_COLUMNS: dict[str, str] = {
+    "run_id": _IDENT["run_id"],
+    "point_id": "the point (block x target x probe kind) the probe belongs to",
+    "block": _IDENT["block"], "mode": _IDENT["mode"], "kernel": _IDENT["kernel"], "services": _IDENT["services"],
+    "endpoints": _IDENT["endpoints"],
+    "target": "first | middle | last | random | none",
+    "probe": "probe kind (syn, keepalive, reuse-k, http-new, http-keepalive)",
+    "round": _IDENT["round"],
+    "seq": "probe's position within its point",
+    "service": "catalog index of the probed service, -1 for the none address",
+    "dst": "destination address of the probe",
+    "rtt_us": "round trip in microseconds from two kernel timestamps; NaN when unanswered",
+    "ok": "answered, from the probed address, by an endpoint of the right service",
+    "error": "why not ok ('' when ok): timeout, rst, wrong-source, bad-ack, wrong-endpoint, "
+             "unseen-at-backend, no-tx-stamp",
+    "endpoint": "address:port the probe reached in the backend ('' when not seen)",
+}
+
+POINT_COLUMNS: dict[str, str] = {
+    "run_id": _IDENT["run_id"],
+    "point_id": SAMPLE_COLUMNS["point_id"],
+    "block": _IDENT["block"], "mode": _IDENT["mode"], "kernel": _IDENT["kernel"],
+    "services": _IDENT["services"], "endpoints": _IDENT["endpoints"],
+    "target": SAMPLE_COLUMNS["target"], "probe": SAMPLE_COLUMNS["probe"], "round": _IDENT["round"],
+    "render_s": "seconds to render the catalog (pure Python)",
+    "load_s": "seconds the kernel's loader took to apply it",
+    "program_s": "render_s + load_s",
+    "sent": "probes sent", "answered": "probes answered", "lost": "sent - answered",
+    "valid": "every check passed (reason says which failed)",
+    "reason": "why the point is invalid ('' when valid)",
+    "p50_us": "median rtt_us of answered probes", "p90_us": "90th percentile",
+    "p99_us": "99th percentile", "mean_us": "mean", "min_us": "minimum",
+    "ct_new": "new conntrack entries the node made during the point (-1: not judged)",
+    "started": "Unix time the point's probes started", "finished": "Unix time they ended",
+}
+
+CONTROL_COLUMNS: dict[str, str] = {
+    "run_id": _IDENT["run_id"], "block": _IDENT["block"], "mode": _IDENT["mode"],
+    "kernel": _IDENT["kernel"], "services": "services loaded before the operation (N)",
+    "endpoints": _IDENT["endpoints"], "round": _IDENT["round"],
+    "op": "program (from scratch) | add (one service) | remove (that service)",
+    "seconds": "render_s + load_s of the operation",
+    "render_s": POINT_COLUMNS["render_s"], "load_s": POINT_COLUMNS["load_s"],
+    "services_before": "services the operation found",
+    "verified": "a SYN afterwards confirmed the change (None: not checked)",
+    "check": "what the verifying SYN saw",
+    "update": "how the mode applies one change",
+    "started": "Unix time the operation started",
+}
+
+CPU_COLUMNS: dict[str, str] = {
+    "run_id": _IDENT["run_id"], "block": _IDENT["block"], "round": _IDENT["round"],
+    "mode": _IDENT["mode"], "kernel": _IDENT["kernel"], "services": _IDENT["services"],
+    "endpoints": _IDENT["endpoints"], "target": SAMPLE_COLUMNS["target"],
+    "rate": "new connections per second", "seconds": "seconds of sending",
+    "sent": "SYNs sent", "answered": "SYN-ACKs seen on the client's veth",
+    "wall_s": "seconds the sending took",
+    "thread_cpu_ns": "CPU time of the sending thread (softirq work included)",
+    "cpu_us": "thread_cpu_ns per SYN, microseconds",
+    "baseline_us": "cpu_us of the same block before the datapath was loaded",
+    "excess_us": "cpu_us - baseline_us: what the datapath costs per new connection",
+    "method": "thread | thread+cpu-softirq (see labkit.runs.cpu)",
+    "valid": POINT_COLUMNS["valid"], "reason": POINT_COLUMNS["reason"],
+    "machine_softirq_s": "machine-wide softirq seconds meanwhile (cross-check)",
+    "machine_system_s": "machine-wide system seconds meanwhile (cross-check)",
+    "ksoftirqd_ms": "CPU time of the ksoftirqd threads meanwhile",
+    "started": "Unix time the measurement started",
+}
+
+BENCH_COLUMNS: dict[str, str] = {
+    "run_id": _IDENT["run_id"], "block": _IDENT["block"], "round": "repetition",
+    "mode": _IDENT["mode"], "kernel": _IDENT["kernel"], "services": _IDENT["services"],
+    "endpoints": _IDENT["endpoints"],
+    "render_s": POINT_COLUMNS["render_s"], "load_s": POINT_COLUMNS["load_s"],
+    "program_s": POINT_COLUMNS["program_s"],
+    "loader_peak_mb": "largest resident set of the mode's loader commands, MB",
+    "held_mb": "drop of MemAvailable while the catalog is loaded, MB (machine-wide: noisy)",
+    "started": "Unix time the programming started",
+}
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """One kind of run: its meta file and the tables it owns (name -> columns)."""
+    name: str
+    meta: str
+    tables: dict[str, dict[str, str]]
+
+
+KINDS: dict[str, RunKind] = {
+    "sweep": RunKind("sweep", META, {SAMPLES: SAMPLE_COLUMNS, POINTS: POINT_COLUMNS,
+                                     CONTROL: CONTROL_COLUMNS}),
+    "control": RunKind("control", CONTROL_META, {CONTROL: CONTROL_COLUMNS}),
+    "cpu": RunKind("cpu", CPU_META, {CPU: CPU_COLUMNS}),
+    "bench": RunKind("bench", BENCH_META, {BENCH: BENCH_COLUMNS}),
+}
+
+#: what the report and the analysis notebook write beside the data
+OUTPUT_FILES = frozenset({"report.html", "report.png", "crossover.csv", "fits.csv", "summary.csv",
+                          "analysis.ipynb", "sweep.ipynb", "claims.csv"})
+#: every file name a run directory may hold
+KNOWN_FILES = frozenset({VM_FACTS, *OUTPUT_FILES,
+                         *(k.meta for k in KINDS.values()),
+                         *(t for k in KINDS.values() for t in k.tables)})
+
+
+def columns(table: str) -> list[str]:
+    """The column names of ``table`` (a file name), in order."""
+    for kind in KINDS.values():
+        if table in kind.tables:
+            return list(kind.tables[table])
+    raise KeyError(table)

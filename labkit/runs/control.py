@@ -1,0 +1,172 @@
+"""Control-plane cost: seconds to program N services, and to add and to
+remove one service when N exist.
+
+Operations, per mode (see ``Datapath.add_service`` / ``remove_service``):
+
+``program``  render and load the whole catalog of N services into a fresh
+             node namespace (``Datapath.setup``).
+``add``      add service N (the catalog grows to N+1).  iptables modes:
+             full re-render and ``iptables-restore`` of the whole table, as
+             kube-proxy's iptables full sync does; nftables: one ``nft -f``
+             transaction with the service's chains and its ``service-ips``
+             element; IPVS: ipset, VIP and ``ipvsadm`` changes for that
+             service; eBPF: map updates in place.
+``remove``   remove that service again (back to N).
+
+Each operation is checked: after ``add`` a SYN to the new VIP must be
+answered by one of its endpoints, after ``remove`` it must go unanswered
+(``verified``).  Times are wall-clock seconds of render (pure Python) plus
+load (the kernel's loader or the bpf() calls), as kube-proxy would spend
+them; they include the loader's own work, such as ``nft`` reading the table
+back from the kernel.
+
+During a sweep every block (one mode programmed at one count) adds three
+rows to ``control.parquet`` after its probes; ``python -m labkit control``
+(:class:`Control`) measures programming alone, up to 100,000 services,
+without probes.  Summaries and fits of the table: :mod:`labkit.analysis.control`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from labkit.core.catalog import ServiceCatalog
+from labkit.core.errors import UsageError
+from labkit.core.validate import names, split, whole
+from labkit.datapaths import MODES
+from labkit.lab.lab import Lab
+from labkit.probes.syn import SynProber
+from labkit.rundir import schema
+from labkit.runs.runner import Block, BlockContext, Experiment, Runner, plan
+
+OPS = ("program", "add", "remove")
+VERIFY_TIMEOUT = 0.3
+
+
+def _row(op: str, services: int, before: int, prog: Any, verified: bool | None, check: str,
+         started: float) -> dict:
+    return {"op": op, "services": services, "services_before": before,
+            "seconds": prog.render_s + prog.load_s,
+            "render_s": prog.render_s, "load_s": prog.load_s,
+            "verified": verified, "check": check, "started": started}
+
+
+def program_row(services: int, prog: Any, started: float) -> dict:
+    """The ``program`` row of a block that loaded ``services`` from scratch."""
+    return _row("program", services, 0, prog, None, "", started)
+
+
+def _answered(lab: Lab, catalog: ServiceCatalog, i: int, vip: str, seed: int) -> tuple[bool, str]:
+    """Send one SYN to ``vip`` from the client: answered from the VIP by an
+    endpoint of service ``i``?  (answered, what happened)."""
+    with SynProber(lab, timeout=VERIFY_TIMEOUT, seed=seed) as pr:
+        o = pr.run([pr.craft(i, vip, catalog.ports[0])])[0]
+    if o.rtt_ns is None:
+        return False, o.error or "timeout"
+    owner = catalog.service_of_endpoint(o.endpoint.split(":")[0]) if o.endpoint else None
+    if owner is None or owner[0] != i:
+        return True, f"answered via {o.endpoint or 'an unseen endpoint'}"
+    return True, "ok"
+
+
+def measure_ops(lab: Lab, dp: Any, seed: int = 0, verify: bool = True,
+                each: Callable[[dict], None] | None = None) -> list[dict]:
+    """Add one service to the loaded datapath ``dp`` of N services and remove
+    it again; one row per operation.  ``services`` is N for both,
+    ``services_before`` the count each operation found (N, then N+1).
+    ``each(row)`` is called as soon as a row is measured."""
+    rows = []
+    n = dp.catalog.services
+    t = time.time()
+    prog = dp.add_service()
+    verified, check = None, ""
+    if verify:
+        ok, what = _answered(lab, dp.catalog, n, dp.catalog.vip(n), seed)
+        verified, check = ok and what == "ok", f"new VIP: {what}"
+    rows.append(_row("add", n, n, prog, verified, check, t))
+    if each:
+        each(rows[-1])
+    vip = dp.catalog.vip(n)
+    grown = dp.catalog
+    t = time.time()
+    prog = dp.remove_service()
+    if verify:
+        ok, what = _answered(lab, grown, n, vip, seed + 1)
+        verified, check = not ok, ("removed VIP: still answered" if ok else "removed VIP: no answer")
+    rows.append(_row("remove", n, n + 1, prog, verified, check, t))
+    if each:
+        each(rows[-1])
+    return rows
+
+
+@dataclass(frozen=True)
+class ControlParams:
+    modes: list[str]
+    services: list[int]
+    endpoints: int = 10
+    rounds: int = 1
+    seed: int = 1
+    verify: bool = True
+
+    @classmethod
+    def validated(cls, modes: Any, services: Any, endpoints: Any = 10, rounds: Any = 1,
+                  seed: Any = 1, verify: bool = True) -> "ControlParams":
+        svc = sorted({whole(v, "services", 0, 1_000_000) for v in split(services, "services")})
+        if not svc:
+            raise UsageError("services: at least one count is needed")
+        return cls(names(modes, "modes", tuple(MODES)), svc, whole(endpoints, "endpoints", 1, 1000),
+                   whole(rounds, "rounds", 1, 100), whole(seed, "seed", 0, 2**32 - 1), bool(verify))
+
+
+class Control(Experiment):
+    """For every round, mode and count (shuffled within a round), in a fresh
+    node namespace: program from scratch, add one service, remove it."""
+    kind = "control"
+
+    def __init__(self, modes: Any, services: Any, *, endpoints: Any = 10, rounds: Any = 1,
+                 seed: Any = 1, verify: bool = True) -> None:
+        self.p = ControlParams.validated(modes, services, endpoints, rounds, seed, verify)
+
+    def params_dict(self) -> dict[str, Any]:
+        return asdict(self.p)
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "Control":
+        return cls(**dict(meta["params"]))
+
+    def blocks(self) -> list[Block]:
+        p = self.p
+        return plan(p.modes, p.services, p.rounds, p.seed)
+
+    def largest_catalog(self) -> ServiceCatalog:
+        # add_service grows the largest catalog by one
+        return ServiceCatalog(max(self.p.services) + 1, self.p.endpoints)
+
+    def lab_options(self) -> dict[str, Any]:
+        return {**super().lab_options(), "server": self.p.verify}
+
+    def run_block(self, ctx: BlockContext) -> None:
+        cat = ServiceCatalog(ctx.block.services, self.p.endpoints)
+        dp = ctx.mode(ctx.lab)
+        ident = {**ctx.ident(), "endpoints": cat.endpoints, "update": type(dp).update}
+        t = time.time()
+        prog = dp.setup(cat)
+        try:
+            ctx.tables.add(schema.CONTROL, [{**program_row(cat.services, prog, t), **ident}])
+            measure_ops(ctx.lab, dp, seed=ctx.block.block, verify=self.p.verify,
+                        each=lambda row: ctx.tables.add(schema.CONTROL, [{**row, **ident}]))
+        finally:
+            dp.teardown()
+        ctx.bar.update(1)
+
+
+def run_control(modes: Sequence[str], services: Sequence[int], out: str, *, endpoints: int = 10,
+                rounds: int = 1, seed: int = 1, verify: bool = True, command: str | None = None,
+                progress: bool = True) -> str:
+    """``labkit control`` as a function: writes ``out/control.parquet`` and
+    ``out/control.json``; returns ``out``."""
+    exp = Control(modes, services, endpoints=endpoints, rounds=rounds, seed=seed, verify=verify)
+    result = Runner(exp, out, command=command, progress=progress).run()
+    assert result is not None
+    return result

@@ -1,0 +1,405 @@
+"""The one experiment runner: sweep, control, cpu and bench all run through it.
+
+An experiment is a list of *blocks*.  A block programs one mode at one
+service count in one round, in a brand-new node namespace, does its
+measurements and tears the datapath down again.  The runner owns everything
+around the blocks, once for every experiment:
+
+* **pre-flight**, before any namespace exists: root, the modes' tools and
+  kernel features, the machine's memory for the largest catalog, and the
+  output directory (see :func:`prepare_out`); a refused run leaves nothing;
+* the **meta file** (parameters, command, provenance, start and end, the
+  blocks done) and the experiment's **tables**, rewritten atomically as rows
+  arrive (:class:`Tables`), so a run that stops keeps what it measured;
+* the **lab** (one for the whole run), a fresh node per block, and each
+  mode's availability tried in the real kernel on its first block;
+* **resume**: a block is done when the meta file lists it; a resumed run
+  drops the rows of blocks that were not done (a kill mid-block), removes the
+  temporary files a killed writer left, and runs the remaining blocks.  A
+  finished run is never touched again.
+
+Blocks run in a randomized order within each round (:func:`plan`), so the
+slow drift of a shared machine spreads over all modes and counts.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from labkit import datapaths
+from labkit.core.catalog import ServiceCatalog
+from labkit.core.errors import Unavailable, UsageError
+from labkit.kernel import netns
+from labkit.lab.lab import Lab
+from labkit.rundir import schema, store
+from labkit.rundir.provenance import environment
+
+if TYPE_CHECKING:  # pragma: no cover
+    from labkit.datapaths.base import Datapath
+
+
+@dataclass(frozen=True)
+class Block:
+    block: int
+    round: int
+    mode: str
+    services: int
+    targets: tuple[str, ...] = ()
+
+
+def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
+         targets: Sequence[str] = ()) -> list[Block]:
+    """Blocks in execution order: rounds in sequence, (mode, count) shuffled
+    within each round, targets shuffled within each block.  Pure and
+    deterministic from the seed; a block's id depends only on its round,
+    mode and count."""
+    rng = random.Random(seed)
+    out = []
+    for r in range(rounds):
+        cells = [((r * len(modes) + m) * len(services) + s, mode, n)
+                 for m, mode in enumerate(modes) for s, n in enumerate(services)]
+        rng.shuffle(cells)
+        for bid, mode, n in cells:
+            ts = list(targets)
+            rng.shuffle(ts)
+            out.append(Block(bid, r, mode, n, tuple(ts)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# tables
+
+class Tables:
+    """A run's tables in memory, each rewritten atomically whenever it grows.
+    With ``out`` None nothing is written (a benchmark that only prints)."""
+
+    def __init__(self, out: str | None, names: Iterable[str]) -> None:
+        self.out = out
+        self.chunks: dict[str, list[pd.DataFrame]] = {n: [] for n in names}
+
+    def path(self, name: str) -> str:
+        assert self.out is not None
+        return os.path.join(self.out, name)
+
+    def add(self, name: str, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> None:
+        df = rows if isinstance(rows, pd.DataFrame) else \
+            pd.DataFrame(list(rows), columns=schema.columns(name))
+        self.chunks[name].append(df)
+        self.flush(name)
+
+    def frame(self, name: str) -> pd.DataFrame:
+        parts = [c for c in self.chunks[name] if len(c)]
+        if not parts:
+            return pd.DataFrame(columns=schema.columns(name))
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+    def flush(self, name: str) -> None:
+        if self.out is not None:
+            df = self.frame(name)
+            if "verified" in df.columns:  # True/False/None: keep None as None
+                df = df.astype({"verified": "object"})
+            store.write_table(self.path(name), df)
+
+    def keep_blocks(self, done: set[int]) -> None:
+        """Resume: read every table back, keeping only the rows of ``done``
+        blocks; rewrite a table that lost rows."""
+        assert self.out is not None
+        for name in self.chunks:
+            p = self.path(name)
+            if not os.path.exists(p):
+                continue
+            try:
+                df = store.read_table(p)
+            except Exception as exc:  # a table a kill left unreadable
+                raise UsageError(f"--resume: {p} cannot be read ({type(exc).__name__}: {exc}); "
+                                 "move it away to measure its blocks again") from None
+            if "block" not in df.columns:
+                raise UsageError(f"--resume: {p} has no block column (not written by this labkit)")
+            kept = df[df["block"].isin(done)].reset_index(drop=True)
+            self.chunks[name] = [kept]
+            if len(kept) != len(df):
+                self.flush(name)
+
+
+# ---------------------------------------------------------------------------
+# experiments
+
+@dataclass
+class BlockContext:
+    """What a block's code gets from the runner."""
+    lab: Lab
+    block: Block
+    mode: "type[Datapath]"
+    tables: Tables
+    run_id: str
+    kernel: str
+    bar: Any
+
+    def ident(self) -> dict[str, Any]:
+        """The columns every row of this block carries."""
+        b = self.block
+        return {"run_id": self.run_id, "block": b.block, "round": b.round, "mode": b.mode,
+                "kernel": self.kernel, "services": b.services}
+
+
+class Experiment(ABC):
+    """One kind of run.  Subclasses say what the blocks are and what one
+    block measures; the runner does the rest."""
+    #: run kind (a key of :data:`labkit.rundir.schema.KINDS`)
+    kind: ClassVar[str]
+    #: the unit the progress bar counts
+    unit: ClassVar[str] = "block"
+
+    @abstractmethod
+    def params_dict(self) -> dict[str, Any]:
+        """The parameters, as stored in the meta file (and read back by resume)."""
+
+    @classmethod
+    @abstractmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "Experiment":
+        """The experiment a meta file describes (for resume)."""
+
+    @abstractmethod
+    def blocks(self) -> list[Block]: ...
+
+    @abstractmethod
+    def run_block(self, ctx: BlockContext) -> None:
+        """Measure one block into ``ctx.tables`` (the node is fresh)."""
+
+    @abstractmethod
+    def largest_catalog(self) -> ServiceCatalog:
+        """The largest catalog the run programs: the memory pre-flight checks
+        the machine can hold it, and the lab's address ranges come from it."""
+
+    def catalog_size(self) -> tuple[int, int, int]:
+        c = self.largest_catalog()
+        return c.services, c.endpoints, len(c.ports)
+
+    def lab_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~labkit.lab.lab.Lab`."""
+        c = self.largest_catalog()
+        return {"endpoint_cidr": c.endpoint_cidr, "ports": tuple(c.ports)}
+
+    def check(self) -> None:  # noqa: B027  (optional hook, empty by default)
+        """Extra validation before anything exists (raise UsageError)."""
+
+    def units(self, block: Block) -> int:
+        return 1
+
+    def meta_extra(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def modes(self) -> list[str]:
+        return list(dict.fromkeys(b.mode for b in self.blocks()))
+
+
+# ---------------------------------------------------------------------------
+# the output directory
+
+def prepare_out(out: str | None, kind: str, resume: bool) -> str | None:
+    """Check ``--out`` for a run of ``kind``, creating nothing.
+
+    * resume: the directory must hold a run of this kind;
+    * new run: the directory may not exist yet, or be empty, or be another
+      kind's run directory that holds none of this kind's files (``labkit cpu
+      --out`` a sweep's directory); any other file is refused, so labkit never
+      overwrites what is not its own.
+    """
+    if out is None:
+        if resume:
+            raise UsageError("--resume needs --out")
+        return None
+    if not out:
+        raise UsageError("--out is needed")
+    out = os.path.abspath(out)
+    rk = schema.KINDS[kind]
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} exists and is not a directory")
+    if os.path.islink(out):
+        raise UsageError(f"--out {out} is a symbolic link; give the real directory")
+    names = set(os.listdir(out)) if os.path.isdir(out) else set()
+    if resume:
+        if rk.meta not in names:
+            raise UsageError(f"--resume: {out} holds no {kind} run to resume (no {rk.meta})")
+        return out
+    if rk.meta in names:
+        raise UsageError(f"{out} already holds a {kind} run; pass --resume to continue it "
+                         "or choose another --out")
+    mine = sorted(n for n in names if n in rk.tables)
+    if mine:
+        raise UsageError(f"{out} already holds {', '.join(mine)} of another run; choose another --out")
+    foreign = sorted(n for n in names if n not in schema.KNOWN_FILES
+                     and not n.startswith(schema.TMP_PREFIX))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise UsageError(f"--out {out} is not empty and not a labkit run directory (holds {shown}); "
+                         "choose a new or empty directory")
+    return out
+
+
+def _create_out(out: str) -> bool:
+    """Make ``out``; True when this run created it (and may remove it again)."""
+    if os.path.isdir(out):
+        return False
+    try:
+        os.makedirs(out)
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot be created: {exc.strerror}") from None
+    return True
+
+
+def _writable(out: str) -> None:
+    try:
+        fd, p = tempfile.mkstemp(dir=out, prefix=schema.TMP_PREFIX)
+        os.close(fd)
+        os.unlink(p)
+    except OSError as exc:
+        raise UsageError(f"--out {out} is not writable: {exc.strerror}") from None
+
+
+# ---------------------------------------------------------------------------
+# the runner
+
+def default_command(kind: str) -> str:
+    return f"python -m labkit {kind} " + " ".join(map(shlex.quote, sys.argv[1:]))
+
+
+class Runner:
+    """Runs ``experiment`` into ``out``; ``run()`` returns ``out``."""
+
+    def __init__(self, experiment: Experiment, out: str | None, *, resume: bool = False,
+                 command: str | None = None, progress: bool = True) -> None:
+        self.exp = experiment
+        self.kind = experiment.kind
+        self.out = prepare_out(out, self.kind, resume)
+        self.resume = resume
+        self.command = command or default_command(self.kind)
+        self.progress = progress
+        self.meta: dict[str, Any] = {}
+        self.tables = Tables(self.out, schema.KINDS[self.kind].tables)
+
+    @classmethod
+    def resuming(cls, exp_cls: type[Experiment], out: str, **kw: Any) -> "Runner":
+        """A runner continuing the run in ``out`` with its stored parameters."""
+        out_abs = prepare_out(out, exp_cls.kind, True)
+        assert out_abs is not None
+        meta = read_meta(out_abs, exp_cls.kind)
+        return cls(exp_cls.from_meta(meta), out_abs, resume=True, **kw)
+
+    @property
+    def meta_path(self) -> str:
+        assert self.out is not None
+        return os.path.join(self.out, schema.KINDS[self.kind].meta)
+
+    def _write_meta(self, **extra: Any) -> None:
+        self.meta.update(extra)
+        if self.out is not None:
+            store.write_json(self.meta_path, self.meta)
+
+    def run(self) -> str | None:
+        exp = self.exp
+        exp.check()
+        if self.resume:
+            self.meta = read_meta(self.out or "", self.kind)
+            if self.meta.get("complete"):
+                print(f"labkit: {self.out} holds a complete {self.kind} run; nothing to resume",
+                      file=sys.stderr)
+                return self.out
+        netns.require_root()
+        services, endpoints, ports = exp.catalog_size()
+        classes = datapaths.preflight(exp.modes, services, endpoints, ports)
+        created = False
+        if self.out is not None:
+            created = _create_out(self.out)
+            _writable(self.out)
+        try:
+            return self._run(classes)
+        except BaseException:
+            if created and self.out is not None:
+                # refused before anything was measured: leave no directory behind
+                _remove_empty_run(self.out, self.kind)
+            raise
+
+    def _run(self, classes: Mapping[str, "type[Datapath]"]) -> str | None:
+        exp = self.exp
+        done: set[int] = set()
+        if self.resume:
+            assert self.out is not None
+            store.remove_stale_temps(self.out)
+            done = set(int(b) for b in self.meta.get("blocks_done", []))
+            self.tables.keep_blocks(done)
+            self.meta.setdefault("resumed", []).append(time.time())
+        else:
+            self.meta = {"schema_version": schema.SCHEMA_VERSION, "kind": self.kind,
+                         "experiment": self.kind, "run_id": "", "params": exp.params_dict(),
+                         "command": self.command, "started": time.time(), "finished": None,
+                         "complete": False, "blocks_done": [], **exp.meta_extra(), **environment()}
+        blocks = exp.blocks()
+        todo = [b for b in blocks if b.block not in done]
+        total = sum(exp.units(b) for b in blocks)
+        bar = tqdm(total=total, initial=total - sum(exp.units(b) for b in todo), unit=exp.unit,
+                   desc=self.kind, disable=not self.progress, dynamic_ncols=True)
+        try:
+            with Lab(**exp.lab_options()) as lab:
+                if not self.meta["run_id"]:
+                    self.meta["run_id"] = lab.run_id
+                self._write_meta()
+                tried: set[str] = set()
+                for b in todo:
+                    bar.set_postfix_str(f"{b.mode} {b.services:,} svc r{b.round}")
+                    cls = classes[b.mode]
+                    lab.reset_node()
+                    if b.mode not in tried:
+                        why = cls.unavailable(lab)
+                        if why:
+                            raise Unavailable(f"mode {b.mode} cannot run here: {why}")
+                        tried.add(b.mode)
+                        lab.reset_node()
+                    exp.run_block(BlockContext(lab, b, cls, self.tables, self.meta["run_id"],
+                                               self.meta["kernel"], bar))
+                    self.meta["blocks_done"].append(b.block)
+                    self._write_meta()
+        finally:
+            bar.close()
+        self._write_meta(finished=time.time(), complete=True,
+                         n_rows={t: len(self.tables.frame(t)) for t in self.tables.chunks})
+        return self.out
+
+
+def read_meta(out: str, kind: str) -> dict[str, Any]:
+    """The meta file of the ``kind`` run in ``out``; UsageError when it is
+    missing, unreadable or not a labkit meta file."""
+    path = os.path.join(out, schema.KINDS[kind].meta)
+    try:
+        meta = store.read_json(path)
+    except FileNotFoundError:
+        raise UsageError(f"{out} holds no {kind} run ({os.path.basename(path)} is missing)") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc}); the run cannot be resumed") from None
+    except OSError as exc:
+        raise UsageError(f"{path} cannot be read: {exc.strerror}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("params"), dict):
+        raise UsageError(f"{path} is not a labkit {kind} meta file (no params mapping)")
+    return meta
+
+
+def _remove_empty_run(out: str, kind: str) -> None:
+    """Remove a directory this run created, if nothing was measured into it
+    (it holds at most the run's meta file and temporary files)."""
+    ours = {schema.KINDS[kind].meta}
+    names = os.listdir(out)
+    if all(n in ours or n.startswith(schema.TMP_PREFIX) for n in names):
+        for n in names:
+            os.unlink(os.path.join(out, n))
+        os.rmdir(out)

@@ -1,0 +1,257 @@
+"""The sweep: modes x service counts x targets x rounds, measured and stored.
+
+Order.  A *block* is one programming of one mode at one service count in one
+round; its points are the targets (times the probe kinds), probed in a
+shuffled order.  Blocks run in a randomized order within each round
+(:func:`labkit.runs.runner.plan`), so slow drift of a shared machine spreads
+over all modes and counts instead of biasing one.
+
+Isolation.  Every block gets a fresh node namespace, so no netfilter state
+of an earlier mode (a legacy table's hooks, enabled conntrack) is measured
+with a later one.
+
+Durability.  After every point the tables are rewritten atomically; a block
+is done when the runner records it, and ``--resume`` measures the blocks
+that are not (see :mod:`labkit.runs.runner`).
+
+After its probes every block also times the control plane (add one service,
+remove it: :mod:`labkit.runs.control`) into ``control.parquet``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+from scipy.stats import chisquare
+
+from labkit.core.catalog import ServiceCatalog
+from labkit.core.errors import UsageError
+from labkit.kernel import netns
+from labkit.probes import PROBERS
+from labkit.rundir import schema
+from labkit.runs.control import measure_ops, program_row
+from labkit.runs.params import SweepParams
+from labkit.runs.runner import Block, BlockContext, Experiment, Runner, plan
+
+SPREAD_P_MIN = 1e-3  # below this the endpoint spread is called uneven
+CT_JUDGE_MAX_S = 8.0  # conntrack entries die 10 s after the client's RST: judge shorter points only
+
+
+def point_id(p: SweepParams, block: Block, target: str, kind: str = "syn") -> int:
+    return (block.block * len(p.targets) + p.targets.index(target)) * len(p.probe_kinds) \
+        + p.probe_kinds.index(kind)
+
+
+# ---------------------------------------------------------------------------
+# validity (pure)
+
+def check_samples(df: pd.DataFrame, catalog: ServiceCatalog) -> pd.DataFrame:
+    """Per probe: did the SYN reach an endpoint of the service it was sent to?
+
+    Sets ``error`` to ``wrong-endpoint`` or ``unseen-at-backend`` where the
+    backend tap disagrees, and ``ok`` to answered-and-correct.
+    """
+    df = df.copy()
+    answered = df["rtt_us"].notna() & (df["error"] == "")
+    port = str(catalog.ports[0])
+    ep_ip = df["endpoint"].str.split(":").str[0]
+    ep_port = df["endpoint"].str.split(":").str[1]
+    expect_none = df["service"] < 0
+    right = pd.Series(False, index=df.index)
+    right[expect_none] = ep_ip[expect_none] == catalog.none_address
+    vip = ~expect_none
+    if vip.any():
+        owner = ep_ip[vip].map(lambda a: catalog.service_of_endpoint(a) if a else None)
+        right[vip] = [o is not None and o[0] == s for o, s in zip(owner, df.loc[vip, "service"])]
+    right &= ep_port == port
+    unseen = answered & (df["endpoint"] == "")
+    wrong = answered & ~unseen & ~right
+    df.loc[unseen, "error"] = "unseen-at-backend"
+    df.loc[wrong, "error"] = "wrong-endpoint"
+    df["ok"] = answered & right
+    return df
+
+
+def endpoint_spread_p(df: pd.DataFrame, catalog: ServiceCatalog) -> float | None:
+    """Chi-square p-value that one service's endpoints were chosen evenly, or
+    None when it does not apply: fewer than 5 probes per endpoint, or probes
+    spread over many services (``random`` target), where a round-robin
+    scheduler (IPVS ``rr``) starts every service at the same endpoint and so
+    is deterministic per service, not uniform across them."""
+    if catalog.endpoints < 2:
+        return None
+    vip = df[(df["service"] >= 0) & df["ok"]]
+    if vip["service"].nunique() != 1:
+        return None
+    def index(addr: str) -> int:
+        owner = catalog.service_of_endpoint(addr)
+        assert owner is not None, "ok probes reached an endpoint of their service"
+        return owner[1]
+    idx = vip["endpoint"].str.split(":").str[0].map(index)
+    if len(idx) < 5 * catalog.endpoints:
+        return None
+    counts = np.bincount(idx.to_numpy(dtype=int), minlength=catalog.endpoints)
+    return float(chisquare(counts).pvalue)
+
+
+def judge_point(df: pd.DataFrame, catalog: ServiceCatalog,
+                ct_new: int | None = None, spread: bool = True) -> tuple[bool, str]:
+    """(valid, reason) for one point's checked samples.
+
+    ``ct_new``: new conntrack entries the node made during the point.  Where
+    the datapath uses conntrack at all (> 0), every answered SYN must have made
+    one: fewer means some probes hit an existing entry and skipped the lookup.
+    ``spread``: judge the endpoint spread (False for probe kinds that send many
+    probes over one connection, which stays on one endpoint by design).
+    """
+    reasons = []
+    n = len(df)
+    lost = int(df["rtt_us"].isna().sum())
+    if lost:
+        kinds = df.loc[df["rtt_us"].isna(), "error"].value_counts()
+        reasons.append(f"{lost} of {n} probes unanswered ({', '.join(f'{k} {v}' for k, v in kinds.items())})")
+    for err, text in (("wrong-source", "answered from the wrong address"),
+                      ("bad-ack", "answered with a wrong ack"),
+                      ("wrong-endpoint", "DNAT to an endpoint of another service"),
+                      ("unseen-at-backend", "answered but never seen at the backend")):
+        k = int((df["error"] == err).sum())
+        if k:
+            reasons.append(f"{k} probes {text}")
+    answered = int(df["rtt_us"].notna().sum())
+    if ct_new and ct_new < answered:
+        reasons.append(f"{answered - ct_new} probes hit existing conntrack entries "
+                       f"({ct_new} new entries for {answered} answered SYNs)")
+    p = endpoint_spread_p(df, catalog) if spread else None
+    if p is not None and p < SPREAD_P_MIN:
+        reasons.append(f"uneven endpoint spread (chi-square p={p:.1e})")
+    return (not reasons, "; ".join(reasons))
+
+
+def summarize(rtt_us: np.ndarray) -> dict[str, float]:
+    r = rtt_us[~np.isnan(rtt_us)]
+    if not len(r):
+        return {k: float("nan") for k in ("p50_us", "p90_us", "p99_us", "mean_us", "min_us")}
+    q = np.percentile(r, [50, 90, 99])
+    return {"p50_us": q[0], "p90_us": q[1], "p99_us": q[2], "mean_us": float(r.mean()),
+            "min_us": float(r.min())}
+
+
+# ---------------------------------------------------------------------------
+# the experiment
+
+class Sweep(Experiment):
+    """First-packet (and other probe kinds') latency per mode, count and target."""
+    kind = "sweep"
+    unit = "point"
+
+    def __init__(self, params: SweepParams, on_point: Callable[[dict], None] | None = None) -> None:
+        self.p = params.validated()
+        self.on_point = on_point
+
+    def params_dict(self) -> dict[str, Any]:
+        return self.p.to_dict()
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "Sweep":
+        return cls(SweepParams.from_dict(dict(meta["params"])))
+
+    def blocks(self) -> list[Block]:
+        p = self.p
+        return plan(p.modes, p.services, p.rounds, p.seed, p.targets)
+
+    def largest_catalog(self) -> ServiceCatalog:
+        return self.p.catalog(max(self.p.services), self.p)
+
+    def units(self, block: Block) -> int:
+        return len(block.targets) * len(self.p.probe_kinds)
+
+    def run_block(self, ctx: BlockContext) -> None:
+        p, b = self.p, ctx.block
+        catalog = p.catalog(b.services, p)
+        dp = ctx.mode(ctx.lab)
+        t0 = time.time()
+        prog = dp.setup(catalog)
+        try:
+            for kind in p.probe_kinds:
+                seed = (p.seed * 1_000_003 + b.block) * 7 + p.probe_kinds.index(kind)
+                with PROBERS[kind](ctx.lab, timeout=p.timeout, seed=seed) as prober:
+                    for t in b.targets:
+                        if p.warmup:
+                            prober.run(prober.craft_for(catalog, t, p.warmup))
+                        probes = prober.craft_for(catalog, t, p.probes)
+                        ct0 = netns.conntrack_entries(ctx.lab.node)
+                        started = time.time()
+                        outcomes = prober.run(probes)
+                        finished = time.time()
+                        ct1 = netns.conntrack_entries(ctx.lab.node)
+                        inserts = None if ct0 is None or ct1 is None \
+                            or finished - started > CT_JUDGE_MAX_S else ct1 - ct0
+                        self._record(ctx, t, kind, catalog, outcomes, prog, started, finished,
+                                     ct_new=inserts)
+                        ctx.bar.update(1)
+            # control plane: this block's programming, then add one service and remove it
+            ident = {**ctx.ident(), "endpoints": catalog.endpoints, "update": type(dp).update}
+            ctx.tables.add(schema.CONTROL, [{**program_row(catalog.services, prog, t0), **ident}])
+            measure_ops(ctx.lab, dp, seed=b.block,
+                        each=lambda row: ctx.tables.add(schema.CONTROL, [{**row, **ident}]))
+        finally:
+            dp.teardown()
+
+    def _record(self, ctx: BlockContext, target: str, kind: str, catalog: ServiceCatalog,
+                outcomes: list, prog: Any, started: float, finished: float,
+                ct_new: int | None = None) -> None:
+        p, b = self.p, ctx.block
+        n = len(outcomes)
+        pid = point_id(p, b, target, kind)
+        df = pd.DataFrame({
+            **ctx.ident(), "point_id": pid, "endpoints": p.endpoints, "target": target,
+            "probe": kind, "seq": np.arange(n),
+            "service": [o.probe.service for o in outcomes],
+            "dst": [o.probe.dst for o in outcomes],
+            "rtt_us": np.array([o.rtt_ns / 1000.0 if o.rtt_ns is not None else np.nan
+                                for o in outcomes]),
+            "ok": False,
+            "error": [o.error for o in outcomes],
+            "endpoint": [o.endpoint for o in outcomes],
+        })
+        df = check_samples(df, catalog)
+        valid, reason = judge_point(df, catalog, ct_new if kind == "syn" else None,
+                                    spread=PROBERS[kind].new_connection_per_probe)
+        answered = int(df["rtt_us"].notna().sum())
+        point = {
+            **ctx.ident(), "point_id": pid, "endpoints": p.endpoints, "target": target,
+            "probe": kind, "render_s": prog.render_s, "load_s": prog.load_s,
+            "program_s": prog.program_s, "sent": n, "answered": answered, "lost": n - answered,
+            "valid": valid, "reason": reason, **summarize(df["rtt_us"].to_numpy()),
+            "ct_new": -1 if ct_new is None else ct_new,
+            "started": started, "finished": finished,
+        }
+        ctx.tables.add(schema.SAMPLES, df[schema.columns(schema.SAMPLES)])
+        ctx.tables.add(schema.POINTS, [point])
+        if self.on_point:
+            self.on_point(point)
+
+
+def run_sweep(params: SweepParams | None, out: str, *, resume: bool = False,
+              command: str | None = None, progress: bool = True,
+              on_point: Callable[[dict], None] | None = None) -> str:
+    """Measure ``params`` into directory ``out`` (or, with ``resume``, continue
+    the run there with its stored parameters; ``params`` must then be None or
+    equal to them); returns ``out``."""
+    if resume:
+        runner = Runner.resuming(Sweep, out, command=command, progress=progress)
+        stored = runner.exp.params_dict()
+        if params is not None and params.validated().to_dict() != stored:
+            raise UsageError(f"--resume: parameters differ from the run in {out}; "
+                             "resume with the stored ones (omit the sweep options)")
+        assert isinstance(runner.exp, Sweep)
+        runner.exp.on_point = on_point
+    else:
+        if params is None:
+            raise UsageError("a new sweep needs parameters")
+        runner = Runner(Sweep(params, on_point), out, command=command, progress=progress)
+    result = runner.run()
+    assert result is not None
+    return result
