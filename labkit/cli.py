@@ -164,10 +164,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    removed = clean(force=args.all)
-    for line in removed:
+    report = clean(force=args.force, live=args.all)
+    for line in report.removed:
         print(f"removed {line}")
-    if not removed:
+    for line in report.kept:
+        print(f"left alone: {line}")
+    if not report.removed and not report.kept:
         print("nothing of labkit's was left on this machine")
     return 0
 
@@ -255,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_report)
 
     c = sub.add_parser("clean", help="remove what crashed or killed runs left behind")
-    c.add_argument("--all", action="store_true", help="also runs whose process is still alive")
+    c.add_argument("--force", action="store_true",
+                   help="also remove names of labkit's exact pattern that no state file records "
+                        "(never another user's files, never a live run's)")
+    c.add_argument("--all", action="store_true",
+                   help="also stop and remove runs that are still alive (their lock is held)")
     c.set_defaults(fn=cmd_clean)
     return ap
 

@@ -20,7 +20,6 @@ from labkit.kernel.state import remove_path
 from labkit.lab.lab import Lab
 from labkit.probes.syn import SynProber
 
-ROOT = os.geteuid() == 0
 needs_clang = pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed")
 
 
@@ -135,9 +134,9 @@ root = pytest.mark.root
 CAT = ServiceCatalog(services=50, endpoints=10)
 
 
-def _skip_unless_root():
-    if not ROOT:
-        pytest.skip("needs root and network namespaces")
+def _skip_unless_ebpf():
+    """Root tests are marked @pytest.mark.root (skipped without root by conftest);
+    here: skip when this host cannot run the ebpf mode."""
     reason = ebpf.Ebpf.unavailable()
     if reason:
         pytest.skip(f"ebpf mode unavailable here: {reason}")
@@ -145,7 +144,7 @@ def _skip_unless_root():
 
 @pytest.fixture(scope="module")
 def lab():
-    _skip_unless_root()
+    _skip_unless_ebpf()
     with Lab(endpoint_cidr=CAT.endpoint_cidr, ports=CAT.ports) as lab:
         yield lab
 
@@ -306,12 +305,12 @@ def test_teardown_leaves_nothing(lab, mode):
 
 @root
 def test_lab_close_removes_bpffs():
-    _skip_unless_root()
+    _skip_unless_ebpf()
     with Lab(endpoint_cidr=CAT.endpoint_cidr) as lab:
         d = ebpf.Ebpf(lab)
         d.setup(ServiceCatalog(services=2, endpoints=2))
         root_dir = os.path.dirname(d.describe()["pin_dir"])
-        assert os.path.ismount(root_dir) and root_dir in lab.state.paths
+        assert os.path.ismount(root_dir) and root_dir in lab.state.mounts
         # no teardown: the lab's own undo steps must remove it
     assert not os.path.exists(root_dir)
     assert not any(root_dir in line for line in open("/proc/self/mounts"))
@@ -320,7 +319,7 @@ def test_lab_close_removes_bpffs():
 @root
 def test_remove_path_unmounts_a_bpffs(tmp_path):
     """What `labkit clean` does with a killed run's bpffs instance."""
-    _skip_unless_root()
+    _skip_unless_ebpf()
 
     path = str(tmp_path / "labkit-zzzzzz-bpffs")
     os.mkdir(path)

@@ -24,9 +24,10 @@ Intervals come from a bootstrap that redraws the data the way they were
 measured: within each service count the points (rounds) are redrawn, and
 within each point its probes (``resample="hierarchical"``); with one point
 per count this is the plain bootstrap over probes within points.  (Redrawing
-probes only would ignore drift between rounds: in simulation with three
-rounds and some drift its 95% intervals covered about a quarter of the time;
-redrawing rounds too covered about 86%: three rounds are few.)  Every
+probes only would ignore drift between rounds, and its intervals come out far
+too narrow; redrawing the rounds too brings their coverage near the nominal
+level, if short of it with only three rounds.  The simulated
+coverage of both is in docs/experiments.md, "Intervals".)  Every
 replicate is refitted with the model chosen on the data (intervals are
 conditional on that choice); percentile intervals.
 """

@@ -25,7 +25,7 @@ from labkit.core.errors import UsageError
 
 PREFIX = "lk"  # every labkit namespace is named lk-<run>-<role>
 RUN_ID_RE = re.compile(r"^[a-z0-9]{6}$")
-NS_RE = re.compile(rf"^{PREFIX}-([a-z0-9]{{6}})-(cl|nd|be|[a-z]{{2,6}})$")
+NS_RE = re.compile(rf"^{PREFIX}-([a-z0-9]{{6}})-(cl|nd|be)$")
 
 
 def new_run_id() -> str:

@@ -67,7 +67,6 @@ CT_ENTRIES = 262_144   # LRU: two entries per flow
 STATS = ("new", "established", "reply", "redirect", "redirect_neigh", "stack", "no_backend", "error")
 MAPS = ("lb_services", "lb_backends", "lb_ct", "lb_stats")
 PIN = "@PIN@"          # placeholder for the pin directory in rendered text
-BPFFS_PARENT = "/tmp"  # a run's bpffs instance: /tmp/labkit-<run>-bpffs (found by `labkit clean`)
 BATCH = 1 << 18        # elements per BPF_MAP_UPDATE_BATCH call
 
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_HASH = 1, 2, 6, 9
@@ -310,15 +309,19 @@ _per_lab: "weakref.WeakKeyDictionary[Lab, _LabBpf]" = weakref.WeakKeyDictionary(
 
 
 def _mount_bpffs(lab: "Lab") -> str:
-    """A private bpffs instance for this run; unmounting it drops every pin."""
-    path = os.path.join(BPFFS_PARENT, f"labkit-{lab.run_id}-bpffs")
-    lab.state.add("paths", path)
+    """A private bpffs instance for this run; unmounting it drops every pin.
+
+    The mount point is a directory the lab has just made inside its private
+    (0700, unpredictably named) work directory, so it cannot be a path someone
+    else planted; it is recorded as this run's mount before mounting, and only
+    that mount point is unmounted again."""
+    path = lab.mkdtemp("bpffs")
+    lab.state.add("mounts", path)
 
     def remove() -> None:
-        remove_path(path)  # unmounts first
-        lab.state.discard("paths", path)
+        remove_path(path)  # unmounts first, never through a symlink
+        lab.state.discard("mounts", path)
     lab.defer(f"unmount bpffs {path}", remove)
-    os.makedirs(path, exist_ok=True)
     if _libc.mount(b"bpf", path.encode(), b"bpf", 0, None) != 0:
         e = ctypes.get_errno()
         raise Unavailable(f"cannot mount a bpffs instance at {path}: {os.strerror(e)} "
@@ -360,8 +363,8 @@ class CtEntry:
 class Ebpf(Datapath):
     name = "ebpf"
     # an estimate, not a measurement: two hash-map elements per endpoint (slot and
-    # backend) at ~100 B with the kernel's overhead; at 30,000 x 10 the measured
-    # MemAvailable change was within the machine's noise (< 100 MB)
+    # backend) with the kernel's overhead; the measured change was within the noise
+    # (docs/experiments.md, "Memory per endpoint")
     mem_per_endpoint = 256
     summary = ("Cilium-style eBPF load balancer: tc programs on the node's veths, hash-map "
                "service lookup, CT map, redirect past netfilter")

@@ -124,7 +124,8 @@ def render_iptables_probe() -> str:
 
 class IptablesLegacy(_Iptables):
     name = "iptables-legacy"
-    # 30,000 x 10: iptables-legacy-restore peak 688 MB, kernel 656-726 MB -> 4.9 KB, +25%
+    # `labkit bench program` at 30,000 x 10: (iptables-legacy-restore's peak + kernel-held)
+    # / endpoints, +25%; figures and derivation: docs/experiments.md, "Memory per endpoint"
     mem_per_endpoint = 6_200
     backend = "legacy"
     summary = "kube-proxy iptables mode on the legacy x_tables backend"
@@ -137,7 +138,8 @@ class IptablesLegacy(_Iptables):
 
 class IptablesNft(_Iptables):
     name = "iptables-nft"
-    # 30,000 x 10: iptables-nft-restore peak 1,523 MB, kernel 781-975 MB -> 8.7 KB, +25%
+    # `labkit bench program` at 30,000 x 10: (iptables-nft-restore's peak + kernel-held)
+    # / endpoints, +25%; figures and derivation: docs/experiments.md, "Memory per endpoint"
     mem_per_endpoint = 10_900
     backend = "nft"
     summary = "kube-proxy iptables mode on the nf_tables backend (iptables-nft, xt compat matches)"

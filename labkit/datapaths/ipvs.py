@@ -301,8 +301,9 @@ def host_ipvs_missing() -> str | None:
 # ---- the mode --------------------------------------------------------------
 class Ipvs(Datapath):
     name = "ipvs"
-    # 3,000 x 10 in the VM kernel: ipvsadm/ipset peak <= 52 MB (an upper bound: measured
-    # before the measuring parent), kernel 38 MB -> 3.1 KB, +25%
+    # `labkit bench program` in the VM kernel: (the loaders' peak, an upper bound, +
+    # kernel-held) / endpoints, +25%; figures and derivation: docs/experiments.md,
+    # "Memory per endpoint"
     mem_per_endpoint = 3_900
     summary = ("kube-proxy IPVS mode: VIPs on the kube-ipvs0 dummy device, one rr virtual "
                "service per VIP:port with NAT forwarding; ipset-matched iptables masquerade")

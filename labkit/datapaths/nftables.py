@@ -18,15 +18,16 @@ O(1) in the number of services.
 
 Endpoint choice.  kube-proxy writes ``numgen random mod N vmap { 0 : goto
 endpoint-..., ... }`` in each service chain: one *anonymous* set per
-service.  On this kernel (6.18) every anonymous set costs the kernel a walk
-of the whole transaction (``__nft_set_trans_bind``) and of the table's set
-list (name allocation), so loading N services is O(N^2): 4,000 x 10 took
-27 s here, 8,000 x 10 130 s.  The default rendering (``select="rules"``) therefore picks the
+service.  On kernel 6.18 every anonymous set costs the kernel a walk of
+the whole pending transaction (``__nft_set_trans_bind``) and of the table's
+set list (name allocation), so loading N services in one transaction is
+O(N^2).  The default rendering (``select="rules"``) therefore picks the
 endpoint with N rules, ``numgen random mod (N-j) == 0 goto endpoint-j`` for
 j < N-1 and an unconditional ``goto`` last: uniform, like kube-proxy's vmap,
 with no set per service, and loads in linear time.  ``select="vmap"``
 renders kube-proxy's exact form, for comparison.  docs/nftables.md has the
-measurements.
+measurements ("Programming speed") and the profile that found the
+quadratic term ("Why kube-proxy's literal layout is quadratic here").
 
 Left out, as in our iptables renderer: the filter-table chains (firewall and
 no-endpoint checks), session affinity, external/LoadBalancer IPs.
@@ -262,10 +263,11 @@ def delete_table(ns: str, name: str, family: int = socket.AF_INET) -> bool:
     """Delete nftables table ``name`` in namespace ``ns`` with one netlink
     batch; False if there was none.
 
-    ``nft delete table`` first dumps the whole ruleset into its cache: 1.5 s
-    at 10,000 services, 130 s at 100,000 (the kernel restarts the chain dump
-    from the top for every reply buffer).  The kernel itself deletes a
-    1.1-million-chain table in about a second.
+    ``nft delete table`` first dumps the whole ruleset into its cache, which
+    grows faster than the table (the kernel restarts the chain dump from the
+    top for every reply buffer); the kernel's own deletion of the table is a
+    small fraction of that.  Timings: docs/nftables.md, "Where it differs
+    from kube-proxy", item 5.
     """
     key = name.encode() + b"\0"
     attr = struct.pack("=HH", 4 + len(key), _NFTA_TABLE_NAME) + key
@@ -297,8 +299,8 @@ def delete_table(ns: str, name: str, family: int = socket.AF_INET) -> bool:
 
 class Nftables(Datapath):
     name = "nftables"
-    # 30,000 x 10: nft peak 3,749 MB, kernel 227-322 MB -> 14.2 KB, +25%
-    # (100,000 x 10 measured 12.5 GB peak for nft alone: docs/nftables.md)
+    # `labkit bench program` at 30,000 x 10: (nft's peak + kernel-held) / endpoints,
+    # +25%; figures and derivation: docs/experiments.md, "Memory per endpoint"
     mem_per_endpoint = 17_800
     summary = "kube-proxy nftables mode: one service-ips verdict-map lookup, per-service and per-endpoint chains"
     needs = "CONFIG_NF_TABLES, CONFIG_NFT_NAT, CONFIG_NFT_MASQ, CONFIG_NFT_NUMGEN, CONFIG_NFT_FIB_IPV4"

@@ -1,64 +1,128 @@
-"""Remove what earlier labkit runs left behind (after a crash or SIGKILL).
+"""Remove what dead labkit runs left behind (after a crash or SIGKILL), and
+nothing else.
 
-Found by name prefix and by the runs' state files: namespaces ``lk-<run>-*``,
-bpffs pins and temp dirs ``labkit-<run>-*``, and recorded processes.  Runs
-whose owner process is still alive are left alone unless ``force`` is set,
-so cleaning never breaks a sweep running next to it.
+What counts as a dead run's leftover, proven, not guessed:
+
+* the run's state file exists and its lock is free (:mod:`labkit.kernel.state`:
+  a live run holds the lock for its whole life, so a run starting or running
+  next to ``clean`` is never touched);
+* a namespace is removed only when it matches labkit's exact name pattern
+  (``lk-<run id>-cl|nd|be``) *and* that dead run recorded it; a process only
+  when its pid *and* start time match the record (a reused pid is someone
+  else's); a directory only when the run recorded it, its name matches
+  labkit's pattern for that run, and it belongs to this user.
+
+A name that only looks like labkit's (a namespace ``lk-<six>-cl`` or a
+directory ``/tmp/labkit-<six>-<random>`` that no state file records) is
+*reported*, not removed, unless ``force`` is given; even then a live run's
+and another user's are left alone.
 """
 from __future__ import annotations
 
 import glob
 import os
 import re
+from dataclasses import dataclass, field
 
 from labkit.core.topology import NS_RE
 from labkit.kernel import netns
-from labkit.kernel.state import all_states, pid_alive, remove_path
+from labkit.kernel.state import RunState, all_states, lock_held, remove_path, same_process
 
-PATH_RE = re.compile(r"labkit-([a-z0-9]{6})(?:-|$)")
-PATH_GLOBS = ("/sys/fs/bpf/labkit-*", "/tmp/labkit-*")
+#: a run's temporary directory: tempfile.mkdtemp(prefix="labkit-<run id>-") in the temp dir
+PATH_RE = re.compile(r"^labkit-([a-z0-9]{6})-(vm|[a-z0-9_]{8})$")
+TMP_GLOB = "labkit-*"
 
 
-def clean(force: bool = False) -> list[str]:
-    """Remove leftovers; returns a line per thing removed."""
-    netns.require_root()
-    removed: list[str] = []
-    live: set[str] = set()
-    for st in all_states():
-        if st.owner_alive() and not force:
-            live.add(st.run_id)
-            continue
-        for pid in st.pids:
-            if pid_alive(pid):
-                netns.kill_pids([pid])
-                removed.append(f"process {pid}")
-        for ns in st.namespaces:
-            if ns in netns.list_namespaces():
-                netns.remove(ns)
-                removed.append(f"namespace {ns}")
-        for path in st.paths:
-            if os.path.lexists(path):
+@dataclass
+class CleanReport:
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)    # looks like labkit's, not proven: left alone
+
+
+def _tmp_dir() -> str:
+    return os.environ.get("TMPDIR", "/tmp")
+
+
+def _ours(path: str, run_id: str | None = None) -> bool:
+    """A directory of labkit's name pattern (for ``run_id`` if given) owned by this user."""
+    m = PATH_RE.match(os.path.basename(path.rstrip("/")))
+    if not m or (run_id is not None and m.group(1) != run_id):
+        return False
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return st.st_uid == os.geteuid()
+
+
+def _clean_run(st: RunState, report: CleanReport) -> None:
+    """Remove what the dead run ``st`` recorded."""
+    for pid, start in st.pids:
+        if same_process(pid, start):
+            netns.kill_pids([pid])
+            report.removed.append(f"process {pid}")
+    present = set(netns.list_namespaces())
+    for ns in st.namespaces:
+        m = NS_RE.match(ns)
+        if ns in present and m and m.group(1) == st.run_id:
+            netns.remove(ns)
+            report.removed.append(f"namespace {ns}")
+    for path in st.mounts + st.paths:
+        if os.path.lexists(path):
+            if _ours(path, st.run_id) or path in st.mounts:
                 remove_path(path)
-                removed.append(f"path {path}")
-        st.drop()
+                report.removed.append(f"path {path}")
+            else:
+                report.kept.append(f"path {path} (recorded by run {st.run_id}, but not labkit's pattern "
+                                   "or not this user's)")
+    st.drop()
+
+
+def clean(force: bool = False, live: bool = False) -> CleanReport:
+    """Remove dead runs' leftovers; with ``force`` also unrecorded ones that
+    match labkit's pattern; with ``live`` also runs that are still alive."""
+    netns.require_root()
+    report = CleanReport()
+    recorded: set[str] = set()
+    for st in all_states():
+        recorded.add(st.run_id)
+        if st.owner_alive() and not live:
+            continue
+        _clean_run(st, report)
+    # names that look like labkit's but no state file records (looked up after the
+    # state files: a run starting meanwhile has its lock before its first namespace)
     for ns in netns.list_namespaces():
         m = NS_RE.match(ns)
-        if m and m.group(1) not in live:
+        if not m or m.group(1) in recorded:
+            continue
+        if lock_held(m.group(1)) and not live:
+            continue
+        if force:
             netns.remove(ns)
-            removed.append(f"namespace {ns}")
-    for pattern in PATH_GLOBS:
-        for path in glob.glob(pattern):
-            m = PATH_RE.search(os.path.basename(path))
-            if m and m.group(1) not in live:
-                remove_path(path)
-                removed.append(f"path {path}")
-    return removed
+            report.removed.append(f"namespace {ns}")
+        else:
+            report.kept.append(f"namespace {ns} (no labkit state file records it; "
+                               "`labkit clean --force` removes it)")
+    for path in glob.glob(os.path.join(_tmp_dir(), TMP_GLOB)):
+        m = PATH_RE.match(os.path.basename(path))
+        if not m or m.group(1) in recorded or not _ours(path):
+            continue
+        if lock_held(m.group(1)) and not live:
+            continue
+        if force:
+            remove_path(path)
+            report.removed.append(f"path {path}")
+        else:
+            report.kept.append(f"path {path} (no labkit state file records it; "
+                               "`labkit clean --force` removes it)")
+    return report
 
 
 def leftovers() -> dict[str, list[str]]:
-    """What labkit state exists right now (for tests and `doctor`)."""
+    """What labkit state exists right now (for tests and CI)."""
     return {
         "namespaces": [n for n in netns.list_namespaces() if NS_RE.match(n)],
-        "paths": [p for g in PATH_GLOBS for p in glob.glob(g)],
+        "paths": [p for p in glob.glob(os.path.join(_tmp_dir(), TMP_GLOB))
+                  if PATH_RE.match(os.path.basename(p))],
         "states": [s.run_id for s in all_states()],
     }

@@ -2,13 +2,15 @@
 
 Loading a large catalog is the one step of a run whose memory grows with the
 catalog: the loader (``iptables-restore``, ``nft``, ``ipvsadm``) parses the whole
-ruleset in user space, and the kernel then holds the rules.  ``nft`` 1.0.6 needs
-about 12 KB per endpoint (12.5 GB for 100,000 services x 10 endpoints), enough to
-push a smaller machine into the OOM killer in the middle of a sweep.  Each
+ruleset in user space, and the kernel then holds the rules.  ``nft`` 1.0.6 keeps
+the whole parsed ruleset and its netlink batch in memory, many gigabytes at
+100,000 services x 10 endpoints (docs/nftables.md, "Programming speed"), enough
+to push a smaller machine into the OOM killer in the middle of a sweep.  Each
 datapath class states its measured cost per endpoint (``mem_per_endpoint``,
-bytes, from ``python -m labkit bench program``, column ``loader_peak_mb``); a run
-whose largest catalog would need more than the machine's available memory is
-refused with the figure, exit status 3.
+bytes, from ``python -m labkit bench program``: columns ``loader_peak_mb`` plus
+``held_mb``, with a 25% margin; the figures per mode are in docs/experiments.md,
+"Memory per endpoint"); a run whose largest catalog would need more than the
+machine's available memory is refused with the figure, exit status 3.
 
 ``LABKIT_SKIP_MEMORY_CHECK=1`` turns the check off (for a machine whose swap or
 overcommit the user knows better).

@@ -183,8 +183,9 @@ def _run_measured(cmd: Sequence[str], input, text: bool, timeout: float,
 def peak_memory() -> Iterator[PeakMemory]:
     """``with peak_memory() as pm: dp.setup(cat)``; then ``pm.mb`` is the peak
     resident set of the commands run meanwhile (the datapath's loaders).  Each
-    command then starts through a small measuring parent (a few ms more): use it
-    in benchmarks, not around timed sweeps."""
+    command then starts through a small measuring parent (one more Python
+    interpreter start per command): use it in benchmarks, not around timed
+    sweeps."""
     pm = PeakMemory()
     _peaks.append(pm)
     try:

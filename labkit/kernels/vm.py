@@ -23,7 +23,7 @@ modes only within one kernel and one run.
 
 Nothing outlives a call: qemu runs in its own process group, killed on
 timeout, error or Ctrl-C; the exchange dir is removed; both are recorded in
-a :class:`~labkit.state.RunState` so ``labkit clean`` finds them after a
+a :class:`~labkit.kernel.state.RunState` so ``labkit clean`` finds them after a
 SIGKILL.
 """
 from __future__ import annotations
@@ -379,6 +379,7 @@ def _boot(argv: Sequence[str], *, accel: str, timeout: float, boot_timeout: floa
     host_env["PATH"] = f"{Path(vng).parent}:{host_env.get('PATH', '/usr/bin:/bin')}"
     host_env["TMPDIR"] = str(xdir / "host-tmp")  # vng's own temp files die with xdir
 
+    state.acquire()   # the lock: `labkit clean` leaves a live VM alone
     state.add("paths", str(xdir))
     proc: subprocess.Popen | None = None
     console = ""
@@ -390,7 +391,7 @@ def _boot(argv: Sequence[str], *, accel: str, timeout: float, boot_timeout: floa
         with open(xdir / "console.log", "wb") as log:
             proc = subprocess.Popen(cmd, cwd=xdir, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=host_env, start_new_session=True)
-        state.add("pids", proc.pid)
+        state.add_pid(proc.pid)
         tails = [_Tail(xdir / "stdout", echo), _Tail(xdir / "stderr", echo)]
         started_at: float | None = None
         qemu_seen = False
@@ -399,7 +400,7 @@ def _boot(argv: Sequence[str], *, accel: str, timeout: float, boot_timeout: floa
             if not qemu_seen:
                 for pid in _group_pids(proc.pid):
                     if _comm(pid).startswith("qemu-system"):
-                        state.add("pids", pid)
+                        state.add_pid(pid)
                         qemu_seen = True
             if started_at is None and (xdir / "started").exists():
                 started_at = now

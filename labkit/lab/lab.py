@@ -61,6 +61,7 @@ class Lab:
         self.macs: dict[str, str] = {}
         self.server: subprocess.Popen | None = None
         self.tmpdir: str | None = None
+        self.workdir: str | None = None
         self._closed = False
 
     # -- roles -------------------------------------------------------------
@@ -89,14 +90,25 @@ class Lab:
         return netns.run(ns, argv, **kw)
 
     def mkdtemp(self, tag: str) -> str:
-        d = tempfile.mkdtemp(prefix=f"labkit-{self.run_id}-{tag}-")
-        self.state.add("paths", d)
+        """A new directory inside the run's private work directory (removed at close())."""
+        assert self.workdir is not None, "the lab is open"
+        d = tempfile.mkdtemp(prefix=f"{tag}-", dir=self.workdir)
+        self.defer(f"remove {d}", lambda: remove_path(d))
+        return d
+
+    def _make_workdir(self) -> None:
+        """The run's work directory: ``labkit-<run id>-<random>`` in the temp
+        dir, made by ``mkdtemp`` (an unpredictable name, created exclusively,
+        0700), so no other user can plant or read anything in it; every temp
+        directory and mount point of the run lives inside."""
+        self.workdir = tempfile.mkdtemp(prefix=f"labkit-{self.run_id}-")
+        self.state.add("paths", self.workdir)
+        wd = self.workdir
 
         def remove() -> None:
-            remove_path(d)
-            self.state.discard("paths", d)
-        self.defer(f"remove {d}", remove)
-        return d
+            remove_path(wd)
+            self.state.discard("paths", wd)
+        self.defer(f"remove {wd}", remove)
 
     # -- build -------------------------------------------------------------
     def __enter__(self) -> "Lab":
@@ -114,7 +126,8 @@ class Lab:
         netns.require_root()
         netns.require_tool("ip", "iproute2")
         netns.require_tool("sysctl", "procps")
-        self.state.save()
+        self.state.acquire()   # the run's lock, held until close(): `labkit clean` leaves it alone
+        self._make_workdir()
         t = self.topo
         for ns in t.namespaces:
             self.state.add("namespaces", ns)
@@ -245,7 +258,7 @@ class Lab:
         popen.setdefault("stderr", subprocess.PIPE)
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], start_new_session=True,
                                 text=True, **popen)
-        self.state.add("pids", proc.pid)
+        self.state.add_pid(proc.pid)
 
         def stop(proc=proc):
             netns.kill_pids([proc.pid])
@@ -254,7 +267,7 @@ class Lab:
             for s in (proc.stdout, proc.stderr, proc.stdin):
                 if s:
                     s.close()
-            self.state.discard("pids", proc.pid)
+            self.state.discard_pid(proc.pid)
         self.defer(f"stop {argv[0]} in {ns}", stop)
         if ready:
             out = proc.stdout

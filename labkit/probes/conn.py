@@ -30,25 +30,24 @@ Two probe kinds, timed on the wire like the SYN probes (kernel
     k = 100 is nginx's default ``keepalive_requests``.
 
 Client and server share one CPU, at real-time priority.  A request's round
-trip includes the echo server's turn in user space, and on this shared
-machine that turn depended on whatever else ran: left to the scheduler it
-came from the same CPU (about 23 us here) or from the other one (50-75 us, a
-wake-up across CPUs), and under load points mixed the two at random.  While
+trip includes the echo server's turn in user space, and on a shared machine
+that turn depends on whatever else runs: left to the scheduler, the server
+is woken either on the prober's CPU or on another one (a wake-up across
+CPUs, much slower), and under load points mix the two at random.  While
 probes run, the probing thread and the echo server are pinned to one CPU and
-run at SCHED_FIFO priority 1 (:func:`labkit.wire.isolated`; both restored
+run at SCHED_FIFO priority 1 (:func:`labkit.kernel.wire.isolated`; both restored
 afterwards), so no other task gets between them and every request takes the
-same path.  Measured at 0 services: p50 31.4 us, spread of per-run medians
-0.4 us (12 runs of 300 requests); pinned without real-time priority 23.1 us
-but a spread of 1.2 us idle and, under load, medians from 26 to 51 us.
-Real-time wake-ups cost this kernel about 8 us more per round trip; the
-offset is the same for every mode and service count, so penalties, which are
-differences, keep it out.
+same path; pinning alone, without real-time priority, still lets other
+tenants' load move the medians.  Real-time wake-ups add a fixed cost per
+round trip; the offset is the same for every mode and service count, so
+penalties, which are differences, keep it out.  The measurements behind this
+choice are in docs/experiments.md, section 1.
 
-The echo server answers the first connection of its life about 20 us
-slower per request than every later one (measured on the backend's veth:
-the extra time is inside the server's turn; cause not found).  Before its
-first probes in a lab, a prober therefore opens and closes one connection
-that is not measured.
+The echo server answers the first connection of its life more slowly per
+request than every later one (seen on the backend's veth: the extra time is
+inside the server's turn; cause not found; docs/experiments.md, section 1,
+has the figure).  Before its first probes in a lab, a prober therefore opens
+and closes one connection that is not measured.
 
 Connections are closed with a RST (``SO_LINGER`` 0): the client's 4,536 own
 ports (61000-65535, see :mod:`labkit.lab`) never sit in TIME_WAIT, and the

@@ -34,7 +34,7 @@ request is checked against its service's endpoints as the SYN probes are.
 Targets: ``last``/``first``/``middle``/``none`` as for SYN probes; with
 ``random`` each batch of up to 100 requests goes to one service drawn at
 random (ab takes one URL).  ab and nginx share one CPU while a batch runs
-(see :mod:`labkit.keepalive`).
+(see :mod:`labkit.probes.conn`).
 """
 from __future__ import annotations
 

@@ -48,6 +48,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from labkit.core.catalog import ServiceCatalog
     from labkit.lab.lab import Lab
 
+#: the backend tap is read after every this many probes, while probing: its socket
+#: buffer (RCVBUF) holds a limited number of SYNs, and SYNs beyond it would be lost
+#: and their probes judged "unseen at backend"
+BACKEND_DRAIN_EVERY = 1000
+
 class SynProber:
     """Sends SYN probes from the lab's client namespace and times them.
 
@@ -141,9 +146,16 @@ class SynProber:
         drain(tap)
         if self.btap is not None:
             drain(self.btap)
-        out = [self._one(outs, tap, p) for p in probes]
+        out: list[ProbeOutcome] = []
+        by_seq: dict[int, ProbeOutcome] = {}
+        for k, p in enumerate(probes, 1):
+            o = self._one(outs, tap, p)
+            out.append(o)
+            by_seq[p.seq] = o
+            if self.btap is not None and k % BACKEND_DRAIN_EVERY == 0:
+                self._match_backend(self.btap, by_seq)  # before the tap's buffer fills
         if self.btap is not None:
-            self._match_backend(self.btap, probes, out)
+            self._match_backend(self.btap, by_seq)
         return out
 
     def _one(self, outs: socket.socket, tap: socket.socket, p: Probe) -> ProbeOutcome:
@@ -189,9 +201,9 @@ class SynProber:
         return res
 
     @staticmethod
-    def _match_backend(btap: socket.socket, probes: Sequence[Probe], outcomes: list[ProbeOutcome]) -> None:
-        """Which endpoint address did each SYN reach?  Matched by sequence number."""
-        by_seq = {p.seq: o for p, o in zip(probes, outcomes)}   # outcomes[i] is of probes[i]
+    def _match_backend(btap: socket.socket, by_seq: dict[int, ProbeOutcome]) -> None:
+        """Which endpoint address did each SYN reach?  Reads what the backend
+        tap holds, matched to the outcomes by sequence number."""
         btap.setblocking(False)
         try:
             while True:

@@ -92,7 +92,10 @@ def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 1
     if not _writable_dir(out_dir):
         raise UsageError(f"{out_dir} is not writable; pass out_dir= (--out-dir) to write the "
                          "report elsewhere")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out-dir {out_dir} cannot be created: {exc.strerror}") from None
     out_html = os.path.abspath(out_html or os.path.join(out_dir, "report.html"))
     executed = os.path.join(out_dir, "analysis.ipynb")
     crossover = os.path.join(out_dir, "crossover.csv")

@@ -1,0 +1,438 @@
+"""Root-safety (README "Safety"): labkit runs as root and must never harm what is not its
+own.  Each test holds one guarantee: no predictable paths (a planted symlink changes
+nothing), `clean` acts only on runs it proves dead, `--out` never overwrites a user's
+files, resume loses no rows, bad input gets one line, the backend tap never overflows."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import _labkit_namespaces, host_modes
+
+from labkit.core.catalog import ServiceCatalog
+from labkit.datapaths import Ebpf
+from labkit.kernel import netns, state
+from labkit.kernel.clean import clean
+from labkit.kernel.state import RunState, proc_start
+from labkit.lab.lab import Lab
+from labkit.rundir import provenance, schema, store
+from labkit.runs.params import SweepParams
+from labkit.runs.sweep import run_sweep
+
+NOBODY = 65534
+
+
+def labkit(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, user=NOBODY, group=NOBODY,
+                          extra_groups=[], timeout=30)
+
+
+def _bpf_mounts() -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[2] == "bpf"]
+
+
+# ---- no predictable paths ---------------------------------------------------------------
+
+@pytest.mark.root
+def test_a_planted_symlink_cannot_redirect_the_bpffs_mount(tmp_path):
+    """An unprivileged user who knows the run id plants symlinks where older labkits
+    mounted their bpffs; the run's mount point is inside its private work directory,
+    which that user cannot enter, and nothing is mounted over the symlink's target."""
+    if "ebpf" not in host_modes():
+        pytest.skip("ebpf does not run on this host kernel")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(victim, 0o777)
+    cat = ServiceCatalog(5, 2)
+    with Lab(endpoint_cidr=cat.endpoint_cidr) as lab:
+        planted = f"/tmp/labkit-{lab.run_id}-bpffs"
+        cp = as_nobody("ln", "-s", str(victim), planted)
+        assert cp.returncode == 0, cp.stderr
+        try:
+            dp = Ebpf(lab)
+            dp.setup(cat)
+            mounts = lab.state.mounts
+            assert len(mounts) == 1 and mounts[0].startswith(lab.workdir + "/")
+            assert mounts[0] in _bpf_mounts() and str(victim) not in _bpf_mounts()
+            st = os.lstat(lab.workdir)
+            assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o700
+            assert as_nobody("touch", os.path.join(lab.workdir, "x")).returncode != 0
+            assert as_nobody("ls", lab.workdir).returncode != 0
+            dp.teardown()
+        finally:
+            os.unlink(planted)
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert not [m for m in _bpf_mounts() if lab.run_id in m]
+
+
+def test_the_state_directory_is_refused_when_it_is_not_private(tmp_path):
+    link = tmp_path / "state"
+    os.symlink(tmp_path, link)
+    with pytest.raises(Exception, match="not a private directory"):
+        state.private_dir(str(link))
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o777)
+    os.chmod(open_dir, 0o777)
+    with pytest.raises(Exception, match="not a private directory"):
+        state.private_dir(str(open_dir))
+    assert state.private_dir(str(tmp_path / "new")) == str(tmp_path / "new")
+    assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o700
+
+
+# ---- clean: only what is provably a dead run's ----------------------------------------------
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_clean_at_any_moment_never_disturbs_a_running_sweep(tmp_path):
+    """`labkit clean` runs back to back from before a sweep starts until it ends: the
+    sweep completes with every point valid, and clean removed nothing."""
+    mode = "nftables" if "nftables" in host_modes() else host_modes()[0]
+    out = tmp_path / "run"
+    sweep = subprocess.Popen([sys.executable, "-m", "labkit", "sweep", "--modes", mode, "--services", "0,50",
+                              "--targets", "last", "--probes", "30", "--warmup", "2", "--rounds", "3",
+                              "--kernel", "host", "--out", str(out), "--quiet"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    removed, cleans = [], 0
+    try:
+        while sweep.poll() is None:
+            cp = labkit("clean", timeout=120)
+            assert cp.returncode == 0, cp.stderr
+            removed += [ln for ln in cp.stdout.splitlines() if ln.startswith("removed")]
+            cleans += 1
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, sweep.stderr.read()
+    assert cleans >= 3 and not removed, removed
+    pts = pd.read_parquet(out / schema.POINTS)
+    assert len(pts) == 2 * 3 and pts["valid"].all()
+
+
+@pytest.fixture
+def foreign_things():
+    """Things that only look like labkit's: another user's directories under /tmp, a
+    namespace of another tool with a process in it, an unrecorded name of labkit's
+    exact pattern."""
+    dirs = ["/tmp/labkit-backup", "/tmp/labkit-2024q3-photos"]
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "file.txt"), "w") as f:
+            f.write("not labkit's")
+        os.chown(d, NOBODY, NOBODY)
+    lookalike = "/tmp/labkit-zzzzzz-abcdefgh"       # labkit's pattern, but another user's
+    os.makedirs(lookalike, exist_ok=True)
+    os.chown(lookalike, NOBODY, NOBODY)
+    netns.create("lk-office-vpn")
+    proc = subprocess.Popen(["ip", "netns", "exec", "lk-office-vpn", "sleep", "300"])
+    netns.create("lk-qqqqqq-cl")                      # exact pattern, no state file
+    yield dirs + [lookalike], "lk-office-vpn", "lk-qqqqqq-cl", proc
+    proc.kill()
+    proc.wait()
+    for ns in ("lk-office-vpn", "lk-qqqqqq-cl"):
+        if ns in netns.list_namespaces():
+            netns.remove(ns)
+    for d in dirs + [lookalike]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.root
+def test_foreign_files_and_namespaces_survive_clean(foreign_things):
+    dirs, foreign_ns, unrecorded_ns, proc = foreign_things
+    cp = labkit("clean")
+    assert cp.returncode == 0, cp.stderr
+    assert f"left alone: namespace {unrecorded_ns}" in cp.stdout
+    assert unrecorded_ns in netns.list_namespaces()
+    cp = labkit("clean", "--force")      # removes the unrecorded labkit-pattern namespace only
+    assert cp.returncode == 0, cp.stderr
+    assert f"removed namespace {unrecorded_ns}" in cp.stdout
+    assert unrecorded_ns not in netns.list_namespaces()
+    assert foreign_ns in netns.list_namespaces() and proc.poll() is None
+    for d in dirs:
+        assert os.path.exists(os.path.join(d, "file.txt")) or os.path.isdir(d), d
+
+
+@pytest.mark.root
+def test_clean_never_kills_a_reused_pid(tmp_path):
+    """A dead run's state file names a pid that now belongs to another process (its
+    start time differs): clean leaves that process alone.  With the right start time
+    the same record is the run's own process, and clean stops it."""
+    victim = subprocess.Popen(["sleep", "300"])
+    try:
+        start = proc_start(victim.pid)
+        assert start is not None
+        for recorded_start, survives in ((start + 1, True), (start, False)):
+            st = RunState("deadr" + ("1" if survives else "2"), pid=999_999_99, pid_start=12345,
+                          pids=[[victim.pid, recorded_start]])
+            state.private_dir(state.STATE_DIR)
+            st.save()
+            with open(st.lock_file, "w"):
+                pass               # a lock file nobody holds: the run is dead
+            clean()
+            time.sleep(0.2)
+            assert (victim.poll() is None) == survives
+            assert not os.path.exists(st.file) and not os.path.exists(st.lock_file)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        victim.wait()
+
+
+@pytest.mark.root
+def test_a_live_run_holds_its_lock_and_a_dead_one_does_not(tmp_path):
+    cat = ServiceCatalog(0)
+    with Lab(endpoint_cidr=cat.endpoint_cidr, server=False) as lab:
+        other = RunState.load(lab.state.file)
+        assert other.owner_alive() and state.lock_held(lab.run_id)
+        report = clean()
+        assert not [r for r in report.removed if lab.run_id in r]
+        assert set(lab.topo.namespaces) <= set(netns.list_namespaces())
+    assert not state.lock_held(lab.run_id) and not os.path.exists(lab.state.file)
+
+
+# ---- --out never overwrites what is not this run's -------------------------------------------
+
+SMALL = ["--services", "0", "--targets", "last", "--probes", "5", "--warmup", "0", "--rounds", "1",
+         "--kernel", "host", "--quiet"]
+
+
+@pytest.mark.root
+def test_out_refuses_a_directory_with_a_users_files(tmp_path):
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "samples.parquet").write_bytes(b"my own table")
+    (d / "notes.txt").write_text("mine")
+    mode = host_modes()[0]
+    cp = labkit("sweep", "--modes", mode, *SMALL, "--out", str(d))
+    assert cp.returncode == 2 and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+    assert (d / "samples.parquet").read_bytes() == b"my own table"
+    assert sorted(os.listdir(d)) == ["notes.txt", "samples.parquet"]
+
+
+@pytest.mark.root
+def test_one_run_kind_never_overwrites_anothers_table(tmp_path):
+    d = tmp_path / "run"
+    mode = host_modes()[0]
+    cp = labkit("control", "--modes", mode, "--services", "0,5", "--endpoints", "2", "--out", str(d),
+                "--quiet")
+    assert cp.returncode == 0, cp.stderr
+    before = (d / schema.CONTROL).read_bytes()
+    cp = labkit("sweep", "--modes", mode, *SMALL, "--out", str(d))
+    assert cp.returncode == 2 and "control.parquet" in cp.stderr, cp.stderr
+    assert (d / schema.CONTROL).read_bytes() == before
+    # the CPU experiment may join a sweep's directory: it owns no table there
+    s = tmp_path / "sweep"
+    assert labkit("sweep", "--modes", mode, *SMALL, "--out", str(s)).returncode == 0
+    cp = labkit("cpu", "--modes", mode, "--services", "0", "--rounds", "1", "--seconds", "0.2",
+                "--out", str(s), "--quiet")
+    assert cp.returncode == 0, cp.stderr
+    assert {schema.CPU, schema.CPU_META, schema.POINTS} <= set(os.listdir(s))
+
+
+@pytest.mark.root
+def test_a_refused_run_leaves_no_directory(tmp_path):
+    out = tmp_path / "never"
+    lacking = [m for m in ("ipvs", "nftables", "ebpf") if m not in host_modes()]
+    if not lacking:
+        pytest.skip("every mode runs on this host")
+    cp = labkit("sweep", "--modes", lacking[0], *SMALL, "--out", str(out))
+    assert cp.returncode == 3, cp.stderr
+    assert not out.exists()
+
+
+# ---- resume: every table, stale temp files, finished runs ---------------------------------
+
+def _kill_when(out, table, n, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = out / table
+        if p.exists():
+            try:
+                if len(pd.read_parquet(p)) >= n:
+                    break
+            except Exception:
+                pass
+        if proc.poll() is not None:
+            raise AssertionError(f"ended early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sweep", "control", "cpu"])
+def test_every_run_kind_resumes_after_sigkill_with_no_row_lost_or_repeated(tmp_path, kind):
+    mode = "iptables-legacy" if "iptables-legacy" in host_modes() else host_modes()[0]
+    out = tmp_path / kind
+    args = {"sweep": ["sweep", "--modes", mode, "--services", "0,30,60", "--targets", "last", "--probes",
+                      "20", "--warmup", "2", "--rounds", "2", "--kernel", "host"],
+            "control": ["control", "--modes", mode, "--services", "0,30,60", "--endpoints", "2",
+                        "--rounds", "2"],
+            "cpu": ["cpu", "--modes", mode, "--services", "0,30,60", "--rounds", "2", "--seconds", "0.3"]}[kind]
+    table = {"sweep": schema.CONTROL, "control": schema.CONTROL, "cpu": schema.CPU}[kind]
+    per_block = {"sweep": 3, "control": 3, "cpu": 1}[kind]
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", *args, "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _kill_when(out, table, 2 * per_block + 1, proc)   # in the middle of the third block
+    (out / ".tmp-killedwrite.parquet").write_bytes(b"")  # what a kill during a write leaves
+    assert labkit("clean").returncode == 0
+    cp = labkit(kind, "--resume", "--out", str(out), "--quiet")
+    assert cp.returncode == 0, cp.stderr
+    df = pd.read_parquet(out / table)
+    assert len(df) == 6 * per_block
+    key = ["block", "op"] if "op" in df.columns else ["block", "target"]
+    assert not df.duplicated(key).any()
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
+    meta = json.loads((out / schema.KINDS[kind].meta).read_text())
+    assert meta["complete"] and len(meta["resumed"]) == 1 and sorted(meta["blocks_done"]) == list(range(6))
+    if kind == "sweep":
+        pts = pd.read_parquet(out / schema.POINTS)
+        smp = pd.read_parquet(out / schema.SAMPLES)
+        assert len(pts) == 6 and pts["point_id"].is_unique and len(smp) == 6 * 20
+
+
+@pytest.mark.root
+def test_resume_of_a_finished_run_changes_nothing(tmp_path):
+    out = tmp_path / "done"
+    p = SweepParams.from_dict(dict(modes=[host_modes()[0]], services=[0], targets=["last"], probes=5,
+                                   rounds=1, warmup=0, kernel="host"))
+    run_sweep(p, str(out), progress=False)
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    cp = labkit("sweep", "--resume", "--out", str(out), "--quiet")
+    assert cp.returncode == 0 and "nothing to resume" in cp.stderr, cp.stderr
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+
+
+# ---- one line for every bad input, before any namespace exists --------------------------------
+
+def _prepare(tmp_path):
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "latin1.yaml").write_bytes(b"modes: [caf\xe9]\n")
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "table.parquet")
+    (tmp_path / "file").write_text("x")
+    for name, meta in (("truncated", '{"params": {"modes": ['), ("noparams", '{"run_id": "x"}'),
+                       ("alist", "[1, 2]"), ("astring", '"run"')):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "meta.json").write_text(meta)
+        for table in ("samples.parquet", "points.parquet"):
+            pd.DataFrame({"a": [1]}).to_parquet(d / table)
+    d = tmp_path / "corrupt"
+    d.mkdir()
+    (d / "meta.json").write_text(json.dumps({"params": SweepParams().validated().to_dict(),
+                                             "blocks_done": [0], "kind": "sweep"}))
+    (d / "points.parquet").write_bytes(b"PAR1 garbage")
+    for name, data in (("zero", b""), ("random", os.urandom(300)), ("cut", None)):
+        r = tmp_path / f"rep-{name}"
+        r.mkdir()
+        (r / "meta.json").write_text("{}")
+        if data is None:
+            pd.DataFrame({"x": range(1000)}).to_parquet(r / "samples.parquet")
+            data = (r / "samples.parquet").read_bytes()[:200]
+        (r / "samples.parquet").write_bytes(data)
+        (r / "points.parquet").write_bytes(data)
+
+
+BAD = [
+    (["sweep", "--params", "{t}/adir", "--out", "{t}/o"], 2, "is a directory"),
+    (["sweep", "--params", "{t}/latin1.yaml", "--out", "{t}/o"], 2, "not UTF-8"),
+    (["sweep", "--params", "{t}/table.parquet", "--out", "{t}/o"], 2, "parameter file"),
+    pytest.param(["sweep", "--resume", "--out", "{t}/truncated"], 2, "not valid JSON", marks=pytest.mark.root),
+    pytest.param(["sweep", "--resume", "--out", "{t}/noparams"], 2, "no params mapping", marks=pytest.mark.root),
+    pytest.param(["sweep", "--resume", "--out", "{t}/corrupt"], 2, "cannot be read", marks=pytest.mark.root),
+    (["control", "--modes", "nftables", "--services", "0", "--out", "{t}/file"], 2, "not a directory"),
+    pytest.param(["control", "--modes", "nftables", "--services", "0", "--out", "/proc/x"], 2, "cannot be created", marks=pytest.mark.root),
+    (["cpu", "--modes", "nftables", "--services", "0", "--out", "{t}/file"], 2, "not a directory"),
+    pytest.param(["cpu", "--modes", "nftables", "--services", "0", "--out", "/proc/x"], 2, "cannot be created", marks=pytest.mark.root),
+    (["report", "{t}/rep-zero"], 2, "not a readable parquet table"),
+    (["report", "{t}/rep-random"], 2, "not a readable parquet table"),
+    (["report", "{t}/rep-cut"], 2, "not a readable parquet table"),
+    (["report", "{t}/alist"], 2, "not a labkit meta file"),
+    (["report", "{t}/astring"], 2, "not a labkit meta file"),
+    (["report", "data/reference/host-6.18", "--out-dir", "/proc/x"], 2, "cannot be created|not writable"),
+    (["bench", "program", "--repeat", "0"], 2, "repeat must be in 1"),
+    (["bench", "program", "--repeat", "-1"], 2, "repeat must be in 1"),
+    (["bench", "send", "--seconds", "nan"], 2, "seconds must be a number"),
+    (["bench", "send", "--seconds", "0"], 2, "seconds must be a number"),
+    (["sweep", "--services", "\u0663,\uff15", "--out", "{t}/o"], 2, "ASCII digits"),
+    (["control", "--services", "\u0663", "--out", "{t}/o"], 2, "ASCII digits"),
+]
+
+
+def _id(row) -> str:
+    argv, _, msg = row.values if hasattr(row, "values") else row
+    return " ".join(argv[:3]) + f" {msg}"
+
+
+@pytest.mark.parametrize("argv, code, msg", BAD, ids=[_id(r) for r in BAD])
+def test_bad_input_gets_one_line_before_any_namespace(tmp_path, argv, code, msg):
+    _prepare(tmp_path)
+    before = _labkit_namespaces()
+    root = os.path.join(os.path.dirname(__file__), "..")
+    cp = subprocess.run([sys.executable, "-m", "labkit", *[a.format(t=tmp_path) for a in argv]],
+                        capture_output=True, text=True, timeout=120, cwd=root)
+    lines = cp.stderr.strip().splitlines()
+    assert cp.returncode == code and len(lines) == 1 and re.search(msg, lines[0]), cp.stderr
+    assert _labkit_namespaces() <= before
+    assert not (tmp_path / "o").exists()
+
+
+# ---- the backend tap is read while probing ----------------------------------------------------
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_many_probes_per_point_are_all_seen_at_the_backend(tmp_path):
+    """More SYNs than the backend tap's buffer holds: the tap is read while probing."""
+    mode = next((m for m in ("ebpf", "nftables") if m in host_modes()), host_modes()[0])
+    p = SweepParams.from_dict(dict(modes=[mode], services=[10], targets=["last"], probes=30000,
+                                   warmup=0, rounds=1, kernel="host"))
+    out = run_sweep(p, str(tmp_path / "big"), progress=False)
+    pts = pd.read_parquet(os.path.join(out, schema.POINTS))
+    smp = pd.read_parquet(os.path.join(out, schema.SAMPLES))
+    assert (smp["error"] == "unseen-at-backend").sum() == 0
+    assert pts["valid"].all(), pts["reason"].tolist()
+
+
+# ---- smaller guarantees ---------------------------------------------------------------------
+
+def test_provenance_never_takes_gits_optional_locks(monkeypatch):
+    seen = {}
+
+    def fake_run(argv, **kw):
+        seen["env"] = kw.get("env") or {}
+        return subprocess.CompletedProcess(argv, 0, "abc123\n", "")
+    monkeypatch.delenv("LABKIT_GIT_REVISION", raising=False)
+    monkeypatch.setattr(provenance.subprocess, "run", fake_run)
+    assert provenance.git_revision() == "abc123"
+    assert seen["env"].get("GIT_OPTIONAL_LOCKS") == "0"
+
+
+def test_tool_versions_are_versions_not_error_messages():
+    assert provenance.parse_version("modprobe: FATAL: Module ip_vs not found\n") == "unknown"
+    assert provenance.parse_version("ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS v1.2.1)") \
+        .startswith("ipvsadm v1.31")
+    assert provenance.parse_version("nftables v1.0.6 (Lester Gooch #5)") == "nftables v1.0.6 (Lester Gooch #5)"
+
+
+def test_run_files_are_readable_by_everyone(tmp_path):
+    store.write_table(str(tmp_path / "t.parquet"), pd.DataFrame({"a": [1]}))
+    store.write_json(str(tmp_path / "m.json"), {"a": 1})
+    for n in ("t.parquet", "m.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / n).st_mode) == 0o644
