@@ -33,7 +33,7 @@ from labkit.runs.runner import Experiment, Runner, prepare_out
 from labkit.runs.sweep import run_sweep
 
 SWEEP_OPTIONS = ("modes", "services", "endpoints", "targets", "probes", "rounds", "warmup", "seed",
-                 "timeout", "kernel", "probe_kinds", "service_cidr", "endpoint_cidr", "ports")
+                 "timeout", "kernel", "probe_kinds", "service_cidr", "endpoint_cidr", "ports", "ipvs_scheduler")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,9 +58,9 @@ def _elsewhere(args: argparse.Namespace, kernel: str, modes: list[str], kind: st
     if where == "host":
         return False
     print(f"labkit: {why}", file=sys.stderr)
-    res = relaunch(args.cmd, args.argv, args.out, kind)
-    print(f"wrote {args.out} (VM kernel {res.facts['kernel_release']}, {res.facts['accel']}, "
-          f"boot {res.facts['boot_s']:.0f} s)")
+    res = relaunch(where, args.cmd, args.argv, args.out, kind)
+    print(f"wrote {args.out} ({where} kernel {res.facts['kernel_release']}, {res.facts['accel']}, "
+          f"boot {res.facts['boot_s']:.1f} s)")
     return True
 
 
@@ -206,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", help="unrecorded probes before each point (default 20)")
     s.add_argument("--seed", help="seed of the order and the random targets (default 1)")
     s.add_argument("--timeout", type=float, help="seconds to wait for an answer (default 0.5)")
-    s.add_argument("--kernel", help="host, vm or auto (default auto)")
+    s.add_argument("--kernel", help="host, uml, vm or auto (default auto: the host, else user-mode Linux, "
+                                    "else the VM, whichever runs every mode)")
+    s.add_argument("--ipvs-scheduler", dest="ipvs_scheduler", help="IPVS scheduler: rr, wrr, lc, sh, mh (default rr)")
     s.add_argument("--probe-kinds", dest="probe_kinds", help="probe kinds (default syn)")
     s.add_argument("--service-cidr", dest="service_cidr", help="VIP range (default 10.96.0.0/12)")
     s.add_argument("--endpoint-cidr", dest="endpoint_cidr", help="endpoint range (default 10.128.0.0/9)")
@@ -219,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--endpoints", default="10", help="endpoints per service (default 10)")
     k.add_argument("--rounds", default="1", help="repetitions (default 1)")
     k.add_argument("--seed", default="1")
-    k.add_argument("--kernel", default="host", help="host, vm or auto (default host)")
+    k.add_argument("--kernel", default="host", help="host, uml, vm or auto (default host)")
     k.add_argument("--no-verify", action="store_true", help="skip the SYN that checks each operation")
     _run_options(k, "directory for control.parquet")
     k.set_defaults(fn=cmd_control)
@@ -233,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--seed", help="seed of the order (default 1)")
     u.add_argument("--rate", type=float, default=1000.0, help="new connections per second (default 1000)")
     u.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
-    u.add_argument("--kernel", default="host", help="host, vm or auto (default host)")
+    u.add_argument("--kernel", default="host", help="host, uml, vm or auto (default host)")
     _run_options(u, "directory for cpu.parquet (may be a sweep's run directory)")
     u.set_defaults(fn=cmd_cpu)
 
@@ -244,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--endpoints", default="10")
     b.add_argument("--repeat", default="3", help="repetitions (default 3)")
     b.add_argument("--seconds", type=float, default=2.0, help="send: seconds to send (default 2)")
-    b.add_argument("--kernel", default="host", help="host, vm or auto (default host)")
+    b.add_argument("--kernel", default="host", help="host, uml, vm or auto (default host)")
     _run_options(b, "program: also write bench.parquet there (resumable)", out_required=False)
     b.set_defaults(fn=cmd_bench)
 

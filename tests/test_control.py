@@ -4,7 +4,6 @@ real kernel for every mode, the control.parquet table of sweeps and of
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,7 @@ from labkit.analysis import control as control_analysis
 from labkit.core.catalog import ServiceCatalog
 from labkit.datapaths import MODES, Datapath
 from labkit.datapaths.ebpf import render_maps, spare_entries
-from labkit.datapaths.ipvs import host_ipvs_missing, render_ipvs, render_ipvs_add, render_ipvs_remove
+from labkit.datapaths.ipvs import render_ipvs, render_ipvs_add, render_ipvs_remove
 from labkit.datapaths.nftables import (
     endpoint_chain,
     render_add_service,
@@ -22,7 +21,6 @@ from labkit.datapaths.nftables import (
     render_remove_service,
     service_chain,
 )
-from labkit.kernels import vm
 from labkit.lab.lab import Lab
 from labkit.probes.syn import SynProber
 from labkit.rundir import schema
@@ -168,25 +166,6 @@ def test_add_and_remove_one_service_real_kernel(mode):
         assert all(cat.service_of_endpoint(o.endpoint.split(":")[0])[0] == o.probe.service for o in out)
         # twice in a row: the state after add+remove is a clean base
         assert all(r["verified"] for r in control.measure_ops(lab, dp, seed=3))
-
-
-@pytest.mark.vm
-@pytest.mark.root
-@pytest.mark.slow
-def test_ipvs_add_remove_in_vm():
-    """IPVS is not in this host kernel: run the real-kernel test inside the VM."""
-    if host_ipvs_missing() is None:
-        pytest.skip("the host kernel has IPVS: test_add_and_remove_one_service_real_kernel[ipvs] runs it")
-    ok, why = vm.vm_available()
-    if not ok:
-        pytest.skip(f"VM kernel cannot boot here: {why}")
-    try:
-        res = vm.run_in_vm([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                            f"{__file__}::test_add_and_remove_one_service_real_kernel[ipvs]"],
-                           timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)), check=False)
-    except vm.VMBootError as exc:
-        pytest.skip(f"VM kernel did not boot: {exc}")
-    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
 
 
 @pytest.mark.root

@@ -17,7 +17,7 @@ import pytest
 from labkit.core.errors import LabkitError
 from labkit.datapaths import MODES
 from labkit.kernel.state import all_states
-from labkit.kernels import dispatch, vm
+from labkit.kernels import dispatch, guest, uml, vm
 
 
 def test_lock_file_pins_a_debian_kernel():
@@ -30,7 +30,7 @@ def test_lock_file_pins_a_debian_kernel():
 def test_kernel_pin_reports_a_broken_lock(tmp_path):
     bad = tmp_path / "k.lock"
     bad.write_text('package = "linux-image-x"\n')
-    with pytest.raises(LabkitError, match="cannot read the VM kernel pin"):
+    with pytest.raises(LabkitError, match="cannot read the kernel pin"):
         vm.kernel_pin(bad)
 
 
@@ -42,8 +42,8 @@ def test_cache_dir_follows_labkit_cache(monkeypatch, tmp_path):
 def test_guest_script_records_start_output_and_status(tmp_path):
     """The script the guest runs, run here by sh: same contract."""
     env = {"PATH": os.environ["PATH"], "GREETING": "it's \"quoted\" $HOME"}
-    script = vm._script(tmp_path, ["sh", "-c", 'echo "$GREETING"; pwd; echo oops >&2; exit 3'],
-                        str(tmp_path), env)
+    script = guest.command_script(tmp_path, ["sh", "-c", 'echo "$GREETING"; pwd; echo oops >&2; exit 3'],
+                                  str(tmp_path), env, "labkit.kernels.vm")
     (tmp_path / "run.sh").write_text(script)
     subprocess.run(["sh", str(tmp_path / "run.sh")], check=True, env={})
     assert (tmp_path / "rc").read_text().strip() == "3"
@@ -53,7 +53,8 @@ def test_guest_script_records_start_output_and_status(tmp_path):
 
 
 def test_guest_script_without_its_directory(tmp_path):
-    script = vm._script(tmp_path, ["true"], str(tmp_path / "missing"), {"PATH": "/usr/bin:/bin"})
+    script = guest.command_script(tmp_path, ["true"], str(tmp_path / "missing"), {"PATH": "/usr/bin:/bin"},
+                                  "labkit.kernels.vm")
     (tmp_path / "run.sh").write_text(script)
     subprocess.run(["sh", str(tmp_path / "run.sh")], check=True, env={}, capture_output=True)
     assert (tmp_path / "rc").read_text().strip() == "125"
@@ -63,8 +64,8 @@ def test_guest_script_without_its_directory(tmp_path):
 def test_guest_env_keeps_labkit_variables(monkeypatch):
     monkeypatch.setenv("LABKIT_SOMETHING", "x")
     monkeypatch.setenv("SECRET_TOKEN", "y")
-    env = vm._guest_env({"EXTRA": "1"})
-    assert env["LABKIT_SOMETHING"] == "x" and env["EXTRA"] == "1" and env["LABKIT_IN_VM"] == "1"
+    env = guest.guest_env({"EXTRA": "1"}, "vm")
+    assert env["LABKIT_SOMETHING"] == "x" and env["EXTRA"] == "1" and env["LABKIT_GUEST"] == "vm"
     assert "SECRET_TOKEN" not in env and "/usr/sbin" in env["PATH"].split(":")
 
 
@@ -75,14 +76,20 @@ def test_strip_options_removes_both_forms():
 
 def test_choose_kernel(monkeypatch, tmp_path):
     monkeypatch.delenv("LABKIT_IN_VM", raising=False)
+    monkeypatch.delenv("LABKIT_GUEST", raising=False)
     host_modes = [m for m, cls in MODES.items() if cls.unavailable(None) is None]
     lacking = [m for m, cls in MODES.items() if cls.unavailable(None) is not None]
     assert dispatch.choose_kernel("host", lacking)[0] == "host"
     if host_modes:
         assert dispatch.choose_kernel("auto", host_modes) == ("host", "the host kernel runs every mode")
     if lacking:
-        where, why = dispatch.choose_kernel("auto", host_modes[:1] + lacking)
+        with_legacy = ["iptables-legacy"] + [m for m in lacking if m != "iptables-legacy"]
+        where, why = dispatch.choose_kernel("auto", with_legacy)   # UML has no legacy iptables
         assert where == ("vm" if vm.vm_available()[0] else "host") and lacking[0] in why
+    if "ipvs" in lacking and uml.uml_available()[0]:
+        assert dispatch.choose_kernel("auto", ["ipvs", "ebpf"])[0] == "uml"
+        with pytest.raises(Exception, match="cannot run iptables-nft"):
+            dispatch.choose_kernel("uml", ["ipvs", "iptables-nft"])
     (tmp_path / "vm.json").write_text("{}")
     assert dispatch.choose_kernel("host", [], str(tmp_path), resume=True)[0] == "vm"
     monkeypatch.setenv("LABKIT_IN_VM", "1")
@@ -93,7 +100,7 @@ def test_choose_kernel(monkeypatch, tmp_path):
 def _qemu_pids() -> list[int]:
     out = []
     for d in os.listdir("/proc"):
-        if d.isdigit() and vm._comm(int(d)).startswith("qemu-system"):
+        if d.isdigit() and guest.comm(int(d)).startswith("qemu-system"):
             try:
                 with open(f"/proc/{d}/cmdline", "rb") as f:
                     if b"labkit-" in f.read():
@@ -154,13 +161,13 @@ def test_result_and_facts_of_a_guest_command(bootable, tmp_path):
     try:
         res = vm.run_in_vm([sys.executable, "-c",
                             "import os, platform; print(platform.release());"
-                            f"open({str(out / 'w')!r}, 'w').write(os.environ['LABKIT_IN_VM'])"],
+                            f"open({str(out / 'w')!r}, 'w').write(os.environ['LABKIT_GUEST'])"],
                            timeout=120, rw=[str(out)], check=False)
     except vm.VMBootError as exc:
         pytest.skip(f"VM kernel did not boot: {exc}")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == vm.guest_kernel_release() != os.uname().release
-    assert (out / "w").read_text() == "1"  # written in the guest, seen on the host
+    assert (out / "w").read_text() == "vm"  # written in the guest, seen on the host
     f = res.facts
     assert f["accel"] in ("kvm", "tcg") and f["accel_reason"]
     assert f["kernel_sha256"] == vm.kernel_pin().sha256

@@ -50,9 +50,11 @@ from labkit.rundir.store import read_json, read_table
 
 STATS: dict[str, float] = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 TARGET_ORDER = ("last", "random", "middle", "first", "none")
-#: the columns the analysis needs (a run of schema 1 lacks the samples' block column)
-SAMPLE_COLUMNS = [c for c in schema.SAMPLE_COLUMNS if c != "block"]
-POINT_COLUMNS = [c for c in schema.POINT_COLUMNS if c != "ct_new"]
+#: the columns the analysis needs: all but those added since schema 1 (a run of
+#: schema 1, like the reference runs, lacks them)
+LATER_COLUMNS = {"block", "ct_new", "variant"}
+SAMPLE_COLUMNS = [c for c in schema.SAMPLE_COLUMNS if c not in LATER_COLUMNS]
+POINT_COLUMNS = [c for c in schema.POINT_COLUMNS if c not in LATER_COLUMNS]
 RAW_FILES = (schema.META, schema.SAMPLES, schema.POINTS)
 OUTPUT_FILES = schema.OUTPUT_FILES
 

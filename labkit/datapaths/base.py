@@ -47,6 +47,8 @@ class Datapath(ABC):
     #: loader's peak resident set plus what the kernel holds (labkit.limits); measured
     #: with `labkit bench program` (loader_peak_mb + held_mb), with a 25% margin
     mem_per_endpoint: ClassVar[float] = 0.0
+    #: sweep parameters this mode takes, as {parameter name: constructor keyword}
+    OPTIONS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, lab: "Lab") -> None:
         self.lab = lab
@@ -122,6 +124,12 @@ class Datapath(ABC):
         if n < 0:
             raise LabkitError(f"{self.name}: no service left to remove")
         return dataclasses.replace(catalog, services=n)
+
+    @property
+    def variant(self) -> str:
+        """The choices that shaped this instance's datapath ('' when the mode has
+        none), recorded with every point (``variant`` column)."""
+        return ""
 
     # ---- observation (for validity checks) ---------------------------------
     def describe(self) -> dict:

@@ -77,7 +77,21 @@ SYSCTLS = {
     "net.ipv4.ip_forward": 1,
 }
 
-SECTION_ORDER = ("sysctl", "ipset restore", "ip -batch", "ipvsadm -R", f"iptables-{IPTABLES_BACKEND}-restore")
+#: schedulers labkit offers (kube-proxy's default is rr); sh and mh hash the source
+#: address *and port* (flags sh-port, mh-port), so every fresh probe tuple is a new draw
+SCHEDULERS = ("rr", "wrr", "lc", "sh", "mh")
+SCHEDULER_FLAGS = {"sh": "sh-port", "mh": "mh-port"}
+#: iptables backends for the helper rules, in the order tried; "none" when the kernel
+#: has neither NAT table (user-mode Linux 7.2): IPVS then runs without them
+BACKENDS = ("nft", "legacy")
+
+
+def section_order(backend: str = IPTABLES_BACKEND) -> tuple[str, ...]:
+    tail = (f"iptables-{backend}-restore",) if backend != "none" else ()
+    return ("sysctl", "ipset restore", "ip -batch", "ipvsadm -R", *tail)
+
+
+SECTION_ORDER = section_order()
 
 
 # ---- rendering (pure) ------------------------------------------------------
@@ -121,7 +135,12 @@ def render_addresses(catalog: "ServiceCatalog") -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_ipvsadm(catalog: "ServiceCatalog") -> str:
+def _sched(scheduler: str) -> str:
+    flags = SCHEDULER_FLAGS.get(scheduler)
+    return f"-s {scheduler}" + (f" -b {flags}" if flags else "")
+
+
+def render_ipvsadm(catalog: "ServiceCatalog", scheduler: str = SCHEDULER) -> str:
     """`ipvsadm -R` input: a virtual service per VIP:port, real servers in
     masquerade mode with weight 1."""
     lines: list[str] = []
@@ -130,7 +149,7 @@ def render_ipvsadm(catalog: "ServiceCatalog") -> str:
         eps = catalog.endpoints_of(i)
         for port in catalog.ports:
             vs = f"{vip}:{port}"
-            lines.append(f"-A -t {vs} -s {SCHEDULER}")
+            lines.append(f"-A -t {vs} {_sched(scheduler)}")
             lines += [f"-a -t {vs} -r {ep}:{port} -m -w 1" for ep in eps]
     return "".join(f"{ln}\n" for ln in lines)
 
@@ -198,16 +217,17 @@ def render_iptables_ipvs(catalog: "ServiceCatalog") -> str:
     return "\n".join(nat + filt) + "\n"
 
 
-def render_ipvs(catalog: "ServiceCatalog") -> str:
-    """Everything the IPVS mode loads, one ``#: <loader>`` section each."""
+def render_ipvs(catalog: "ServiceCatalog", backend: str = IPTABLES_BACKEND, scheduler: str = SCHEDULER) -> str:
+    """Everything the IPVS mode loads, one ``#: <loader>`` section each; the
+    helper rules go through ``iptables-<backend>-restore`` (none with "none")."""
     parts = {
         "sysctl": render_sysctl(),
         "ipset restore": render_ipset(catalog),
         "ip -batch": render_addresses(catalog),
-        "ipvsadm -R": render_ipvsadm(catalog),
-        f"iptables-{IPTABLES_BACKEND}-restore": render_iptables_ipvs(catalog),
+        "ipvsadm -R": render_ipvsadm(catalog, scheduler),
+        f"iptables-{backend}-restore": render_iptables_ipvs(catalog),
     }
-    return "".join(f"#: {name}\n{parts[name]}" for name in SECTION_ORDER)
+    return "".join(f"#: {name}\n{parts[name]}" for name in section_order(backend))
 
 
 def split_sections(text: str) -> dict[str, str]:
@@ -225,7 +245,7 @@ def split_sections(text: str) -> dict[str, str]:
     return {k: "".join(v) for k, v in out.items()}
 
 
-def render_ipvs_add(catalog: "ServiceCatalog", i: int) -> str:
+def render_ipvs_add(catalog: "ServiceCatalog", i: int, scheduler: str = SCHEDULER) -> str:
     """The changes that add service ``i`` of ``catalog`` to a loaded IPVS
     datapath, one ``#: <loader>`` section each, in the order to apply them:
     set entries, the VIP on the dummy device, the virtual service and its
@@ -235,7 +255,7 @@ def render_ipvs_add(catalog: "ServiceCatalog", i: int) -> str:
     ipset.append(f"add {IPVS_IPS_SET} {vip}")
     ipvs = []
     for port in catalog.ports:
-        ipvs.append(f"-A -t {vip}:{port} -s {SCHEDULER}")
+        ipvs.append(f"-A -t {vip}:{port} {_sched(scheduler)}")
         ipvs += [f"-a -t {vip}:{port} -r {ep}:{port} -m -w 1" for ep in catalog.endpoints_of(i)]
     return ("#: ipset restore\n" + "".join(f"{ln}\n" for ln in ipset)
             + f"#: ip -batch\naddr add {vip}/32 dev {DUMMY_DEVICE}\n"
@@ -281,7 +301,8 @@ def host_ipvs_missing() -> str | None:
     config = _kernel_config(release) or ""
     if "CONFIG_IP_VS=y" in config:
         return None
-    moddir = f"/lib/modules/{release}"
+    # a guest kernel's modules live in labkit's cache (labkit.kernels.uml sets this)
+    moddir = f"{os.environ.get('LABKIT_MODULES_ROOT', '')}/lib/modules/{release}"
     for index in ("modules.dep", "modules.builtin"):
         try:
             with open(os.path.join(moddir, index)) as f:
@@ -311,13 +332,36 @@ class Ipvs(Datapath):
              "(hash:ip, hash:ip,port, bitmap:port), CONFIG_NETFILTER_XT_SET, nf_tables with xt compat")
     lookup = "hash lookup of the virtual service (ip_vs_service_find): O(1)"
 
-    TOOLS = (("ipvsadm", "ipvsadm"), ("ipset", "ipset"), ("ip", "iproute2"), ("sysctl", "procps"),
-             (f"iptables-{IPTABLES_BACKEND}-restore", "iptables"))
+    TOOLS = (("ipvsadm", "ipvsadm"), ("ipset", "ipset"), ("ip", "iproute2"), ("sysctl", "procps"))
+    OPTIONS = {"ipvs_scheduler": "scheduler"}
 
-    def __init__(self, lab: "Lab") -> None:
+    def __init__(self, lab: "Lab", scheduler: str = SCHEDULER) -> None:
         super().__init__(lab)
+        if scheduler not in SCHEDULERS:
+            raise LabkitError(f"unknown IPVS scheduler {scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+        self.scheduler = scheduler
+        self.backend: str | None = None   # chosen in setup: what the node's kernel supports
         self._saved_sysctls: dict[str, str] | None = None
         self._loaded = False
+
+    def pick_backend(self) -> str:
+        """The iptables backend for the helper rules, as kube-proxy's iptables
+        wrapper picks one: the first whose nat table the running kernel has
+        ("none" when neither: the helper rules are left out, see docs/vm.md)."""
+        for backend in BACKENDS:
+            tool = f"iptables-{backend}"
+            if not shutil.which(tool):
+                continue
+            cp = self._run([tool, "-t", "nat", "-N", "LABKIT-PROBE"], check=False)
+            if cp.returncode == 0:
+                self._run([tool, "-t", "nat", "-X", "LABKIT-PROBE"], check=False)
+                return backend
+        return "none"
+
+    @property
+    def variant(self) -> str:
+        return f"scheduler {self.scheduler}; helper rules: " + (
+            f"iptables-{self.backend}" if self.backend != "none" else "none (the kernel has no NAT table)")
 
     @classmethod
     def unavailable(cls, lab: "Lab | None" = None) -> str | None:
@@ -348,9 +392,19 @@ class Ipvs(Datapath):
     def _run(self, argv, **kw):
         return self.lab.run(self.lab.node, argv, **kw)
 
+    def resync(self, catalog: "ServiceCatalog") -> ProgramResult:
+        t0 = time.perf_counter()
+        text = render_ipvs(catalog, self.backend or IPTABLES_BACKEND, self.scheduler)
+        t1 = time.perf_counter()
+        self.load(text)
+        t2 = time.perf_counter()
+        self.catalog = catalog
+        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+
     def load(self, text: str) -> None:
         sections = split_sections(text)
-        unknown = set(sections) - set(SECTION_ORDER)
+        order = section_order(self.backend or IPTABLES_BACKEND)
+        unknown = set(sections) - set(order)
         if unknown:
             raise LabkitError(f"IPVS text has unknown sections: {sorted(unknown)}")
         if self._loaded:
@@ -369,8 +423,8 @@ class Ipvs(Datapath):
         loaders = {"ipset restore": ["ipset", "restore"],
                    "ip -batch": ["ip", "-batch", "-"],
                    "ipvsadm -R": ["ipvsadm", "-R"],
-                   f"iptables-{IPTABLES_BACKEND}-restore": [f"iptables-{IPTABLES_BACKEND}-restore"]}
-        for name in SECTION_ORDER[1:]:
+                   **{f"iptables-{b}-restore": [f"iptables-{b}-restore"] for b in BACKENDS}}
+        for name in order[1:]:
             if name in sections:
                 self._run(loaders[name], input=sections[name], timeout=3600)
 
@@ -386,7 +440,8 @@ class Ipvs(Datapath):
 
     def _apply_one(self, catalog: "ServiceCatalog", renderer, i: int) -> ProgramResult:
         t0 = time.perf_counter()
-        text = renderer(catalog if renderer is render_ipvs_add else self.catalog, i)
+        text = (renderer(catalog, i, self.scheduler) if renderer is render_ipvs_add
+                else renderer(self._loaded_catalog(), i))
         t1 = time.perf_counter()
         loaders = {"ipset restore": ["ipset", "restore"], "ip -batch": ["ip", "-batch", "-"],
                    "ipvsadm -R": ["ipvsadm", "-R"]}
@@ -401,8 +456,10 @@ class Ipvs(Datapath):
         if not os.path.exists("/proc/net/ip_vs") and shutil.which("modprobe"):
             self._run(["modprobe", "ip_vs"], check=False)
 
-    def setup(self, catalog: "ServiceCatalog"):
+    def setup(self, catalog: "ServiceCatalog") -> ProgramResult:
         self._ensure_module()
+        if self.backend is None:
+            self.backend = self.pick_backend()
         return super().setup(catalog)
 
     def clear(self) -> None:
@@ -414,8 +471,9 @@ class Ipvs(Datapath):
             cp = self._run(argv, check=False, **kw)
             if cp.returncode != 0:
                 errors.append(f"`{' '.join(argv[:2])}`: {cp.stderr.strip()[-200:]}")
-        step([f"iptables-{IPTABLES_BACKEND}-restore"], input=EMPTY_TABLES)
-        if IPTABLES_BACKEND == "nft" and shutil.which("nft"):
+        if self.backend not in (None, "none"):
+            step([f"iptables-{self.backend}-restore"], input=EMPTY_TABLES)
+        if self.backend == "nft" and shutil.which("nft"):
             for table in ("nat", "filter"):
                 self._run(["nft", "delete", "table", "ip", table], check=False)
         for name in (CLUSTER_IP_SET, IPVS_IPS_SET, *(n for n, _ in EMPTY_SETS)):
@@ -434,12 +492,13 @@ class Ipvs(Datapath):
             raise LabkitError("IPVS teardown incomplete: " + "; ".join(errors))
 
     def describe(self) -> dict:
-        out = {"iptables_backend": IPTABLES_BACKEND, "vip_device": f"{DUMMY_DEVICE} (dummy)",
-               "scheduler": SCHEDULER, "forwarding": "masquerade (NAT)",
+        out = {"iptables_backend": self.backend, "vip_device": f"{DUMMY_DEVICE} (dummy)",
+               "scheduler": self.scheduler, "forwarding": "masquerade (NAT)",
                "sysctls": dict(SYSCTLS)}
-        for key, argv in (("ipvsadm_version", ["ipvsadm", "--version"]),
-                          ("ipset_version", ["ipset", "--version"]),
-                          ("iptables_version", [f"iptables-{IPTABLES_BACKEND}", "--version"])):
+        tools = [("ipvsadm_version", ["ipvsadm", "--version"]), ("ipset_version", ["ipset", "--version"])]
+        if self.backend not in (None, "none"):
+            tools.append(("iptables_version", [f"iptables-{self.backend}", "--version"]))
+        for key, argv in tools:
             cp = self._run(argv, check=False)
             out[key] = (cp.stdout or cp.stderr).strip().splitlines()[0] if (cp.stdout or cp.stderr).strip() else ""
         cp = self._run(["cat", "/proc/net/ip_vs"], check=False)

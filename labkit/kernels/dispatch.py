@@ -16,12 +16,44 @@ from typing import IO, Sequence
 
 from labkit import datapaths
 from labkit.core.errors import Unavailable
-from labkit.kernels import vm
+from labkit.kernels import uml, vm
+from labkit.kernels.guest import GuestResult
 from labkit.rundir import schema, store
 from labkit.rundir.provenance import git_revision
 
-KERNELS = ("auto", "host", "vm")
+KERNELS = ("auto", "host", "uml", "vm")
 RUN_TIMEOUT = 7 * 24 * 3600.0   # a run in the VM may take days under emulation
+#: modes the pinned user-mode Linux kernel cannot run, and why (its config)
+UML_CANNOT = {
+    "iptables-legacy": "the user-mode Linux kernel has no legacy x_tables (NETFILTER_XTABLES_LEGACY unset)",
+    "iptables-nft": "the user-mode Linux kernel has no nf_tables NAT chains",
+    "nftables": "the user-mode Linux kernel has no nf_tables NAT chains",
+}
+
+
+def in_guest() -> bool:
+    """True inside a kernel labkit booted (labkit there stays there)."""
+    return bool(os.environ.get("LABKIT_GUEST") or os.environ.get("LABKIT_IN_VM"))
+
+
+def _available(where: str) -> tuple[bool, str]:
+    return uml.uml_available() if where == "uml" else vm.vm_available()
+
+
+def _release(where: str) -> str:
+    return uml.guest_kernel_release() if where == "uml" else vm.guest_kernel_release()
+
+
+def recorded_guest(out_dir: str | None) -> str | None:
+    """The other kernel a run in ``out_dir`` was measured in, if any."""
+    for name in (schema.GUEST_FACTS, schema.VM_FACTS):
+        path = os.path.join(out_dir or "", name)
+        if out_dir and os.path.exists(path):
+            try:
+                return str(store.read_json(path).get("backend", "vm"))
+            except (OSError, ValueError, AttributeError):
+                return "vm"
+    return None
 
 
 def strip_options(args: Sequence[str], names: Sequence[str]) -> list[str]:
@@ -41,44 +73,59 @@ def strip_options(args: Sequence[str], names: Sequence[str]) -> list[str]:
 
 def choose_kernel(kernel: str, modes: Sequence[str], out_dir: str | None = None,
                   resume: bool = False) -> tuple[str, str]:
-    """("host"|"vm", why) for ``--kernel host|vm|auto``.  A resumed run stays
-    where it started."""
-    if os.environ.get("LABKIT_IN_VM"):
-        return "host", "already inside the VM"
-    if resume and out_dir and os.path.exists(os.path.join(out_dir, schema.VM_FACTS)):
-        return "vm", "resuming a run that was measured in the VM"
+    """("host"|"uml"|"vm", why) for ``--kernel host|uml|vm|auto``.
+
+    ``auto``: the host when its kernel runs every mode; else user-mode Linux
+    when it runs every mode (native speed); else the VM (emulated).  All modes
+    of a run go to one kernel, so they are compared inside it.  A resumed run
+    stays where it started."""
+    if in_guest():
+        return "host", "already inside a guest kernel"
+    if resume:
+        where = recorded_guest(out_dir)
+        if where:
+            return where, f"resuming a run that was measured in {where}"
     if kernel == "host":
         return "host", "--kernel host"
-    if kernel == "vm":
-        ok, why = vm.vm_available()
+    if kernel in ("uml", "vm"):
+        ok, why = _available(kernel)
         if not ok:
-            raise Unavailable(f"--kernel vm: {why}")
-        return "vm", "--kernel vm"
+            raise Unavailable(f"--kernel {kernel}: {why}")
+        if kernel == "uml":
+            cannot = [f"{m} ({UML_CANNOT[m]})" for m in modes if m in UML_CANNOT]
+            if cannot:
+                raise Unavailable("--kernel uml cannot run " + "; ".join(cannot))
+        return kernel, f"--kernel {kernel}"
     missing = {m: datapaths.get(m).unavailable(None) for m in modes}
     missing = {m: why for m, why in missing.items() if why}
     if not missing:
         return "host", "the host kernel runs every mode"
+    lacking = ", ".join(missing)
+    ok, why = uml.uml_available()
+    if ok and not any(m in UML_CANNOT for m in modes):
+        return "uml", f"the host cannot run {lacking}: all modes run in user-mode Linux {_release('uml')}"
     ok, why = vm.vm_available()
-    if not ok:
-        return "host", f"VM unavailable ({why}); {', '.join(missing)} will be refused"
-    return "vm", (f"the host cannot run {', '.join(missing)}: all modes run in the VM kernel "
-                  f"{vm.guest_kernel_release()}")
+    if ok:
+        return "vm", f"the host cannot run {lacking}: all modes run in the VM kernel {_release('vm')}"
+    return "host", f"no other kernel can run {lacking} ({why}); they will be refused"
 
 
-def relaunch(command: str, args: Sequence[str], out_dir: str, kind: str,
-             timeout: float = RUN_TIMEOUT, echo: IO[str] | None = sys.stderr) -> vm.VMResult:
-    """Re-run ``python -m labkit <command> <args>`` inside the VM with
-    ``--kernel host --out <out_dir>`` (any --kernel/--out in ``args`` are
-    replaced); the run is of ``kind`` (its meta file gets the VM's facts)."""
+def relaunch(where: str, command: str, args: Sequence[str], out_dir: str, kind: str,
+             timeout: float = RUN_TIMEOUT, echo: IO[str] | None = sys.stderr) -> GuestResult:
+    """Re-run ``python -m labkit <command> <args>`` inside the other kernel
+    ``where`` with ``--kernel host --out <out_dir>`` (any --kernel/--out in
+    ``args`` are replaced); the run is of ``kind``, and its meta file gets the
+    guest's facts under ``"guest"`` (also in ``guest.json`` beside it)."""
     out_dir = os.path.abspath(out_dir)
     rest = strip_options(args, ("--kernel", "--out"))
     argv = [sys.executable, "-m", "labkit", command, "--kernel", "host", *rest, "--out", out_dir]
-    res = vm.run_in_vm(argv, timeout, env={"LABKIT_GIT_REVISION": git_revision()}, rw=[out_dir],
-                       echo=echo)
-    store.write_json(os.path.join(out_dir, schema.VM_FACTS), res.facts)
+    env = {"LABKIT_GIT_REVISION": git_revision()}
+    run = uml.run_in_uml if where == "uml" else vm.run_in_vm
+    res = run(argv, timeout, env=env, rw=[out_dir], echo=echo)
+    store.write_json(os.path.join(out_dir, schema.GUEST_FACTS), res.facts)
     meta = os.path.join(out_dir, schema.KINDS[kind].meta)
     if os.path.exists(meta):
         m = store.read_json(meta)
-        m["vm"] = res.facts
+        m["guest"] = res.facts
         store.write_json(meta, m)
     return res

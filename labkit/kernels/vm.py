@@ -29,57 +29,50 @@ SIGKILL.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import os
 import platform
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.core.topology import new_run_id
-from labkit.kernel.debcache import cache_base, flock
-from labkit.kernel.state import RunState, remove_path
+from labkit.kernels.cache import KernelPin, fetch, kind_dir, need, read_pin, sha256, tail
+from labkit.kernels.guest import (
+    Exchange,
+    GuestBootError,
+    GuestResult,
+    comm,
+    command_script,
+    console_tail,
+    default_memory,
+    group_pids,
+    guest_env,
+    supervise,
+)
 
 LOCK_FILE = Path(__file__).with_name("vmkernel.lock")
 KVM_PROBE_TIMEOUT = 60.0                         # a KVM guest that works boots in seconds
 BOOT_TIMEOUT = {"kvm": 120.0, "tcg": 300.0}     # launch -> guest command started
-CONSOLE_TAIL = 20
+KIND = "vm"
 # paths the guest does not see from the host (tmpfs or overlays of their own)
 GUEST_HIDDEN = ("/var/cache", "/var/log", "/var/tmp", "/var/lib/apt", "/run", "/dev", "/proc", "/sys")
 QEMU = "qemu-system-x86_64"
 
 
-class VMBootError(LabkitError):
+class VMBootError(GuestBootError):
     """The VM did not come up to run the command (no KVM, bad kernel, hang)."""
 
 
 # ---- the pinned kernel -----------------------------------------------------
-@dataclass(frozen=True)
-class KernelPin:
-    package: str
-    version: str
-    sha256: str
-    release: str
-
-
 def kernel_pin(path: Path = LOCK_FILE) -> KernelPin:
-    try:
-        data = tomllib.loads(Path(path).read_text())
-        return KernelPin(**{k: str(data[k]) for k in ("package", "version", "sha256", "release")})
-    except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
-        raise LabkitError(f"cannot read the VM kernel pin {path}: {exc!r}") from None
+    return read_pin(path)
 
 
 def guest_kernel_release() -> str:
@@ -88,109 +81,41 @@ def guest_kernel_release() -> str:
 
 
 def cache_dir() -> Path:
-    return cache_base() / "vm"
+    return kind_dir(KIND)
 
 
 def kernel_root(pin: KernelPin) -> Path:
     return cache_dir() / f"{pin.package}_{pin.version}"
 
 
+def _complete(root: Path, pin: KernelPin) -> bool:
+    return ((root / "boot" / f"vmlinuz-{pin.release}").is_file()
+            and (root / "lib" / "modules" / pin.release / "modules.dep").is_file())
+
+
 def _fetched(root: Path, pin: KernelPin) -> bool:
     try:
-        return ((root / ".sha256").read_text().strip() == pin.sha256
-                and (root / "boot" / f"vmlinuz-{pin.release}").is_file()
-                and (root / "lib" / "modules" / pin.release / "modules.dep").is_file())
+        return (root / ".sha256").read_text().strip() == pin.sha256 and _complete(root, pin)
     except OSError:
         return False
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _need(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if not path:
-        raise Unavailable(f"{tool} not found (Debian package {package}; `sudo make setup` installs it)")
-    return path
-
-
-def _tail(text: str, n: int) -> str:
-    return "\n".join(text.rstrip().splitlines()[-n:])
 
 
 _EARLY_BOOT = re.compile(r"^\[\s*0\.0+\]|^(Memory|Poking) KASLR|^Probing EDD")
 
 
-def _console_tail(console: str, n: int = CONSOLE_TAIL) -> str:
-    """The console's last lines, without the firmware map and early boot
-    chatter that precede the kernel's own messages."""
-    lines = [ln for ln in console.rstrip().splitlines() if not _EARLY_BOOT.search(ln)]
-    return "\n".join(lines[-n:]) or "(empty)"
-
-
-def _download(pin: KernelPin, cache: Path) -> Path:
-    deb = cache / f"{pin.package}_{pin.version}_amd64.deb"
-    if deb.is_file() and _sha256(deb) == pin.sha256:
-        return deb
-    _need("apt-get", "apt")
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
-    try:
-        cp = subprocess.run(["apt-get", "download", "-o", "APT::Sandbox::User=root",
-                             f"{pin.package}={pin.version}"],
-                            cwd=tmp, capture_output=True, text=True, timeout=1800)
-        debs = sorted(tmp.glob("*.deb"))
-        if cp.returncode != 0 or not debs:
-            raise Unavailable(
-                f"`apt-get download {pin.package}={pin.version}` failed: "
-                f"{_tail(cp.stderr or cp.stdout, 2)}. Run `apt-get update`; if Debian no longer "
-                f"has this version, move the pin: python -m labkit.kernels.vm lock <package>=<version>")
-        got = _sha256(debs[0])
-        if got != pin.sha256:
-            raise LabkitError(f"{debs[0].name}: sha256 {got} does not match {pin.sha256} "
-                              f"in {LOCK_FILE.name}")
-        os.replace(debs[0], deb)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return deb
+def _early_boot(line: str) -> bool:
+    """Firmware map and early boot chatter, left out of console tails."""
+    return bool(_EARLY_BOOT.search(line))
 
 
 def fetch_kernel(pin: KernelPin | None = None) -> Path:
     """Download, verify and unpack the pinned kernel (once); returns its root:
     ``<root>/boot/vmlinuz-<release>`` and ``<root>/lib/modules/<release>``."""
     pin = pin or kernel_pin()
-    root = kernel_root(pin)
-    if _fetched(root, pin):
-        return root
-    _need("dpkg-deb", "dpkg")
-    _need("depmod", "kmod")
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    with flock(cache / ".fetch.lock"):
-        if _fetched(root, pin):
-            return root
-        deb = _download(pin, cache)
-        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))
-        try:
-            for argv in (["dpkg-deb", "-x", str(deb), str(tmp)],
-                         ["depmod", "-b", str(tmp), pin.release]):
-                cp = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-                if cp.returncode != 0:
-                    raise LabkitError(f"`{' '.join(argv[:2])}` failed: {_tail(cp.stderr, 3)}")
-            (tmp / ".sha256").write_text(pin.sha256 + "\n")
-            if not _fetched(tmp, pin):
-                raise LabkitError(f"{deb.name} has no boot/vmlinuz-{pin.release} or "
-                                  f"lib/modules/{pin.release}: is `release` in {LOCK_FILE.name} right?")
-            if root.exists():
-                shutil.rmtree(root)
-            os.rename(tmp, root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    need("depmod", "kmod")
+    p = pin
+    return fetch(p, KIND, LOCK_FILE.name, lambda r: _complete(r, p),
+                 after_unpack=(["depmod", "-b", "{root}", p.release],))
 
 
 # ---- tools -------------------------------------------------------------------
@@ -236,222 +161,68 @@ def vm_available() -> tuple[bool, str]:
 
 
 # ---- booting -------------------------------------------------------------------
-class VMResult(subprocess.CompletedProcess):
-    """A CompletedProcess with the guest console and the facts for meta.json."""
-
-    def __init__(self, args, returncode, stdout, stderr, console: str, facts: dict) -> None:
-        super().__init__(args, returncode, stdout, stderr)
-        self.console = console
-        self.facts = facts
-
-
-def _default_memory() -> str:
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(f.readline().split()[1])
-        return f"{max(1, min(4, kb // (2 * 1024 * 1024)))}G"
-    except (OSError, ValueError, IndexError):
-        return "2G"
-
-
-def _guest_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items()
-            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "PYTHONPATH") or k.startswith("LABKIT_")}
-    path = keep.get("PATH", "/usr/bin:/bin")
-    for extra in ("/usr/local/sbin", "/usr/sbin", "/sbin"):
-        if extra not in path.split(":"):
-            path += ":" + extra
-    keep.update(PATH=path, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", TMPDIR="/tmp",
-                LABKIT_IN_VM="1")
-    keep.update(env or {})
-    return keep
-
-
-def _script(xdir: Path, argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> str:
-    q = shlex.quote
-    d = q(str(xdir))
-    assigns = " ".join(q(f"{k}={v}") for k, v in sorted(env.items()))
-    return (f"# written by labkit.kernels.vm: runs once inside the guest\n"
-            f"cat /proc/uptime > {d}/started.tmp && mv {d}/started.tmp {d}/started\n"
-            f"rc=125\n"
-            f"if cd {q(cwd)}; then\n"
-            f"  env -i {assigns} {' '.join(q(a) for a in argv)} </dev/null >{d}/stdout 2>{d}/stderr\n"
-            f"  rc=$?\n"
-            f"else\n"
-            f"  echo 'labkit.kernels.vm: cannot enter {cwd} in the guest' >{d}/stderr\n"
-            f"fi\n"
-            f"echo $rc > {d}/rc.tmp && mv {d}/rc.tmp {d}/rc\n")
-
-
-def _group_pids(pgid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(d))
-    return out
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            proc.poll()
-            if not _group_pids(proc.pid):
-                return
-            time.sleep(0.05)
-
-
-class _Tail:
-    """Copies what a growing file gains to ``out``."""
-
-    def __init__(self, path: Path, out: IO[str] | None) -> None:
-        self.path, self.out, self.pos = path, out, 0
-
-    def pump(self) -> None:
-        if self.out is None:
-            return
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.pos)
-                data = f.read()
-        except FileNotFoundError:
-            return
-        if data:
-            self.pos += len(data)
-            self.out.write(data.decode(errors="replace"))
-            self.out.flush()
-
-
 def _boot(argv: Sequence[str], *, accel: str, timeout: float, boot_timeout: float,
           env: Mapping[str, str] | None = None, cwd: str | None = None,
-          rw: Sequence[str] = (), echo: IO[str] | None = None) -> VMResult:
+          rw: Sequence[str] = (), echo: IO[str] | None = None) -> GuestResult:
     vng = _vng()
     if not vng:
         raise Unavailable("vng not found (PyPI virtme-ng: pip install 'labkit[vm]')")
-    _need(QEMU, "qemu-system-x86")
+    need(QEMU, "qemu-system-x86")
     pin = kernel_pin()
     root = fetch_kernel(pin)
     cwd = cwd or os.getcwd()
-    run_id = new_run_id()
-    state = RunState(run_id)
-    runs = cache_dir() / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    xdir = runs / f"labkit-{run_id}-vm"
-    rwdirs = [str(xdir)]
-    for p in rw:
-        p = os.path.abspath(p)
-        os.makedirs(p, exist_ok=True)
-        if p not in rwdirs:
-            rwdirs.append(p)
-    for p in rwdirs + [str(root)]:
-        if re.search(r"[\s=,]", p):
-            raise LabkitError(f"cannot share {p!r} with the VM: no spaces, '=' or ',' allowed")
-    cpus = int(os.environ.get("LABKIT_VM_CPUS") or os.cpu_count() or 1)
-    memory = os.environ.get("LABKIT_VM_MEMORY") or _default_memory()
-    cmd = [vng, "--run", str(root / "boot" / f"vmlinuz-{pin.release}"), "--verbose",
-           "--append", "loglevel=4", "--name", f"labkit-{run_id}",
-           "--cpus", str(cpus), "--memory", memory]
-    if accel == "tcg":
-        cmd.append("--disable-kvm")
-    for p in rwdirs:
-        cmd += ["--rwdir", p]
-    if str(root).startswith(GUEST_HIDDEN):
-        cmd += ["--rodir", str(root)]
-    cmd += ["--exec", f"/bin/sh {xdir}/run.sh"]
-    host_env = dict(os.environ)
-    host_env["PATH"] = f"{Path(vng).parent}:{host_env.get('PATH', '/usr/bin:/bin')}"
-    host_env["TMPDIR"] = str(xdir / "host-tmp")  # vng's own temp files die with xdir
-
-    state.acquire()   # the lock: `labkit clean` leaves a live VM alone
-    state.add("paths", str(xdir))
-    proc: subprocess.Popen | None = None
-    console = ""
+    ex = Exchange.make(cache_dir() / "runs")
     try:
-        os.mkdir(xdir, 0o700)
+        xdir = ex.xdir
+        rwdirs = [str(xdir)]
+        for d in rw:
+            d = os.path.abspath(d)
+            os.makedirs(d, exist_ok=True)
+            if d not in rwdirs:
+                rwdirs.append(d)
+        for d in rwdirs + [str(root)]:
+            if re.search(r"[\s=,]", d):
+                raise LabkitError(f"cannot share {d!r} with the VM: no spaces, '=' or ',' allowed")
+        cpus = int(os.environ.get("LABKIT_VM_CPUS") or os.cpu_count() or 1)
+        memory = os.environ.get("LABKIT_VM_MEMORY") or default_memory()
+        cmd = [vng, "--run", str(root / "boot" / f"vmlinuz-{pin.release}"), "--verbose",
+               "--append", "loglevel=4", "--name", f"labkit-{ex.state.run_id}",
+               "--cpus", str(cpus), "--memory", memory]
+        if accel == "tcg":
+            cmd.append("--disable-kvm")
+        for d in rwdirs:
+            cmd += ["--rwdir", d]
+        if not str(root).startswith(GUEST_HIDDEN):
+            cmd += ["--rodir", str(root)]
+        cmd += ["--exec", f"/bin/sh {xdir}/run.sh"]
+        host_env = dict(os.environ)
+        host_env["PATH"] = f"{Path(vng).parent}:{host_env.get('PATH', '/usr/bin:/bin')}"
+        host_env["TMPDIR"] = str(xdir / "host-tmp")  # vng's own temp files die with xdir
         os.mkdir(xdir / "host-tmp")
-        (xdir / "run.sh").write_text(_script(xdir, argv, cwd, _guest_env(env)))
-        t0 = time.monotonic()
-        with open(xdir / "console.log", "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=xdir, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=host_env, start_new_session=True)
-        state.add_pid(proc.pid)
-        tails = [_Tail(xdir / "stdout", echo), _Tail(xdir / "stderr", echo)]
-        started_at: float | None = None
-        qemu_seen = False
-        while proc.poll() is None:
-            now = time.monotonic()
+        (xdir / "run.sh").write_text(command_script(xdir, argv, cwd, guest_env(env, KIND),
+                                                    "labkit.kernels.vm"))
+        qemu_seen: list[int] = []
+
+        def track_qemu(proc: subprocess.Popen) -> None:
             if not qemu_seen:
-                for pid in _group_pids(proc.pid):
-                    if _comm(pid).startswith("qemu-system"):
-                        state.add_pid(pid)
-                        qemu_seen = True
-            if started_at is None and (xdir / "started").exists():
-                started_at = now
-            for t in tails:
-                t.pump()
-            if started_at is None and now - t0 > boot_timeout:
-                console = _read(xdir / "console.log")
-                raise VMBootError(f"the VM ({accel}) did not start the command within {boot_timeout:.0f} s; "
-                                  f"console tail:\n{_console_tail(console)}")
-            if started_at is not None and now - started_at > timeout:
-                console = _read(xdir / "console.log")
-                raise LabkitError(f"`{shlex.join(argv)}` did not finish in the VM within {timeout:.0f} s; "
-                                  f"console tail:\n{_console_tail(console)}")
-            time.sleep(0.1)
-        end = time.monotonic()
-        if started_at is None and (xdir / "started").exists():
-            started_at = end
-        for t in tails:
-            t.pump()
-        console = _read(xdir / "console.log")
-        rc_text = _read(xdir / "rc").strip()
-        if started_at is None:
-            raise VMBootError(f"the VM ({accel}) exited (vng status {proc.returncode}) before running the "
-                              f"command; console tail:\n{_console_tail(console)}")
-        if not rc_text.isdigit():
-            raise LabkitError(f"`{shlex.join(argv)}` ended in the VM without an exit status (kernel panic, "
-                              f"OOM?); console tail:\n{_console_tail(console)}")
-        uptime = _read(xdir / "started").split()
-        facts = {
-            "kernel_package": pin.package, "kernel_version": pin.version,
-            "kernel_sha256": pin.sha256, "kernel_release": pin.release, "accel": accel,
-            "boot_s": round(started_at - t0, 3),
-            "guest_uptime_s": float(uptime[0]) if uptime else None,
-            "command_s": round(end - started_at, 3), "cpus": cpus, "memory": memory,
-            "qemu": _version([QEMU, "--version"]), "virtme_ng": _version([vng, "--version"]),
-        }
-        return VMResult(list(argv), int(rc_text), _read(xdir / "stdout"), _read(xdir / "stderr"),
-                        console, facts)
+                for pid in group_pids(proc.pid):
+                    if comm(pid).startswith("qemu-system"):
+                        ex.state.add_pid(pid)
+                        qemu_seen.append(pid)
+        s = supervise(cmd, ex, what="the VM", argv=argv, timeout=timeout, boot_timeout=boot_timeout,
+                      env=host_env, echo=echo, on_tick=track_qemu, console_skip=_early_boot)
+    except GuestBootError as exc:
+        raise VMBootError(f"({accel}) {exc}") from None
     finally:
-        if proc is not None:
-            _kill_group(proc)
-            proc.wait()
-        remove_path(str(xdir))
-        state.drop()
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_bytes().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
+        ex.close()
+    facts = {
+        "backend": KIND, "kernel_package": pin.package, "kernel_version": pin.version,
+        "kernel_sha256": pin.sha256, "kernel_release": pin.release, "accel": accel,
+        "boot_s": s.boot_s, "guest_uptime_s": s.guest_uptime_s, "command_s": s.command_s,
+        "cpus": cpus, "memory": memory,
+        "qemu": _version([QEMU, "--version"]), "virtme_ng": _version([vng, "--version"]),
+    }
+    return GuestResult(list(argv), s.returncode, s.stdout, s.stderr, s.console, facts)
 
 
 def _qemu_key(pin: KernelPin) -> str:
@@ -498,7 +269,7 @@ def choose_accel() -> tuple[str, str]:
 
 def run_in_vm(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None, *,
               cwd: str | None = None, rw: Sequence[str] = (), check: bool = True,
-              echo: IO[str] | None = None, boot_timeout: float | None = None) -> VMResult:
+              echo: IO[str] | None = None, boot_timeout: float | None = None) -> GuestResult:
     """Boot the pinned kernel, run ``argv`` in it (as root, in ``cwd``, with
     the host's PATH and LABKIT_* variables plus ``env``), power off.
 
@@ -520,8 +291,8 @@ def run_in_vm(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None
     if check and res.returncode != 0:
         raise LabkitError(
             f"`{shlex.join(argv)}` failed in the VM kernel {res.facts['kernel_release']} "
-            f"(exit {res.returncode}): {_tail(res.stderr, 5) or '(no stderr)'}\n"
-            f"console tail:\n{_console_tail(res.console)}")
+            f"(exit {res.returncode}): {tail(res.stderr, 5) or '(no stderr)'}\n"
+            f"console tail:\n{console_tail(res.console, skip=_early_boot)}")
     return res
 
 
@@ -542,8 +313,8 @@ def _lock(spec: str) -> None:
                             cwd=tmp, capture_output=True, text=True, timeout=1800)
         debs = sorted(tmp.glob("*.deb"))
         if cp.returncode != 0 or not debs:
-            raise LabkitError(f"`apt-get download {spec}` failed: {_tail(cp.stderr, 2)}")
-        pin = KernelPin(package, version, _sha256(debs[0]), release)
+            raise LabkitError(f"`apt-get download {spec}` failed: {tail(cp.stderr, 2)}")
+        pin = KernelPin(package, version, sha256(debs[0]), release)
         os.replace(debs[0], cache / f"{package}_{version}_amd64.deb")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

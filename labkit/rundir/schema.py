@@ -24,7 +24,8 @@ META = "meta.json"
 CONTROL_META = "control.json"
 CPU_META = "cpu.json"
 BENCH_META = "bench.json"
-VM_FACTS = "vm.json"
+VM_FACTS = "vm.json"        # written by labkit before the UML backend; read for old runs
+GUEST_FACTS = "guest.json"  # the other kernel a run was measured in (VM or user-mode Linux)
 #: prefix of the temporary files tables are written to before the rename
 TMP_PREFIX = ".tmp-"
 
@@ -73,6 +74,7 @@ POINT_COLUMNS: dict[str, str] = {
     "p50_us": "median rtt_us of answered probes", "p90_us": "90th percentile",
     "p99_us": "99th percentile", "mean_us": "mean", "min_us": "minimum",
     "ct_new": "new conntrack entries the node made during the point (-1: not judged)",
+    "variant": "the mode's choices for this block ('' if none): IPVS scheduler and helper-rule backend",
     "started": "Unix time the point's probes started", "finished": "Unix time they ended",
 }
 
@@ -141,7 +143,7 @@ KINDS: dict[str, RunKind] = {
 OUTPUT_FILES = frozenset({"report.html", "report.png", "crossover.csv", "fits.csv", "summary.csv",
                           "analysis.ipynb", "sweep.ipynb", "claims.csv"})
 #: every file name a run directory may hold
-KNOWN_FILES = frozenset({VM_FACTS, *OUTPUT_FILES,
+KNOWN_FILES = frozenset({VM_FACTS, GUEST_FACTS, *OUTPUT_FILES,
                          *(k.meta for k in KINDS.values()),
                          *(t for k in KINDS.values() for t in k.tables)})
 

@@ -22,11 +22,12 @@ from labkit.core.errors import UsageError
 from labkit.core.topology import Topology
 from labkit.core.validate import names, number, split, whole
 from labkit.datapaths import MODES
+from labkit.datapaths.ipvs import SCHEDULERS
 from labkit.probes import PROBERS
 from labkit.probes.base import SPORT_HI, SPORT_LO
 
 TARGETS = ("first", "middle", "last", "random", "none")
-KERNELS = ("auto", "host", "vm")
+KERNELS = ("auto", "host", "uml", "vm")
 MAX_PROBES = 1_000_000
 
 
@@ -46,6 +47,7 @@ class SweepParams:
     probe_kinds: list[str] = field(default_factory=lambda: ["syn"])
     service_cidr: str = DEFAULT_SERVICE_CIDR
     endpoint_cidr: str = DEFAULT_ENDPOINT_CIDR
+    ipvs_scheduler: str = "rr"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepParams":
@@ -97,6 +99,8 @@ class SweepParams:
         p.warmup = whole(p.warmup, "warmup", 0, 100_000)
         p.seed = whole(p.seed, "seed", 0, 2**32 - 1)
         p.timeout = number(p.timeout, "timeout", 0, 10, lo_open=True)
+        if p.ipvs_scheduler not in SCHEDULERS:
+            raise UsageError(f"ipvs_scheduler must be one of {', '.join(SCHEDULERS)}, got {p.ipvs_scheduler!r}")
         if p.kernel not in KERNELS:
             raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {p.kernel!r}")
         per_block = (p.warmup + p.probes) * len(p.targets)

@@ -170,7 +170,7 @@ class Sweep(Experiment):
     def run_block(self, ctx: BlockContext) -> None:
         p, b = self.p, ctx.block
         catalog = p.catalog(b.services, p)
-        dp = ctx.mode(ctx.lab)
+        dp = ctx.mode(ctx.lab, **{kw: getattr(p, name) for name, kw in ctx.mode.OPTIONS.items()})
         t0 = time.time()
         prog = dp.setup(catalog)
         try:
@@ -189,7 +189,7 @@ class Sweep(Experiment):
                         inserts = None if ct0 is None or ct1 is None \
                             or finished - started > CT_JUDGE_MAX_S else ct1 - ct0
                         self._record(ctx, t, kind, catalog, outcomes, prog, started, finished,
-                                     ct_new=inserts)
+                                     ct_new=inserts, variant=dp.variant)
                         ctx.bar.update(1)
             # control plane: this block's programming, then add one service and remove it
             ident = {**ctx.ident(), "endpoints": catalog.endpoints, "update": type(dp).update}
@@ -201,7 +201,7 @@ class Sweep(Experiment):
 
     def _record(self, ctx: BlockContext, target: str, kind: str, catalog: ServiceCatalog,
                 outcomes: list, prog: Any, started: float, finished: float,
-                ct_new: int | None = None) -> None:
+                ct_new: int | None = None, variant: str = "") -> None:
         p, b = self.p, ctx.block
         n = len(outcomes)
         pid = point_id(p, b, target, kind)
@@ -225,7 +225,7 @@ class Sweep(Experiment):
             "probe": kind, "render_s": prog.render_s, "load_s": prog.load_s,
             "program_s": prog.program_s, "sent": n, "answered": answered, "lost": n - answered,
             "valid": valid, "reason": reason, **summarize(df["rtt_us"].to_numpy()),
-            "ct_new": -1 if ct_new is None else ct_new,
+            "ct_new": -1 if ct_new is None else ct_new, "variant": variant,
             "started": started, "finished": finished,
         }
         ctx.tables.add(schema.SAMPLES, df[schema.columns(schema.SAMPLES)])
