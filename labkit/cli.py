@@ -95,15 +95,20 @@ def _sweep_params(args: argparse.Namespace) -> SweepParams:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    options_given = args.params is not None or any(getattr(args, k) is not None for k in SWEEP_OPTIONS)
+    # --kernel says where to run, not what: a resumed run takes it without other options
+    options_given = args.params is not None or any(getattr(args, k) is not None for k in SWEEP_OPTIONS
+                                                   if k != "kernel")
     params = _sweep_params(args) if (options_given or not args.resume) else None
     prepare_out(args.out, "sweep", args.resume)
     netns.require_root()
     modes = params.modes if params else []
-    if _elsewhere(args, params.kernel if params else "host", modes, "sweep"):
+    kernel = params.kernel if params else "host"
+    if kernel != "host+uml" and _elsewhere(args, kernel, modes, "sweep"):
         return 0
+    only = {whole(b, "only-blocks", 0, 10**9) for b in split(args.only_blocks, "only-blocks")} \
+        if args.only_blocks else None
     out = run_sweep(params, args.out, resume=args.resume, command=_command("sweep", args),
-                    progress=not args.quiet)
+                    progress=not args.quiet, only=only)
     print(f"wrote {out}/{schema.SAMPLES}, {schema.POINTS}, {schema.CONTROL}, {schema.META}")
     return 0
 
@@ -206,9 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", help="unrecorded probes before each point (default 20)")
     s.add_argument("--seed", help="seed of the order and the random targets (default 1)")
     s.add_argument("--timeout", type=float, help="seconds to wait for an answer (default 0.5)")
-    s.add_argument("--kernel", help="host, uml, vm or auto (default auto: the host, else user-mode Linux, "
-                                    "else the VM, whichever runs every mode)")
+    s.add_argument("--kernel", help="host, uml, vm, auto (default: the host, else user-mode Linux, else the "
+                                    "VM, whichever runs every mode) or host+uml (each mode where it runs, "
+                                    "modes that run in both measured in both)")
     s.add_argument("--ipvs-scheduler", dest="ipvs_scheduler", help="IPVS scheduler: rr, wrr, lc, sh, mh (default rr)")
+    s.add_argument("--only-blocks", dest="only_blocks", help=argparse.SUPPRESS)  # a segment run in another kernel
     s.add_argument("--probe-kinds", dest="probe_kinds", help="probe kinds (default syn)")
     s.add_argument("--service-cidr", dest="service_cidr", help="VIP range (default 10.96.0.0/12)")
     s.add_argument("--endpoint-cidr", dest="endpoint_cidr", help="endpoint range (default 10.128.0.0/9)")

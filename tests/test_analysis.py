@@ -1,7 +1,9 @@
 """Statistics of labkit.analysis on synthetic data with a known truth (pure, no root)."""
+import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import gamma
 
@@ -255,3 +257,53 @@ def test_parameter_files(name):
     p = SweepParams.from_yaml(os.path.join(os.path.dirname(__file__), "..", "params", f"{name}.yaml"))
     assert p.probe_kinds == ["syn"] and p.endpoints == 10 and p.services[0] == 0
     assert max(p.services) == {"default": 10_000, "quick": 1_000, "full": 100_000}[name]
+
+
+# --- two kernels in one run ----------------------------------------------------------
+
+def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11):
+    """ebpf measured on the host ("6.18") and in a guest ("7.2") at `ratio` times the
+    host's latency, ipvs in the guest only: flat curves with gamma noise."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(out, exist_ok=True)
+    samples, points, pid, block = [], [], 0, 0
+    for r in range(rounds):
+        for mode, kernel, level in (("ebpf", "6.18", 5.0), ("ebpf", "7.2", 5.0 * ratio), ("ipvs", "7.2", 9.0)):
+            for n in (1, 100, 1000):
+                rtt = level + rng.gamma(2.0, 0.1, probes)
+                samples.append(pd.DataFrame({
+                    "run_id": "x", "point_id": pid, "mode": mode, "kernel": kernel, "services": n,
+                    "endpoints": 10, "target": "last", "probe": "syn", "round": r, "seq": np.arange(probes),
+                    "service": n - 1, "dst": "10.96.0.1", "rtt_us": rtt, "ok": True, "error": "",
+                    "endpoint": "10.128.0.1:80"}))
+                q = np.percentile(rtt, [50, 90, 99])
+                points.append({
+                    "run_id": "x", "point_id": pid, "block": block, "mode": mode, "kernel": kernel,
+                    "services": n, "endpoints": 10, "target": "last", "probe": "syn", "round": r,
+                    "render_s": 0.0, "load_s": 0.1, "program_s": 0.1, "sent": probes, "answered": probes,
+                    "lost": 0, "valid": True, "reason": "", "p50_us": q[0], "p90_us": q[1], "p99_us": q[2],
+                    "mean_us": rtt.mean(), "min_us": rtt.min(), "started": 1.8e9 + pid,
+                    "finished": 1.8e9 + pid + 1})
+                pid += 1
+                block += 1
+    pd.concat(samples).to_parquet(os.path.join(out, "samples.parquet"), index=False)
+    pd.DataFrame(points).to_parquet(os.path.join(out, "points.parquet"), index=False)
+    with open(os.path.join(out, "meta.json"), "w") as f:
+        json.dump({"run_id": "x", "params": {"modes": ["ebpf", "ipvs"]}, "kernel": "6.18", "complete": True,
+                   "started": 1.8e9, "finished": 1.8e9 + pid}, f)
+    return str(out)
+
+
+def test_two_kernels_are_related_by_a_mode_in_both_and_never_crossed(tmp_path):
+    an = A.analyze(_two_kernel_run(tmp_path / "run", ratio=2.0), n_boot=300)
+    assert an.series == ["ebpf [6.18]", "ebpf [7.2]", "ipvs [7.2]"]
+    k = A.kernel_ratios(an)
+    p50 = k[k["stat"] == "p50"]
+    assert len(p50) == 2 and set(p50["other_kernel"]) == {"7.2"} and set(p50["kernel"]) == {"6.18"}
+    # the truth: (10 + gamma median) / (5 + gamma median), the same noise on both
+    med = 0.1 * 1.678
+    truth = (10 + med) / (5 + med)
+    assert ((p50["ci_lo"] <= truth) & (truth <= p50["ci_hi"])).all(), p50
+    assert ((p50["ci_lo"] <= p50["ratio"]) & (p50["ratio"] <= p50["ci_hi"])).all()
+    pairs = set(zip(an.crossover["mode_a"], an.crossover["mode_b"]))
+    assert pairs and all(a.split("[")[1] == b.split("[")[1] for a, b in pairs)   # one kernel per pair

@@ -32,7 +32,7 @@ def snapshot_state() -> dict:
     """labkit state on this machine, except that of runs alive in other processes."""
     others = [st for st in all_states() if st.pid != os.getpid() and st.owner_alive()]
     ids = {st.run_id for st in others}
-    pids = {p for st in others for p in st.pids}
+    pids = {pid for st in others for pid, _start in st.pids}
     return {"ns": _labkit_namespaces(), "pins": _labkit_pins(),
             "tmp": {t for t in glob.glob("/tmp/labkit-*") if t.split("-")[1] not in ids},
             "servers": set(_server_pids()) - pids,

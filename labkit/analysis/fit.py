@@ -33,7 +33,6 @@ conditional on that choice); percentile intervals.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from scipy.optimize import brentq, minimize_scalar
 
 from labkit.core.errors import UsageError
 from labkit.rundir import schema
-from labkit.rundir.store import read_json, read_table
+from labkit.rundir.store import read_json, read_table, sha256_file
 
 STATS: dict[str, float] = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 TARGET_ORDER = ("last", "random", "middle", "first", "none")
@@ -76,14 +75,6 @@ class Run:
     @property
     def run_id(self) -> str:
         return str(self.meta.get("run_id", ""))
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _need_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
@@ -877,7 +868,9 @@ def analyze(run: Run | str, *, budget_us: float = 10.0, budget_frac: float = 0.1
     order = {s: i for i, s in enumerate(run.series_order)}
     summary = pd.DataFrame(srows)
     fits = pd.DataFrame(frows)
-    # crossovers
+    # crossovers: only between series measured in one kernel (a run over two kernels
+    # relates them by the modes that ran in both: see kernel_ratios)
+    kernel_of = dict(zip(pts["series"], pts["kernel"]))
     crows, brows = [], []
     groups = sorted({k[1:] for k in curves})
     for target, probe, stat in groups:
@@ -885,10 +878,10 @@ def analyze(run: Run | str, *, budget_us: float = 10.0, budget_frac: float = 0.1
         if len(present) < 2:
             continue
         grid = Grid([curves[(s, target, probe, stat)] for s in present])
-        for a, b in combinations(present, 2):
+        for a, b in _same_kernel(combinations(present, 2), kernel_of):
             crows.append(crossing_row(curves[(a, target, probe, stat)], curves[(b, target, probe, stat)],
                                       level, grid))
-        for a, b in permutations(present, 2):
+        for a, b in _same_kernel(permutations(present, 2), kernel_of):
             ca, cb = curves[(a, target, probe, stat)], curves[(b, target, probe, stat)]
             crows.append(budget_row(ca, cb, budget_us, "budget-abs", f"{budget_us:g} us", level, grid))
             base, how = _budget_baseline(pts, rtts, b, target, probe, curves)
@@ -909,6 +902,43 @@ def analyze(run: Run | str, *, budget_us: float = 10.0, budget_frac: float = 0.1
                     seed=seed, criterion=criterion, resample=resample, stats=list(stats),
                     models=list(MODELS))
     return Analysis(run, pts, curves, summary, fits, crossover, baselines, settings, checks)
+
+
+def _same_kernel(pairs: Iterable[tuple[str, str]], kernel_of: dict) -> list[tuple[str, str]]:
+    return [(a, b) for a, b in pairs if kernel_of.get(a) == kernel_of.get(b)]
+
+
+def kernel_ratios(an: "Analysis", level: float = 0.95) -> pd.DataFrame:
+    """For every mode measured in two kernels of one run: the ratio of its fitted
+    latency in the other kernel to the host's, at the smallest and the largest
+    count both measured, with a bootstrap interval (the two curves' replicates
+    are independent draws).  How far a guest kernel's figures carry over to the
+    host, mode by mode; never a fit across kernels."""
+    rows = []
+    by_mode: dict[str, list[str]] = {}
+    for name in an.series:
+        by_mode.setdefault(name.split(" [")[0], []).append(name)
+    kernel_of = dict(zip(an.points["series"], an.points["kernel"]))
+    host = str(an.run.meta.get("kernel", ""))   # the run's own kernel: the reference
+    for mode, names in by_mode.items():
+        if len(names) < 2:
+            continue
+        ref = next((n for n in names if kernel_of.get(n) == host), names[0])
+        for other in (n for n in names if n != ref):
+            for (s, target, probe, stat), c in an.curves.items():
+                if s != ref or (other, target, probe, stat) not in an.curves:
+                    continue
+                o = an.curves[(other, target, probe, stat)]
+                lo_x, hi_x = max(c.xmin, o.xmin), min(c.xmax, o.xmax)
+                for x in sorted({lo_x, hi_x}):
+                    r = float(o.predict([x])[0] / c.predict([x])[0])
+                    rb = o.boot_predict([x])[:, 0] / c.boot_predict([x])[:, 0]
+                    lo, hi = percentile_ci(rb, level)
+                    rows.append({"mode": mode, "target": target, "probe": probe, "stat": stat,
+                                 "kernel": kernel_of.get(ref), "other_kernel": kernel_of.get(other),
+                                 "services": x, "ratio": r, "ci_lo": float(lo), "ci_hi": float(hi)})
+    return pd.DataFrame(rows, columns=["mode", "target", "probe", "stat", "kernel", "other_kernel",
+                                       "services", "ratio", "ci_lo", "ci_hi"])
 
 
 def _summary_row(c: Curve, pts: pd.DataFrame, level: float) -> dict:

@@ -9,7 +9,6 @@ written to the host's ``/boot`` or ``/lib/modules``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from typing import Callable, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
 from labkit.kernel.debcache import cache_base, flock
+from labkit.rundir.store import sha256_file
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,14 +45,6 @@ def read_pin(path: Path) -> KernelPin:
 def kind_dir(kind: str) -> Path:
     """``<cache>/<kind>``: where the pinned packages of one kind live."""
     return cache_base() / kind
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def need(tool: str, package: str) -> str:
@@ -110,7 +102,7 @@ def download(pin: KernelPin, cache: Path, lock_name: str, apt_opts: Sequence[str
     """The pinned ``.deb`` in ``cache`` (downloaded once, sha256 checked);
     ``apt_opts`` select another index (:func:`private_index`)."""
     deb = cache / f"{pin.package}_{pin.version}_amd64.deb"
-    if deb.is_file() and sha256(deb) == pin.sha256:
+    if deb.is_file() and sha256_file(deb) == pin.sha256:
         return deb
     need("apt-get", "apt")
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
@@ -124,7 +116,7 @@ def download(pin: KernelPin, cache: Path, lock_name: str, apt_opts: Sequence[str
                 f"`apt-get download {pin.package}={pin.version}` failed: "
                 f"{tail(cp.stderr or cp.stdout, 2)}. Run `apt-get update`; if Debian no longer "
                 f"has this version, move the pin in {lock_name}")
-        got = sha256(debs[0])
+        got = sha256_file(debs[0])
         if got != pin.sha256:
             raise LabkitError(f"{debs[0].name}: sha256 {got} does not match {pin.sha256} in {lock_name}")
         os.replace(debs[0], deb)

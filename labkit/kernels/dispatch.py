@@ -111,17 +111,22 @@ def choose_kernel(kernel: str, modes: Sequence[str], out_dir: str | None = None,
 
 
 def relaunch(where: str, command: str, args: Sequence[str], out_dir: str, kind: str,
-             timeout: float = RUN_TIMEOUT, echo: IO[str] | None = sys.stderr) -> GuestResult:
+             timeout: float = RUN_TIMEOUT, echo: IO[str] | None = sys.stderr,
+             record: bool = True) -> GuestResult:
     """Re-run ``python -m labkit <command> <args>`` inside the other kernel
     ``where`` with ``--kernel host --out <out_dir>`` (any --kernel/--out in
     ``args`` are replaced); the run is of ``kind``, and its meta file gets the
-    guest's facts under ``"guest"`` (also in ``guest.json`` beside it)."""
+    guest's facts under ``"guest"`` (also in ``guest.json`` beside it).  With
+    ``record`` False (a segment of a run spanning two kernels) nothing is
+    recorded here: the caller keeps the facts."""
     out_dir = os.path.abspath(out_dir)
     rest = strip_options(args, ("--kernel", "--out"))
     argv = [sys.executable, "-m", "labkit", command, "--kernel", "host", *rest, "--out", out_dir]
     env = {"LABKIT_GIT_REVISION": git_revision()}
     run = uml.run_in_uml if where == "uml" else vm.run_in_vm
     res = run(argv, timeout, env=env, rw=[out_dir], echo=echo)
+    if not record:
+        return res
     store.write_json(os.path.join(out_dir, schema.GUEST_FACTS), res.facts)
     meta = os.path.join(out_dir, schema.KINDS[kind].meta)
     if os.path.exists(meta):

@@ -124,10 +124,10 @@ def uml_available() -> tuple[bool, str]:
         return False, f"user-mode Linux here is amd64 and needs Linux x86_64, not {platform.machine()}"
     if os.geteuid() != 0:
         return False, "running labs in user-mode Linux needs root (the guest mounts the run directory)"
+    if os.environ.get("LABKIT_GUEST"):
+        return False, "already inside a guest kernel"
     missing = [f"{t} (Debian package {pkg})" for t, pkg in (("dpkg-deb", "dpkg"), ("modprobe", "kmod"))
                if not shutil.which(t)]
-    if os.environ.get("LABKIT_GUEST"):
-        missing.append("nothing: this is already a guest kernel")
     if missing:
         return False, "cannot run user-mode Linux: missing " + ", ".join(missing)
     try:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO, Mapping, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.kernels.cache import KernelPin, fetch, kind_dir, need, read_pin, sha256, tail
+from labkit.kernels.cache import KernelPin, fetch, kind_dir, need, read_pin, tail
 from labkit.kernels.guest import (
     Exchange,
     GuestBootError,
@@ -56,6 +56,7 @@ from labkit.kernels.guest import (
     guest_env,
     supervise,
 )
+from labkit.rundir.store import sha256_file
 
 LOCK_FILE = Path(__file__).with_name("vmkernel.lock")
 KVM_PROBE_TIMEOUT = 60.0                         # a KVM guest that works boots in seconds
@@ -314,7 +315,7 @@ def _lock(spec: str) -> None:
         debs = sorted(tmp.glob("*.deb"))
         if cp.returncode != 0 or not debs:
             raise LabkitError(f"`apt-get download {spec}` failed: {tail(cp.stderr, 2)}")
-        pin = KernelPin(package, version, sha256(debs[0]), release)
+        pin = KernelPin(package, version, sha256_file(debs[0]), release)
         os.replace(debs[0], cache / f"{package}_{version}_amd64.deb")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,7 @@ from jinja2 import DictLoader
 from nbconvert import HTMLExporter
 
 from labkit.analysis import anchors
-from labkit.analysis.fit import Analysis, load_run
+from labkit.analysis.fit import Analysis, kernel_ratios, load_run
 from labkit.core import topology
 from labkit.core.errors import LabkitError, UsageError
 
@@ -311,6 +311,22 @@ def published_tables(an: Analysis, target: str | None = None):
         f"<li>{html.escape(txt)} <span class='lk-note'>({html.escape(anchors.SOURCES[k].cite())})</span></li>"
         for k, txt in anchors.CLAIMS) + "</ul>")
     return _html("".join(parts))
+
+
+def kernels_table(an: Analysis, stats=("p50",)):
+    """A run over two kernels: per mode measured in both, the other kernel's
+    latency as a multiple of the host's (``analysis.fit.kernel_ratios``)."""
+    k = kernel_ratios(an, an.settings["level"])
+    k = k[k["stat"].isin(stats)]
+    if not len(k):
+        return _html('<p class="lk-note">One kernel: nothing to relate.</p>')
+    level = f"{an.settings['level']:.0%}"
+    out = pd.DataFrame({"mode": k["mode"], "target": k["target"], "statistic": k["stat"],
+                        "kernels": k["other_kernel"] + " / " + k["kernel"],
+                        "services": k["services"].map(lambda v: f"{v:,.0f}"),
+                        f"ratio [{level} CI]": [_ci(v, lo, hi, "{:,.2f}")
+                                               for v, lo, hi in zip(k["ratio"], k["ci_lo"], k["ci_hi"])]})
+    return _html(table_html(out))
 
 
 def programming_table(an: Analysis):

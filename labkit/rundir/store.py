@@ -7,6 +7,7 @@ analysed by anyone who can read its directory.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -34,6 +35,15 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes, hex (raw data checksums, pinned packages)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -27,7 +27,7 @@ from labkit.probes import PROBERS
 from labkit.probes.base import SPORT_HI, SPORT_LO
 
 TARGETS = ("first", "middle", "last", "random", "none")
-KERNELS = ("auto", "host", "uml", "vm")
+KERNELS = ("auto", "host", "uml", "vm", "host+uml")
 MAX_PROBES = 1_000_000
 
 
@@ -48,6 +48,9 @@ class SweepParams:
     service_cidr: str = DEFAULT_SERVICE_CIDR
     endpoint_cidr: str = DEFAULT_ENDPOINT_CIDR
     ipvs_scheduler: str = "rr"
+    #: with kernel "host+uml": the kernels each mode runs in (filled in once, from what
+    #: each kernel runs, and stored, so a resumed run plans the same blocks)
+    kernels_by_mode: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepParams":

@@ -24,6 +24,7 @@ slow drift of a shared machine spreads over all modes and counts.
 from __future__ import annotations
 
 import os
+import platform
 import random
 import shlex
 import sys
@@ -38,8 +39,9 @@ from tqdm.auto import tqdm
 
 from labkit import datapaths
 from labkit.core.catalog import ServiceCatalog
-from labkit.core.errors import Unavailable, UsageError
+from labkit.core.errors import LabkitError, Unavailable, UsageError
 from labkit.kernel import netns
+from labkit.kernels.dispatch import relaunch
 from labkit.lab.lab import Lab
 from labkit.rundir import schema, store
 from labkit.rundir.provenance import environment
@@ -55,6 +57,14 @@ class Block:
     mode: str
     services: int
     targets: tuple[str, ...] = ()
+    #: the kernel the block runs in ("" = wherever the run runs; "host", "uml", "vm")
+    kernel: str = ""
+
+
+def here() -> str:
+    """The kernel this process runs on, as blocks name it."""
+    guest = os.environ.get("LABKIT_GUEST") or ("vm" if os.environ.get("LABKIT_IN_VM") else "")
+    return guest or "host"
 
 
 def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
@@ -279,7 +289,8 @@ class Runner:
     """Runs ``experiment`` into ``out``; ``run()`` returns ``out``."""
 
     def __init__(self, experiment: Experiment, out: str | None, *, resume: bool = False,
-                 command: str | None = None, progress: bool = True) -> None:
+                 command: str | None = None, progress: bool = True, only: set[int] | None = None) -> None:
+        self.only = only   # run just these blocks (a segment relaunched in another kernel)
         self.exp = experiment
         self.kind = experiment.kind
         self.out = prepare_out(out, self.kind, resume)
@@ -318,7 +329,8 @@ class Runner:
                 return self.out
         netns.require_root()
         services, endpoints, ports = exp.catalog_size()
-        classes = datapaths.preflight(exp.modes, services, endpoints, ports)
+        mine = [b for b in exp.blocks() if self._local(b) and (self.only is None or b.block in self.only)]
+        classes = datapaths.preflight(list(dict.fromkeys(b.mode for b in mine)), services, endpoints, ports)
         created = False
         if self.out is not None:
             created = _create_out(self.out)
@@ -346,7 +358,7 @@ class Runner:
                          "command": self.command, "started": time.time(), "finished": None,
                          "complete": False, "blocks_done": [], **exp.meta_extra(), **environment()}
         blocks = exp.blocks()
-        todo = [b for b in blocks if b.block not in done]
+        todo = [b for b in blocks if b.block not in done and (self.only is None or b.block in self.only)]
         total = sum(exp.units(b) for b in blocks)
         bar = tqdm(total=total, initial=total - sum(exp.units(b) for b in todo), unit=exp.unit,
                    desc=self.kind, disable=not self.progress, dynamic_ncols=True)
@@ -356,7 +368,19 @@ class Runner:
                     self.meta["run_id"] = lab.run_id
                 self._write_meta()
                 tried: set[str] = set()
-                for b in todo:
+                k = 0
+                while k < len(todo):
+                    b = todo[k]
+                    if not self._local(b):   # a segment of blocks for another kernel
+                        seg = [b]
+                        while k + len(seg) < len(todo) and todo[k + len(seg)].kernel == b.kernel:
+                            seg.append(todo[k + len(seg)])
+                        bar.set_postfix_str(f"{len(seg)} blocks in {b.kernel}")
+                        self._elsewhere(b.kernel, seg)
+                        bar.update(sum(exp.units(x) for x in seg))
+                        k += len(seg)
+                        continue
+                    k += 1
                     bar.set_postfix_str(f"{b.mode} {b.services:,} svc r{b.round}")
                     cls = classes[b.mode]
                     lab.reset_node()
@@ -367,14 +391,35 @@ class Runner:
                         tried.add(b.mode)
                         lab.reset_node()
                     exp.run_block(BlockContext(lab, b, cls, self.tables, self.meta["run_id"],
-                                               self.meta["kernel"], bar))
+                                               platform.release(), bar))
                     self.meta["blocks_done"].append(b.block)
                     self._write_meta()
         finally:
             bar.close()
-        self._write_meta(finished=time.time(), complete=True,
-                         n_rows={t: len(self.tables.frame(t)) for t in self.tables.chunks})
+        if self.only is None:
+            self._write_meta(finished=time.time(), complete=True,
+                             n_rows={t: len(self.tables.frame(t)) for t in self.tables.chunks})
         return self.out
+
+    def _local(self, b: Block) -> bool:
+        return not b.kernel or b.kernel == here()
+
+    def _elsewhere(self, kernel: str, seg: list[Block]) -> None:
+        """Run the blocks ``seg`` in the other kernel ``kernel`` (labkit relaunched
+        there resumes this run for just those blocks), then take its rows back."""
+        if here() != "host" or self.out is None:
+            raise LabkitError(f"blocks for {kernel} can only be run from the host, into a run directory")
+        self._write_meta()
+        ids = ",".join(str(b.block) for b in seg)
+        res = relaunch(kernel, self.kind, ["--resume", "--only-blocks", ids, "--quiet"], self.out, self.kind,
+                       record=False)
+        self.meta = read_meta(self.out, self.kind)
+        self.meta.setdefault("guests", []).append(res.facts)
+        missing = [b.block for b in seg if b.block not in self.meta.get("blocks_done", [])]
+        if missing:
+            raise LabkitError(f"{kernel} did not finish blocks {missing}: {res.stderr.strip()[-300:]}")
+        self.tables.keep_blocks(set(int(x) for x in self.meta["blocks_done"]))
+        self._write_meta()
 
 
 def read_meta(out: str, kind: str) -> dict[str, Any]:

@@ -26,9 +26,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chisquare
 
+from labkit import datapaths
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import UsageError
 from labkit.kernel import netns
+from labkit.kernels.dispatch import UML_CANNOT
 from labkit.probes import PROBERS
 from labkit.rundir import schema
 from labkit.runs.control import measure_ops, program_row
@@ -149,6 +151,8 @@ class Sweep(Experiment):
     def __init__(self, params: SweepParams, on_point: Callable[[dict], None] | None = None) -> None:
         self.p = params.validated()
         self.on_point = on_point
+        if self.p.kernel == "host+uml" and not self.p.kernels_by_mode:
+            self.p.kernels_by_mode = kernels_by_mode(self.p.modes)
 
     def params_dict(self) -> dict[str, Any]:
         return self.p.to_dict()
@@ -159,7 +163,20 @@ class Sweep(Experiment):
 
     def blocks(self) -> list[Block]:
         p = self.p
-        return plan(p.modes, p.services, p.rounds, p.seed, p.targets)
+        if not p.kernels_by_mode:
+            return plan(p.modes, p.services, p.rounds, p.seed, p.targets)
+        # two kernels: per round, the host's blocks, then user-mode Linux's (one boot
+        # per round); the same modes, counts and targets, shuffled within each part
+        out: list[Block] = []
+        kernels = ("host", "uml")
+        for r in range(p.rounds):
+            for ki, kernel in enumerate(kernels):
+                modes = [m for m in p.modes if kernel in p.kernels_by_mode.get(m, [])]
+                for b in plan(modes, p.services, 1, p.seed * 1009 + r * 2 + ki, p.targets):
+                    m, s_ = p.modes.index(b.mode), p.services.index(b.services)
+                    bid = ((r * len(kernels) + ki) * len(p.modes) + m) * len(p.services) + s_
+                    out.append(Block(bid, r, b.mode, b.services, b.targets, kernel))
+        return out
 
     def largest_catalog(self) -> ServiceCatalog:
         return self.p.catalog(max(self.p.services), self.p)
@@ -234,14 +251,27 @@ class Sweep(Experiment):
             self.on_point(point)
 
 
+def kernels_by_mode(modes: list[str]) -> dict[str, list[str]]:
+    """For a run on the host and in user-mode Linux: the kernels each mode runs in
+    (a mode in both is measured in both: the calibration of one against the other)."""
+    out = {}
+    for m in modes:
+        ks = [k for k, ok in (("host", datapaths.get(m).unavailable(None) is None),
+                              ("uml", m not in UML_CANNOT)) if ok]
+        if not ks:
+            raise UsageError(f"mode {m} runs neither on this host nor in user-mode Linux")
+        out[m] = ks
+    return out
+
+
 def run_sweep(params: SweepParams | None, out: str, *, resume: bool = False,
               command: str | None = None, progress: bool = True,
-              on_point: Callable[[dict], None] | None = None) -> str:
+              on_point: Callable[[dict], None] | None = None, only: set[int] | None = None) -> str:
     """Measure ``params`` into directory ``out`` (or, with ``resume``, continue
     the run there with its stored parameters; ``params`` must then be None or
     equal to them); returns ``out``."""
     if resume:
-        runner = Runner.resuming(Sweep, out, command=command, progress=progress)
+        runner = Runner.resuming(Sweep, out, command=command, progress=progress, only=only)
         stored = runner.exp.params_dict()
         if params is not None and params.validated().to_dict() != stored:
             raise UsageError(f"--resume: parameters differ from the run in {out}; "
