@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
     """The one way root tests are marked: ``@pytest.mark.root`` (or a fixture
     that builds a lab, which implies it).  Without root they are skipped with
     the reason printed (-rs)."""
-    skip_root = pytest.mark.skip(reason="needs root: network namespaces and netfilter (run `sudo make test`)")
+    skip_root = pytest.mark.skip(reason="needs root: network namespaces and netfilter (run `make test` as root)")
     for item in items:
         if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.root)

@@ -105,6 +105,7 @@ def test_bad_parameter_files(tmp_path, text, msg):
     assert cp.returncode == 2 and msg in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.root   # the output directory is made after the root check
 def test_unwritable_output_is_refused(tmp_path):
     cp = labkit("sweep", "--services", "0", "--out", "/proc/labkit-out")
     assert cp.returncode == 2 and "/proc/labkit-out cannot be created" in cp.stderr

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import re
 import shutil
 import socket
@@ -18,7 +17,6 @@ from labkit.datapaths import nftables as nft
 from labkit.kernel import netns
 from labkit.lab.lab import Lab
 
-ROOT = os.geteuid() == 0
 HAVE_NFT = shutil.which("nft") is not None
 
 EXPECTED_2x2 = """\
@@ -199,9 +197,8 @@ def test_unavailable_names_missing_nft(monkeypatch):
 
 
 # ---- real kernel (root) ------------------------------------------------------------
-def root(fn):
-    """Marked `root` (runs in CI as root) and skipped, with the reason, otherwise."""
-    return pytest.mark.root(pytest.mark.skipif(not ROOT, reason="needs root (network namespaces)")(fn))
+#: root tests: skipped without root, with the reason, by conftest (the one way they are marked)
+root = pytest.mark.root
 
 
 needs_nft = pytest.mark.skipif(not HAVE_NFT, reason="nft not installed (Debian package nftables)")
@@ -249,8 +246,6 @@ def _conntrack(lab, dst: str) -> dict[int, tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def programmed():
-    if not ROOT:
-        pytest.skip("needs root (network namespaces)")
     if not HAVE_NFT:
         pytest.skip("nft not installed (Debian package nftables)")
     cat = ServiceCatalog(services=50, endpoints=4)

@@ -34,7 +34,7 @@ _pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=
 def require_root() -> None:
     if os.geteuid() != 0:
         raise UsageError("labkit needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network "
-                         "namespaces: run it with sudo")
+                         "namespaces: run it as root (with sudo from a user account)")
 
 
 def require_tool(name: str, package: str | None = None) -> str:
