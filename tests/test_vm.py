@@ -75,7 +75,6 @@ def test_strip_options_removes_both_forms():
 
 
 def test_choose_kernel(monkeypatch, tmp_path):
-    monkeypatch.delenv("LABKIT_IN_VM", raising=False)
     monkeypatch.delenv("LABKIT_GUEST", raising=False)
     host_modes = [m for m, cls in MODES.items() if cls.unavailable(None) is None]
     lacking = [m for m, cls in MODES.items() if cls.unavailable(None) is not None]
@@ -92,7 +91,7 @@ def test_choose_kernel(monkeypatch, tmp_path):
             dispatch.choose_kernel("uml", ["ipvs", "iptables-nft"])
     (tmp_path / "vm.json").write_text("{}")
     assert dispatch.choose_kernel("host", [], str(tmp_path), resume=True)[0] == "vm"
-    monkeypatch.setenv("LABKIT_IN_VM", "1")
+    monkeypatch.setenv("LABKIT_GUEST", "vm")
     assert dispatch.choose_kernel("vm", lacking, str(tmp_path), resume=True)[0] == "host"
 
 

@@ -102,10 +102,15 @@ class Datapath(ABC):
         Default: full re-render and reload of the N-1 services."""
         return self.resync(self._resized(-1))
 
+    def render_for(self, catalog: "ServiceCatalog") -> str:
+        """This instance's loader text for ``catalog``: :meth:`render`, unless the
+        instance has options of its own (:attr:`OPTIONS`) that shape the text."""
+        return self.render(catalog)
+
     def resync(self, catalog: "ServiceCatalog") -> ProgramResult:
         """Render ``catalog`` and load it over the current state."""
         t0 = time.perf_counter()
-        text = self.render(catalog)
+        text = self.render_for(catalog)
         t1 = time.perf_counter()
         self.load(text)
         t2 = time.perf_counter()

@@ -392,14 +392,8 @@ class Ipvs(Datapath):
     def _run(self, argv, **kw):
         return self.lab.run(self.lab.node, argv, **kw)
 
-    def resync(self, catalog: "ServiceCatalog") -> ProgramResult:
-        t0 = time.perf_counter()
-        text = render_ipvs(catalog, self.backend or IPTABLES_BACKEND, self.scheduler)
-        t1 = time.perf_counter()
-        self.load(text)
-        t2 = time.perf_counter()
-        self.catalog = catalog
-        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+    def render_for(self, catalog: "ServiceCatalog") -> str:
+        return render_ipvs(catalog, self.backend or IPTABLES_BACKEND, self.scheduler)
 
     def load(self, text: str) -> None:
         sections = split_sections(text)

@@ -125,6 +125,14 @@ def download(pin: KernelPin, cache: Path, lock_name: str, apt_opts: Sequence[str
     return deb
 
 
+def ready(root: Path, pin: KernelPin, complete: Callable[[Path], bool]) -> bool:
+    """``root`` holds ``pin`` unpacked whole (its sha256 recorded, ``complete`` true)."""
+    try:
+        return (root / ".sha256").read_text().strip() == pin.sha256 and complete(root)
+    except OSError:
+        return False
+
+
 def fetch(pin: KernelPin, kind: str, lock_name: str, complete: Callable[[Path], bool],
           after_unpack: Sequence[Sequence[str]] = (), apt_opts: Sequence[str] = ()) -> Path:
     """Download, verify and unpack ``pin`` (once) into ``<cache>/<kind>/<package>_<version>``;
@@ -132,18 +140,12 @@ def fetch(pin: KernelPin, kind: str, lock_name: str, complete: Callable[[Path], 
     commands run with ``{root}`` replaced by the new tree.  Returns the root."""
     cache = kind_dir(kind)
     root = cache / f"{pin.package}_{pin.version}"
-
-    def ready(r: Path) -> bool:
-        try:
-            return (r / ".sha256").read_text().strip() == pin.sha256 and complete(r)
-        except OSError:
-            return False
-    if ready(root):
+    if ready(root, pin, complete):
         return root
     need("dpkg-deb", "dpkg")
     cache.mkdir(parents=True, exist_ok=True)
     with flock(cache / ".fetch.lock"):
-        if ready(root):
+        if ready(root, pin, complete):
             return root
         deb = download(pin, cache, lock_name, apt_opts)
         tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))

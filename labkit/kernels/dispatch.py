@@ -33,7 +33,7 @@ UML_CANNOT = {
 
 def in_guest() -> bool:
     """True inside a kernel labkit booted (labkit there stays there)."""
-    return bool(os.environ.get("LABKIT_GUEST") or os.environ.get("LABKIT_IN_VM"))
+    return bool(os.environ.get("LABKIT_GUEST"))
 
 
 def _available(where: str) -> tuple[bool, str]:

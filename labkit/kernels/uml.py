@@ -98,8 +98,7 @@ def fetch(p: UmlPin | None = None) -> Path:
     set to ``libc/`` beside it), ``modroot/lib/modules/<release>``."""
     p = p or pin()
     root = root_dir(p)
-    if (root / ".sha256").is_file() and (root / ".sha256").read_text().strip() == p.kernel.sha256 \
-            and _complete(root, p):
+    if cache.ready(root, p.kernel, lambda r: _complete(r, p)):
         return root
     cache.need("patchelf", "patchelf")
     kdir = cache.kind_dir(KIND)
@@ -135,7 +134,7 @@ def uml_available() -> tuple[bool, str]:
     except LabkitError as exc:
         return False, str(exc)
     k = p.kernel
-    if _complete(root_dir(p), p):
+    if cache.ready(root_dir(p), k, lambda r: _complete(r, p)):
         return True, f"user-mode Linux {k.release} ({k.package} {k.version}), cached in {root_dir(p)}"
     if not shutil.which("apt-get") or not shutil.which("patchelf"):
         return False, (f"user-mode Linux {k.package} {k.version} is not cached, and fetching it needs "

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import IO, Mapping, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.kernels.cache import KernelPin, fetch, kind_dir, need, read_pin, tail
+from labkit.kernels.cache import KernelPin, fetch, kind_dir, need, read_pin, ready, tail
 from labkit.kernels.guest import (
     Exchange,
     GuestBootError,
@@ -95,10 +95,7 @@ def _complete(root: Path, pin: KernelPin) -> bool:
 
 
 def _fetched(root: Path, pin: KernelPin) -> bool:
-    try:
-        return (root / ".sha256").read_text().strip() == pin.sha256 and _complete(root, pin)
-    except OSError:
-        return False
+    return ready(root, pin, lambda r: _complete(r, pin))
 
 
 _EARLY_BOOT = re.compile(r"^\[\s*0\.0+\]|^(Memory|Poking) KASLR|^Probing EDD")

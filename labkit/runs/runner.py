@@ -63,8 +63,7 @@ class Block:
 
 def here() -> str:
     """The kernel this process runs on, as blocks name it."""
-    guest = os.environ.get("LABKIT_GUEST") or ("vm" if os.environ.get("LABKIT_IN_VM") else "")
-    return guest or "host"
+    return os.environ.get("LABKIT_GUEST") or "host"
 
 
 def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
