@@ -79,14 +79,21 @@ def test_sender_cpu_time_holds_the_node_lookup(lab):
     dp = IptablesNft(lab)
     lab.defer("iptables teardown", dp.teardown)
     dp.setup(cat)
-    walk = cpu.measure(lab, cat, "last", 1000, 1.0, seed=2)
-    first = cpu.measure(lab, cat, "first", 1000, 1.0, seed=3)
-    for r in (base, walk, first):
+    # three interleaved repetitions, compared by their medians: one second of a
+    # shared 2-CPU machine can be charged another task's softirq work (seen in CI:
+    # one "first" repetition at twice the "last" one)
+    walk, first = [], []
+    for k in range(3):
+        walk.append(cpu.measure(lab, cat, "last", 1000, 1.0, seed=2 + 2 * k))
+        first.append(cpu.measure(lab, cat, "first", 1000, 1.0, seed=3 + 2 * k))
+    for r in (base, *walk, *first):
         assert r["answered"] >= 0.99 * r["sent"] and r["sent"] == 1000
         assert r["method"] in ("thread", "thread+cpu-softirq")
+    w = float(np.median([r["cpu_us"] for r in walk]))
+    f = float(np.median([r["cpu_us"] for r in first]))
     # the last service costs the walk; the first one does not
-    assert walk["cpu_us"] - base["cpu_us"] > 15, (base["cpu_us"], walk["cpu_us"])
-    assert walk["cpu_us"] - first["cpu_us"] > 10, (first["cpu_us"], walk["cpu_us"])
+    assert w - base["cpu_us"] > 15, (base["cpu_us"], w)
+    assert w - f > 10, ([r["cpu_us"] for r in first], [r["cpu_us"] for r in walk])
 
 
 @pytest.mark.root
