@@ -33,7 +33,8 @@ from labkit.runs.runner import Experiment, Runner, prepare_out
 from labkit.runs.sweep import run_sweep
 
 SWEEP_OPTIONS = ("modes", "services", "endpoints", "targets", "probes", "rounds", "warmup", "seed",
-                 "timeout", "kernel", "probe_kinds", "service_cidr", "endpoint_cidr", "ports", "ipvs_scheduler")
+                 "timeout", "kernel", "probe_kinds", "service_cidr", "endpoint_cidr", "ports", "ipvs_scheduler",
+                 "pacing")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -217,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ipvs-scheduler", dest="ipvs_scheduler", help="IPVS scheduler: rr, wrr, lc, sh, mh (default rr)")
     s.add_argument("--only-blocks", dest="only_blocks", help=argparse.SUPPRESS)  # a segment run in another kernel
     s.add_argument("--probe-kinds", dest="probe_kinds", help="probe kinds (default syn)")
+    s.add_argument("--pacing", help="probe rates per second, Poisson gaps; 0 = back to back, each when the "
+                                    "previous one was answered (default 0; e.g. 0,1000 measures both)")
     s.add_argument("--service-cidr", dest="service_cidr", help="VIP range (default 10.96.0.0/12)")
     s.add_argument("--endpoint-cidr", dest="endpoint_cidr", help="endpoint range (default 10.128.0.0/9)")
     _run_options(s, "run directory to write")

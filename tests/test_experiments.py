@@ -32,7 +32,7 @@ TRUTH = {
 NOISE_SCALE = 0.05
 
 
-def make_run(out, services=(0, 1000, 2000, 3000), rounds=2, probes=400, seed=3):
+def make_run(out, services=(1, 1000, 2000, 3000), rounds=2, probes=400, seed=3):
     rng = np.random.default_rng(seed)
     os.makedirs(out, exist_ok=True)
     samples, points, pid, block = [], [], 0, 0

@@ -21,7 +21,7 @@ TRUTH = {
 
 
 def make_run(out, modes=("iptables-nft", "nftables", "iptables-legacy"),
-             services=(0, 1000, 2500, 5000, 10000), targets=("last", "random"), rounds=2,
+             services=(0, 1, 300, 1000, 2500, 5000, 10000), targets=("last", "random"), rounds=2,
              probes=300, seed=7, invalid_point=5):
     """Write samples.parquet, points.parquet and meta.json as labkit's sweep does."""
     rng = np.random.default_rng(seed)
@@ -96,12 +96,21 @@ def test_report_from_a_synthetic_run(tmp_path):
     assert set(cx["kind"]) == {"fit", "budget-abs", "budget-rel"}
     fit = cx[(cx["kind"] == "fit") & np.isfinite(cx["n_star"])]
     assert len(fit) >= 1
-    assert ((fit["ci_low"] <= fit["n_star"]) & (fit["n_star"] <= fit["ci_high"])).any()
+    # every located crossover's interval holds its own estimate
+    located = cx[np.isfinite(cx["ci_low"])]
+    assert len(located) and ((located["ci_low"] <= located["n_star"]) & (located["n_star"] <= located["ci_high"])).all()
     main = fit[(fit["mode_a"] == "iptables-nft") & (fit["mode_b"] == "nftables")
                & (fit["statistic"] == "p50") & (fit["target"] == "last")].iloc[0]
     assert main["n_star"] == pytest.approx(7 / 0.016, rel=0.2)   # true crossing: 437.5 services
     assert main["ci_low"] <= main["n_star"] <= main["ci_high"]
     assert cx["finding"].str.len().min() > 20
+
+    claims = pd.read_csv(os.path.join(run, "claims.csv"))
+    by = claims.set_index(["claim", "mode"])
+    assert by.loc[("o-n", "iptables-nft"), "verdict"] == "holds"
+    assert by.loc[("o-1", "nftables"), "verdict"] == "holds"
+    assert by.loc[("o-1", "ipvs"), "verdict"] == "not measured here"
+    assert "seed's claim" in body and "The answer" in body
 
     s = pd.read_csv(os.path.join(run, "summary.csv"))
     legacy = s[(s["mode"] == "iptables-legacy") & (s["statistic"] == "p50") & (s["target"] == "last")]

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,8 @@ import papermill as pm
 import pytest
 
 from labkit.core.catalog import ServiceCatalog
+from labkit.core.errors import UsageError
+from labkit.probes.base import Paced
 from labkit.runs.params import SweepParams
 from labkit.runs.sweep import Sweep, check_samples, judge_point, point_id
 
@@ -28,6 +31,37 @@ def test_plan_covers_every_cell_once_interleaved_and_deterministic():
     assert Sweep(p).blocks() == blocks  # deterministic
     ids = [point_id(p, b, t) for b in blocks for t in b.targets]
     assert len(set(ids)) == len(ids)
+    paced = SweepParams.from_dict(dict(p.to_dict(), pacing="0,1k"))
+    ids = [point_id(paced, b, t, "syn", v) for b in blocks for t in b.targets for v in (0.0, 1000.0)]
+    assert len(set(ids)) == len(ids)
+    assert Sweep(paced).units(blocks[0]) == 2 * len(blocks[0].targets)
+
+
+@pytest.mark.parametrize("value, expect", [("0", [0.0]), ("0,1000", [0.0, 1000.0]), ([0, "2k"], [0.0, 2000.0]),
+                                           ("0,0", "given twice"), ("-5", "pacing"), (0.5, "pacing"),
+                                           ("fast", "pacing"), ([], "at least one")])
+def test_pacing_parameter(value, expect):
+    if isinstance(expect, list):
+        assert SweepParams.from_dict(dict(pacing=value)).pacing == expect
+    else:
+        with pytest.raises(UsageError, match=expect):
+            SweepParams.from_dict(dict(pacing=value))
+
+
+def test_paced_probes_arrive_as_a_poisson_process():
+    items = list(range(400))
+    paced = Paced(items, 2000.0, seed=3)
+    gaps = np.array(paced.gaps())
+    assert len(paced) == 400 and paced[5] == 5
+    assert 0.4e-3 < gaps.mean() < 0.6e-3                      # mean 1/rate
+    assert 0.7 < gaps.std() / gaps.mean() < 1.3               # exponential: sd = mean
+    t0 = time.monotonic()
+    assert list(paced) == items
+    took = time.monotonic() - t0
+    assert 0.9 * gaps.sum() < took < gaps.sum() + 0.5, (took, gaps.sum())
+    t0 = time.monotonic()
+    assert list(Paced(items, 0.0)) == items                   # back to back: no gaps
+    assert time.monotonic() - t0 < 0.05
 
 
 def _samples(cat, service, endpoints, rtt=10.0, error=""):
@@ -73,6 +107,16 @@ def test_validity_names_what_is_wrong(case, reason):
     assert not valid and reason in why, why
 
 
+def test_validity_judges_the_ebpf_path_counters():
+    cat = ServiceCatalog(10, 4)
+    df = check_samples(_samples(cat, 9, [f"{e}:80" for e in cat.endpoints_of(9)] * 25), cat)
+    assert judge_point(df, cat, path={"stack": 0, "redirected": 200}) == (True, "")
+    valid, why = judge_point(df, cat, path={"stack": 3, "redirected": 200})
+    assert not valid and "3 service packets fell back to the kernel's stack" in why
+    valid, why = judge_point(df, cat, path={"stack": 0, "redirected": 40})
+    assert not valid and "40 packets forwarded by the program for 100 answered service probes" in why
+
+
 # --- real sweeps ----------------------------------------------------------------
 
 def run_cli(*args, timeout=600):
@@ -103,6 +147,27 @@ def test_cli_sweep_writes_tidy_tables(tmp_path):
     med = smp.groupby(["mode", "services", "target"])["rtt_us"].median()
     for mode in ("iptables-legacy", "iptables-nft"):
         assert med[(mode, 2000, "last")] > med[(mode, 0, "last")]
+
+
+@pytest.mark.root
+def test_paced_and_back_to_back_points_with_ebpf_path_counters(tmp_path):
+    """One run measures both pacings; every eBPF point proves its service
+    packets bypassed the stack (counter deltas stored per point)."""
+    out = tmp_path / "paced"
+    cp = run_cli("sweep", "--modes", "ebpf,nftables", "--services", "1,50", "--targets", "last,none",
+                 "--probes", "100", "--rounds", "1", "--pacing", "0,1000", "--out", str(out))
+    assert cp.returncode == 0, cp.stderr
+    pts = pd.read_parquet(out / "points.parquet")
+    smp = pd.read_parquet(out / "samples.parquet")
+    assert len(pts) == 2 * 2 * 2 * 2 and pts["valid"].all(), pts["reason"].tolist()
+    assert sorted(pts["pacing"].unique()) == [0.0, 1000.0] and set(smp["pacing"]) == {0.0, 1000.0}
+    paced = pts[pts["pacing"] > 0]
+    assert ((paced["finished"] - paced["started"]) > 0.05).all()    # 100 gaps of 1 ms on average
+    eb = pts[pts["mode"] == "ebpf"]
+    assert (eb["stack_pkts"] == 0).all()
+    svc = eb[eb["target"] == "last"]
+    assert (svc["redirected_pkts"] >= 2 * svc["answered"]).all(), svc[["redirected_pkts", "answered"]]
+    assert (pts.loc[pts["mode"] == "nftables", ["stack_pkts", "redirected_pkts"]] == -1).all().all()
 
 
 @pytest.mark.root

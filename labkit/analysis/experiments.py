@@ -1,8 +1,8 @@
 """Statistics of the connection-reuse, HTTP and CPU experiments (pure).
 
 What these experiments add to :mod:`labkit.analysis.fit`'s curves: penalties
-of each probe kind (differences of per-count means with hierarchical
-bootstrap intervals), the budget relative to a request's own latency, and
+of each probe kind (differences of per-count means, with intervals over
+rounds), the budget relative to a request's own latency, and
 fits of the CPU table.  The report renders them
 (:mod:`labkit.report.experiments`).
 """
@@ -46,9 +46,10 @@ def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None
                   stat: str = "p50", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per mode and probe kind: the mean over rounds of the points' ``stat``
     at the smallest and at the largest measured service count, their
-    difference (the penalty) and its bootstrap interval (rounds redrawn
-    within each count, probes within each point, as in
-    :func:`labkit.analysis.bootstrap_cells`)."""
+    difference (the penalty) and its interval.  With two or more rounds
+    measured at both counts the rounds are the units: Student's t over the
+    per-round differences; with one round, the bootstrap of probes within
+    points (:func:`labkit.analysis.fit.bootstrap_cells`)."""
     target = target or an.headline_target
     level = an.settings["level"]
     q = {stat: analysis.STATS[stat]}
@@ -63,6 +64,21 @@ def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None
             counts = sorted(sub["services"].unique())
             if len(counts) < 2:
                 continue
+            r0 = sub[sub["services"] == counts[0]].groupby("round")[stat].mean()
+            r1 = sub[sub["services"] == counts[-1]].groupby("round")[stat].mean()
+            both = r0.index.intersection(r1.index)
+            if len(both) >= 2:
+                d = (r1[both] - r0[both]).to_numpy(dtype=float)
+                v0, v1 = float(r0.mean()), float(r1.mean())
+                reps = np.array([np.delete(d, i).mean() for i in range(len(d))])  # delete-one-round means
+                lo, hi = analysis.interval(d.mean(), reps, "rounds", level)
+                rows.append(dict(mode=series, probe=probe, target=target, statistic=stat,
+                                 services_lo=int(counts[0]), services_hi=int(counts[-1]),
+                                 value_lo_us=v0, value_hi_us=v1, penalty_us=v1 - v0,
+                                 penalty_lo=float(lo), penalty_hi=float(hi),
+                                 penalty_pct=(v1 - v0) / v0 * 100 if v0 > 0 else math.nan,
+                                 points=f"{len(r0)}, {len(r1)}", method="rounds"))
+                continue
             ends = []
             for n in (counts[0], counts[-1]):
                 ids = [int(i) for i in sub.loc[sub["services"] == n].sort_values("round")["point_id"]
@@ -71,13 +87,13 @@ def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None
                                                         n_boot, rng, "hierarchical", q)
                 ends.append((float(obs[stat].mean()), boot[stat].mean(axis=1), len(ids)))
             (v0, b0, k0), (v1, b1, k1) = ends
-            lo, hi = analysis.percentile_ci(b1 - b0, level)
+            lo, hi = analysis.interval(v1 - v0, b1 - b0, "bootstrap", level)
             rows.append(dict(mode=series, probe=probe, target=target, statistic=stat,
                              services_lo=int(counts[0]), services_hi=int(counts[-1]),
                              value_lo_us=v0, value_hi_us=v1, penalty_us=v1 - v0,
                              penalty_lo=float(lo), penalty_hi=float(hi),
                              penalty_pct=(v1 - v0) / v0 * 100 if v0 > 0 else math.nan,
-                             points=f"{k0}, {k1}"))
+                             points=f"{k0}, {k1}", method="bootstrap"))
     return pd.DataFrame(rows)
 
 
@@ -92,7 +108,11 @@ def own_budget(c: Curve, frac: float, level: float = 0.95) -> dict:
     n_star = float(analysis.first_exceed(x[1:], p[1:] - base - frac * base)) if len(x) > 1 else math.nan
     bx = analysis.first_exceed(x[1:], b[:, 1:] - bbase - frac * bbase)
     found = bx[~np.isnan(bx)]
-    lo, hi = analysis.percentile_ci(found, level) if len(found) else (math.nan, math.nan)
+    lo = hi = math.nan
+    if np.isfinite(n_star) and len(found) and (c.method != "rounds" or len(found) == len(bx)):
+        lo, hi = c.ci(n_star, found, level)
+        if c.method == "rounds":
+            lo, hi = max(lo, c.xmin), min(hi, c.xmax)
     return dict(n_star=n_star, ci_low=float(lo), ci_high=float(hi),
                 boot_frac=float(len(found) / len(bx)) if len(bx) else math.nan,
                 budget_us=float(frac * base), baseline_us=float(base))
@@ -140,11 +160,15 @@ def keepalive_budget(an: Analysis, probe: str, frac: float = KEEPALIVE_BUDGET,
 # curves of per-row tables (CPU)
 
 def row_curve(key: tuple[str, str, str, str], x: np.ndarray, y: np.ndarray, n_boot: int,
-              rng: np.random.Generator) -> Curve:
-    """Fit :mod:`labkit.analysis` models to one observation per row, with a
-    bootstrap that redraws the rows (rounds) within each service count."""
+              rng: np.random.Generator, rounds: np.ndarray | None = None) -> Curve:
+    """Fit :mod:`labkit.analysis` models to one observation per row: with
+    ``rounds`` (two or more), delete-one-round refits; else a bootstrap that
+    redraws the rows within each service count."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
+    if rounds is not None and len(np.unique(rounds)) >= 2:
+        return analysis.fit_curve(key, x, y, rounds=np.asarray(rounds),
+                                  all_rounds=sorted(int(r) for r in np.unique(rounds)))
     Yb = np.empty((n_boot, len(x)))
     for n in np.unique(x):
         idx = np.flatnonzero(x == n)
@@ -171,13 +195,14 @@ def analyze_cpu(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: floa
         if g["services"].nunique() < 2:
             continue
         curves[(mode, target)] = row_curve((mode, target, "cpu", "excess"), g["services"].to_numpy(),
-                                           g["excess_us"].to_numpy(), n_boot, rng)
+                                           g["excess_us"].to_numpy(), n_boot, rng,
+                                           g["round"].to_numpy() if "round" in g else None)
     fits = []
     for (mode, target), c in curves.items():
         lin = c.fits.get("linear")
         lo = hi = math.nan
         if lin is not None and "linear" in c.boot:
-            lo, hi = analysis.percentile_ci(c.boot["linear"][:, 1] * 1e3, level)
+            lo, hi = c.ci(lin.params()["b"] * 1e3, c.boot["linear"][:, 1] * 1e3, level)
         fits.append(dict(mode=mode, target=target, model=c.chosen, curve=c.fit.describe(),
                          slope_ns_per_service=lin.params()["b"] * 1e3 if lin else math.nan,
                          slope_lo=float(lo), slope_hi=float(hi), rows=len(c.x)))

@@ -20,16 +20,32 @@ a grid of candidate knots and refined (scipy's bounded scalar minimizer for
 the estimate, a vectorized golden-section search for bootstrap replicates).
 The model is chosen by AICc (AIC when AICc is undefined for a candidate).
 
-Intervals come from a bootstrap that redraws the data the way they were
-measured: within each service count the points (rounds) are redrawn, and
-within each point its probes (``resample="hierarchical"``); with one point
-per count this is the plain bootstrap over probes within points.  (Redrawing
-probes only would ignore drift between rounds, and its intervals come out far
-too narrow; redrawing the rounds too brings their coverage near the nominal
-level, if short of it with only three rounds.  The simulated
-coverage of both is in docs/experiments.md, "Intervals".)  Every
-replicate is refitted with the model chosen on the data (intervals are
-conditional on that choice); percentile intervals.
+Intervals treat *rounds* as the independent units (``resample="rounds"``,
+the default): every block of a round is programmed and probed once, rounds
+follow each other in time, so whatever drifts (the machine, its caches, a
+neighbour's load) is shared within a round and differs between rounds.  The
+curve is refitted with each round left out in turn (the delete-one-round
+jackknife); a statistic's standard error is the jackknife's, and its
+interval the estimate plus or minus Student's t with (rounds - 1) degrees of
+freedom times that error.  Every interval therefore contains its estimate,
+and with few rounds it is as wide as few rounds warrant (t = 4.30 for 3
+rounds, 2.78 for 5).  A crossover is located only when every left-out fit
+crosses too.  Coverage measured on synthetic curves with a known slope and
+crossover is in docs/experiments.md ("Intervals") and checked by
+tests/test_analysis.py.
+
+With one round there is nothing to learn drift from: the bootstrap over the
+probes within each point is used (``resample="probes"``, or
+``"hierarchical"``, which also redraws the points of each count), and the
+report says that its intervals cover probe noise only.  Percentile
+intervals, widened where needed to contain the estimate.
+
+The curves start at one service: every point with services does DNAT and
+masquerade for the probed service.  The 0-service points (an empty table:
+no service, no NAT) are a separate reference, never a curve's first point,
+except for the ``none`` target, which matches no service at any count.
+Tail statistics use only points with enough answered probes to support
+them (:data:`MIN_TAIL_PROBES`).
 """
 from __future__ import annotations
 
@@ -43,15 +59,22 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq, minimize_scalar
 
+from labkit.analysis import claims as claims_mod
+from labkit.analysis.intervals import MAX_BRACKET, bracket, interval, jackknife_se, percentile_ci, resolved
 from labkit.core.errors import UsageError
 from labkit.rundir import schema
 from labkit.rundir.store import read_json, read_table, sha256_file
 
 STATS: dict[str, float] = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
+#: answered probes a point needs for a statistic to be estimated from it: at
+#: least five probes beyond the quantile (p99 from 300 probes would be about
+#: the 3rd-largest value, an outlier's figure)
+MIN_TAIL_PROBES: dict[str, int] = {"p50": 1, "p90": 50, "p99": 500}
+RESAMPLE = ("rounds", "hierarchical", "probes")
 TARGET_ORDER = ("last", "random", "middle", "first", "none")
 #: the columns the analysis needs: all but those added since schema 1 (a run of
 #: schema 1, like the reference runs, lacks them)
-LATER_COLUMNS = {"block", "ct_new", "variant"}
+LATER_COLUMNS = {"block", "ct_new", "variant", "pacing", "stack_pkts", "redirected_pkts"}
 SAMPLE_COLUMNS = [c for c in schema.SAMPLE_COLUMNS if c not in LATER_COLUMNS]
 POINT_COLUMNS = [c for c in schema.POINT_COLUMNS if c not in LATER_COLUMNS]
 RAW_FILES = (schema.META, schema.SAMPLES, schema.POINTS)
@@ -122,6 +145,12 @@ def load_run(run_dir: str) -> Run:
     samples = samples.astype({"point_id": "int64", "services": "int64", "rtt_us": "float64"})
     points = points.astype({"point_id": "int64", "services": "int64", "valid": "bool"})
     points["reason"] = points["reason"].fillna("").astype(str)
+    for df in (samples, points):
+        # paced probes are curves of their own: "syn @1000/s" beside back-to-back "syn"
+        pacing = df["pacing"].astype(float) if "pacing" in df.columns else pd.Series(0.0, index=df.index)
+        df["pacing"] = pacing
+        df["probe"] = df["probe"].astype(str) + np.where(
+            pacing > 0, " @" + pacing.map("{:g}".format) + "/s", "")
     # one curve per mode; if a run mixes kernels, one per (mode, kernel)
     several = points["kernel"].nunique() > 1
     for df in (samples, points):
@@ -471,11 +500,6 @@ def bootstrap_cells(cells: list[tuple[float, list[np.ndarray]]], n_boot: int,
     return x, {s: obs_a[:, i] for i, s in enumerate(names)}, {s: boot_a[:, :, i] for i, s in enumerate(names)}
 
 
-def percentile_ci(values: np.ndarray, level: float = 0.95, axis: int = 0):
-    a = (1 - level) / 2
-    return np.nanquantile(values, [a, 1 - a], axis=axis)
-
-
 @dataclass
 class Curve:
     """One statistic of one series (mode) against service count, fitted."""
@@ -490,7 +514,11 @@ class Curve:
     chosen: str
     criterion: str
     weights: dict[str, float]
-    boot: dict[str, np.ndarray] = field(default_factory=dict)  # model -> theta (B, p)
+    #: replicates, model -> theta (R or B, p): delete-one-round fits (method
+    #: "rounds", one row per round of the run) or bootstrap fits
+    boot: dict[str, np.ndarray] = field(default_factory=dict)
+    method: str = "rounds"
+    rounds: np.ndarray = field(default_factory=lambda: np.array([]))
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -520,14 +548,22 @@ class Curve:
         return predict(m, self.boot[m], np.asarray(x, dtype=float))
 
     def band(self, x, level: float = 0.95, model: str | None = None):
-        lo, hi = percentile_ci(self.boot_predict(x, model), level)
-        return lo, hi
+        return interval(self.predict(x, model), self.boot_predict(x, model), self.method, level)
+
+    def ci(self, est, reps, level: float = 0.95):
+        """Interval of a statistic of this curve from its replicates."""
+        return interval(est, reps, self.method, level)
 
 
-def fit_curve(key: tuple[str, str, str, str], x, y, Yb, point_ids=None,
-              criterion: str = "aicc") -> Curve:
-    """Fit all eligible models, choose one, refit the chosen one and the
-    linear one (for the summary slope) on every bootstrap replicate."""
+def fit_curve(key: tuple[str, str, str, str], x, y, Yb=None, point_ids=None,
+              criterion: str = "aicc", rounds=None, all_rounds=None) -> Curve:
+    """Fit all eligible models and choose one; then the replicates of the
+    chosen one and of the linear one (for the summary slope).
+
+    With ``rounds`` (each observation's round) and ``all_rounds`` (the run's,
+    at least two): delete-one-round refits, one per round of the run (a round
+    the curve lacks leaves it whole).  Otherwise ``Yb`` (B, N): bootstrap
+    replicates of the observations, each refitted."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     fits = fit_models(x, y)
@@ -539,10 +575,26 @@ def fit_curve(key: tuple[str, str, str, str], x, y, Yb, point_ids=None,
         chosen, used, weights = "linear", "none", {m: math.nan for m in fits}
     else:
         chosen, used, weights = select_model(fits, criterion)
+    jack = rounds is not None and all_rounds is not None and len(all_rounds) >= 2
     c = Curve(*key, x=x, y=y, point_ids=np.asarray(point_ids if point_ids is not None else []),
-              fits=fits, chosen=chosen, criterion=used, weights=weights)
+              fits=fits, chosen=chosen, criterion=used, weights=weights,
+              method="rounds" if jack else "bootstrap",
+              rounds=np.asarray(all_rounds if jack else []))
     for m in {chosen, "linear"} & set(fits):
-        c.boot[m] = fit_batch(m, x, Yb)[0]
+        if jack:
+            r_obs = np.asarray(rounds)
+            reps = []
+            for r in all_rounds:
+                keep = r_obs != r
+                if keep.all() or not eligible(m, x[keep]):
+                    reps.append(fits[m].theta)
+                else:
+                    reps.append(fit_batch(m, x[keep], y[keep][None, :], use_scipy=True)[0][0])
+            c.boot[m] = np.array(reps)
+        else:
+            if Yb is None:
+                raise UsageError("fit_curve: bootstrap replicates or rounds are needed")
+            c.boot[m] = fit_batch(m, x, Yb)[0]
     return c
 
 
@@ -639,6 +691,52 @@ def _fmt_n(v: float) -> str:
     return f"{v:,.0f}"
 
 
+def _located(ca: Curve, cb: Curve, n_star: float, reps: np.ndarray, lo: float, hi: float,
+             level: float) -> tuple[float, float, float, str]:
+    """(ci_low, ci_high, fraction of replicates that found it, note) of a
+    crossover estimate from its replicates (NaN where a replicate found none).
+
+    Delete-one-round replicates: located only when every one finds it (else
+    the interval is not defined); the interval is clipped to the measured
+    range.  Bootstrap replicates: the interval of those that found it."""
+    found = ~np.isnan(reps)
+    frac = float(np.mean(found)) if len(reps) else math.nan
+    if ca.method == "rounds" and cb.method == "rounds":
+        if not found.all():
+            return (math.nan, math.nan, frac,
+                    f"not located: {int(found.sum())} of {len(reps)} leave-one-round-out fits find it")
+        cl, ch = interval(n_star, reps, "rounds", level)
+        return float(max(cl, lo)), float(min(ch, hi)), frac, ""
+    if not found.any():
+        return math.nan, math.nan, frac, ""
+    cl, ch = interval(n_star, reps[found], "bootstrap", level)
+    note = f"{frac:.0%} of bootstrap fits" if frac < 0.995 else ""
+    return float(cl), float(ch), frac, note
+
+
+def _resolution(row: dict, ca: Curve, cb: Curve) -> None:
+    """Which measured counts bracket the estimate, and whether they are close
+    enough (:data:`MAX_BRACKET`) for it to rest on measurements."""
+    if np.isnan(row["n_star"]):
+        return
+    bl, bh = bracket(row["n_star"], np.union1d(ca.x, cb.x))
+    row.update(bracket_lo=bl, bracket_hi=bh, resolved=resolved(bl, bh))
+
+
+def _ci_text(row: dict, level: float, note: str) -> str:
+    if np.isnan(row["ci_low"]):
+        return f" ({note})" if note else ""
+    txt = f" ({level:.0%} CI {_fmt_n(row['ci_low'])}\u2013{_fmt_n(row['ci_high'])}"
+    return txt + (f", {note})" if note else ")")
+
+
+def _res_text(row: dict) -> str:
+    if row.get("resolved") is False:
+        return (f" It lies between the measured counts {_fmt_n(row['bracket_lo'])} and "
+                f"{_fmt_n(row['bracket_hi'])}, too far apart to locate it (an unmeasured stretch).")
+    return ""
+
+
 def crossing_row(ca: Curve, cb: Curve, level: float = 0.95, grid: Grid | None = None) -> dict:
     """Where the fitted curves of two series cross (kind "fit")."""
     lo, hi = max(ca.xmin, cb.xmin), min(ca.xmax, cb.xmax)
@@ -664,16 +762,14 @@ def crossing_row(ca: Curve, cb: Curve, level: float = 0.95, grid: Grid | None = 
         n_star = _refine_root(f, float(x[i]), float(x[i + 1]), float(xs))
         below, above = (ca.series, cb.series) if d[0] < 0 else (cb.series, ca.series)
         row.update(n_star=n_star, n_crossings=int(count), faster_below=below, faster_above=above)
-        txt = f"{who}: the curves cross at {_fmt_n(n_star)} services"
-        if frac > 0:
-            cl, ch = percentile_ci(bx[~np.isnan(bx)], level)
-            row.update(ci_low=float(cl), ci_high=float(ch))
-            txt += f" ({level:.0%} CI {_fmt_n(cl)}\u2013{_fmt_n(ch)}"
-            txt += f", {frac:.0%} of bootstrap fits cross)" if frac < 0.995 else ")"
+        cl, ch, frac, note = _located(ca, cb, n_star, bx, lo, hi, level)
+        row.update(ci_low=cl, ci_high=ch, boot_frac=frac)
+        _resolution(row, ca, cb)
+        txt = f"{who}: the curves cross at {_fmt_n(n_star)} services" + _ci_text(row, level, note)
         txt += f": below it {below} is faster, above it {above}."
         if count > 1:
             txt += f" The fitted curves change order {count} times; the first is given."
-        row["finding"] = txt
+        row["finding"] = txt + _res_text(row)
         return row
     winner = ca.series if d[0] < 0 else cb.series
     gap = np.abs(d)
@@ -685,7 +781,8 @@ def crossing_row(ca: Curve, cb: Curve, level: float = 0.95, grid: Grid | None = 
         txt = (f"{who}: no crossing in the measured range ({rng_txt}); {winner} is faster "
                f"throughout, by {gap.min():.1f} to {gap.max():.1f} us.")
     if frac >= 0.05:
-        txt += f" ({frac:.0%} of bootstrap fits do cross.)"
+        what = "leave-one-round-out" if ca.method == "rounds" else "bootstrap"
+        txt += f" ({frac:.0%} of {what} fits do cross.)"
     row["finding"] = txt
     return row
 
@@ -711,7 +808,8 @@ def budget_row(ca: Curve, cb: Curve, budget_us: float, kind: str, budget_text: s
         row["finding"] = (f"{ca.series} never exceeds {cb.series} by {budget_text} in "
                           f"{_fmt_n(lo)}\u2013{_fmt_n(hi)} services ({who}).")
         if frac >= 0.05:
-            row["finding"] += f" ({frac:.0%} of bootstrap fits do.)"
+            what = "leave-one-round-out" if ca.method == "rounds" else "bootstrap"
+            row["finding"] += f" ({frac:.0%} of {what} fits do.)"
         return row
     if d[0] < budget_us:
         i = int(np.argmax((d[:-1] - budget_us < 0) & (d[1:] - budget_us >= 0)))
@@ -719,16 +817,15 @@ def budget_row(ca: Curve, cb: Curve, budget_us: float, kind: str, budget_text: s
         n_star = _refine_root(f, float(x[i]), float(x[i + 1]), n_star)
     row["n_star"] = n_star
     at_start = d[0] >= budget_us
+    cl, ch, frac, note = _located(ca, cb, n_star, bx, lo, hi, level)
+    row.update(ci_low=cl, ci_high=ch, boot_frac=frac)
+    _resolution(row, ca, cb)
     txt = (f"{ca.series} exceeds {cb.series} by {budget_text} "
            + (f"already at {_fmt_n(lo)} services, the smallest measured count" if at_start
               else f"from {_fmt_n(n_star)} services"))
-    if frac > 0:
-        cl, ch = percentile_ci(bx[~np.isnan(bx)], level)
-        row.update(ci_low=float(cl), ci_high=float(ch))
-        if not at_start or ch > lo:
-            txt += f" ({level:.0%} CI {_fmt_n(cl)}\u2013{_fmt_n(ch)}"
-            txt += f", {frac:.0%} of bootstrap fits)" if frac < 0.995 else ")"
-    row["finding"] = txt + f" ({who})."
+    if not at_start or (np.isfinite(ch) and ch > lo) or note:
+        txt += _ci_text(row, level, note)
+    row["finding"] = txt + f" ({who})." + _res_text(row)
     return row
 
 
@@ -745,7 +842,8 @@ def _row_base(ca: Curve, cb: Curve, kind: str, lo: float, hi: float) -> dict:
                 statistic=ca.stat, kind=kind, budget_us=np.nan, n_star=np.nan, ci_low=np.nan,
                 ci_high=np.nan, boot_frac=np.nan, n_crossings=np.nan, faster_below="",
                 faster_above="", model_a=ca.chosen, model_b=cb.chosen, range_lo=lo, range_hi=hi,
-                diff_lo_us=np.nan, diff_hi_us=np.nan, finding="")
+                diff_lo_us=np.nan, diff_hi_us=np.nan, method=ca.method, bracket_lo=np.nan,
+                bracket_hi=np.nan, resolved=np.nan, baseline="", finding="")
 
 
 # ---------------------------------------------------------------------------
@@ -754,7 +852,7 @@ def _row_base(ca: Curve, cb: Curve, kind: str, lo: float, hi: float) -> dict:
 CROSSOVER_COLUMNS = ["mode_a", "mode_b", "target", "probe", "statistic", "kind", "budget_us",
                      "n_star", "ci_low", "ci_high", "boot_frac", "n_crossings", "faster_below",
                      "faster_above", "model_a", "model_b", "range_lo", "range_hi", "diff_lo_us",
-                     "diff_hi_us", "finding"]
+                     "diff_hi_us", "method", "bracket_lo", "bracket_hi", "resolved", "baseline", "finding"]
 
 
 @dataclass
@@ -768,6 +866,12 @@ class Analysis:
     baselines: pd.DataFrame
     settings: dict
     checks: dict
+    #: per series and probe: the 0-service points (empty table, no NAT)
+    empty: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the seed's claims with verdicts (filled by labkit.analysis.claims)
+    claims: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: curves not fitted, and why (a tail statistic with too few probes)
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def series(self) -> list[str]:
@@ -785,6 +889,11 @@ class Analysis:
         return (["syn"] if "syn" in have else []) + sorted(p for p in have if p != "syn")
 
     @property
+    def headline_probe(self) -> str:
+        """The probe kind the headline uses: back-to-back SYNs when measured."""
+        return self.probes[0]
+
+    @property
     def headline_target(self) -> str:
         with_curves = {k[1] for k in self.curves}
         return next((t for t in self.targets if t in with_curves), self.targets[0])
@@ -794,7 +903,7 @@ class Analysis:
         os.makedirs(out_dir, exist_ok=True)
         paths = {}
         for name, df in (("crossover.csv", self.crossover), ("fits.csv", self.fits),
-                         ("summary.csv", self.summary)):
+                         ("summary.csv", self.summary), ("claims.csv", self.claims)):
             p = os.path.join(out_dir, name)
             tmp = p + ".tmp"
             df.to_csv(tmp, index=False, float_format="%.6g")
@@ -808,7 +917,8 @@ class Analysis:
         every fitted-curve comparison of ``stats``, and every budget crossover
         of ``budget_stats`` that occurs inside the measured range."""
         cx = self.crossover
-        cx = cx[cx["target"] == self.headline_target]
+        cx = cx[(cx["target"] == self.headline_target) & (cx["probe"] == self.headline_probe)
+                & (cx["resolved"] != False)]  # noqa: E712  (NaN: no estimate to resolve)
         fit = cx[(cx["kind"] == "fit") & cx["statistic"].isin(list(stats))]
         bud = cx[(cx["kind"] != "fit") & cx["statistic"].isin(list(budget_stats))
                  & (cx["n_star"] > cx["range_lo"])]
@@ -817,42 +927,82 @@ class Analysis:
 
 def _budget_baseline(pts: pd.DataFrame, rtts: dict[int, np.ndarray], series: str, target: str,
                      probe: str, curves: dict) -> tuple[float, str]:
-    """The 0-service median of ``series`` (pooled valid probes), for the
-    relative budget; falls back to other targets, then to the fitted p50 at
-    the smallest measured count."""
-    base = pts[pts["used"] & (pts["series"] == series) & (pts["probe"] == probe) & (pts["services"] == 0)]
-    for sub, how in ((base[base["target"] == target], "0-service median"),
-                     (base, "0-service median, all targets")):
-        if len(sub):
-            return float(np.median(np.concatenate([rtts[int(p)] for p in sub["point_id"]]))), how
+    """What one request costs on ``series``' path, for the relative budget:
+    the median of its ``http-new`` requests (a real client and server over a
+    new connection) at its smallest count with services, where the run has
+    them; else the fitted p50 of the curve itself at its smallest count."""
+    http = pts[pts["used"] & (pts["series"] == series) & (pts["probe"] == "http-new") & (pts["services"] > 0)]
+    if len(http):
+        n = http["services"].min()
+        sub = http[http["services"] == n]
+        same = sub[sub["target"] == target]
+        sub = same if len(same) else sub
+        return (float(np.median(np.concatenate([rtts[int(p)] for p in sub["point_id"]]))),
+                f"http-new request at {n:,} services")
     c = curves.get((series, target, probe, "p50"))
     if c is not None:
-        return float(c.predict([c.xmin])[0]), f"fitted p50 at {c.xmin:,.0f} services"
+        return float(c.predict([c.xmin])[0]), f"p50 at {c.xmin:,.0f} services"
     return math.nan, "no baseline"
+
+
+def _empty_table(pts: pd.DataFrame, rtts: dict[int, np.ndarray]) -> pd.DataFrame:
+    """The 0-service reference per series and probe kind: pooled probes of the
+    points with an empty table (every target there probes the none address)."""
+    rows = []
+    z = pts[pts["used"] & (pts["services"] == 0)]
+    for (series, probe), g in z.groupby(["series", "probe"], sort=True):
+        r = np.concatenate([rtts[int(p)] for p in g["point_id"]])
+        per_round = g.groupby("round")["p50"].median()
+        rows.append(dict(mode=series, probe=probe, points=len(g), probes=len(r),
+                         p50_us=float(np.median(r)), p99_us=float(np.percentile(r, 99)),
+                         p50_round_min=float(per_round.min()), p50_round_max=float(per_round.max())))
+    return pd.DataFrame(rows, columns=["mode", "probe", "points", "probes", "p50_us", "p99_us",
+                                       "p50_round_min", "p50_round_max"])
 
 
 def analyze(run: Run | str, *, budget_us: float = 10.0, budget_frac: float = 0.10,
             n_boot: int = 1000, level: float = 0.95, seed: int = 0, criterion: str = "aicc",
-            resample: str = "hierarchical", stats: Iterable[str] = tuple(STATS)) -> Analysis:
-    """Fit every (series, target, probe, statistic) curve, bootstrap it and
-    find the crossovers between every pair of series."""
+            resample: str = "rounds", stats: Iterable[str] = tuple(STATS)) -> Analysis:
+    """Fit every (series, target, probe, statistic) curve, find its intervals
+    (delete-one-round jackknife, or the bootstrap with one round) and the
+    crossovers between every pair of series."""
     if isinstance(run, str):
         run = load_run(run)
     stats = {s: STATS[s] for s in stats}
     if n_boot < 10:
         raise UsageError(f"n_boot must be at least 10, got {n_boot}")
+    if resample not in RESAMPLE:
+        raise UsageError(f"resample must be one of {', '.join(RESAMPLE)}, got {resample!r}")
     rng = np.random.default_rng(seed)
     pts, rtts = point_table(run)
-    used = pts[pts["used"]]
+    # curves start at one service (NATed like every other point); the empty table is a
+    # reference of its own, except for the none target (no NAT at any count)
+    used = pts[pts["used"] & ((pts["services"] > 0) | (pts["target"] == "none"))]
+    all_rounds = sorted(int(r) for r in pts["round"].unique())
+    jack = resample == "rounds" and len(all_rounds) >= 2
+    method = "rounds" if jack else (resample if resample != "rounds" else "probes")
     curves: dict[tuple, Curve] = {}
+    skipped: list[str] = []
     for (series, target, probe), g in used.groupby(["series", "target", "probe"], sort=True):
-        cells = [(float(n), [rtts[int(p)] for p in gg.sort_values("round")["point_id"]])
-                 for n, gg in g.groupby("services", sort=True)]
-        pids = [int(p) for _, gg in g.groupby("services", sort=True) for p in gg.sort_values("round")["point_id"]]
-        x, obs, boot = bootstrap_cells(cells, n_boot, rng, resample, stats)
+        g = g.sort_values(["services", "round"])
         for s in stats:
-            curves[(series, target, probe, s)] = fit_curve((series, target, probe, s), x, obs[s],
-                                                           boot[s], pids, criterion)
+            gs = g[g["n_answered"] >= MIN_TAIL_PROBES.get(s, 1)]
+            if len(gs) < len(g):
+                skipped.append(f"{s} of {series} ({target} target, {probe}): {len(g) - len(gs)} of "
+                               f"{len(g)} points have fewer than {MIN_TAIL_PROBES[s]} answered probes")
+            if gs["services"].nunique() < 2:
+                continue
+            key = (series, target, probe, s)
+            pids = gs["point_id"].astype(int).to_numpy()
+            if jack:
+                curves[key] = fit_curve(key, gs["services"].to_numpy(float), gs[s].to_numpy(float),
+                                        point_ids=pids, criterion=criterion,
+                                        rounds=gs["round"].to_numpy(int), all_rounds=all_rounds)
+                continue
+            cells = [(float(n), [rtts[int(p)] for p in gg["point_id"]])
+                     for n, gg in gs.groupby("services", sort=True)]
+            x, obs, boot = bootstrap_cells(cells, n_boot, rng, method, {s: stats[s]})
+            curves[key] = fit_curve(key, x, obs[s], boot[s], pids, criterion)
     # summary and fit tables
     srows, frows = [], []
     for c in curves.values():
@@ -889,6 +1039,7 @@ def analyze(run: Run | str, *, budget_us: float = 10.0, budget_frac: float = 0.1
             rel = budget_frac * base
             crows.append(budget_row(ca, cb, rel, "budget-rel",
                                     f"{budget_frac:.0%} of {b}'s {how} ({rel:.1f} us)", level, grid))
+            crows[-1]["baseline"] = how
         del grid
     crossover = pd.DataFrame(crows, columns=CROSSOVER_COLUMNS)
     baselines = pd.DataFrame(brows).drop_duplicates() if brows else pd.DataFrame(
@@ -899,9 +1050,13 @@ def analyze(run: Run | str, *, budget_us: float = 10.0, budget_frac: float = 0.1
               "points": int(len(pts)), "points_used": int(pts["used"].sum()),
               "points_invalid": int((~pts["valid"]).sum())}
     settings = dict(budget_us=budget_us, budget_frac=budget_frac, n_boot=n_boot, level=level,
-                    seed=seed, criterion=criterion, resample=resample, stats=list(stats),
-                    models=list(MODELS))
-    return Analysis(run, pts, curves, summary, fits, crossover, baselines, settings, checks)
+                    seed=seed, criterion=criterion, resample=method, stats=list(stats),
+                    models=list(MODELS), rounds=len(all_rounds), min_tail_probes=MIN_TAIL_PROBES,
+                    max_bracket=MAX_BRACKET)
+    an = Analysis(run, pts, curves, summary, fits, crossover, baselines, settings, checks,
+                  empty=_empty_table(pts, rtts), skipped=skipped)
+    an.claims = claims_mod.claims(an)
+    return an
 
 
 def _same_kernel(pairs: Iterable[tuple[str, str]], kernel_of: dict) -> list[tuple[str, str]]:
@@ -933,7 +1088,7 @@ def kernel_ratios(an: "Analysis", level: float = 0.95) -> pd.DataFrame:
                 for x in sorted({lo_x, hi_x}):
                     r = float(o.predict([x])[0] / c.predict([x])[0])
                     rb = o.boot_predict([x])[:, 0] / c.boot_predict([x])[:, 0]
-                    lo, hi = percentile_ci(rb, level)
+                    lo, hi = interval(r, rb, c.method, level)
                     rows.append({"mode": mode, "target": target, "probe": probe, "stat": stat,
                                  "kernel": kernel_of.get(ref), "other_kernel": kernel_of.get(other),
                                  "services": x, "ratio": r, "ci_lo": float(lo), "ci_hi": float(hi)})
@@ -949,10 +1104,11 @@ def _summary_row(c: Curve, pts: pd.DataFrame, level: float) -> dict:
                criterion=c.criterion, weight=c.weights[c.chosen])
     base = c.predict([c.xmin])[0]
     blo, bhi = c.band([c.xmin], level)
+    row["method"] = c.method
     row.update(baseline_us=float(base), baseline_lo=float(blo[0]), baseline_hi=float(bhi[0]))
     if "linear" in c.fits:
         b = c.fits["linear"].params()["b"] * 1e3
-        lo, hi = percentile_ci(c.boot["linear"][:, 1] * 1e3, level)
+        lo, hi = c.ci(b, c.boot["linear"][:, 1] * 1e3, level)
         row.update(slope_ns=b, slope_lo=float(lo), slope_hi=float(hi))
         row["linear_delta"] = (getattr(c.fits["linear"], c.criterion, math.nan)
                                - getattr(c.fit, c.criterion, math.nan))
@@ -965,8 +1121,11 @@ def _summary_row(c: Curve, pts: pd.DataFrame, level: float) -> dict:
         if col in p and c.chosen in ("hinge", "segmented"):
             j = names.index(col)
             mul = 1e3 if col != "k" else 1.0
-            lo, hi = percentile_ci(th[:, j] * mul, level)
+            lo, hi = c.ci(p[col] * mul, th[:, j] * mul, level)
             row.update({name: p[col] * mul, f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
         else:
             row.update({name: np.nan, f"{name}_lo": np.nan, f"{name}_hi": np.nan})
     return row
+
+
+__all__ = ["MAX_BRACKET", "bracket", "interval", "jackknife_se", "percentile_ci", "resolved"]

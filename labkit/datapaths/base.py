@@ -137,6 +137,13 @@ class Datapath(ABC):
         return ""
 
     # ---- observation (for validity checks) ---------------------------------
+    def path_counters(self) -> dict[str, int] | None:
+        """Counters proving which path service packets took, read before and
+        after every point (None: the mode has none).  Keys: ``stack``, packets
+        of a matched service the program had to hand to the kernel's stack;
+        ``redirected``, packets it forwarded itself."""
+        return None
+
     def describe(self) -> dict:
         """Facts about the loaded state for meta.json (rule counts, versions)."""
         return {}

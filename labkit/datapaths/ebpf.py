@@ -584,6 +584,13 @@ class Ebpf(Datapath):
                 out[STATS[n]] = sum(struct.unpack(f"={ncpu}Q", val))
         return out
 
+    def path_counters(self) -> dict[str, int] | None:
+        st = self.stats()
+        if not st:
+            return None
+        return {"stack": st.get("stack", 0) + st.get("error", 0),
+                "redirected": st.get("redirect", 0) + st.get("redirect_neigh", 0)}
+
     def map_dump(self, name: str) -> list[tuple[bytes, bytes]]:
         """(key, value) bytes of one of the maps (small maps: one syscall pair per entry)."""
         sizes = {"lb_services": (12, 8), "lb_backends": (4, 8), "lb_ct": (CT_KEY.size, CT_VAL.size)}

@@ -8,10 +8,12 @@ client's veth, so Python's own delays are never in a figure.
 """
 from __future__ import annotations
 
+import random
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol, Self, Sequence, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Iterator, Protocol, Self, Sequence, TypeVar
 
 from labkit.kernel import netns
 
@@ -140,6 +142,9 @@ class Prober(Protocol[P]):
     """
     #: the name in ``--probe-kinds`` and the ``probe`` column
     kind: ClassVar[str]
+    #: True when ``run`` sends its probes one by one in the order it iterates them
+    #: (so :class:`Paced` can space them); False for kinds that hand a batch to a tool
+    pacing_supported: ClassVar[bool]
     #: True when each probe is a new connection (its DNAT choice is a fresh
     #: draw, so the endpoint spread can be judged); False for requests that
     #: reuse one connection
@@ -150,3 +155,45 @@ class Prober(Protocol[P]):
     def __exit__(self, *exc: object) -> None: ...
     def craft_for(self, catalog: "ServiceCatalog", target: str, n: int) -> Sequence[P]: ...
     def run(self, probes: Sequence[P]) -> list[ProbeOutcome]: ...
+
+
+class Paced(Sequence[P]):
+    """Probes handed out at the arrival times of a Poisson process of ``rate``
+    per second: each one after an exponential gap (mean 1/rate) from the
+    previous one's scheduled time, the way first packets of independent
+    clients arrive.  The gap is slept by the consumer's iteration, outside the
+    timed exchange (the round trip comes from kernel timestamps).  When a probe
+    overruns its gap the next one goes at once and the schedule restarts from
+    then, so a slow answer never causes a catch-up burst.
+
+    ``rate`` 0 means back to back: no gaps at all."""
+
+    def __init__(self, probes: Sequence[P], rate: float, seed: int = 0) -> None:
+        self.probes = probes
+        self.rate = float(rate)
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.probes)
+
+    def __getitem__(self, i):  # indexing is not paced
+        return self.probes[i]
+
+    def gaps(self) -> list[float]:
+        """The gaps in seconds (drawn once per call from the seed)."""
+        rng = random.Random(self.rng.random())
+        return [rng.expovariate(self.rate) if self.rate > 0 else 0.0 for _ in self.probes]
+
+    def __iter__(self) -> Iterator[P]:
+        if self.rate <= 0:
+            yield from self.probes
+            return
+        due = time.monotonic()
+        for p, gap in zip(self.probes, self.gaps()):
+            due += gap
+            left = due - time.monotonic()
+            if left > 0:
+                time.sleep(left)
+            else:
+                due = time.monotonic()  # late: the next gap counts from now
+            yield p

@@ -131,6 +131,7 @@ class _ConnProber:
     #: each probe is one request on a reused connection: the endpoint spread
     #: of the DNAT choice cannot be judged from these probes
     new_connection_per_probe: ClassVar[bool] = False
+    pacing_supported: ClassVar[bool] = True
     #: run client and server at SCHED_FIFO while probing (see the module docstring)
     realtime = True
 

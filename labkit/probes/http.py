@@ -201,6 +201,7 @@ class _HttpProber:
     keepalive = False
     kind: ClassVar[str] = ""
     new_connection_per_probe: ClassVar[bool]
+    pacing_supported: ClassVar[bool] = False  # ab sends each batch itself
 
     def __init__(self, lab: "Lab", *, timeout: float = 0.5, seed: int = 0) -> None:
         self.lab = lab

@@ -62,6 +62,7 @@ class SynProber:
 
     kind: ClassVar[str] = "syn"
     new_connection_per_probe: ClassVar[bool] = True
+    pacing_supported: ClassVar[bool] = True
 
     def __init__(self, lab: "Lab", *, timeout: float = 0.5, seed: int = 0,
                  tap_backend: bool = True) -> None:

@@ -25,6 +25,7 @@ from jinja2 import DictLoader
 from nbconvert import HTMLExporter
 
 from labkit.analysis import anchors
+from labkit.analysis.claims import pacing_effect
 from labkit.analysis.fit import Analysis, kernel_ratios, load_run
 from labkit.core import topology
 from labkit.core.errors import LabkitError, UsageError
@@ -51,10 +52,11 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 <style>
  body { max-width: 1250px; margin: auto; }
  table.lk { border-collapse: collapse; font-size: 12px; margin: 6px 0 14px 0; }
- table.lk th, table.lk td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left;
+ table.lk th, table.lk td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left !important;
    vertical-align: top; }
  table.lk th { background: #f3f3f3; }
  .lk-note { color: #555; font-size: 12px; }
+ .lk-answer { font-size: 15px; line-height: 1.5; max-width: 60em; }
  pre.lk { font-size: 11px; background: #f7f7f7; padding: 8px; }
 </style>
 {%- endblock extra_css -%}
@@ -188,13 +190,114 @@ def header(an: Analysis):
             ("measured", f"{_when(m.get('started'))} to {_when(m.get('finished'))}, {complete}"),
             ("points", f"{c['points']} measured, {c['points_used']} used in fits, "
                        f"{c['points_invalid']} invalid (shown, not fitted)"),
-            ("headline target", an.headline_target),
-            ("budgets", f"{an.settings['budget_us']:g} us and {an.settings['budget_frac']:.0%} of "
-                        "the other mode's 0-service median"),
-            ("intervals", f"{an.settings['level']:.0%} percentile bootstrap, "
-                          f"{an.settings['n_boot']} replicates ({an.settings['resample']})")]
+            ("headline", f"{an.headline_target} target, {an.headline_probe} probes"),
+            ("budgets", f"{an.settings['budget_us']:g} us, and {an.settings['budget_frac']:.0%} of what one "
+                        "request costs on the other mode's path (its http-new median where the run has "
+                        "it, else its own p50 at the smallest count)"),
+            ("intervals", _interval_text(an))]
     df = pd.DataFrame(rows, columns=["", ""])
     return _html(table_html(df))
+
+
+def _interval_text(an: Analysis) -> str:
+    level = f"{an.settings['level']:.0%}"
+    r = an.settings.get("rounds", 0)
+    if an.settings["resample"] == "rounds":
+        return (f"{level}, rounds as the independent units: delete-one-round jackknife over {r} rounds, "
+                f"Student's t with {r - 1} degrees of freedom")
+    return (f"{level} percentile bootstrap, {an.settings['n_boot']} replicates "
+            f"({an.settings['resample']}): one round, so they cover probe noise only, not drift")
+
+
+VERDICT_MARK = {"holds": "\u2714 holds", "does not hold": "\u2718 does not hold",
+                "inconclusive": "? inconclusive", "not measured here": "\u2013 not measured here"}
+
+
+def claims_table(an: Analysis):
+    """The seed's claims with this run's verdicts (claims.csv)."""
+    c = an.claims
+    if not len(c):
+        return _html('<p class="lk-note">no claims could be evaluated</p>')
+    level = f"{an.settings['level']:.0%}"
+
+    def num(r) -> str:
+        if not np.isfinite(r["value"]):
+            return ""
+        fmt = "{:,.0f}" if r["unit"] == "services" else "{:+,.1f}"
+        return _ci(r["value"], r["ci_low"], r["ci_high"], fmt) + f" {r['unit']}"
+    out = pd.DataFrame({
+        "seed's claim": c["statement"], "mode": [f"{m} vs {v}" if v else m for m, v in zip(c["mode"], c["versus"])],
+        "verdict": [VERDICT_MARK.get(v, v) for v in c["verdict"]],
+        f"figure [{level} CI]": [num(r) for _, r in c.iterrows()],
+        "evidence": c["evidence"]})
+    return _html(table_html(out))
+
+
+def answer(an: Analysis):
+    """The answer in a few sentences, from the claims and the headline crossovers."""
+    c = an.claims
+    parts = []
+    o_n = c[(c["claim"] == "o-n") & c["value"].notna()]
+    o_1 = c[(c["claim"] == "o-1") & c["value"].notna()]
+    level = f"{an.settings['level']:.0%}"
+    if len(o_n):
+        parts.append("Measured from 1 to {:,.0f} services on kernel {}, the iptables modes grow with the "
+                     "service count: {}.".format(
+                         an.summary["services_max"].max(), an.run.meta.get("kernel", "?"),
+                         "; ".join(f"{r['mode']} {r['value']:+.1f} us [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+                                   for _, r in o_n.iterrows())))
+    if len(o_1):
+        parts.append("The hash-based modes stay flat: " + "; ".join(
+            f"{r['mode']} {r['value']:+.1f} us [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" for _, r in o_1.iterrows())
+            + f" over the same range ({level} intervals, p50 of the last service's first packet).")
+    k = c[(c["claim"] == "1k-5k")]
+    for _, r in k.iterrows():
+        if r["verdict"] in ("holds", "does not hold", "inconclusive"):
+            parts.append(f"The seed's 1,000\u20135,000 services claim for {r['mode']}: {r['verdict']} "
+                         f"({r['evidence']}).")
+        elif r["evidence"]:
+            parts.append(f"{r['mode']} against {r['versus']}: {r['evidence']}.")
+    if not parts:
+        return _html('<p class="lk-note">Too few modes or counts for an answer.</p>')
+    return _html('<p class="lk-answer">' + " ".join(html.escape(p) for p in parts) + "</p>")
+
+
+def empty_table(an: Analysis):
+    """The 0-service reference per mode: an empty table, no NAT."""
+    e = an.empty
+    if not len(e):
+        return _html('<p class="lk-note">no 0-service points in this run</p>')
+    s = an.summary[(an.summary["target"] == an.headline_target) & (an.summary["statistic"] == "p50")
+                   & (an.summary["probe"] == an.headline_probe)].set_index("mode")
+    out = pd.DataFrame({
+        "mode": e["mode"], "probe": e["probe"], "points": e["points"], "probes": e["probes"],
+        "p50 \u00b5s, empty table": e["p50_us"], "per-round p50 range": [
+            f"{a:.2f}\u2013{b:.2f}" for a, b in zip(e["p50_round_min"], e["p50_round_max"])],
+        "p50 \u00b5s at the curve's first count (fit)": [
+            _ci(s.loc[m, "baseline_us"], s.loc[m, "baseline_lo"], s.loc[m, "baseline_hi"], "{:,.2f}")
+            if m in s.index and p == an.headline_probe else "" for m, p in zip(e["mode"], e["probe"])]})
+    return _html(table_html(out))
+
+
+def pacing_table(an: Analysis):
+    """Back to back against paced probes: baseline and slope of each."""
+    p = pacing_effect(an)
+    if not len(p):
+        return _html('<p class="lk-note">one pacing only in this run (`--pacing 0,1000` measures both)</p>')
+    level = f"{an.settings['level']:.0%}"
+    out = pd.DataFrame({
+        "mode": p["mode"], "target": p["target"], "paced": p["paced"],
+        f"p50 at first count, back to back [{level}]": [
+            _ci(v, lo, hi, "{:,.2f}") for v, lo, hi in zip(p["b2b_base_us"], p["b2b_base_lo"], p["b2b_base_hi"])],
+        f"p50 at first count, paced [{level}]": [
+            _ci(v, lo, hi, "{:,.2f}") for v, lo, hi in zip(p["paced_base_us"], p["paced_base_lo"], p["paced_base_hi"])],
+        "slope ns/svc, back to back": [
+            _ci(v, lo, hi, "{:,.2f}") for v, lo, hi in zip(p.get("b2b_slope_ns", []), p.get("b2b_slope_lo", []),
+                                                           p.get("b2b_slope_hi", []))],
+        "slope ns/svc, paced": [
+            _ci(v, lo, hi, "{:,.2f}") for v, lo, hi in zip(p.get("paced_slope_ns", []),
+                                                           p.get("paced_slope_lo", []), p.get("paced_slope_hi", []))]})
+    return _html(table_html(out))
 
 
 def summary_table(an: Analysis, stats=("p50", "p99"), target: str | None = None):
@@ -237,7 +340,11 @@ def _crossover_html(cx: pd.DataFrame, level: float) -> str:
         "budget \u00b5s": cx["budget_us"],
         f"n* services [{level:.0%} CI]": [_ci(v, lo, hi, "{:,.0f}") if np.isfinite(v) else "no crossing"
                                           for v, lo, hi in zip(cx["n_star"], cx["ci_low"], cx["ci_high"])],
-        "bootstrap fits crossing": [f"{v:.0%}" if np.isfinite(v) else "" for v in cx["boot_frac"]],
+        "replicates crossing": [f"{v:.0%}" if np.isfinite(v) else "" for v in cx["boot_frac"]],
+        "between measured counts": [
+            "" if not np.isfinite(lo)
+            else f"{lo:,.0f}\u2013{hi:,.0f}" + ("" if ok is not False else " (too far apart)")
+            for lo, hi, ok in zip(cx.get("bracket_lo", []), cx.get("bracket_hi", []), cx.get("resolved", []))],
         "finding": cx["finding"]})
     return table_html(out, "{:,.1f}")
 

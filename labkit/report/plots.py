@@ -3,11 +3,13 @@ matplotlib Figure; nothing is saved or shown here (``show`` displays one in a
 notebook and closes it)."""
 from __future__ import annotations
 
+import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
 import seaborn as sns
 from IPython.display import display
+from matplotlib.artist import Artist
 
 from labkit.analysis import anchors
 from labkit.analysis.fit import Analysis
@@ -16,9 +18,42 @@ PANEL = (4.4, 3.4)
 INVALID = dict(marker="x", color="#d62728", s=40, linewidths=1.5, zorder=5)
 
 
+#: one colour per mode in every figure of every report (colour-blind safe, Okabe-Ito)
+MODE_COLORS: dict[str, str] = {
+    "iptables-legacy": "#0072B2", "iptables-nft": "#D55E00", "nftables": "#009E73",
+    "ipvs": "#CC79A7", "ebpf": "#E69F00", "ebpf-xdp": "#56B4E9", "none": "#777777",
+}
+
+
+def mode_color(series: str, others: list[str] | None = None) -> tuple:
+    """The mode's fixed colour; the same mode in a second kernel ("ebpf [7.2]")
+    gets a darker shade of it."""
+    mode = series.split(" [")[0]
+    base = MODE_COLORS.get(mode)
+    if base is None:
+        extra = sorted(set(others or []) - set(MODE_COLORS))
+        i = extra.index(mode) if mode in extra else 0
+        return tuple(sns.color_palette("dark", max(len(extra), 3))[i])
+    rgb = np.array(mcolors.to_rgb(base))
+    same = [o for o in (others or [series]) if o.split(" [")[0] == mode]
+    k = same.index(series) if series in same else 0
+    return tuple(rgb * (0.6 ** k))
+
+
 def palette(an: Analysis) -> dict[str, tuple]:
     names = list(dict.fromkeys(an.run.series_order + sorted(an.points["series"].unique())))
-    return dict(zip(names, sns.color_palette("colorblind", max(len(names), 3))))
+    modes = [n.split(" [")[0] for n in names]
+    return {n: mode_color(n, names if n in names else modes) for n in names}
+
+
+def services_axis(ax, xs) -> None:
+    """Service counts on a log axis (symmetric-log when 0 is among them)."""
+    xs = np.asarray(list(xs), dtype=float)
+    if len(xs) and xs.min() <= 0:
+        ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+    else:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
 
 
 def _ylabel(probe: str) -> str:
@@ -36,6 +71,9 @@ def curves(an: Analysis, target: str | None = None, probe: str = "syn",
     pal = palette(an)
     fig, axes = plt.subplots(1, len(stats), figsize=(PANEL[0] * len(stats), PANEL[1]), squeeze=False)
     pts = an.points[(an.points["target"] == target) & (an.points["probe"] == probe)]
+    if target != "none":   # the empty table is no point of these curves (see the report's reference table)
+        pts = pts[pts["services"] > 0]
+    legend: dict[str, Artist] = {}
     for ax, stat in zip(axes[0], stats):
         used = pts[pts["used"]]
         sns.scatterplot(data=used, x="services", y=stat, hue="series", palette=pal, ax=ax,
@@ -49,17 +87,28 @@ def curves(an: Analysis, target: str | None = None, probe: str = "syn",
                 continue
             x = np.unique(np.concatenate([np.linspace(c.xmin, c.xmax, 300), c.knots()]))
             lo, hi = c.band(x, level)
+            y = c.predict(x)
             ax.fill_between(x, lo, hi, color=pal[series], alpha=0.22, linewidth=0)
-            ax.plot(x, c.predict(x), color=pal[series], lw=1.8, label=f"{series} ({c.chosen})")
-        ax.set_title(f"{stat}, target {target}, {probe}")
-        ax.set_xlabel("services")
+            legend.setdefault(series, ax.plot(x, y, color=pal[series], lw=1.8)[0])
+        if len(bad):
+            legend.setdefault("invalid point (not fitted)", ax.collections[-1])
+        ax.set_title(f"{stat}, target {target}, {probe}", fontsize=10)
+        services_axis(ax, pts["services"])
+        ax.set_xlabel("services (log scale)")
         ax.set_ylabel(_ylabel(probe))
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False,
-               bbox_to_anchor=(0.5, 1.08))
-    fig.text(0.99, -0.02, f"lines: chosen model; bands: {level:.0%} bootstrap interval",
+        # the data set the range, not a runaway band
+        top = used[stat].quantile(0.98) if len(used) else 1.0
+        ax.set_ylim(0, max(top * 1.25, 1.0))
+        ax.grid(alpha=0.3, which="both")
+        if stat not in {k[3] for k in an.curves if k[1] == target and k[2] == probe}:
+            need = an.settings.get("min_tail_probes", {}).get(stat)
+            ax.text(0.5, 0.5, f"not fitted: {stat} needs {need} answered probes per point" if need else
+                    "not fitted", transform=ax.transAxes, ha="center", fontsize=8, color="0.35")
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 6),
+                   frameon=False, bbox_to_anchor=(0.5, 1.0), fontsize=9)
+    what = "delete-one-round jackknife" if an.settings.get("resample") == "rounds" else "bootstrap"
+    fig.text(0.99, -0.02, f"lines: chosen model; bands: {level:.0%} interval ({what})",
              ha="right", va="top", fontsize=8, color="0.35")
     fig.tight_layout()
     return fig

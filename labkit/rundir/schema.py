@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: bumped when a column changes meaning or a file changes name
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SAMPLES = "samples.parquet"
 POINTS = "points.parquet"
@@ -49,6 +49,8 @@ SAMPLE_COLUMNS: dict[str, str] = {
     "target": "first | middle | last | random | none",
     "probe": "probe kind (syn, keepalive, reuse-k, http-new, http-keepalive)",
     "round": _IDENT["round"],
+    "pacing": "probes per second the point's probes were sent at, Poisson gaps (0: back to back, "
+              "each as soon as the previous one was answered)",
     "seq": "probe's position within its point",
     "service": "catalog index of the probed service, -1 for the none address",
     "dst": "destination address of the probe",
@@ -65,6 +67,7 @@ POINT_COLUMNS: dict[str, str] = {
     "block": _IDENT["block"], "mode": _IDENT["mode"], "kernel": _IDENT["kernel"],
     "services": _IDENT["services"], "endpoints": _IDENT["endpoints"],
     "target": SAMPLE_COLUMNS["target"], "probe": SAMPLE_COLUMNS["probe"], "round": _IDENT["round"],
+    "pacing": SAMPLE_COLUMNS["pacing"],
     "render_s": "seconds to render the catalog (pure Python)",
     "load_s": "seconds the kernel's loader took to apply it",
     "program_s": "render_s + load_s",
@@ -74,6 +77,9 @@ POINT_COLUMNS: dict[str, str] = {
     "p50_us": "median rtt_us of answered probes", "p90_us": "90th percentile",
     "p99_us": "99th percentile", "mean_us": "mean", "min_us": "minimum",
     "ct_new": "new conntrack entries the node made during the point (-1: not judged)",
+    "stack_pkts": "packets of matched services the eBPF program handed to the kernel's stack "
+                  "during the point (-1: the mode has no such counter); > 0 makes the point invalid",
+    "redirected_pkts": "packets the eBPF program forwarded itself during the point (-1: no counter)",
     "variant": "the mode's choices for this block ('' if none): IPVS scheduler and helper-rule backend",
     "started": "Unix time the point's probes started", "finished": "Unix time they ended",
 }

@@ -29,12 +29,13 @@ from labkit.probes.base import SPORT_HI, SPORT_LO
 TARGETS = ("first", "middle", "last", "random", "none")
 KERNELS = ("auto", "host", "uml", "vm", "host+uml")
 MAX_PROBES = 1_000_000
+MIN_PACING, MAX_PACING = 1.0, 100_000.0   # probes per second (0 = back to back)
 
 
 @dataclass
 class SweepParams:
     modes: list[str] = field(default_factory=lambda: ["iptables-legacy", "iptables-nft"])
-    services: list[int] = field(default_factory=lambda: [0, 1000, 2500, 5000, 10000])
+    services: list[int] = field(default_factory=lambda: [0, 1, 10, 30, 100, 300, 1000, 2000, 5000, 10000])
     endpoints: int = 10
     ports: list[int] = field(default_factory=lambda: [80])
     targets: list[str] = field(default_factory=lambda: ["last", "random", "none"])
@@ -45,6 +46,9 @@ class SweepParams:
     timeout: float = 0.5
     kernel: str = "auto"
     probe_kinds: list[str] = field(default_factory=lambda: ["syn"])
+    #: probes per second with Poisson gaps; 0 = back to back.  Each pacing is
+    #: measured at every target (kinds that send batches themselves: 0 only)
+    pacing: list[float] = field(default_factory=lambda: [0.0])
     service_cidr: str = DEFAULT_SERVICE_CIDR
     endpoint_cidr: str = DEFAULT_ENDPOINT_CIDR
     ipvs_scheduler: str = "rr"
@@ -106,9 +110,15 @@ class SweepParams:
             raise UsageError(f"ipvs_scheduler must be one of {', '.join(SCHEDULERS)}, got {p.ipvs_scheduler!r}")
         if p.kernel not in KERNELS:
             raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {p.kernel!r}")
-        per_block = (p.warmup + p.probes) * len(p.targets)
+        pacing = [_pacing(v) for v in split(p.pacing, "pacing")]
+        if not pacing:
+            raise UsageError("pacing: at least one value is needed (0 = back to back)")
+        if len(set(pacing)) != len(pacing):
+            raise UsageError(f"pacing: a value is given twice in {pacing}")
+        p.pacing = pacing
+        per_block = (p.warmup + p.probes * len(p.pacing)) * len(p.targets)
         if per_block > SPORT_HI - SPORT_LO + 1:
-            raise UsageError(f"(warmup + probes) x targets = {per_block:,} probes per block exceed the "
+            raise UsageError(f"(warmup + probes x pacings) x targets = {per_block:,} probes per block exceed the "
                              f"{SPORT_HI - SPORT_LO + 1:,} fresh source ports a block has: conntrack "
                              "would match reused 5-tuples; lower --probes")
         # the largest catalog must fit the address ranges
@@ -123,3 +133,13 @@ class SweepParams:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _pacing(v: Any) -> float:
+    """One pacing value: 0 (back to back) or probes per second (``1000``, ``1k``)."""
+    what = "pacing (probes/s; 0 = back to back)"
+    if isinstance(v, str):
+        v = whole(v, what, 0, int(MAX_PACING))
+    if v == 0 and not isinstance(v, bool):
+        return 0.0
+    return number(v, what, MIN_PACING, MAX_PACING)

@@ -32,6 +32,7 @@ from labkit.core.errors import UsageError
 from labkit.kernel import netns
 from labkit.kernels.dispatch import UML_CANNOT
 from labkit.probes import PROBERS
+from labkit.probes.base import Paced
 from labkit.rundir import schema
 from labkit.runs.control import measure_ops, program_row
 from labkit.runs.params import SweepParams
@@ -41,9 +42,15 @@ SPREAD_P_MIN = 1e-3  # below this the endpoint spread is called uneven
 CT_JUDGE_MAX_S = 8.0  # conntrack entries die 10 s after the client's RST: judge shorter points only
 
 
-def point_id(p: SweepParams, block: Block, target: str, kind: str = "syn") -> int:
-    return (block.block * len(p.targets) + p.targets.index(target)) * len(p.probe_kinds) \
-        + p.probe_kinds.index(kind)
+def point_id(p: SweepParams, block: Block, target: str, kind: str = "syn", pacing: float = 0.0) -> int:
+    return ((block.block * len(p.targets) + p.targets.index(target)) * len(p.probe_kinds)
+            + p.probe_kinds.index(kind)) * len(p.pacing) + p.pacing.index(pacing)
+
+
+def pacings(p: SweepParams, kind: str) -> list[float]:
+    """The pacings a probe kind is measured at: all of them, or only back to
+    back for kinds that hand a batch to a tool (HTTP's ab)."""
+    return list(p.pacing) if PROBERS[kind].pacing_supported else [v for v in p.pacing if v == 0][:1]
 
 
 # ---------------------------------------------------------------------------
@@ -99,7 +106,8 @@ def endpoint_spread_p(df: pd.DataFrame, catalog: ServiceCatalog) -> float | None
 
 
 def judge_point(df: pd.DataFrame, catalog: ServiceCatalog,
-                ct_new: int | None = None, spread: bool = True) -> tuple[bool, str]:
+                ct_new: int | None = None, spread: bool = True,
+                path: Mapping[str, int] | None = None) -> tuple[bool, str]:
     """(valid, reason) for one point's checked samples.
 
     ``ct_new``: new conntrack entries the node made during the point.  Where
@@ -125,6 +133,13 @@ def judge_point(df: pd.DataFrame, catalog: ServiceCatalog,
     if ct_new and ct_new < answered:
         reasons.append(f"{answered - ct_new} probes hit existing conntrack entries "
                        f"({ct_new} new entries for {answered} answered SYNs)")
+    if path is not None:
+        if path.get("stack", 0) > 0:
+            reasons.append(f"{path['stack']} service packets fell back to the kernel's stack")
+        served = int((df["rtt_us"].notna() & (df["service"] >= 0)).sum())
+        if served and path.get("redirected", 0) < served:
+            reasons.append(f"{path.get('redirected', 0)} packets forwarded by the program for "
+                           f"{served} answered service probes")
     p = endpoint_spread_p(df, catalog) if spread else None
     if p is not None and p < SPREAD_P_MIN:
         reasons.append(f"uneven endpoint spread (chi-square p={p:.1e})")
@@ -182,7 +197,7 @@ class Sweep(Experiment):
         return self.p.catalog(max(self.p.services), self.p)
 
     def units(self, block: Block) -> int:
-        return len(block.targets) * len(self.p.probe_kinds)
+        return len(block.targets) * sum(len(pacings(self.p, k)) for k in self.p.probe_kinds)
 
     def run_block(self, ctx: BlockContext) -> None:
         p, b = self.p, ctx.block
@@ -197,17 +212,21 @@ class Sweep(Experiment):
                     for t in b.targets:
                         if p.warmup:
                             prober.run(prober.craft_for(catalog, t, p.warmup))
-                        probes = prober.craft_for(catalog, t, p.probes)
-                        ct0 = netns.conntrack_entries(ctx.lab.node)
-                        started = time.time()
-                        outcomes = prober.run(probes)
-                        finished = time.time()
-                        ct1 = netns.conntrack_entries(ctx.lab.node)
-                        inserts = None if ct0 is None or ct1 is None \
-                            or finished - started > CT_JUDGE_MAX_S else ct1 - ct0
-                        self._record(ctx, t, kind, catalog, outcomes, prog, started, finished,
-                                     ct_new=inserts, variant=dp.variant)
-                        ctx.bar.update(1)
+                        for k, pace in enumerate(pacings(p, kind)):
+                            probes = Paced(prober.craft_for(catalog, t, p.probes), pace, seed + k)
+                            ct0 = netns.conntrack_entries(ctx.lab.node)
+                            c0 = dp.path_counters()
+                            started = time.time()
+                            outcomes = prober.run(probes)
+                            finished = time.time()
+                            c1 = dp.path_counters()
+                            ct1 = netns.conntrack_entries(ctx.lab.node)
+                            inserts = None if ct0 is None or ct1 is None \
+                                or finished - started > CT_JUDGE_MAX_S else ct1 - ct0
+                            path = None if c0 is None or c1 is None else {k_: c1[k_] - c0[k_] for k_ in c1}
+                            self._record(ctx, t, kind, catalog, outcomes, prog, started, finished,
+                                         ct_new=inserts, variant=dp.variant, pacing=pace, path=path)
+                            ctx.bar.update(1)
             # control plane: this block's programming, then add one service and remove it
             ident = {**ctx.ident(), "endpoints": catalog.endpoints, "update": type(dp).update}
             ctx.tables.add(schema.CONTROL, [{**program_row(catalog.services, prog, t0), **ident}])
@@ -218,13 +237,14 @@ class Sweep(Experiment):
 
     def _record(self, ctx: BlockContext, target: str, kind: str, catalog: ServiceCatalog,
                 outcomes: list, prog: Any, started: float, finished: float,
-                ct_new: int | None = None, variant: str = "") -> None:
+                ct_new: int | None = None, variant: str = "", pacing: float = 0.0,
+                path: dict[str, int] | None = None) -> None:
         p, b = self.p, ctx.block
         n = len(outcomes)
-        pid = point_id(p, b, target, kind)
+        pid = point_id(p, b, target, kind, pacing)
         df = pd.DataFrame({
             **ctx.ident(), "point_id": pid, "endpoints": p.endpoints, "target": target,
-            "probe": kind, "seq": np.arange(n),
+            "probe": kind, "pacing": pacing, "seq": np.arange(n),
             "service": [o.probe.service for o in outcomes],
             "dst": [o.probe.dst for o in outcomes],
             "rtt_us": np.array([o.rtt_ns / 1000.0 if o.rtt_ns is not None else np.nan
@@ -235,14 +255,16 @@ class Sweep(Experiment):
         })
         df = check_samples(df, catalog)
         valid, reason = judge_point(df, catalog, ct_new if kind == "syn" else None,
-                                    spread=PROBERS[kind].new_connection_per_probe)
+                                    spread=PROBERS[kind].new_connection_per_probe, path=path)
         answered = int(df["rtt_us"].notna().sum())
         point = {
             **ctx.ident(), "point_id": pid, "endpoints": p.endpoints, "target": target,
-            "probe": kind, "render_s": prog.render_s, "load_s": prog.load_s,
+            "probe": kind, "pacing": pacing, "render_s": prog.render_s, "load_s": prog.load_s,
             "program_s": prog.program_s, "sent": n, "answered": answered, "lost": n - answered,
             "valid": valid, "reason": reason, **summarize(df["rtt_us"].to_numpy()),
             "ct_new": -1 if ct_new is None else ct_new, "variant": variant,
+            "stack_pkts": -1 if path is None else path["stack"],
+            "redirected_pkts": -1 if path is None else path["redirected"],
             "started": started, "finished": finished,
         }
         ctx.tables.add(schema.SAMPLES, df[schema.columns(schema.SAMPLES)])
