@@ -14,7 +14,7 @@ PUBLISH_DIR ?= build/publish
 APT_PACKAGES := iproute2 iptables nftables procps kmod conntrack \
 	clang llvm libbpf-dev linux-libc-dev bpftool ethtool \
 	ipvsadm ipset qemu-system-x86 busybox-static file \
-	apache2-utils patchelf python3-venv python3-dev gcc
+	apache2-utils patchelf python3-venv python3-dev gcc chromium
 
 .PHONY: setup apt tools venv report sweep test test-unit lint lab publish clean distclean
 

@@ -179,3 +179,13 @@ def test_sweep_notebook_runs_with_tiny_parameters(tmp_path):
                         kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
     pts = pd.read_parquet(out / "points.parquet")
     assert len(pts) == 2 and pts["valid"].all()
+
+
+def test_sweep_notebook_refuses_an_unknown_parameter_like_the_cli(tmp_path):
+    """papermill only warns about a name the notebook lacks; the notebook
+    refuses it before any namespace exists, with the CLI's message (no root)."""
+    with pytest.raises(pm.PapermillExecutionError, match=r"unknown parameter\(s\): service"):
+        pm.execute_notebook(os.path.join(ROOT, "notebooks", "sweep.ipynb"), str(tmp_path / "nb.ipynb"),
+                            parameters={"service": [1, 10], "out_dir": str(tmp_path / "o")},
+                            progress_bar=False, cwd=str(tmp_path))
+    assert not (tmp_path / "o").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import math
 import os
 import re
 from importlib import resources
@@ -29,6 +30,7 @@ from labkit.analysis.claims import pacing_effect
 from labkit.analysis.fit import Analysis, kernel_ratios, load_run
 from labkit.core import topology
 from labkit.core.errors import LabkitError, UsageError
+from labkit.report import browser
 
 #: the analysis notebook, shipped as package data (``labkit/report/notebooks`` links
 #: to the repository's ``notebooks/``; a wheel holds copies)
@@ -79,7 +81,8 @@ def _writable_dir(path: str) -> bool:
 
 def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 10.0,
                  budget_frac: float = 0.10, out_dir: str | None = None, *, n_boot: int = 1000,
-                 seed: int = 0, notebook: str | None = None, timeout: int = 1800) -> str:
+                 seed: int = 0, notebook: str | None = None, timeout: int = 1800,
+                 screenshot: bool = True) -> str:
     """Build DIR/report.html (and crossover.csv, fits.csv, summary.csv, the
     executed analysis.ipynb) for the run in ``run_dir``.
 
@@ -120,6 +123,9 @@ def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 1
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(body)
     os.replace(tmp, out_html)
+    if screenshot and browser.browser():
+        # the first screen a reader sees, beside the report (README shows the reference run's)
+        browser.screenshot(out_html, os.path.join(os.path.dirname(out_html), "report.png"))
     return out_html
 
 
@@ -149,7 +155,7 @@ def _html(s: str):
     return HTML(s)
 
 
-def table_html(df: pd.DataFrame, floatfmt: str = "{:,.2f}") -> str:
+def table_html(df: pd.DataFrame, floatfmt: str = "{:,.2f}", cls: str = "lk") -> str:
     def cell(v):
         if isinstance(v, (float, np.floating)):
             return "" if np.isnan(v) else floatfmt.format(v)
@@ -157,7 +163,7 @@ def table_html(df: pd.DataFrame, floatfmt: str = "{:,.2f}") -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>"
                    for r in df.itertuples(index=False))
-    return f'<table class="lk"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
 def _ci(v, lo, hi, fmt="{:,.1f}") -> str:
@@ -226,40 +232,59 @@ def claims_table(an: Analysis):
         fmt = "{:,.0f}" if r["unit"] == "services" else "{:+,.1f}"
         return _ci(r["value"], r["ci_low"], r["ci_high"], fmt) + f" {r['unit']}"
     out = pd.DataFrame({
-        "seed's claim": c["statement"], "mode": [f"{m} vs {v}" if v else m for m, v in zip(c["mode"], c["versus"])],
+        "seed's claim": [t if i == 0 or t != prev else "" for i, (t, prev) in
+                         enumerate(zip(c["statement"], [""] + list(c["statement"][:-1])))],
+        "mode": [f"{m} vs {v}" if v else m for m, v in zip(c["mode"], c["versus"])],
         "verdict": [VERDICT_MARK.get(v, v) for v in c["verdict"]],
         f"figure [{level} CI]": [num(r) for _, r in c.iterrows()],
         "evidence": c["evidence"]})
-    return _html(table_html(out))
+    return _html(table_html(out, cls="lk lk-claims"))
 
 
 def answer(an: Analysis):
-    """The answer in a few sentences, from the claims and the headline crossovers."""
+    """The answer in a few sentences, from the claims (details in the claims table)."""
     c = an.claims
     parts = []
     o_n = c[(c["claim"] == "o-n") & c["value"].notna()]
     o_1 = c[(c["claim"] == "o-1") & c["value"].notna()]
-    level = f"{an.settings['level']:.0%}"
+    top = an.summary["services_max"].max() if len(an.summary) else math.nan
+    rng = f"from 1 to {top:,.0f} services" if np.isfinite(top) else ""
     if len(o_n):
-        parts.append("Measured from 1 to {:,.0f} services on kernel {}, the iptables modes grow with the "
-                     "service count: {}.".format(
-                         an.summary["services_max"].max(), an.run.meta.get("kernel", "?"),
-                         "; ".join(f"{r['mode']} {r['value']:+.1f} us [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
-                                   for _, r in o_n.iterrows())))
+        parts.append(f"On kernel {an.run.meta.get('kernel', '?')}, {rng}, the first packet's p50 rises "
+                     + ", ".join(f"{r['value']:+.0f} us [{r['ci_low']:+.0f}, {r['ci_high']:+.0f}] with {r['mode']}"
+                                 for _, r in o_n.iterrows()) + ".")
     if len(o_1):
-        parts.append("The hash-based modes stay flat: " + "; ".join(
-            f"{r['mode']} {r['value']:+.1f} us [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" for _, r in o_1.iterrows())
-            + f" over the same range ({level} intervals, p50 of the last service's first packet).")
-    k = c[(c["claim"] == "1k-5k")]
+        parts.append("It stays flat with " + ", ".join(
+            f"{r['mode']} ({r['value']:+.1f} us [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}])"
+            for _, r in o_1.iterrows()) + ".")
+    k = c[(c["claim"] == "1k-5k") & c["verdict"].isin(["holds", "does not hold", "inconclusive"])]
     for _, r in k.iterrows():
-        if r["verdict"] in ("holds", "does not hold", "inconclusive"):
-            parts.append(f"The seed's 1,000\u20135,000 services claim for {r['mode']}: {r['verdict']} "
-                         f"({r['evidence']}).")
-        elif r["evidence"]:
-            parts.append(f"{r['mode']} against {r['versus']}: {r['evidence']}.")
+        parts.append(f"The seed's \u201cnoticeable from 1,000\u20135,000 services\u201d for {r['mode']}: "
+                     f"{r['verdict']} (the penalty over {r['versus']} exceeds {an.settings['budget_frac']:.0%} "
+                     f"of a request from {r['value']:,.0f} services, [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]).")
     if not parts:
         return _html('<p class="lk-note">Too few modes or counts for an answer.</p>')
-    return _html('<p class="lk-answer">' + " ".join(html.escape(p) for p in parts) + "</p>")
+    level = f"{an.settings['level']:.0%}"
+    return _html('<p class="lk-answer">' + " ".join(html.escape(p) for p in parts)
+                 + f' <span class="lk-note">({level} intervals; the claims table says how each verdict '
+                 "was reached.)</span></p>")
+
+
+def measured_table(an: Analysis, stats=("p50", "p99")):
+    """Measured medians over rounds per mode and service count (headline target and probe)."""
+    p = an.points[an.points["used"] & (an.points["target"] == an.headline_target)
+                  & (an.points["probe"] == an.headline_probe)]
+    if not len(p):
+        return _html('<p class="lk-note">no valid points</p>')
+    order = {m: i for i, m in enumerate(an.series)}
+    parts = []
+    for stat in stats:
+        t = p.pivot_table(index="services", columns="series", values=stat, aggfunc="median")
+        t = t[sorted(t.columns, key=lambda c: order.get(c, 99))]
+        t.insert(0, "services", [f"{int(n):,}" + (" (empty table)" if n == 0 else "") for n in t.index])
+        parts.append(f"<h4>{stat} \u00b5s, median over rounds ({an.headline_target} target, "
+                     f"{an.headline_probe})</h4>" + table_html(t.reset_index(drop=True), "{:,.1f}"))
+    return _html("".join(parts))
 
 
 def empty_table(an: Analysis):
@@ -322,13 +347,18 @@ def summary_table(an: Analysis, stats=("p50", "p99"), target: str | None = None)
 
 
 def crossover_table(an: Analysis, target: str | None = None, stats=("p50", "p99"),
-                    kinds=("fit", "budget-abs", "budget-rel"), only_found_budgets: bool = True):
+                    kinds=("fit", "budget-abs", "budget-rel"), only_found_budgets: bool = True,
+                    collapsed: bool = False):
     target = target or an.headline_target
     cx = an.crossover[(an.crossover["target"] == target) & an.crossover["statistic"].isin(stats)
-                      & an.crossover["kind"].isin(kinds)]
+                      & an.crossover["kind"].isin(kinds) & (an.crossover["probe"] == an.headline_probe)]
     if only_found_budgets:
         cx = cx[(cx["kind"] == "fit") | (cx["n_star"] > cx["range_lo"])]
-    return _html(_crossover_html(cx, an.settings["level"]))
+    body = _crossover_html(cx, an.settings["level"])
+    if collapsed:
+        body = (f"<details><summary>the table behind these findings ({len(cx)} rows, {target} target, "
+                f"{an.headline_probe})</summary>{body}</details>")
+    return _html(body)
 
 
 def _crossover_html(cx: pd.DataFrame, level: float) -> str:

@@ -54,6 +54,7 @@ def services_axis(ax, xs) -> None:
     else:
         ax.set_xscale("log")
     ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
 
 
 def _ylabel(probe: str) -> str:
@@ -109,6 +110,69 @@ def curves(an: Analysis, target: str | None = None, probe: str = "syn",
                    frameon=False, bbox_to_anchor=(0.5, 1.0), fontsize=9)
     what = "delete-one-round jackknife" if an.settings.get("resample") == "rounds" else "bootstrap"
     fig.text(0.99, -0.02, f"lines: chosen model; bands: {level:.0%} interval ({what})",
+             ha="right", va="top", fontsize=8, color="0.35")
+    fig.tight_layout()
+    return fig
+
+
+SEED_BAND = (1000, 5000)
+
+
+def headline(an: Analysis) -> plt.Figure:
+    """The answer in one figure: p50 and p99 of the headline curves against
+    service count, every mode, log-log so the flat modes stay readable; the
+    seed's 1,000-5,000 band shaded; where two fitted curves cross (located,
+    between close measured counts) marked with its interval."""
+    target, probe, level = an.headline_target, an.headline_probe, an.settings["level"]
+    pal = palette(an)
+    stats = [s for s in ("p50", "p99") if s in an.settings["stats"]]
+    fig, axes = plt.subplots(1, len(stats), figsize=(6.2 * len(stats), 3.6), squeeze=False)
+    pts = an.points[an.points["used"] & (an.points["target"] == target) & (an.points["probe"] == probe)
+                    & (an.points["services"] > 0)]
+    legend: dict[str, Artist] = {}
+    for ax, stat in zip(axes[0], stats):
+        ax.axvspan(*SEED_BAND, color="0.85", alpha=0.6, lw=0, zorder=0)
+        ax.text(np.sqrt(SEED_BAND[0] * SEED_BAND[1]), 0.98, "seed: iptables hurts\nfrom 1,000\u20135,000",
+                transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=7.5, color="0.3")
+        tops = []
+        for series in an.series:
+            c = an.curves.get((series, target, probe, stat))
+            med = pts[pts["series"] == series].groupby("services")[stat].median()
+            if c is None or not len(med):
+                continue
+            x = np.unique(np.geomspace(max(c.xmin, 1), c.xmax, 300))
+            lo, hi = c.band(x, level)
+            ax.fill_between(x, np.maximum(lo, 1e-3), hi, color=pal[series], alpha=0.18, linewidth=0)
+            ax.plot(x, c.predict(x), color=pal[series], lw=1.6)
+            legend.setdefault(series, ax.plot(med.index, med.values, "o", ms=4, color=pal[series])[0])
+            tops.append(float(med.max()))
+        cx = an.crossover
+        cx = cx[(cx["kind"] == "fit") & (cx["statistic"] == stat) & (cx["target"] == target)
+                & (cx["probe"] == probe) & np.isfinite(cx["ci_low"]) & (cx["resolved"] == True)]  # noqa: E712
+        for _, r in cx.iterrows():
+            c = an.curves[(r["mode_a"], target, probe, stat)]
+            y = float(c.predict([r["n_star"]])[0])
+            h = ax.errorbar([r["n_star"]], [y], xerr=[[r["n_star"] - r["ci_low"]], [r["ci_high"] - r["n_star"]]],
+                            fmt="D", ms=5, color="black", mfc="white", capsize=3, zorder=6)
+            legend.setdefault("curves cross (95% interval)", h)
+        services_axis(ax, [1])
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+        if len(pts):
+            ax.set_xlim(max(pts["services"].min(), 1) / 1.4, pts["services"].max() * 1.4)
+        if not tops:
+            need = an.settings.get("min_tail_probes", {}).get(stat)
+            ax.text(0.5, 0.5, f"not estimated: {stat} needs {need} answered probes per point" if need
+                    else "no curves", transform=ax.transAxes, ha="center", fontsize=9, color="0.35")
+        ax.set_title(f"{stat}: first packet of a new connection, {target} service", fontsize=10)
+        ax.set_xlabel("services (log scale)")
+        ax.set_ylabel("RTT (\u00b5s, log scale)")
+        ax.grid(alpha=0.3, which="both")
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 7),
+               frameon=False, bbox_to_anchor=(0.5, 1.0), fontsize=9)
+    what = "delete-one-round jackknife" if an.settings.get("resample") == "rounds" else "bootstrap"
+    fig.text(0.99, -0.02, f"dots: median over rounds; lines: fitted model; bands: {level:.0%} interval ({what})",
              ha="right", va="top", fontsize=8, color="0.35")
     fig.tight_layout()
     return fig

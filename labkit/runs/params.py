@@ -135,6 +135,19 @@ class SweepParams:
         return dataclasses.asdict(self)
 
 
+#: names a sweep notebook may be given besides the parameters (papermill -p)
+NOTEBOOK_NAMES = frozenset({"out_dir", "resume"})
+
+
+def refuse_unknown(names_given: set[str]) -> None:
+    """Refuse names that are neither sweep parameters nor the notebook's own
+    (the papermill path: papermill only warns about them)."""
+    known = {f.name for f in dataclasses.fields(SweepParams)} | NOTEBOOK_NAMES
+    unknown = sorted(n for n in names_given if not n.startswith("_") and n not in known)
+    if unknown:
+        raise UsageError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
 def _pacing(v: Any) -> float:
     """One pacing value: 0 (back to back) or probes per second (``1000``, ``1k``)."""
     what = "pacing (probes/s; 0 = back to back)"

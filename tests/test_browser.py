@@ -1,0 +1,38 @@
+"""The built report in a real browser (Debian's headless Chromium, no root):
+it loads without console errors, every figure decodes, and the answer and
+the seed-claims table are on the first screen, above the first figure.
+Leaves report.png (the first screen) beside report.html."""
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from test_report import make_run
+
+from labkit.report import browser
+from labkit.report import build as report
+
+pytestmark = pytest.mark.skipif(browser.browser() is None,
+                                reason="chromium is not installed (make setup installs Debian's chromium)")
+
+
+def _png_size(path: str) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_report_in_headless_chromium(tmp_path):
+    run = make_run(tmp_path / "run")
+    html_path = report.build_report(run)
+    seen = browser.check(html_path)
+    assert seen["console_errors"] == []
+    assert len(seen["images"]) >= 4 and all(w > 0 and h > 0 for w, h in seen["images"]), seen["images"]
+    w, h = browser.SCREEN
+    assert seen["answer_top"] is not None and seen["claims_top"] is not None, seen
+    assert seen["answer_top"] < seen["claims_top"] < seen["first_image_top"]
+    assert seen["claims_bottom"] <= h, f"the claims table ends at {seen['claims_bottom']:.0f} px"
+    png = os.path.join(os.path.dirname(html_path), "report.png")
+    assert _png_size(png) == (w, h)
