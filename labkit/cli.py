@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import shlex
 import signal
 import sys
@@ -24,13 +26,14 @@ from labkit.kernel.clean import clean
 from labkit.kernels.dispatch import KERNELS, choose_kernel, relaunch
 from labkit.report.build import build_report
 from labkit.rundir import schema
+from labkit.rundir.store import read_table
 from labkit.runs.bench import BenchProgram, bench_send, summarize_program
 from labkit.runs.control import Control
 from labkit.runs.cpu import Cpu
 from labkit.runs.doctor import doctor
 from labkit.runs.params import SweepParams
 from labkit.runs.runner import Experiment, Runner, prepare_out
-from labkit.runs.sweep import run_sweep
+from labkit.runs.sweep import run_sweep, summary_text
 
 SWEEP_OPTIONS = ("modes", "services", "endpoints", "targets", "probes", "rounds", "warmup", "seed",
                  "timeout", "kernel", "probe_kinds", "service_cidr", "endpoint_cidr", "ports", "ipvs_scheduler",
@@ -110,6 +113,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.only_blocks else None
     out = run_sweep(params, args.out, resume=args.resume, command=_command("sweep", args),
                     progress=not args.quiet, only=only)
+    if only is None:   # a segment run in another kernel reports to its parent instead
+        print(summary_text(read_table(os.path.join(out, schema.POINTS))))
     print(f"wrote {out}/{schema.SAMPLES}, {schema.POINTS}, {schema.CONTROL}, {schema.META}")
     return 0
 
@@ -186,7 +191,7 @@ def _run_options(p: argparse.ArgumentParser, out_help: str, out_required: bool =
     p.add_argument("--out", required=out_required, help=out_help)
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out with its stored parameters")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Measure Kubernetes service datapaths (kube-proxy iptables legacy/nft, nftables, IPVS, "
         "eBPF) on this kernel, inside network namespaces it creates and removes."))
     ap.add_argument("--version", action="version", version=f"labkit {metadata.version('labkit')}")
+    ap.add_argument("-v", "--verbose", action="count", default=0,
+                    help="log what labkit does to stderr (-v: steps, -vv: every kernel command)")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     d = sub.add_parser("doctor", help="which modes run here, and why not")
@@ -284,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _sigterm)
     try:
         args = build_parser().parse_args(argv)
-        args.argv = argv[1:]
+        args.argv = argv[argv.index(args.cmd) + 1:]   # the subcommand's own arguments
+        if args.verbose:
+            logging.basicConfig(level=logging.INFO if args.verbose == 1 else logging.DEBUG,
+                                format="labkit: %(name)s: %(message)s", stream=sys.stderr)
         return int(args.fn(args))
     except LabkitError as exc:
         print(f"labkit: error: {exc}", file=sys.stderr)

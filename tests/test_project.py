@@ -6,6 +6,8 @@ import tomllib
 
 import yaml
 
+from labkit.analysis import anchors
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
@@ -38,3 +40,22 @@ def test_notebooks_are_stored_without_outputs_and_tag_parameters():
         code = [c for c in cells if c["cell_type"] == "code"]
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), nb
         assert sum("parameters" in c["metadata"].get("tags", []) for c in code) == 1, nb
+
+
+def test_docs_anchors_is_the_anchor_table_rendered():
+    with open(os.path.join(ROOT, "docs", "anchors.md"), encoding="utf-8") as f:
+        assert f.read() == anchors.markdown(), "regenerate docs/anchors.md from labkit/analysis/anchors.py"
+
+
+def test_docs_cite_only_files_in_the_repository():
+    """README, docs and code cite files a reader of the repository can open."""
+    for base, _, names in os.walk(ROOT):
+        if any(part in base for part in (".venv", ".git", "build", "data", ".cache", "runs")):
+            continue
+        for name in names:
+            if name.endswith((".md", ".py")):
+                with open(os.path.join(base, name), encoding="utf-8") as f:
+                    text = f.read()
+                for ref in ("DESIGN.md", "ANCHORS.md"):
+                    assert ref not in text or name in ("test_project.py", "anchors.py"), \
+                        f"{os.path.join(base, name)} cites {ref}, which is not in the repository"

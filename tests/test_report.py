@@ -6,6 +6,7 @@ import time
 import nbformat
 import numpy as np
 import pandas as pd
+import papermill as pm
 import pytest
 
 from labkit.analysis.fit import sha256_file
@@ -146,3 +147,14 @@ def test_stored_notebook_is_thin_and_clean():
     assert "parameters" in code[0].metadata.get("tags", [])
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
     assert all(len(c.source.splitlines()) <= 12 for c in code)
+
+
+def test_analysis_notebook_without_run_dir_says_to_set_it(tmp_path):
+    """An empty run_dir is not "notebooks is not a labkit run": the notebook
+    says to set it and lists the runs it can see."""
+    run = make_run(tmp_path / "runs" / "mine", modes=("iptables-nft", "nftables"), services=(1, 1000),
+                   targets=("last",), rounds=1, probes=50)
+    with pytest.raises(pm.PapermillExecutionError, match=r"set run_dir.*runs found: .*mine"):
+        pm.execute_notebook(report.default_notebook(), str(tmp_path / "out.ipynb"), parameters={},
+                            cwd=str(tmp_path), progress_bar=False, kernel_name=report.KERNEL)
+    assert os.path.isdir(run) and not os.path.exists(os.path.join(run, "crossover.csv"))

@@ -429,6 +429,12 @@ def test_tool_versions_are_versions_not_error_messages():
     assert provenance.parse_version("ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS v1.2.1)") \
         .startswith("ipvsadm v1.31")
     assert provenance.parse_version("nftables v1.0.6 (Lester Gooch #5)") == "nftables v1.0.6 (Lester Gooch #5)"
+    # what ipvsadm prints on a kernel without IPVS: the kernel release looks like a version
+    assert provenance.parse_version("modprobe: FATAL: Module ip_vs not found in directory "
+                                    "/lib/modules/6.18.44-fc-v1147\nCan't initialize ipvs: Protocol not "
+                                    "available\n") == "unknown"
+    v = provenance.tool_version(["ipvsadm", "--version"])
+    assert "FATAL" not in v and "modprobe" not in v, v
 
 
 def test_run_files_are_readable_by_everyone(tmp_path):

@@ -3,7 +3,9 @@
 These are other people's numbers, from other setups: the report shows them
 beside ours, labelled as published, and never mixes them into our fits.
 Values marked ``reading="chart"`` were read off a published chart and carry
-a few percent of reading error.  Transcribed from ANCHORS.md.
+a few percent of reading error.  Transcribed from the project's design notes
+(ANCHORS.md, not shipped); docs/anchors.md is this table rendered
+(:func:`markdown`, kept equal by tests/test_project.py).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ SOURCES: dict[str, Source] = {s.key: s for s in [
            "operating system kernel", "Hoiland-Jorgensen et al., CoNEXT", 2018,
            "https://doi.org/10.1145/3281411.3281443", "one core, 64-byte packets"),
     Source("this-machine", "Earlier scapy SYN probes on this kind of machine",
-           "labkit project notes (ANCHORS.md)", 2026, "shared/ANCHORS.md",
+           "labkit project notes", 2026, "docs/anchors.md",
            "2 vCPUs, kernel 6.18, kube-proxy-style rulesets, target the last service, "
            "10 endpoints per service; median SYN to SYN-ACK"),
 ]}
@@ -150,3 +152,22 @@ SERIES_FOR_MODE = {
     "iptables-legacy": "iptables", "iptables-nft": "iptables", "nftables": "nftables",
     "ipvs": "ipvs", "ebpf": "ebpf",
 }
+
+
+def markdown() -> str:
+    """docs/anchors.md: every source and every published figure labkit compares with."""
+    lines = ["# Published figures labkit compares with", "",
+             "Generated from `labkit/analysis/anchors.py` (`python -c 'from labkit.analysis import anchors; "
+             "print(anchors.markdown())'`). Other people's numbers from other setups: reports show them "
+             "beside ours, labelled, and never fit them. `chart` readings were read off a published chart "
+             "and carry a few percent of reading error.", "", "## Sources", "",
+             "| key | source | setup |", "| --- | --- | --- |"]
+    for s in SOURCES.values():
+        lines.append(f"| `{s.key}` | {s.cite()} | {s.setup} |")
+    lines += ["", "## Figures", "", "| source | series | metric | unit | services | value | low | high | reading |",
+              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in table().itertuples(index=False):
+        n = "" if pd.isna(r.services) else f"{int(r.services):,}"
+        lines.append(f"| {r.source} | {r.series} | {r.metric} | {r.unit} | {n} | {r.value:g} | {r.low:g} | "
+                     f"{r.high:g} | {r.reading} |")
+    return "\n".join(lines) + "\n"

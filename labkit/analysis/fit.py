@@ -117,6 +117,32 @@ def _table(run_dir: str, name: str) -> pd.DataFrame:
                          f"{str(exc).splitlines()[0] if str(exc) else 'damaged'})") from None
 
 
+def find_runs(*bases: str) -> list[str]:
+    """Run directories (holding a meta.json) directly under each of ``bases``
+    and one level down (runs/, data/reference/), sorted."""
+    found = set()
+    for base in bases:
+        for sub in ("", "runs", os.path.join("data", "reference")):
+            d = os.path.join(base, sub)
+            if os.path.isdir(d):
+                for name in os.listdir(d):
+                    if os.path.isfile(os.path.join(d, name, schema.META)):
+                        found.add(os.path.relpath(os.path.join(d, name)))
+    return sorted(found)
+
+
+def require_run_dir(run_dir: str | None) -> str:
+    """``run_dir`` itself, or a UsageError that says to set it and lists the
+    runs it can see (from the working directory and its parent)."""
+    if run_dir:
+        return run_dir
+    runs = find_runs(os.getcwd(), os.path.dirname(os.getcwd()))
+    listing = ("; runs found: " + ", ".join(runs[:20]) + (" ..." if len(runs) > 20 else "")) if runs \
+        else "; no run directories found under ., runs/ or data/reference/"
+    raise UsageError("set run_dir to a run directory (papermill -p run_dir DIR, or edit the "
+                     "parameters cell)" + listing)
+
+
 def load_run(run_dir: str) -> Run:
     """Read ``samples.parquet``, ``points.parquet`` and ``meta.json`` of a run
     directory, check their schema, checksum them.  Raises UsageError on a

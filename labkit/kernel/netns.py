@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -29,6 +30,8 @@ T = TypeVar("T")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-netlink")
+
+log = logging.getLogger(__name__)
 
 
 def require_root() -> None:
@@ -198,6 +201,7 @@ def run(ns: str, argv: Sequence[str], *, input: str | bytes | None = None, check
         timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command inside namespace ``ns`` (``ip netns exec``)."""
     cmd = ["ip", "netns", "exec", ns, *argv]
+    log.debug("in %s: %s", ns, " ".join(argv))
     text = not isinstance(input, bytes)
     try:
         if _peaks:

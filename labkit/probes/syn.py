@@ -1,6 +1,6 @@
 """First-packet probes: a crafted TCP SYN to a service, timed to its SYN-ACK.
 
-Method (DESIGN.md section 4):
+Method:
 
 * Each probe is a TCP SYN for a fresh 5-tuple (new source port, random
   sequence number), so the node's conntrack misses and the datapath's full

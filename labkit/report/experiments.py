@@ -42,7 +42,7 @@ from labkit.report.plots import show
 
 
 def control_published() -> pd.DataFrame:
-    """The published kube-proxy control-plane figures (ANCHORS.md)."""
+    """The published kube-proxy control-plane figures (docs/anchors.md)."""
     t = anchors.table("k8s-issues")
     return t[["series", "metric", "services", "value", "low", "high", "note"]]
 

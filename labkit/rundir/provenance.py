@@ -20,13 +20,17 @@ TOOLS: dict[str, list[str]] = {
 }
 PACKAGES = ("scapy", "pyroute2", "pandas", "pyarrow", "numpy", "scipy", "seaborn", "papermill")
 _VERSION = re.compile(r"\bv?\d+\.\d+(?:[.\-]\w+)*")
+#: lines that are complaints, not versions (ipvsadm without IPVS prints modprobe's error)
+_NOT_A_VERSION = ("error", "can't", "cannot", "fatal", "not found", "not available")
+#: the Debian package of a tool, asked when the tool cannot report its own version
+PACKAGE_OF = {"ipvsadm": "ipvsadm", "bpftool": "bpftool", "nft": "nftables", "clang": "clang"}
 
 
 def parse_version(output: str) -> str:
     """The first line of a tool's version output that carries a version
     number; "unknown" when none does (an error message is not a version)."""
     for line in output.splitlines():
-        if _VERSION.search(line) and "error" not in line.lower() and "can't" not in line.lower():
+        if _VERSION.search(line) and not any(w in line.lower() for w in _NOT_A_VERSION):
             return line.strip()
     return "unknown"
 
@@ -36,7 +40,17 @@ def tool_version(argv: Sequence[str]) -> str:
         cp = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "not found"
-    return parse_version(cp.stdout + "\n" + cp.stderr)
+    v = parse_version(cp.stdout + "\n" + cp.stderr)
+    pkg = PACKAGE_OF.get(os.path.basename(argv[0]))
+    if v == "unknown" and pkg:
+        try:
+            dq = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", pkg], capture_output=True, text=True,
+                                timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return v
+        if dq.returncode == 0 and dq.stdout.strip():
+            return f"{pkg} {dq.stdout.strip()} (Debian package; the tool could not report its version here)"
+    return v
 
 
 def package_version(name: str) -> str:

@@ -23,6 +23,7 @@ slow drift of a shared machine spreads over all modes and counts.
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import random
@@ -48,6 +49,8 @@ from labkit.rundir.provenance import environment
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.datapaths.base import Datapath
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -381,6 +384,7 @@ class Runner:
                         continue
                     k += 1
                     bar.set_postfix_str(f"{b.mode} {b.services:,} svc r{b.round}")
+                    log.info("block %d: %s at %s services, round %d", b.block, b.mode, f"{b.services:,}", b.round)
                     cls = classes[b.mode]
                     lab.reset_node()
                     if b.mode not in tried:

@@ -273,6 +273,33 @@ class Sweep(Experiment):
             self.on_point(point)
 
 
+def summary_text(points: pd.DataFrame, stat: str = "p50_us") -> str:
+    """What a sweep prints when it ends: per target, the median over rounds
+    of each point's ``stat`` (valid back-to-back SYN points) by mode and
+    service count, and how many points were invalid."""
+    if not len(points):
+        return "no points measured"
+    p = points
+    if "pacing" in p.columns:
+        p = p[p["pacing"] == 0]
+    p = p[p["probe"] == p["probe"].iloc[0]]
+    lines = []
+    order = list(datapaths.MODES)
+    for target in [t for t in ("last", "random", "middle", "first", "none") if t in set(p["target"])]:
+        v = p[(p["target"] == target) & p["valid"]]
+        if not len(v):
+            continue
+        t = v.pivot_table(index="services", columns="mode", values=stat, aggfunc="median")
+        t = t[sorted(t.columns, key=lambda m: order.index(m) if m in order else len(order))]
+        lines.append(f"{stat.replace('_us', '')} us, median over rounds, target {target}, "
+                     f"{p['probe'].iloc[0]} probes:")
+        lines.append(t.to_string(float_format=lambda x: f"{x:.1f}"))
+        lines.append("")
+    bad = int((~points["valid"]).sum())
+    lines.append(f"{len(points)} points, {bad} invalid" + (" (see reason in points.parquet)" if bad else ""))
+    return "\n".join(lines)
+
+
 def kernels_by_mode(modes: list[str]) -> dict[str, list[str]]:
     """For a run on the host and in user-mode Linux: the kernels each mode runs in
     (a mode in both is measured in both: the calibration of one against the other)."""
