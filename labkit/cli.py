@@ -25,6 +25,7 @@ from labkit.kernel import netns
 from labkit.kernel.clean import clean
 from labkit.kernels.dispatch import KERNELS, choose_kernel, relaunch
 from labkit.report.build import build_report
+from labkit.report.compare import build_compare
 from labkit.rundir import schema
 from labkit.rundir.store import read_table
 from labkit.runs.bench import BenchProgram, bench_send, summarize_program
@@ -174,6 +175,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    path = build_compare(args.run_dirs, args.out_dir)
+    print(f"wrote {path} and {os.path.join(os.path.dirname(path), 'compare.csv')}")
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     report = clean(force=args.force, live=args.all)
     for line in report.removed:
@@ -272,8 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out-dir", help="where to write (default: the run directory)")
     r.add_argument("--budget-us", type=float, default=10.0, help="latency budget in us (default 10)")
     r.add_argument("--budget-frac", type=float, default=0.10,
-                   help="budget as a fraction of the 0-service median (default 0.10)")
+                   help="budget as a fraction of one request on the other mode's path: its http-new "
+                        "median, else its p50 at the smallest count (default 0.10)")
     r.set_defaults(fn=cmd_report)
+
+    m = sub.add_parser("compare", help="one report across runs (kernels, machines, before/after)")
+    m.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories; the first "
+                                                                 "is the reference")
+    m.add_argument("--out-dir", required=True, help="where compare.html and compare.csv go")
+    m.set_defaults(fn=cmd_compare)
 
     c = sub.add_parser("clean", help="remove what crashed or killed runs left behind")
     c.add_argument("--force", action="store_true",

@@ -1,0 +1,194 @@
+"""One report across runs: ``labkit compare RUN_A RUN_B ...`` (two kernels,
+two machines, before and after a change).
+
+Each run is analysed on its own (:func:`labkit.analysis.fit.analyze`); no
+curve is ever fitted across runs.  For every mode measured in the first run
+and another, at every service count both measured, the fitted p50 and p99 of
+the headline target and probe kind in each, their difference (other minus
+first) and ratio.  Intervals: the runs are independent, so the difference's
+standard error is the root sum of squares of the two curves' standard errors
+(each from its own interval: the delete-one-round jackknife's t, or the
+bootstrap's normal equivalent with one round), with Welch-Satterthwaite
+degrees of freedom.  Writes ``compare.html`` (self-contained: tables and one
+figure) and ``compare.csv``.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+from scipy.stats import t as student_t
+
+from labkit.analysis.fit import Analysis, analyze, load_run
+from labkit.core.errors import UsageError
+from labkit.report.build import table_html
+from labkit.report.plots import mode_color, services_axis
+
+COLUMNS = ["mode", "statistic", "services", "run", "other_run", "value_us", "ci_low", "ci_high",
+           "other_us", "other_low", "other_high", "diff_us", "diff_low", "diff_high", "ratio", "df"]
+
+
+@dataclass
+class Side:
+    label: str
+    an: Analysis
+
+    @property
+    def kernel(self) -> str:
+        return str(self.an.run.meta.get("kernel", ""))
+
+
+def _label(an: Analysis, used: set[str]) -> str:
+    base = f"{os.path.basename(an.run.path.rstrip('/'))} ({an.run.meta.get('kernel', '?')})"
+    label, k = base, 2
+    while label in used:
+        label, k = f"{base} #{k}", k + 1
+    used.add(label)
+    return label
+
+
+def _se_df(c, x: float, level: float) -> tuple[float, float, float]:
+    """(value, standard error, degrees of freedom) of a fitted curve at x."""
+    v = float(c.predict([x])[0])
+    lo, hi = c.band([x], level)
+    half = (float(hi[0]) - float(lo[0])) / 2
+    if c.method == "rounds":
+        df = float(len(c.rounds) - 1)
+        return v, half / student_t.ppf(0.5 + level / 2, df), df
+    return v, half / norm.ppf(0.5 + level / 2), math.inf
+
+
+def _welch(se_a: float, df_a: float, se_b: float, df_b: float) -> float:
+    num = (se_a ** 2 + se_b ** 2) ** 2
+    den = sum(s ** 4 / d for s, d in ((se_a, df_a), (se_b, df_b)) if math.isfinite(d) and d > 0)
+    return num / den if den > 0 else math.inf
+
+
+def compare_table(sides: list[Side], stats=("p50", "p99")) -> pd.DataFrame:
+    first = sides[0]
+    level = float(first.an.settings["level"])
+    rows = []
+    for other in sides[1:]:
+        for (series, target, probe, stat), ca in first.an.curves.items():
+            if stat not in stats or target != first.an.headline_target or probe != first.an.headline_probe:
+                continue
+            mode = series.split(" [")[0]
+            for (s2, t2, p2, st2), cb in other.an.curves.items():
+                if (s2.split(" [")[0], t2, p2, st2) != (mode, target, probe, stat):
+                    continue
+                rows += _rows(first, other, series, s2, stat, ca, cb, level)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _rows(first: Side, other: Side, series: str, s2: str, stat: str, ca, cb, level: float) -> list[dict]:
+    rows = []
+    for n in sorted(set(ca.x) & set(cb.x)):
+        va, sa, da = _se_df(ca, n, level)
+        vb, sb, db = _se_df(cb, n, level)
+        df = _welch(sa, da, sb, db)
+        q = student_t.ppf(0.5 + level / 2, df) if math.isfinite(df) else norm.ppf(0.5 + level / 2)
+        d = vb - va
+        half = q * math.hypot(sa, sb)
+        alo, ahi = ca.band([n], level)
+        blo, bhi = cb.band([n], level)
+        label = series if s2 == series else f"{series} vs {s2}"
+        rows.append(dict(mode=label, statistic=stat, services=n, run=first.label, other_run=other.label,
+                         value_us=va, ci_low=float(alo[0]), ci_high=float(ahi[0]), other_us=vb,
+                         other_low=float(blo[0]), other_high=float(bhi[0]), diff_us=d,
+                         diff_low=d - half, diff_high=d + half,
+                         ratio=vb / va if va > 0 else math.nan, df=df))
+    return rows
+
+
+def _figure(sides: list[Side]) -> str:
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    styles = ["-", "--", ":", "-."]
+    an0 = sides[0].an
+    names = sorted({k[0] for s in sides for k in s.an.curves})
+    for i, side in enumerate(sides):
+        for (series, target, probe, stat), c in side.an.curves.items():
+            if stat != "p50" or target != an0.headline_target or probe != an0.headline_probe:
+                continue
+            x = np.unique(np.geomspace(max(c.xmin, 1), c.xmax, 200))
+            ax.plot(x, c.predict(x), styles[i % len(styles)], color=mode_color(series, names), lw=1.6,
+                    label=f"{series}, {side.label}")
+    services_axis(ax, [1])
+    ax.set_yscale("log")
+    ax.set_xlabel("services (log scale)")
+    ax.set_ylabel("p50 first-packet RTT (\u00b5s, log scale)")
+    ax.set_title(f"p50, {an0.headline_target} target: one line per mode and run (line style: run)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt(v, lo, hi, f="{:,.1f}") -> str:
+    if not np.isfinite(v):
+        return ""
+    return f.format(v) + (f" [{f.format(lo)}, {f.format(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else "")
+
+
+def build_compare(run_dirs: list[str], out_dir: str, n_boot: int = 1000, seed: int = 0) -> str:
+    """compare.html and compare.csv in ``out_dir`` for two or more runs; returns the HTML path."""
+    if len(run_dirs) < 2:
+        raise UsageError("compare needs at least two run directories")
+    used: set[str] = set()
+    sides = []
+    for d in run_dirs:
+        an = analyze(load_run(d), n_boot=n_boot, seed=seed)
+        sides.append(Side(_label(an, used), an))
+    table = compare_table(sides)
+    os.makedirs(out_dir, exist_ok=True)
+    csv = os.path.join(out_dir, "compare.csv")
+    table.to_csv(csv + ".tmp", index=False, float_format="%.6g")
+    os.replace(csv + ".tmp", csv)
+    level = f"{sides[0].an.settings['level']:.0%}"
+    runs = pd.DataFrame([{"run": s.label, "directory": s.an.run.path, "run id": s.an.run.run_id,
+                          "kernel": s.kernel, "host": (s.an.run.meta.get("host") or {}).get("hostname", ""),
+                          "modes": ", ".join(s.an.series), "intervals": s.an.settings["resample"],
+                          "rounds": s.an.settings.get("rounds", "")} for s in sides])
+    shown = pd.DataFrame({
+        "mode": table["mode"], "statistic": table["statistic"], "services": table["services"].map("{:,.0f}".format),
+        "runs": [f"{b} vs {a}" for a, b in zip(table["run"], table["other_run"])],
+        f"first run \u00b5s [{level}]": [_fmt(*r) for r in zip(table["value_us"], table["ci_low"], table["ci_high"])],
+        f"other run \u00b5s [{level}]": [_fmt(*r) for r in zip(table["other_us"], table["other_low"],
+                                                               table["other_high"])],
+        f"difference \u00b5s [{level}]": [_fmt(*r, "{:+,.1f}") for r in zip(table["diff_us"], table["diff_low"],
+                                                                       table["diff_high"])],
+        "ratio": table["ratio"]}) if len(table) else pd.DataFrame()
+    body = (table_html(shown, "{:,.2f}") if len(shown) else
+            '<p class="lk-note">no mode was measured in the first run and another at a common count</p>')
+    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>labkit compare</title>
+<style>body {{ font-family: sans-serif; max-width: 1250px; margin: auto; padding: 0 12px; }}
+table.lk {{ border-collapse: collapse; font-size: 12px; margin: 6px 0 14px 0; }}
+table.lk th, table.lk td {{ border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }}
+table.lk th {{ background: #f3f3f3; }} .lk-note {{ color: #555; font-size: 12px; }}
+img {{ max-width: 100%; }}</style></head><body>
+<h1>labkit compare: {len(sides)} runs</h1>
+<p>Every run is analysed on its own; no curve is fitted across runs. For each mode measured in the first
+run and another: its fitted latency at every service count both measured ({html.escape(sides[0].an.headline_target)}
+target, {html.escape(sides[0].an.headline_probe)} probes), and the difference (other minus first) with a {level}
+interval (independent runs: Welch-Satterthwaite).</p>
+{table_html(runs)}
+<img src="data:image/png;base64,{_figure(sides)}" alt="p50 of every mode in every run">
+<h2>Differences</h2>{body}
+<p class="lk-note">Also in compare.csv. Built by
+<code>python -m labkit compare {html.escape(' '.join(run_dirs))}</code>.</p>
+</body></html>"""
+    out = os.path.join(out_dir, "compare.html")
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        f.write(page)
+    os.replace(out + ".tmp", out)
+    return out
