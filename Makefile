@@ -55,7 +55,8 @@ report: setup
 # a sweep from any parameter file, through the parameterized notebook (papermill)
 sweep: setup
 	mkdir -p $(RUN)
-	$(BIN)/papermill notebooks/sweep.ipynb $(RUN)/sweep.ipynb -f $(PARAMS) -p out_dir $(RUN)
+	$(BIN)/papermill notebooks/sweep.ipynb $(RUN)/sweep.ipynb -f $(PARAMS) -p out_dir $(RUN) \
+	  -p command "make sweep PARAMS=$(PARAMS) RUN=$(RUN)"
 	$(BIN)/python -m labkit report $(RUN)
 
 test: setup

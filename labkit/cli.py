@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoints", help="endpoints per service (default 10)")
     s.add_argument("--ports", help="service ports (default 80)")
     s.add_argument("--targets", help="first,middle,last,random,none (default last,random,none)")
-    s.add_argument("--probes", help="probes per point (default 300)")
+    s.add_argument("--probes", help="probes per point (default 600: p99 needs 500)")
     s.add_argument("--rounds", help="repetitions of every point, interleaved (default 3)")
     s.add_argument("--warmup", help="unrecorded probes before each point (default 20)")
     s.add_argument("--seed", help="seed of the order and the random targets (default 1)")

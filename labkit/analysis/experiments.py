@@ -61,6 +61,8 @@ def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None
     for series in an.series:
         for probe in kind_order(probes):
             sub = pts[(pts["series"] == series) & (pts["probe"] == probe)]
+            if target != "none":   # from 1 service: the empty table is another path (no NAT)
+                sub = sub[sub["services"] > 0]
             counts = sorted(sub["services"].unique())
             if len(counts) < 2:
                 continue

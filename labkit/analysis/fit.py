@@ -946,8 +946,10 @@ class Analysis:
         cx = cx[(cx["target"] == self.headline_target) & (cx["probe"] == self.headline_probe)
                 & (cx["resolved"] != False)]  # noqa: E712  (NaN: no estimate to resolve)
         fit = cx[(cx["kind"] == "fit") & cx["statistic"].isin(list(stats))]
+        # a relative budget is a finding only when it is a fraction of a measured request
         bud = cx[(cx["kind"] != "fit") & cx["statistic"].isin(list(budget_stats))
-                 & (cx["n_star"] > cx["range_lo"])]
+                 & (cx["n_star"] > cx["range_lo"])
+                 & ((cx["kind"] == "budget-abs") | cx["baseline"].astype(str).str.startswith("http-new"))]
         return list(fit["finding"]) + list(bud["finding"])
 
 

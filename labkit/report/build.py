@@ -53,7 +53,10 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block extra_css -%}
 <style>
  body { max-width: 1250px; margin: auto; }
- table.lk { border-collapse: collapse; font-size: 12px; margin: 6px 0 14px 0; }
+ table.lk { border-collapse: collapse; font-size: 12px; margin: 6px 0 14px 0; display: block;
+   overflow-x: auto; max-width: 100%; }
+ img { max-width: 100%; height: auto; }
+ @media print { table.lk { display: table; overflow: visible; } details { display: block; } }
  table.lk th, table.lk td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left !important;
    vertical-align: top; }
  table.lk th { background: #f3f3f3; }
@@ -503,10 +506,18 @@ def methods(an: Analysis):
 
 def reproduce(an: Analysis):
     m = an.run.meta
-    name = os.path.basename(an.run.path.rstrip("/"))
+    path = an.run.path.rstrip("/")
+    parts = path.split(os.sep)
+    # as typed from the repository: data/reference/<name> or runs/<name>, else the full path
+    for anchor in ("data", "runs"):
+        if anchor in parts:
+            path = os.path.join(*parts[len(parts) - 1 - parts[::-1].index(anchor):])
+            break
     cmd = m.get("command") or "(not recorded)"
     s = an.settings
-    rep = f"python -m labkit report {name}"
+    rep = f"python -m labkit report {path}"
+    if path.startswith(os.path.join("data", "reference")):
+        rep += f" --out-dir /tmp/{os.path.basename(path)}-report"   # committed data stay as they are
     extra = []
     if s["budget_us"] != 10.0:
         extra.append(f"--budget-us {s['budget_us']:g}")

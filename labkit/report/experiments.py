@@ -200,7 +200,7 @@ def _budget_html(t: pd.DataFrame) -> str:
                                              for v, lo, hi in zip(t["n_star"].astype(float),
                                                                   t["ci_low"].astype(float),
                                                                   t["ci_high"].astype(float))],
-                        "bootstrap fits reaching it": [f"{v:.0%}" if np.isfinite(v) else ""
+                        "replicates reaching it": [f"{v:.0%}" if np.isfinite(v) else ""
                                                        for v in t["boot_frac"].astype(float)],
                         "finding": t["finding"]})
     return _table(out, "{:,.2f}")
@@ -218,10 +218,10 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
             "connection that is already open, timed on the wire like the SYN probes. Only the first "
             "packet of a connection walks the service table; later packets match the node's "
             "connection tracking (or the eBPF CT map). <b>Penalty</b>: p50 at the largest measured "
-            "count minus p50 at the smallest (means over rounds), per mode and probe kind, with a "
-            "bootstrap interval. At 0 services the probes aim at an address that is no service (no "
-            "DNAT, no masquerade), so a netfilter mode's penalty from 0 includes the NAT of the flow "
-            "itself; compare modes at the same count to isolate the service lookup."))
+            "count minus p50 at the smallest with services (means over rounds), per mode and probe "
+            "kind, with an interval over rounds (Student's t of the per-round differences). It starts "
+            "at one service, never at 0: with an empty table the probes aim at an address that is no "
+            "service (no DNAT, no masquerade), another path."))
         s.parts.append(_penalty_html(penalty_table(an, kinds, n_boot=n_boot, seed=seed), level))
         s.parts.append(kinds_figure(an, kinds))
         out.append(s)

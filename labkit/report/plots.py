@@ -98,8 +98,8 @@ def curves(an: Analysis, target: str | None = None, probe: str = "syn",
         ax.set_xlabel("services (log scale)")
         ax.set_ylabel(_ylabel(probe))
         # the data set the range, not a runaway band
-        top = used[stat].quantile(0.98) if len(used) else 1.0
-        ax.set_ylim(0, max(top * 1.25, 1.0))
+        top = used[stat].max() if len(used) else 1.0
+        ax.set_ylim(0, max(top * 1.08, 1.0))
         ax.grid(alpha=0.3, which="both")
         if stat not in {k[3] for k in an.curves if k[1] == target and k[2] == probe}:
             need = an.settings.get("min_tail_probes", {}).get(stat)

@@ -39,7 +39,7 @@ class SweepParams:
     endpoints: int = 10
     ports: list[int] = field(default_factory=lambda: [80])
     targets: list[str] = field(default_factory=lambda: ["last", "random", "none"])
-    probes: int = 300
+    probes: int = 600
     rounds: int = 3
     warmup: int = 20
     seed: int = 1
@@ -136,7 +136,7 @@ class SweepParams:
 
 
 #: names a sweep notebook may be given besides the parameters (papermill -p)
-NOTEBOOK_NAMES = frozenset({"out_dir", "resume"})
+NOTEBOOK_NAMES = frozenset({"out_dir", "resume", "command"})
 
 
 def refuse_unknown(names_given: set[str]) -> None:
