@@ -216,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="measure first-packet latency across service counts")
     s.add_argument("--params", help="YAML parameter file (params/*.yaml); options override it")
-    s.add_argument("--modes", help="comma-separated modes (see `labkit doctor`)")
-    s.add_argument("--services", help="comma-separated service counts, e.g. 0,1000,10000")
+    s.add_argument("--modes", help="comma-separated modes (see `labkit doctor`; default "
+                                   "iptables-legacy,iptables-nft)")
+    s.add_argument("--services", help="comma-separated service counts (default "
+                                      "0,1,10,30,100,300,1000,2000,5000,10000; 0 = the empty table)")
     s.add_argument("--endpoints", help="endpoints per service (default 10)")
     s.add_argument("--ports", help="service ports (default 80)")
     s.add_argument("--targets", help="first,middle,last,random,none (default last,random,none)")
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("cpu", help="CPU time the node spends per new connection, at a fixed rate")
     u.add_argument("--modes", help="comma-separated modes (default iptables-legacy,iptables-nft)")
-    u.add_argument("--services", help="comma-separated service counts")
+    u.add_argument("--services", help="comma-separated service counts (default as sweep's: "
+                                      "0,1,10,30,100,300,1000,2000,5000,10000)")
     u.add_argument("--endpoints", help="endpoints per service (default 10)")
     u.add_argument("--targets", default="last", help="targets of the new connections (default last)")
     u.add_argument("--rounds", help="repetitions, interleaved (default 3)")

@@ -3,8 +3,8 @@ mode or pair), with a verdict, the number behind it and its interval.
 
 Pure: reads a finished :class:`~labkit.analysis.fit.Analysis` (which calls
 :func:`claims` at the end of ``analyze``; this module imports no other of
-the analysis but its interval arithmetic).  The claims
-(``../shared/seed``, "Exotic networking patterns for load balancing"):
+the analysis but its interval arithmetic).  The claims of the seed article
+("Exotic networking patterns for load balancing", see docs/anchors.md):
 
 ``o-n``
     iptables' rule walk is O(n): latency grows with the service count.

@@ -1,5 +1,6 @@
-"""Analysis of a run directory: per-point statistics, fitted curves, bootstrap
-intervals and crossover points.
+"""Analysis of a run directory: per-point statistics, fitted curves, intervals
+(over rounds: the delete-one-round jackknife; one-round runs: a bootstrap)
+and crossover points.
 
 Pure: reads the files of a run, computes, returns tables.  Nothing here
 touches the kernel or writes outside the directory it is given.
@@ -1094,8 +1095,9 @@ def _same_kernel(pairs: Iterable[tuple[str, str]], kernel_of: dict) -> list[tupl
 def kernel_ratios(an: "Analysis", level: float = 0.95) -> pd.DataFrame:
     """For every mode measured in two kernels of one run: the ratio of its fitted
     latency in the other kernel to the host's, at the smallest and the largest
-    count both measured, with a bootstrap interval (the two curves' replicates
-    are independent draws).  How far a guest kernel's figures carry over to the
+    count both measured, with an interval from the two curves' paired
+    replicates (the same round left out of both, or bootstrap draws in a
+    one-round run).  How far a guest kernel's figures carry over to the
     host, mode by mode; never a fit across kernels."""
     rows = []
     by_mode: dict[str, list[str]] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import logging
 import math
 import os
 import re
@@ -31,6 +32,8 @@ from labkit.analysis.fit import Analysis, kernel_ratios, load_run
 from labkit.core import topology
 from labkit.core.errors import LabkitError, UsageError
 from labkit.report import browser
+
+log = logging.getLogger(__name__)
 
 #: the analysis notebook, shipped as package data (``labkit/report/notebooks`` links
 #: to the repository's ``notebooks/``; a wheel holds copies)
@@ -129,6 +132,9 @@ def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 1
     if screenshot and browser.browser():
         # the first screen a reader sees, beside the report (README shows the reference run's)
         browser.screenshot(out_html, os.path.join(os.path.dirname(out_html), "report.png"))
+    elif screenshot:
+        log.warning("report.png not written: chromium is not installed (Debian package chromium; "
+                    "`make setup` installs it)")
     return out_html
 
 
@@ -250,8 +256,9 @@ def answer(an: Analysis):
     parts = []
     o_n = c[(c["claim"] == "o-n") & c["value"].notna()]
     o_1 = c[(c["claim"] == "o-1") & c["value"].notna()]
+    low = an.summary["services_min"].min() if len(an.summary) else math.nan
     top = an.summary["services_max"].max() if len(an.summary) else math.nan
-    rng = f"from 1 to {top:,.0f} services" if np.isfinite(top) else ""
+    rng = f"from {low:,.0f} to {top:,.0f} services" if np.isfinite(top) and np.isfinite(low) else ""
     if len(o_n):
         parts.append(f"On kernel {an.run.meta.get('kernel', '?')}, {rng}, the first packet's p50 rises "
                      + ", ".join(f"{r['value']:+.0f} us [{r['ci_low']:+.0f}, {r['ci_high']:+.0f}] with {r['mode']}"

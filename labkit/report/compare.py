@@ -180,12 +180,15 @@ img {{ max-width: 100%; }}</style></head><body>
 <p>Every run is analysed on its own; no curve is fitted across runs. For each mode measured in the first
 run and another: its fitted latency at every service count both measured ({html.escape(sides[0].an.headline_target)}
 target, {html.escape(sides[0].an.headline_probe)} probes), and the difference (other minus first) with a {level}
-interval (independent runs: Welch-Satterthwaite).</p>
+interval (independent runs: Welch-Satterthwaite). The interval covers each run's round-to-round
+noise only: what differs between the runs' machines or days beyond the change you made (a neighbour's load,
+CPU frequency, caches) is in the difference too, so a small difference between runs made at different times is
+weak evidence; compare like with like (same machine, same grid, interleaved where you can).</p>
 {table_html(runs)}
 <img src="data:image/png;base64,{_figure(sides)}" alt="p50 of every mode in every run">
 <h2>Differences</h2>{body}
 <p class="lk-note">Also in compare.csv. Built by
-<code>python -m labkit compare {html.escape(' '.join(run_dirs))}</code>.</p>
+<code>python -m labkit compare {html.escape(' '.join(run_dirs))} --out-dir {html.escape(out_dir)}</code>.</p>
 </body></html>"""
     out = os.path.join(out_dir, "compare.html")
     with open(out + ".tmp", "w", encoding="utf-8") as f:

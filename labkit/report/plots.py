@@ -64,7 +64,7 @@ def _ylabel(probe: str) -> str:
 def curves(an: Analysis, target: str | None = None, probe: str = "syn",
            stats: list[str] | None = None) -> plt.Figure:
     """Per-point statistics against service count, one panel per statistic,
-    with each mode's chosen fitted curve and its bootstrap band.  Invalid
+    with each mode's chosen fitted curve and its interval band.  Invalid
     points are drawn as red crosses and are not part of any fit."""
     target = target or an.headline_target
     stats = stats or an.settings["stats"]
