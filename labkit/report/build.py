@@ -27,7 +27,7 @@ from jinja2 import DictLoader
 from nbconvert import HTMLExporter
 
 from labkit.analysis import anchors
-from labkit.analysis.claims import pacing_effect
+from labkit.analysis.claims import FLAT_US, pacing_effect
 from labkit.analysis.fit import Analysis, kernel_ratios, load_run
 from labkit.core import topology
 from labkit.core.errors import LabkitError, UsageError
@@ -256,17 +256,26 @@ def answer(an: Analysis):
     parts = []
     o_n = c[(c["claim"] == "o-n") & c["value"].notna()]
     o_1 = c[(c["claim"] == "o-1") & c["value"].notna()]
-    low = an.summary["services_min"].min() if len(an.summary) else math.nan
-    top = an.summary["services_max"].max() if len(an.summary) else math.nan
+    head = (an.summary[(an.summary["target"] == an.headline_target) & (an.summary["probe"] == an.headline_probe)]
+            if len(an.summary) else an.summary)
+    low = head["services_min"].min() if len(head) else math.nan
+    top = head["services_max"].max() if len(head) else math.nan
     rng = f"from {low:,.0f} to {top:,.0f} services" if np.isfinite(top) and np.isfinite(low) else ""
     if len(o_n):
         parts.append(f"On kernel {an.run.meta.get('kernel', '?')}, {rng}, the first packet's p50 rises "
                      + ", ".join(f"{r['value']:+.0f} us [{r['ci_low']:+.0f}, {r['ci_high']:+.0f}] with {r['mode']}"
                                  for _, r in o_n.iterrows()) + ".")
-    if len(o_1):
-        parts.append("It stays flat with " + ", ".join(
-            f"{r['mode']} ({r['value']:+.1f} us [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}])"
-            for _, r in o_1.iterrows()) + ".")
+    def rise(r):
+        return f"{r['mode']} ({r['value']:+.1f} us [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}])"
+    flat = o_1[o_1["verdict"] == "holds"]
+    if len(flat):
+        parts.append("It stays flat with " + ", ".join(rise(r) for _, r in flat.iterrows()) + ".")
+    for verdict, what in (("inconclusive", f"it may or may not stay flat (the interval straddles the "
+                                           f"{FLAT_US:g} us bound for O(1))"),
+                          ("does not hold", "it does not stay flat")):
+        rows = o_1[o_1["verdict"] == verdict]
+        if len(rows):
+            parts.append("With " + ", ".join(rise(r) for _, r in rows.iterrows()) + f" {what}.")
     k = c[(c["claim"] == "1k-5k") & c["verdict"].isin(["holds", "does not hold", "inconclusive"])]
     for _, r in k.iterrows():
         parts.append(f"The seed's \u201cnoticeable from 1,000\u20135,000 services\u201d for {r['mode']}: "

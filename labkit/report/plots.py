@@ -157,6 +157,8 @@ def headline(an: Analysis) -> plt.Figure:
             legend.setdefault("curves cross (95% interval)", h)
         services_axis(ax, [1])
         ax.set_yscale("log")
+        # 1-2-5 ticks: a curve spanning less than a decade still gets labels
+        ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(mticker.NullFormatter())
         if len(pts):

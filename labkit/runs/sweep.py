@@ -10,7 +10,7 @@ Isolation.  Every block gets a fresh node namespace, so no netfilter state
 of an earlier mode (a legacy table's hooks, enabled conntrack) is measured
 with a later one.
 
-Durability.  After every point the tables are rewritten atomically; a block
+Durability.  After every block the tables are rewritten atomically; a block
 is done when the runner records it, and ``--resume`` measures the blocks
 that are not (see :mod:`labkit.runs.runner`).
 
