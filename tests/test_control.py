@@ -61,7 +61,17 @@ def test_default_add_remove_rerender_the_whole_catalog():
     rem = dp.remove_service()
     assert dp.catalog == CAT and dp.loaded == ["3 services", "4 services", "3 services"]
     assert add.program_s >= 0 and rem.program_s >= 0
-    assert "full re-render" in Datapath.update
+    assert "full re-render" in Datapath.update and Datapath.update_kind == "full"
+
+
+def test_kind_of_tables_written_before_schema_4():
+    """Old control tables have no kind: program and full re-renders are full."""
+    old = pd.DataFrame(dict(op=["program", "add", "add"], mode=["a", "a", "b"], services=[1, 1, 1],
+                            seconds=[1.0, 1.0, 1.0], verified=[None, True, True],
+                            update=["full re-render and reload (kube-proxy iptables full sync)"] * 2
+                            + ["one nft transaction"]))
+    assert list(control_analysis.with_kind(old)["kind"]) == ["full", "full", "partial"]
+    assert set(control_analysis.summary(old)["kind"]) == {"full", "partial"}
 
 
 def test_nftables_add_text_matches_the_full_render():
@@ -153,10 +163,12 @@ def test_add_and_remove_one_service_real_kernel(mode):
         dp = MODES[mode](lab)
         lab.defer(f"{mode} teardown", dp.teardown)
         dp.setup(cat)
-        rows = control.measure_ops(lab, dp, seed=1)
-        assert [r["op"] for r in rows] == ["add", "remove"]
-        assert [r["services"] for r in rows] == [30, 30]
-        assert [r["services_before"] for r in rows] == [30, 31]
+        rows = control.measure_ops(lab, dp, seed=1, full=True)
+        paths = 2 if dp.full_sync else 1
+        assert [r["op"] for r in rows] == ["add", "remove"] * paths
+        assert [r["kind"] for r in rows] == ["partial", "partial"] + ["full", "full"] * (paths - 1)
+        assert [r["services"] for r in rows] == [30, 30] * paths
+        assert [r["services_before"] for r in rows] == [30, 31] * paths
         assert all(r["verified"] for r in rows), rows
         assert all(r["seconds"] > 0 and r["seconds"] == r["render_s"] + r["load_s"] for r in rows)
         assert dp.catalog == cat
@@ -176,8 +188,11 @@ def test_labkit_control_writes_the_table(tmp_path):
                               endpoints=2, progress=False)
     df = pd.read_parquet(os.path.join(out, schema.CONTROL))
     assert set(schema.CONTROL_COLUMNS) <= set(df.columns)
-    assert len(df) == 2 * 2 * 3
-    assert sorted(df.groupby(["mode", "services"]).size().unique()) == [3]
+    # nftables: program, add, remove; iptables-nft also add and remove as full syncs
+    assert len(df) == 2 * 3 + 2 * 5
+    assert dict(df.groupby("mode").size()) == {"iptables-nft": 10, "nftables": 6}
+    assert set(df.loc[df["mode"] == "iptables-nft", "kind"]) == {"full", "partial"}
+    assert set(df.loc[df["mode"] == "nftables", "kind"]) == {"full", "partial"}  # program is full
     assert (df["seconds"] > 0).all()
     assert df.loc[df["op"] != "program", "verified"].astype(bool).all()
     meta = pd.read_json(os.path.join(out, schema.CONTROL_META), typ="series")

@@ -357,3 +357,4 @@ def test_a_sweep_over_the_host_and_user_mode_linux(tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["complete"] and meta["params"]["kernels_by_mode"] == {"ebpf": ["host", "uml"], "ipvs": ["uml"]}
     assert len(meta["guests"]) == 1 and meta["guests"][0]["backend"] == "uml"
+    assert meta["guests"][0]["bpf_jit"] == "none"  # arch um has no BPF JIT: eBPF is interpreted there

@@ -12,20 +12,38 @@ from labkit.rundir.store import read_table as _read
 OPS = ("program", "add", "remove")
 
 
+KINDS = ("full", "partial")
+
+
+def with_kind(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``kind`` column (full | partial).  Tables of schema < 4
+    have none: ``program`` is full, and a change is full when its ``update``
+    text says it re-rendered and reloaded everything (the only full path then)."""
+    if "kind" in df.columns and df["kind"].notna().all():
+        return df
+    out = df.copy()
+    full = (out["op"] == "program") | out.get("update", pd.Series("", index=out.index)).fillna("") \
+        .str.startswith("full re-render")
+    guess = full.map({True: "full", False: "partial"})
+    out["kind"] = out["kind"].fillna(guess) if "kind" in out.columns else guess
+    return out
+
+
 def load(run_dir: str) -> pd.DataFrame | None:
     p = os.path.join(run_dir, schema.CONTROL)
-    return _read(p) if os.path.exists(p) else None
+    return with_kind(_read(p)) if os.path.exists(p) else None
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Median, min and max seconds per mode, operation and service count,
-    and how many operations failed their check."""
-    g = df.groupby(["mode", "op", "services"], sort=True)
+    """Median, min and max seconds per mode, operation, kind (full |
+    partial) and service count, and how many operations failed their check."""
+    df = with_kind(df)
+    g = df.groupby(["mode", "op", "kind", "services"], sort=True)
     out = g["seconds"].agg(["median", "min", "max", "count"]).reset_index()
     bad = g["verified"].apply(lambda v: int((v == False).sum()))  # noqa: E712 (None = unchecked)
     out["failed_checks"] = bad.to_numpy()
     out["op"] = pd.Categorical(out["op"], OPS, ordered=True)
-    return out.sort_values(["op", "mode", "services"]).reset_index(drop=True)
+    return out.sort_values(["op", "mode", "kind", "services"]).reset_index(drop=True)
 
 
 def slopes(df: pd.DataFrame) -> pd.DataFrame:
@@ -33,7 +51,8 @@ def slopes(df: pd.DataFrame) -> pd.DataFrame:
     the service count (least squares), in milliseconds per 1,000 services,
     and the chosen model of :func:`labkit.analysis.fit_models`."""
     rows = []
-    for (mode, op), g in df.groupby(["mode", "op"], sort=True):
+    df = with_kind(df)
+    for (mode, op, kind), g in df.groupby(["mode", "op", "kind"], sort=True):
         x = g["services"].to_numpy(dtype=float)
         y = g["seconds"].to_numpy(dtype=float)
         if len(set(x)) < 2:
@@ -41,7 +60,7 @@ def slopes(df: pd.DataFrame) -> pd.DataFrame:
         fits = fit_models(x, y, ("constant", "linear"))
         chosen, _, _ = select_model(fits, "aic") if len(fits) > 1 else ("linear", "", {})
         p = fits["linear"].params()
-        rows.append({"mode": mode, "op": op, "ms_per_1000_services": p["b"] * 1e6,
+        rows.append({"mode": mode, "op": op, "kind": kind, "ms_per_1000_services": p["b"] * 1e6,
                      "intercept_s": p["a"], "chosen": chosen, "points": len(x),
                      "services_max": int(x.max())})
     return pd.DataFrame(rows)

@@ -88,6 +88,13 @@ class Datapath(ABC):
     # ---- control-plane operations (labkit/control.py times them) -----------
     #: how add_service/remove_service change the datapath, for the report
     update: ClassVar[str] = "full re-render and reload (kube-proxy iptables full sync)"
+    #: "full" when add_service/remove_service re-render and reload everything,
+    #: "partial" when they change only what differs (the ``kind`` column)
+    update_kind: ClassVar[str] = "full"
+    #: True when a full sync (:meth:`resync`) is a second way to apply the same
+    #: change that ``labkit control`` also times (kube-proxy's iptables mode
+    #: does both: partial syncs, and a full one now and then)
+    full_sync: ClassVar[bool] = False
 
     def add_service(self) -> ProgramResult:
         """Add the next service (index N) to the loaded catalog of N services.

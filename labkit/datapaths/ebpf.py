@@ -443,6 +443,7 @@ class Ebpf(Datapath):
         self._attach()
 
     # -- control-plane operations: one service in place ------------------------
+    update_kind = "partial"
     update = ("map updates in place: backends, then the service's slots with slot 0 (the "
               "count) last, as Cilium orders them; removal in reverse")
 

@@ -18,11 +18,12 @@ the per-endpoint comments ("large cluster mode"); so do we.
 from __future__ import annotations
 
 import shutil
+import time
 from typing import TYPE_CHECKING, ClassVar
 
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError
-from labkit.datapaths.base import Datapath
+from labkit.datapaths.base import Datapath, ProgramResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.core.catalog import ServiceCatalog
@@ -32,10 +33,50 @@ LARGE_CLUSTER_ENDPOINTS = 1000
 MASQ_MARK = "0x4000"
 
 
+def _service_lines(catalog: "ServiceCatalog", i: int, large: bool) -> tuple[list[str], list[str], list[str]]:
+    """Service ``i``'s part of the nat table: its chain declarations, its
+    KUBE-SERVICES rules and the rules of its KUBE-SVC/KUBE-SEP chains."""
+    chains: list[str] = []
+    services: list[str] = []
+    rules: list[str] = []
+    n = catalog.endpoints
+    cluster_cidr = str(catalog.endpoint_net)
+    name = catalog.name(i)
+    vip = catalog.vip(i)
+    eps = catalog.endpoints_of(i)
+    for port in catalog.ports:
+        svc = f"KUBE-SVC-{catalog.chain_id(i, port)}"
+        comment = f'-m comment --comment "{name}:p{port} cluster IP"'
+        chains.append(f":{svc} - [0:0]")
+        services.append(f"-A KUBE-SERVICES {comment} -m tcp -p tcp -d {vip}/32 --dport {port} -j {svc}")
+        rules.append(f"-A {svc} {comment} -m tcp -p tcp -d {vip}/32 --dport {port} "
+                     f"! -s {cluster_cidr} -j KUBE-MARK-MASQ")
+        for j, ep in enumerate(eps):
+            sep = f"KUBE-SEP-{catalog.endpoint_chain_id(i, j, port)}"
+            chains.append(f":{sep} - [0:0]")
+            epc = "" if large else f'-m comment --comment "{name}:p{port} -> {ep}:{port}" '
+            if j < n - 1:
+                rules.append(f"-A {svc} {epc}-m statistic --mode random "
+                             f"--probability {1.0 / (n - j):0.10f} -j {sep}")
+            else:
+                rules.append(f"-A {svc} {epc}-j {sep}")
+            sc = "" if large else f'-m comment --comment "{name}:p{port}" '
+            rules.append(f"-A {sep} {sc}-s {ep}/32 -j KUBE-MARK-MASQ")
+            rules.append(f"-A {sep} {sc}-m tcp -p tcp -j DNAT --to-destination {ep}:{port}")
+    return chains, services, rules
+
+
+NODEPORTS_RULE = ('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this '
+                  'must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+
+
+def _large(catalog: "ServiceCatalog") -> bool:
+    return catalog.total_endpoints > LARGE_CLUSTER_ENDPOINTS
+
+
 def render_iptables(catalog: "ServiceCatalog") -> str:
     """The nat table for ``catalog`` in iptables-restore format (pure)."""
-    large = catalog.total_endpoints > LARGE_CLUSTER_ENDPOINTS
-    cluster_cidr = str(catalog.endpoint_net)
+    large = _large(catalog)
     chains = [":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
               ":POSTROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]",
               ":KUBE-POSTROUTING - [0:0]", ":KUBE-MARK-MASQ - [0:0]"]
@@ -51,33 +92,47 @@ def render_iptables(catalog: "ServiceCatalog") -> str:
     ]
     services: list[str] = []
     rules: list[str] = []
-    n = catalog.endpoints
     for i in range(catalog.services):
-        name = catalog.name(i)
-        vip = catalog.vip(i)
-        eps = catalog.endpoints_of(i)
-        for port in catalog.ports:
-            svc = f"KUBE-SVC-{catalog.chain_id(i, port)}"
-            comment = f'-m comment --comment "{name}:p{port} cluster IP"'
-            chains.append(f":{svc} - [0:0]")
-            services.append(f"-A KUBE-SERVICES {comment} -m tcp -p tcp -d {vip}/32 --dport {port} -j {svc}")
-            rules.append(f"-A {svc} {comment} -m tcp -p tcp -d {vip}/32 --dport {port} "
-                         f"! -s {cluster_cidr} -j KUBE-MARK-MASQ")
-            for j, ep in enumerate(eps):
-                sep = f"KUBE-SEP-{catalog.endpoint_chain_id(i, j, port)}"
-                chains.append(f":{sep} - [0:0]")
-                epc = "" if large else f'-m comment --comment "{name}:p{port} -> {ep}:{port}" '
-                if j < n - 1:
-                    rules.append(f"-A {svc} {epc}-m statistic --mode random "
-                                 f"--probability {1.0 / (n - j):0.10f} -j {sep}")
-                else:
-                    rules.append(f"-A {svc} {epc}-j {sep}")
-                sc = "" if large else f'-m comment --comment "{name}:p{port}" '
-                rules.append(f"-A {sep} {sc}-s {ep}/32 -j KUBE-MARK-MASQ")
-                rules.append(f"-A {sep} {sc}-m tcp -p tcp -j DNAT --to-destination {ep}:{port}")
-    services.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this '
-                    'must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+        c, sv, r = _service_lines(catalog, i, large)
+        chains += c
+        services += sv
+        rules += r
+    services.append(NODEPORTS_RULE)
     return "\n".join(["*nat", *chains, *head, *services, *rules, "COMMIT", ""])
+
+
+def render_iptables_partial(old: "ServiceCatalog", new: "ServiceCatalog") -> str | None:
+    """The minimal update from the loaded table of ``old`` to the one of
+    ``new``, for ``iptables-restore --noflush`` (pure), the way kube-proxy's
+    iptables proxier writes a partial sync (``MinimizeIPTablesRestore``, on by
+    default since Kubernetes 1.27): KUBE-SERVICES is declared (which flushes
+    it under ``--noflush``) and rewritten whole; of the per-service chains
+    only those of services that appear are declared and filled, those of
+    services that go are declared (emptied) and deleted with ``-X``; every
+    other chain is left as it is.  None when the change is not one of service
+    count alone (endpoints, ports, CIDRs or kube-proxy's large-cluster mode
+    differ): then only a full sync is right."""
+    same = ("endpoints", "ports", "service_cidr", "endpoint_cidr", "namespace")
+    if any(getattr(old, f) != getattr(new, f) for f in same) or _large(old) != _large(new):
+        return None
+    large = _large(new)
+    keep = min(old.services, new.services)
+    declare: list[str] = [":KUBE-SERVICES - [0:0]"]
+    services: list[str] = []
+    rules: list[str] = []
+    delete: list[str] = []
+    for i in range(new.services):
+        c, sv, r = _service_lines(new, i, large)
+        services += sv
+        if i >= keep:
+            declare += c
+            rules += r
+    for i in range(keep, old.services):
+        c, _, _ = _service_lines(old, i, large)
+        declare += c
+        delete += [f"-X {d[1:].split(' ', 1)[0]}" for d in c]
+    services.append(NODEPORTS_RULE)
+    return "\n".join(["*nat", *declare, *services, *rules, *delete, "COMMIT", ""])
 
 
 EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" \
@@ -111,6 +166,31 @@ class _Iptables(Datapath):
 
     def load(self, text: str) -> None:
         self.lab.run(self.lab.node, [self.restore_cmd()], input=text, timeout=3600)
+
+    # ---- control plane: kube-proxy's partial sync ------------------------------
+    update = ("partial sync (kube-proxy's MinimizeIPTablesRestore): KUBE-SERVICES rewritten, only "
+              "the changed service's chains written or deleted, iptables-restore --noflush")
+    full_sync = True
+    update_kind = "partial"
+
+    def add_service(self) -> ProgramResult:
+        return self.partial_sync(self._resized(+1))
+
+    def remove_service(self) -> ProgramResult:
+        return self.partial_sync(self._resized(-1))
+
+    def partial_sync(self, catalog: "ServiceCatalog") -> ProgramResult:
+        """Change the loaded table to ``catalog`` with a partial sync; a full
+        sync when the change is not one of service count alone."""
+        t0 = time.perf_counter()
+        text = render_iptables_partial(self._loaded_catalog(), catalog)
+        if text is None:
+            return self.resync(catalog)
+        t1 = time.perf_counter()
+        self.lab.run(self.lab.node, [self.restore_cmd(), "--noflush"], input=text, timeout=3600)
+        t2 = time.perf_counter()
+        self.catalog = catalog
+        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
 
     def describe(self) -> dict:
         cp = self.lab.run(self.lab.node, [f"iptables-{self.backend}", "--version"], check=False)

@@ -423,6 +423,7 @@ class Ipvs(Datapath):
                 self._run(loaders[name], input=sections[name], timeout=3600)
 
     # ---- control-plane operations: one service in place ---------------------
+    update_kind = "partial"
     update = ("ipset add/del, the VIP on kube-ipvs0, ipvsadm -A/-a (-D to remove): only the "
               "changed service, as kube-proxy's IPVS proxier applies its diff")
 

@@ -331,6 +331,7 @@ class Nftables(Datapath):
         self.lab.run(self.lab.node, ["nft", "-f", "-"], input=text, timeout=3600)
 
     # control-plane operations: one service in place, in one nft transaction
+    update_kind = "partial"
     update = "one nft transaction: add/delete the service's chains and its service-ips element"
 
     def add_service(self) -> ProgramResult:

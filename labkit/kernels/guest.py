@@ -78,6 +78,7 @@ def command_script(xdir: Path, argv: Sequence[str], cwd: str, env: Mapping[str, 
     d = q(str(xdir))
     assigns = " ".join(q(f"{k}={v}") for k, v in sorted(env.items()))
     return (f"# written by {who}: runs once inside the guest\n"
+            f"cat /proc/sys/net/core/bpf_jit_enable > {d}/bpf_jit 2>/dev/null || echo none > {d}/bpf_jit\n"
             f"cat /proc/uptime > {d}/started.tmp && mv {d}/started.tmp {d}/started\n"
             f"rc=125\n"
             f"if cd {q(cwd)}; then\n"
@@ -186,6 +187,8 @@ class Supervised:
     boot_s: float
     command_s: float
     guest_uptime_s: float | None
+    #: the guest's net.core.bpf_jit_enable, "none" when its kernel has no BPF JIT
+    bpf_jit: str = ""
 
 
 def supervise(cmd: Sequence[str], ex: Exchange, *, what: str, argv: Sequence[str], timeout: float,
@@ -238,7 +241,7 @@ def supervise(cmd: Sequence[str], ex: Exchange, *, what: str, argv: Sequence[str
         uptime = read(xdir / "started").split()
         return Supervised(int(rc_text), read(xdir / "stdout"), read(xdir / "stderr"), console,
                           round(started_at - t0, 3), round(end - started_at, 3),
-                          float(uptime[0]) if uptime else None)
+                          float(uptime[0]) if uptime else None, read(xdir / "bpf_jit").strip())
     finally:
         if proc is not None:
             kill_group(proc)

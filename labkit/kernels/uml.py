@@ -211,6 +211,7 @@ def run_in_uml(argv: Sequence[str], timeout: float, env: Mapping[str, str] | Non
     facts = {"backend": KIND, "kernel_package": k.package, "kernel_version": k.version,
              "kernel_sha256": k.sha256, "kernel_release": k.release, "accel": "native (user-mode Linux)",
              "boot_s": s.boot_s, "guest_uptime_s": s.guest_uptime_s, "command_s": s.command_s,
+             "bpf_jit": s.bpf_jit,
              "cpus": 1, "memory": memory}
     res = GuestResult(list(argv), s.returncode, s.stdout, s.stderr, s.console, facts)
     if check and res.returncode != 0:

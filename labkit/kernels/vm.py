@@ -217,6 +217,7 @@ def _boot(argv: Sequence[str], *, accel: str, timeout: float, boot_timeout: floa
         "backend": KIND, "kernel_package": pin.package, "kernel_version": pin.version,
         "kernel_sha256": pin.sha256, "kernel_release": pin.release, "accel": accel,
         "boot_s": s.boot_s, "guest_uptime_s": s.guest_uptime_s, "command_s": s.command_s,
+        "bpf_jit": s.bpf_jit,
         "cpus": cpus, "memory": memory,
         "qemu": _version([QEMU, "--version"]), "virtme_ng": _version([vng, "--version"]),
     }

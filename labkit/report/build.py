@@ -482,7 +482,12 @@ def kernels_table(an: Analysis, stats=("p50",)):
                         "services": k["services"].map(lambda v: f"{v:,.0f}"),
                         f"ratio [{level} CI]": [_ci(v, lo, hi, "{:,.2f}")
                                                for v, lo, hi in zip(k["ratio"], k["ci_lo"], k["ci_hi"])]})
-    return _html(table_html(out))
+    note = ""
+    if "ebpf" in set(k["mode"]) and any(g.get("backend") == "uml" for g in an.run.meta.get("guests", [])):
+        note = ('<p class="lk-note">User-mode Linux has no BPF JIT (arch um; its meta records '
+                '<code>bpf_jit: none</code>): eBPF programs run in the interpreter there, so the eBPF '
+                'ratio overstates how much slower the rest of its datapath is.</p>')
+    return _html(table_html(out) + note)
 
 
 def programming_table(an: Analysis):

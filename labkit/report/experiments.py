@@ -142,10 +142,13 @@ def control_figure(df: pd.DataFrame):
     ops = [o for o in control.OPS if o in set(df["op"])]
     fig, axes = plt.subplots(1, len(ops), figsize=(4.6 * len(ops), 3.6), squeeze=False, sharey=True)
     for ax, op in zip(axes[0], ops):
-        for mode, g in df[df["op"] == op].groupby("mode", sort=False):
+        d = control.with_kind(df[df["op"] == op])
+        two = op != "program" and d.groupby("mode")["kind"].nunique().max() > 1
+        for (mode, kind), g in d.groupby(["mode", "kind"], sort=False):
             m = g.groupby("services")["seconds"].median()
             x = np.maximum(m.index.to_numpy(dtype=float), 1)
-            ax.plot(x, m.values, marker="o", color=pal[mode], label=mode)
+            ax.plot(x, m.values, marker="o", color=pal[mode], ls="--" if two and kind == "full" else "-",
+                    label=f"{mode} ({kind})" if op != "program" else mode)
             ax.scatter(np.maximum(g["services"], 1), g["seconds"], s=8, color=pal[mode], alpha=0.4)
         pub = anchors.table("k8s-issues")
         if op == "program":
@@ -294,8 +297,11 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
     if ctl is not None and len(ctl):
         s = Section("Control plane: programming and changing services", (
             "<b>program</b>: render and load N services into a fresh node; <b>add</b> / "
-            "<b>remove</b>: one service when N exist. iptables modes re-render and restore the whole "
-            "table (kube-proxy's full sync); nftables changes one service in one <code>nft</code> "
+            "<b>remove</b>: one service when N exist. iptables modes write a partial sync, as "
+            "kube-proxy's iptables proxier does (<code>iptables-restore --noflush</code> of "
+            "KUBE-SERVICES and the changed service's chains); <code>labkit control</code> also times "
+            "the same change as a full sync (the whole table re-rendered and restored, dashed); "
+            "nftables changes one service in one <code>nft</code> "
             "transaction; IPVS applies only that service's ipset, address and ipvsadm changes; eBPF "
             "updates map entries in place. Each add/remove is checked with a SYN to the VIP."))
         s.parts.append(control_figure(ctl))
@@ -305,7 +311,7 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
         sl = control.slopes(ctl)
         if len(sl):
             s.parts.append("<h4>Straight-line slopes, milliseconds per 1,000 services</h4>" + _table(sl, "{:,.2f}"))
-        upd = ctl.drop_duplicates("mode")[["mode", "update"]]
+        upd = ctl[ctl["op"] != "program"].drop_duplicates(["mode", "kind"])[["mode", "kind", "update"]]
         s.parts.append("<h4>How each mode changes one service</h4>" + _table(upd))
         pub = control_published()
         s.parts.append("<h4>Published kube-proxy figures</h4>" + _table(pub, "{:,.2f}") + "<ul>" + "".join(

@@ -77,10 +77,24 @@ def git_revision() -> str:
     return cp.stdout.strip() if cp.returncode == 0 and cp.stdout.strip() else "unknown"
 
 
+def bpf_jit() -> str:
+    """Whether this kernel compiles BPF programs (``net.core.bpf_jit_enable``):
+    "1" (JIT on), "0" (off: interpreted), "2" (on, debug), or "none" when the
+    kernel has no JIT at all (user-mode Linux: every eBPF program interpreted)."""
+    try:
+        with open("/proc/sys/net/core/bpf_jit_enable") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return "none"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+
+
 def environment() -> dict[str, Any]:
     """The facts every meta file records."""
     return {
         "kernel": platform.release(),
+        "bpf_jit": bpf_jit(),
         "host": {"hostname": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
                  "python": platform.python_version(), "user": getpass.getuser()},
         "labkit_version": package_version("labkit"),

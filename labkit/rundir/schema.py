@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: bumped when a column changes meaning or a file changes name
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SAMPLES = "samples.parquet"
 POINTS = "points.parquet"
@@ -89,6 +89,8 @@ CONTROL_COLUMNS: dict[str, str] = {
     "kernel": _IDENT["kernel"], "services": "services loaded before the operation (N)",
     "endpoints": _IDENT["endpoints"], "round": _IDENT["round"],
     "op": "program (from scratch) | add (one service) | remove (that service)",
+    "kind": "full (the whole catalog rendered and loaded) | partial (only what changed); "
+            "missing before schema 4 (read as the mode's update text says)",
     "seconds": "render_s + load_s of the operation",
     "render_s": POINT_COLUMNS["render_s"], "load_s": POINT_COLUMNS["load_s"],
     "services_before": "services the operation found",

@@ -5,9 +5,13 @@ Operations, per mode (see ``Datapath.add_service`` / ``remove_service``):
 
 ``program``  render and load the whole catalog of N services into a fresh
              node namespace (``Datapath.setup``).
-``add``      add service N (the catalog grows to N+1).  iptables modes:
-             full re-render and ``iptables-restore`` of the whole table, as
-             kube-proxy's iptables full sync does; nftables: one ``nft -f``
+``add``      add service N (the catalog grows to N+1).  iptables modes: a
+             partial sync, as kube-proxy's iptables proxier writes one
+             (``iptables-restore --noflush`` of KUBE-SERVICES and the new
+             service's chains); ``labkit control`` then also times the same
+             change as a full sync (re-render and restore the whole table,
+             ``kind`` "full"), which kube-proxy still does now and then;
+             nftables: one ``nft -f``
              transaction with the service's chains and its ``service-ips``
              element; IPVS: ipset, VIP and ``ipvsadm`` changes for that
              service; eBPF: map updates in place.
@@ -42,11 +46,13 @@ from labkit.runs.runner import Block, BlockContext, Experiment, Runner, plan
 
 OPS = ("program", "add", "remove")
 VERIFY_TIMEOUT = 0.3
+#: how a full sync changes a datapath (``update`` of "full" rows)
+FULL_UPDATE = "full re-render and reload of the whole catalog (kube-proxy's full sync)"
 
 
 def _row(op: str, services: int, before: int, prog: Any, verified: bool | None, check: str,
-         started: float) -> dict:
-    return {"op": op, "services": services, "services_before": before,
+         started: float, kind: str = "full") -> dict:
+    return {"op": op, "kind": kind, "services": services, "services_before": before,
             "seconds": prog.render_s + prog.load_s,
             "render_s": prog.render_s, "load_s": prog.load_s,
             "verified": verified, "check": check, "started": started}
@@ -54,7 +60,7 @@ def _row(op: str, services: int, before: int, prog: Any, verified: bool | None, 
 
 def program_row(services: int, prog: Any, started: float) -> dict:
     """The ``program`` row of a block that loaded ``services`` from scratch."""
-    return _row("program", services, 0, prog, None, "", started)
+    return {**_row("program", services, 0, prog, None, "", started), "update": FULL_UPDATE}
 
 
 def _answered(lab: Lab, catalog: ServiceCatalog, i: int, vip: str, seed: int) -> tuple[bool, str]:
@@ -71,32 +77,43 @@ def _answered(lab: Lab, catalog: ServiceCatalog, i: int, vip: str, seed: int) ->
 
 
 def measure_ops(lab: Lab, dp: Any, seed: int = 0, verify: bool = True,
-                each: Callable[[dict], None] | None = None) -> list[dict]:
+                each: Callable[[dict], None] | None = None, full: bool = False) -> list[dict]:
     """Add one service to the loaded datapath ``dp`` of N services and remove
-    it again; one row per operation.  ``services`` is N for both,
-    ``services_before`` the count each operation found (N, then N+1).
-    ``each(row)`` is called as soon as a row is measured."""
-    rows = []
+    it again, the mode's own way (``kind`` its ``update_kind``); with ``full``
+    and a mode that also has a full sync (``full_sync``: the iptables modes),
+    then the same add and remove again as full syncs (``kind`` "full").  One
+    row per operation.  ``services`` is N for all, ``services_before`` the
+    count each operation found (N, then N+1).  ``each(row)`` is called as
+    soon as a row is measured."""
+    paths: list[tuple[str, str, Callable[[], Any], Callable[[], Any]]] = [
+        (dp.update_kind, type(dp).update, dp.add_service, dp.remove_service)]
+    if full and dp.full_sync:
+        paths.append(("full", FULL_UPDATE, lambda: dp.resync(dp._resized(+1)),
+                      lambda: dp.resync(dp._resized(-1))))
+    rows: list[dict] = []
+
+    def keep(row: dict) -> None:
+        rows.append(row)
+        if each:
+            each(row)
+
     n = dp.catalog.services
-    t = time.time()
-    prog = dp.add_service()
-    verified, check = None, ""
-    if verify:
-        ok, what = _answered(lab, dp.catalog, n, dp.catalog.vip(n), seed)
-        verified, check = ok and what == "ok", f"new VIP: {what}"
-    rows.append(_row("add", n, n, prog, verified, check, t))
-    if each:
-        each(rows[-1])
-    vip = dp.catalog.vip(n)
-    grown = dp.catalog
-    t = time.time()
-    prog = dp.remove_service()
-    if verify:
-        ok, what = _answered(lab, grown, n, vip, seed + 1)
-        verified, check = not ok, ("removed VIP: still answered" if ok else "removed VIP: no answer")
-    rows.append(_row("remove", n, n + 1, prog, verified, check, t))
-    if each:
-        each(rows[-1])
+    for k, (kind, update, add, remove) in enumerate(paths):
+        t = time.time()
+        prog = add()
+        verified, check = None, ""
+        if verify:
+            ok, what = _answered(lab, dp.catalog, n, dp.catalog.vip(n), seed + 2 * k)
+            verified, check = ok and what == "ok", f"new VIP: {what}"
+        keep({**_row("add", n, n, prog, verified, check, t, kind), "update": update})
+        vip = dp.catalog.vip(n)
+        grown = dp.catalog
+        t = time.time()
+        prog = remove()
+        if verify:
+            ok, what = _answered(lab, grown, n, vip, seed + 2 * k + 1)
+            verified, check = not ok, ("removed VIP: still answered" if ok else "removed VIP: no answer")
+        keep({**_row("remove", n, n + 1, prog, verified, check, t, kind), "update": update})
     return rows
 
 
@@ -149,12 +166,12 @@ class Control(Experiment):
     def run_block(self, ctx: BlockContext) -> None:
         cat = ServiceCatalog(ctx.block.services, self.p.endpoints)
         dp = ctx.mode(ctx.lab)
-        ident = {**ctx.ident(), "endpoints": cat.endpoints, "update": type(dp).update}
+        ident = {**ctx.ident(), "endpoints": cat.endpoints}
         t = time.time()
         prog = dp.setup(cat)
         try:
             ctx.tables.add(schema.CONTROL, [{**program_row(cat.services, prog, t), **ident}])
-            measure_ops(ctx.lab, dp, seed=ctx.block.block, verify=self.p.verify,
+            measure_ops(ctx.lab, dp, seed=ctx.block.block, verify=self.p.verify, full=True,
                         each=lambda row: ctx.tables.add(schema.CONTROL, [{**row, **ident}]))
         finally:
             dp.teardown()

@@ -98,7 +98,9 @@ class Tables:
     row made a sweep quadratic: the whole samples table was rewritten after
     each point, 0.3 s per point at its start and 1 s at its end.  Rows of a
     block that did not finish are dropped by a resume anyway.
-    With ``out`` None nothing is written (a benchmark that only prints)."""
+    With ``out`` None nothing is written (a benchmark that only prints).
+    ``LABKIT_FLUSH_S`` in the environment overrides :attr:`EVERY_S` (the
+    tests set 0, so a kill can land in the middle of a block)."""
     EVERY_S: ClassVar[float] = 30.0
 
     def __init__(self, out: str | None, names: Iterable[str]) -> None:
@@ -106,6 +108,10 @@ class Tables:
         self.chunks: dict[str, list[pd.DataFrame]] = {n: [] for n in names}
         self.dirty: set[str] = set()
         self.flushed = time.monotonic()
+        try:
+            self.every_s = float(os.environ.get("LABKIT_FLUSH_S", self.EVERY_S))
+        except ValueError:
+            self.every_s = self.EVERY_S
 
     def path(self, name: str) -> str:
         assert self.out is not None
@@ -116,7 +122,7 @@ class Tables:
             pd.DataFrame(list(rows), columns=schema.columns(name))
         self.chunks[name].append(df)
         self.dirty.add(name)
-        if time.monotonic() - self.flushed > self.EVERY_S:
+        if time.monotonic() - self.flushed >= self.every_s:
             self.flush_all()
 
     def flush_all(self) -> None:

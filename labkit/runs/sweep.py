@@ -228,7 +228,7 @@ class Sweep(Experiment):
                                          ct_new=inserts, variant=dp.variant, pacing=pace, path=path)
                             ctx.bar.update(1)
             # control plane: this block's programming, then add one service and remove it
-            ident = {**ctx.ident(), "endpoints": catalog.endpoints, "update": type(dp).update}
+            ident = {**ctx.ident(), "endpoints": catalog.endpoints}
             ctx.tables.add(schema.CONTROL, [{**program_row(catalog.services, prog, t0), **ident}])
             measure_ops(ctx.lab, dp, seed=b.block,
                         each=lambda row: ctx.tables.add(schema.CONTROL, [{**row, **ident}]))
