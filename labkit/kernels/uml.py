@@ -3,7 +3,7 @@ program, at native instruction speed.
 
 The host kernel here has no IPVS, and a virtme-ng VM can only emulate (TCG,
 slow and noisy).  Debian's ``user-mode-linux`` package is a kernel with IPVS,
-iptables (legacy), veth, ipset and eBPF that runs as a process: labkit boots
+veth, ipset and eBPF (interpreted: arch um has no BPF JIT) that runs as a process: labkit boots
 it over the host's root, read-only, and runs the command there::
 
     host                                          guest (linux.uml, one process group)
@@ -16,9 +16,10 @@ The kernel is pinned in ``labkit/kernels/umlkernel.lock`` (package, version,
 sha256), fetched with ``apt-get download`` into labkit's cache and unpacked
 there: never installed, nothing written to the host's ``/lib/modules`` or
 ``/boot``.  The guest writes only its exchange directory and the directories
-given as ``rw``.  Its config has no nf_tables NAT, so the ``iptables-nft`` and
-``nftables`` modes cannot run in it; the IPVS mode writes its helper rules with
-the legacy backend there (:mod:`labkit.datapaths.ipvs`).  It is uniprocessor,
+given as ``rw``.  Its config has neither legacy x_tables nor nf_tables NAT, so
+no iptables mode and not ``nftables`` can run in it; the IPVS mode runs there
+without kube-proxy's iptables helper rules (:mod:`labkit.datapaths.ipvs`
+picks the backend a kernel has, and records "none" here).  It is uniprocessor,
 and its own costs (system calls, memory) differ from a real kernel's: compare
 figures measured in it only with each other, and calibrate against the host
 with a mode that runs in both.
