@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml
 # the Python environment alone (no root, no Debian packages): enough for `make publish`
 venv: $(STAMP)
 
-# the default sweep (about 17 minutes on 2 cores) and its report
+# the default sweep (about 14 minutes on 2 cores) and its report
 report: setup
 	$(BIN)/python -m labkit sweep --params $(PARAMS) --out $(RUN)
 	$(BIN)/python -m labkit report $(RUN)

@@ -60,6 +60,12 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
    overflow-x: auto; max-width: 100%; }
  img { max-width: 100%; height: auto; }
  @media print { table.lk { display: table; overflow: visible; } details { display: block; } }
+ @media (max-width: 640px) {
+   table.lk-claims thead { display: none; }
+   table.lk-claims tr { display: block; border-bottom: 1px solid #ccc; padding: 4px 0; }
+   table.lk-claims td { display: block; border: none; padding: 1px 4px; }
+   table.lk-claims td:empty { display: none; }
+   table.lk-claims td::before { content: attr(data-label) ": "; font-weight: 600; } }
  table.lk th, table.lk td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left !important;
    vertical-align: top; }
  table.lk th { background: #f3f3f3; }
@@ -170,8 +176,9 @@ def table_html(df: pd.DataFrame, floatfmt: str = "{:,.2f}", cls: str = "lk") -> 
             return "" if np.isnan(v) else floatfmt.format(v)
         return html.escape(str(v))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>"
-                   for r in df.itertuples(index=False))
+    labels = [html.escape(str(c), quote=True) for c in df.columns]   # for the stacked narrow layout
+    rows = "".join("<tr>" + "".join(f'<td data-label="{k}">{cell(v)}</td>' for k, v in zip(labels, r))
+                   + "</tr>" for r in df.itertuples(index=False))
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
