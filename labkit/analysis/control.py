@@ -9,7 +9,7 @@ from labkit.analysis.fit import fit_models, select_model
 from labkit.rundir import schema
 from labkit.rundir.store import read_table as _read
 
-OPS = ("program", "add", "remove")
+OPS = ("program", "add", "remove", "endpoints")
 
 
 KINDS = ("full", "partial")
@@ -25,7 +25,10 @@ def with_kind(df: pd.DataFrame) -> pd.DataFrame:
     full = (out["op"] == "program") | out.get("update", pd.Series("", index=out.index)).fillna("") \
         .str.startswith("full re-render")
     guess = full.map({True: "full", False: "partial"})
-    out["kind"] = out["kind"].fillna(guess) if "kind" in out.columns else guess
+    if "kind" in out.columns:   # a column of missing values reads as float: compare as objects
+        out["kind"] = out["kind"].astype(object).where(out["kind"].notna(), guess)
+    else:
+        out["kind"] = guess
     return out
 
 
