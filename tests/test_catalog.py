@@ -51,3 +51,15 @@ def test_chain_names_are_stable_and_short():
 def test_validation_messages(kw, msg):
     with pytest.raises(UsageError, match=msg):
         ServiceCatalog(**kw)
+
+
+def test_rolled_services_get_new_endpoints_owned_only_by_them():
+    c, r = ServiceCatalog(3, 2), ServiceCatalog(3, 2, rolled={1})
+    assert r.endpoints_of(0) == c.endpoints_of(0) and r.endpoints_of(2) == c.endpoints_of(2)
+    assert set(r.endpoints_of(1)).isdisjoint(c.endpoints_of(1))
+    assert [r.service_of_endpoint(a) for a in r.endpoints_of(1)] == [(1, 0), (1, 1)]
+    assert r.service_of_endpoint(c.endpoint(1, 0)) is None   # the old pod no longer belongs to it
+    assert c.service_of_endpoint(r.endpoint(1, 0)) is None
+    assert r.none_address not in r.endpoints_of(1) and r != c
+    with pytest.raises(UsageError, match="rolled"):
+        ServiceCatalog(3, 2, rolled={3})

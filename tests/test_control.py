@@ -3,6 +3,7 @@ real kernel for every mode, the control.parquet table of sweeps and of
 `labkit control`."""
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import numpy as np
@@ -12,11 +13,12 @@ import pytest
 from labkit.analysis import control as control_analysis
 from labkit.core.catalog import ServiceCatalog
 from labkit.datapaths import MODES, Datapath
-from labkit.datapaths.ebpf import render_maps, spare_entries
+from labkit.datapaths.ebpf import render_backends, render_maps, spare_entries
 from labkit.datapaths.ipvs import render_ipvs, render_ipvs_add, render_ipvs_remove
 from labkit.datapaths.nftables import (
     endpoint_chain,
     render_add_service,
+    render_change_endpoints,
     render_nftables,
     render_remove_service,
     service_chain,
@@ -103,6 +105,31 @@ def test_nftables_remove_text_exact():
         f"flush chain ip kube-proxy {ep}\ndelete chain ip kube-proxy {ep}\n")
 
 
+def test_nftables_endpoint_change_text_exact():
+    old, new = ServiceCatalog(2, 1), ServiceCatalog(2, 1, rolled={1})
+    svc = service_chain(old.name(1), 80)
+    was, now = (endpoint_chain(old.name(1), c.endpoint(1, 0), 80) for c in (old, new))
+    assert was != now and new.endpoint(1, 0) != old.endpoint(1, 0)
+    assert render_change_endpoints(old, new) == (
+        f"flush chain ip kube-proxy {svc}\n"
+        "table ip kube-proxy {\n"
+        f"\tchain {now} {{\n\t\tip saddr {new.endpoint(1, 0)} jump mark-for-masquerade\n"
+        f"\t\tmeta l4proto tcp dnat to {new.endpoint(1, 0)}:80\n\t}}\n"
+        f"\tchain {svc} {{\n\t\tip daddr 10.96.0.2 tcp dport 80 ip saddr != {new.endpoint_net} "
+        "jump mark-for-masquerade\n"
+        f"\t\tgoto {now}\n\t}}\n"
+        "}\n"
+        f"flush chain ip kube-proxy {was}\ndelete chain ip kube-proxy {was}\n")
+    # the chains it writes are, byte for byte, the full render's of the new catalog
+    text, full = render_change_endpoints(old, new), render_nftables(new)
+    assert all("\tchain " + b in full for b in text.split("\tchain ")[1:-1])
+    # nothing changed, nothing sent; and back again deletes the new chain
+    assert render_change_endpoints(old, old) == ""
+    assert render_change_endpoints(new, old).endswith(f"delete chain ip kube-proxy {now}\n")
+    with pytest.raises(ValueError, match="keeps services"):
+        render_change_endpoints(old, ServiceCatalog(3, 1))
+
+
 def test_ipvs_add_remove_text_exact():
     assert render_ipvs_add(CAT, 2) == (
         "#: ipset restore\nadd KUBE-CLUSTER-IP 10.96.0.3,tcp:80\nadd KUBE-IPVS-IPS 10.96.0.3\n"
@@ -129,6 +156,23 @@ def test_ebpf_entries_of_one_service_are_a_slice_of_the_full_maps():
     assert tail.backends.tobytes() == full.backends[-per_be:].tobytes()
     assert spare_entries(cat) == (per_svc, per_be)
     assert len(render_maps(cat, first=5).service_keys) == 0
+
+
+def test_ebpf_backends_of_replaced_endpoints_keep_their_ids():
+    cat, new = ServiceCatalog(5, 2, ports=(80, 81)), ServiceCatalog(5, 2, ports=(80, 81), rolled={0, 3})
+    full = render_maps(cat)
+    ids, backends = render_backends(new, [0, 3])
+    # the same ids as the full maps' for those services, new addresses behind them
+    want = [b for b, be in zip(full.backend_ids, full.backends)
+            if cat.service_of_endpoint(str(ipaddress.IPv4Address(int(be["addr"]))))[0] in (0, 3)]
+    assert sorted(ids.tolist()) == sorted(int(b) for b in want)
+    addrs = {str(ipaddress.IPv4Address(int(a))) for a in backends["addr"]}
+    assert addrs == set(new.endpoints_of(0)) | set(new.endpoints_of(3))
+    assert set(backends["port"]) == {80, 81}
+    # a full render of the changed catalog agrees
+    again = render_maps(new)
+    by_id = dict(zip(again.backend_ids.tolist(), again.backends["addr"].tolist()))
+    assert all(by_id[int(i)] == int(a) for i, a in zip(ids, backends["addr"]))
 
 
 def test_summary_and_slopes_of_a_table():
@@ -165,10 +209,12 @@ def test_add_and_remove_one_service_real_kernel(mode):
         dp.setup(cat)
         rows = control.measure_ops(lab, dp, seed=1, full=True)
         paths = 2 if dp.full_sync else 1
-        assert [r["op"] for r in rows] == ["add", "remove"] * paths
-        assert [r["kind"] for r in rows] == ["partial", "partial"] + ["full", "full"] * (paths - 1)
-        assert [r["services"] for r in rows] == [30, 30] * paths
-        assert [r["services_before"] for r in rows] == [30, 31] * paths
+        ops = ["add", "remove"] + (["endpoints", "burst"] if dp.changes_endpoints else [])
+        assert [r["op"] for r in rows] == ops * paths
+        assert [r["kind"] for r in rows] == ["partial"] * len(ops) + ["full"] * len(ops) * (paths - 1)
+        assert [r["services"] for r in rows] == [30] * len(ops) * paths
+        assert [r["services_before"] for r in rows] == [30, 31, 30, 30][:len(ops)] * paths
+        assert [r["changed"] for r in rows] == [1, 1, 1, 30][:len(ops)] * paths   # burst: min(100, N)
         assert all(r["verified"] for r in rows), rows
         assert all(r["seconds"] > 0 and r["seconds"] == r["render_s"] + r["load_s"] for r in rows)
         assert dp.catalog == cat
@@ -180,6 +226,36 @@ def test_add_and_remove_one_service_real_kernel(mode):
         assert all(r["verified"] for r in control.measure_ops(lab, dp, seed=3))
 
 
+def _nft_chains(lab: Lab) -> list[str]:
+    """The kube-proxy table's chain blocks and service-ips elements, sorted
+    (creation order differs between a change in place and a fresh load)."""
+    text = lab.run(lab.node, ["nft", "list", "table", "ip", "kube-proxy"]).stdout
+    return sorted(b.strip() for b in text.split("\tchain ")[1:]) + \
+        sorted(text.split("elements = {", 1)[1].split("}", 1)[0].replace("\n", " ").split(","))
+
+
+@pytest.mark.root
+def test_nftables_endpoint_change_leaves_the_table_a_full_load_would():
+    _mode_ready("nftables")
+    cat = ServiceCatalog(12, 3)
+    rolled = ServiceCatalog(12, 3, rolled={2, 7, 11})
+    with Lab(endpoint_cidr=cat.endpoint_cidr) as lab:
+        dp = MODES["nftables"](lab)
+        lab.defer("nftables teardown", dp.teardown)
+        dp.setup(rolled)
+        want = _nft_chains(lab)
+        dp.setup(cat)
+        dp.change_endpoints([2, 7, 11])
+        assert dp.catalog == rolled and _nft_chains(lab) == want
+        with SynProber(lab, timeout=0.5, seed=4) as pr:
+            out = pr.run([pr.craft(7, cat.vip(7), 80) for _ in range(12)])
+        assert {o.endpoint.split(":")[0] for o in out} <= set(rolled.endpoints_of(7)), out
+        dp.change_endpoints([2, 7, 11])
+        dp2 = _nft_chains(lab)
+        dp.setup(cat)
+        assert dp2 == _nft_chains(lab)
+
+
 @pytest.mark.root
 def test_labkit_control_writes_the_table(tmp_path):
     _mode_ready("nftables")
@@ -188,9 +264,12 @@ def test_labkit_control_writes_the_table(tmp_path):
                               endpoints=2, progress=False)
     df = pd.read_parquet(os.path.join(out, schema.CONTROL))
     assert set(schema.CONTROL_COLUMNS) <= set(df.columns)
-    # nftables: program, add, remove; iptables-nft also add and remove as full syncs
-    assert len(df) == 2 * 3 + 2 * 5
-    assert dict(df.groupby("mode").size()) == {"iptables-nft": 10, "nftables": 6}
+    # program, add, remove; at 50 services also an endpoint change and a burst;
+    # iptables-nft every change again as a full sync
+    assert len(df) == (3 + 5) + (5 + 9)
+    assert dict(df.groupby("mode").size()) == {"iptables-nft": 14, "nftables": 8}
+    assert set(df.loc[df["op"].isin(["endpoints", "burst"]), "services"]) == {50}
+    assert set(df.loc[df["op"] == "burst", "changed"]) == {50}
     assert set(df.loc[df["mode"] == "iptables-nft", "kind"]) == {"full", "partial"}
     assert set(df.loc[df["mode"] == "nftables", "kind"]) == {"full", "partial"}  # program is full
     assert (df["seconds"] > 0).all()

@@ -119,6 +119,26 @@ def test_partial_remove_declares_then_deletes_the_stale_chains():
         [ln for ln in render_iptables(new).splitlines() if ln.startswith("-A KUBE-SERVICES ")]
 
 
+def test_partial_endpoint_change_rewrites_one_service_and_deletes_its_old_endpoint_chains():
+    old, new = ServiceCatalog(3, 2), ServiceCatalog(3, 2, rolled={1})
+    lines = render_iptables_partial(old, new).splitlines()
+    svc = f"KUBE-SVC-{new.chain_id(1, 80)}"
+    fresh = [f"KUBE-SEP-{new.endpoint_chain_id(1, j, 80)}" for j in range(2)]
+    stale = [f"KUBE-SEP-{old.endpoint_chain_id(1, j, 80)}" for j in range(2)]
+    assert set(fresh).isdisjoint(stale)
+    declared = [ln[1:].split()[0] for ln in lines if ln.startswith(":")]
+    assert declared == ["KUBE-SERVICES", svc, *fresh, *stale]
+    assert [ln.split()[1] for ln in lines if ln.startswith("-X ")] == stale
+    full = render_iptables(new).splitlines()
+    # the changed service's rules are the full render's, byte for byte; no other service's
+    assert [ln for ln in lines if ln.startswith(("-A KUBE-SVC", "-A KUBE-SEP"))] == \
+        [ln for ln in full if ln.startswith((f"-A {svc} ", *(f"-A {c} " for c in fresh)))]
+    assert f"{new.endpoint(1, 0)}:80" in "\n".join(lines) and f"{old.endpoint(1, 0)}:80" not in "\n".join(lines)
+    # and back again
+    back = render_iptables_partial(new, old).splitlines()
+    assert [ln.split()[1] for ln in back if ln.startswith("-X ")] == fresh
+
+
 def test_partial_is_none_when_more_than_the_service_count_changes():
     assert render_iptables_partial(ServiceCatalog(3, 2), ServiceCatalog(3, 3)) is None
     assert render_iptables_partial(ServiceCatalog(3, 2), ServiceCatalog(4, 2, ports=(80, 81))) is None
@@ -171,6 +191,20 @@ def test_kernel_partial_sync_leaves_the_table_a_full_sync_would(lab, cls):
         with SynProber(lab, timeout=0.3, seed=6) as pr:
             gone = pr.run([pr.craft(120, big.vip(120), 80)])
         assert gone[0].rtt_ns is None
+        # a rollout of service 119: its new endpoints answer, the table is a full load's
+        rolled = ServiceCatalog(120, 10, rolled={119})
+        dp.change_endpoints([119])
+        assert dp.catalog == rolled
+        now = _nat_state(lab, cls.backend)
+        dp.teardown()
+        dp.setup(rolled)
+        assert now == _nat_state(lab, cls.backend)
+        with SynProber(lab, seed=8) as pr:
+            out = pr.run([pr.craft(119, rolled.vip(119), 80) for _ in range(20)])
+        assert {rolled.service_of_endpoint(o.endpoint.split(":")[0]) is not None for o in out} == {True}
+        assert {o.endpoint.split(":")[0] for o in out} <= set(rolled.endpoints_of(119))
+        dp.change_endpoints([119])
+        assert _nat_state(lab, cls.backend) == want[120]
     finally:
         dp.teardown()
 

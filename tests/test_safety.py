@@ -287,19 +287,23 @@ def test_every_run_kind_resumes_after_sigkill_with_no_row_lost_or_repeated(tmp_p
                         "--rounds", "2"],
             "cpu": ["cpu", "--modes", mode, "--services", "0,30,60", "--rounds", "2", "--seconds", "0.3"]}[kind]
     table = {"sweep": schema.CONTROL, "control": schema.CONTROL, "cpu": schema.CPU}[kind]
-    # control: program, add, remove, and for iptables add and remove again as full syncs
-    full = 2 if kind == "control" and MODES[mode].full_sync else 0
-    per_block = {"sweep": 3, "control": 3 + full, "cpu": 1}[kind]
+    # control: program, add, remove, an endpoint change and a burst (not at 0 services);
+    # for iptables every change again as a full sync
+    cls = MODES[mode]
+    paths = 2 if cls.full_sync else 1
+    ctl = [1 + paths * (2 + 2 * (n > 0 and cls.changes_endpoints)) for n in (0, 30, 60)]
+    total = 2 * {"sweep": 9, "control": sum(ctl), "cpu": 3}[kind]
+    kill_at = {"sweep": 7, "control": ctl[0] + ctl[1] + 1, "cpu": 3}[kind]   # in the third block or so
     proc = subprocess.Popen([sys.executable, "-m", "labkit", *args, "--out", str(out), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "LABKIT_FLUSH_S": "0"})  # every row written at once
-    _kill_when(out, table, 2 * per_block + 1, proc)   # in the middle of the third block
+    _kill_when(out, table, kill_at, proc)
     (out / ".tmp-killedwrite.parquet").write_bytes(b"")  # what a kill during a write leaves
     assert labkit("clean").returncode == 0
     cp = labkit(kind, "--resume", "--out", str(out), "--quiet")
     assert cp.returncode == 0, cp.stderr
     df = pd.read_parquet(out / table)
-    assert len(df) == 6 * per_block
+    assert len(df) == total
     key = ["block", "op", "kind"] if "op" in df.columns else ["block", "target"]
     assert not df.duplicated(key).any()
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]

@@ -9,7 +9,7 @@ from labkit.analysis.fit import fit_models, select_model
 from labkit.rundir import schema
 from labkit.rundir.store import read_table as _read
 
-OPS = ("program", "add", "remove", "endpoints")
+OPS = ("program", "add", "remove", "endpoints", "burst")
 
 
 KINDS = ("full", "partial")

@@ -6,7 +6,9 @@ catalog, so renderers built on it can be unit-tested without a kernel.
 Addresses are computed, never stored: service ``i`` has the VIP
 ``service_cidr[1 + i]`` and its endpoint ``j`` the address
 ``endpoint_cidr[1 + i * E + j]``.  A catalog of 100,000 x 10 therefore costs
-no memory until a renderer walks it.
+no memory until a renderer walks it.  A service in ``rolled`` has had its
+endpoints replaced (a rollout: new pods, new addresses): its endpoint ``j`` is
+the same address shifted by half the endpoint range.
 """
 from __future__ import annotations
 
@@ -52,8 +54,11 @@ class ServiceCatalog:
     service_cidr: str = DEFAULT_SERVICE_CIDR
     endpoint_cidr: str = DEFAULT_ENDPOINT_CIDR
     namespace: str = "default"
+    #: services whose endpoints were replaced once (see the module docstring)
+    rolled: frozenset[int] = frozenset()
     _svc_net: ipaddress.IPv4Network = field(init=False, repr=False, compare=False)
     _ep_net: ipaddress.IPv4Network = field(init=False, repr=False, compare=False)
+    _roll: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for what, val in (("services", self.services), ("endpoints", self.endpoints)):
@@ -89,8 +94,17 @@ class ServiceCatalog:
             raise UsageError(
                 f"endpoint CIDR {ep} holds {ep.num_addresses - 3:,} endpoints, "
                 f"too small for {self.services:,} x {self.endpoints} = {need:,}")
+        rolled = frozenset(self.rolled)
+        bad = [i for i in rolled if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.services]
+        if bad:
+            raise UsageError(f"rolled services {sorted(bad)} are not in 0..{self.services - 1}")
+        if rolled and need > ep.num_addresses // 2 - 3:
+            raise UsageError(f"endpoint CIDR {ep} has no room for replaced endpoints of "
+                             f"{self.services:,} x {self.endpoints} (half of it is needed)")
+        object.__setattr__(self, "rolled", rolled)
         object.__setattr__(self, "_svc_net", svc)
         object.__setattr__(self, "_ep_net", ep)
+        object.__setattr__(self, "_roll", ep.num_addresses // 2)
 
     # -- addresses -------------------------------------------------------
     @property
@@ -108,8 +122,14 @@ class ServiceCatalog:
         self._check(i)
         return str(ipaddress.IPv4Address(self.vip_int(i)))
 
+    @property
+    def roll_offset(self) -> int:
+        """How far a replaced endpoint's address lies from the original's."""
+        return self._roll
+
     def endpoint_int(self, i: int, j: int) -> int:
-        return int(self._ep_net.network_address) + 1 + i * self.endpoints + j
+        shift = self._roll if self.rolled and i in self.rolled else 0
+        return int(self._ep_net.network_address) + 1 + i * self.endpoints + j + shift
 
     def endpoint(self, i: int, j: int) -> str:
         self._check(i)
@@ -123,9 +143,13 @@ class ServiceCatalog:
     def service_of_endpoint(self, addr: str) -> tuple[int, int] | None:
         """(service, endpoint index) that owns ``addr``, or None."""
         off = int(ipaddress.IPv4Address(addr)) - int(self._ep_net.network_address) - 1
+        shifted = self.rolled and off >= self._roll
+        if shifted:
+            off -= self._roll
         if off < 0 or off >= self.services * self.endpoints:
             return None
-        return divmod(off, self.endpoints)
+        i, j = divmod(off, self.endpoints)
+        return (i, j) if (i in self.rolled) == bool(shifted) else None
 
     @property
     def none_address(self) -> str:

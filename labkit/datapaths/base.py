@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -95,6 +96,9 @@ class Datapath(ABC):
     #: change that ``labkit control`` also times (kube-proxy's iptables mode
     #: does both: partial syncs, and a full one now and then)
     full_sync: ClassVar[bool] = False
+    #: True when the mode replaces services' endpoints in place (a rollout:
+    #: :meth:`change_endpoints`); ``labkit control`` times it then
+    changes_endpoints: ClassVar[bool] = False
 
     def add_service(self) -> ProgramResult:
         """Add the next service (index N) to the loaded catalog of N services.
@@ -108,6 +112,16 @@ class Datapath(ABC):
         """Remove the last service (index N-1) of the loaded catalog.
         Default: full re-render and reload of the N-1 services."""
         return self.resync(self._resized(-1))
+
+    def change_endpoints(self, services: Iterable[int]) -> ProgramResult:
+        """Replace the endpoints of the loaded ``services`` in one sync (or put
+        the original ones back: the change toggles; :attr:`ServiceCatalog.rolled`).
+        Default: a full re-render and reload."""
+        return self.resync(self._rolled(services))
+
+    def _rolled(self, services: Iterable[int]) -> "ServiceCatalog":
+        catalog = self._loaded_catalog()
+        return dataclasses.replace(catalog, rolled=catalog.rolled ^ frozenset(services))
 
     def render_for(self, catalog: "ServiceCatalog") -> str:
         """This instance's loader text for ``catalog``: :meth:`render`, unless the

@@ -35,6 +35,7 @@ import sysconfig
 import tempfile
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, ClassVar
@@ -99,10 +100,22 @@ def render_maps(catalog: "ServiceCatalog", first: int = 0) -> MapEntries:
     0 is never used.  Backend ``(i, j, k)`` is endpoint ``j`` of service
     ``i`` on port ``ports[k]``.
     """
+    return _entries(catalog, np.arange(first, max(first, catalog.services), dtype=np.uint64))
+
+
+def render_backends(catalog: "ServiceCatalog", services: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(backend ids, backends) of ``services`` (pure): what a change of their
+    endpoints rewrites.  The ids of a service never change, only the
+    addresses behind them (:attr:`ServiceCatalog.rolled`)."""
+    e = _entries(catalog, np.asarray(sorted(services), dtype=np.uint64))
+    return e.backend_ids, e.backends
+
+
+def _entries(catalog: "ServiceCatalog", idx: np.ndarray) -> MapEntries:
     e, p = catalog.endpoints, len(catalog.ports)
-    s = max(0, catalog.services - first)
+    s = len(idx)
     ports = np.asarray(catalog.ports, dtype=np.uint32)
-    i = np.arange(first, first + s, dtype=np.uint64)[:, None, None]
+    i = idx[:, None, None]
     k = np.arange(p, dtype=np.uint64)[None, :, None]
     slot = np.arange(e + 1, dtype=np.uint64)[None, None, :]
 
@@ -117,12 +130,15 @@ def render_maps(catalog: "ServiceCatalog", first: int = 0) -> MapEntries:
 
     j = np.arange(e, dtype=np.uint64)[None, :, None]
     k2 = np.arange(p, dtype=np.uint64)[None, None, :]
-    i2 = np.arange(first, first + s, dtype=np.uint64)[:, None, None]
+    # a service whose endpoints were replaced has them shifted (ServiceCatalog.rolled)
+    rolled = np.fromiter(catalog.rolled, dtype=np.uint64, count=len(catalog.rolled))
+    shift = (np.isin(idx, rolled).astype(np.uint64) * catalog.roll_offset)[:, None, None]
     backends = np.zeros((s, e, p), BACKEND)
-    backends["addr"] = catalog.endpoint_int(0, 0) + i2 * e + j if s else 0
+    base = int(catalog.endpoint_net.network_address) + 1   # endpoint (0, 0) before any shift
+    backends["addr"] = base + i * e + j + shift if s else 0
     backends["port"] = ports[None, None, :]
     backends["proto"] = IPPROTO_TCP
-    ids = (1 + (i2 * e + j) * p + k2).astype(np.uint32)
+    ids = (1 + (i * e + j) * p + k2).astype(np.uint32)
     return MapEntries(keys.ravel(), vals.ravel(), ids.ravel(), backends.ravel())
 
 
@@ -445,7 +461,9 @@ class Ebpf(Datapath):
     # -- control-plane operations: one service in place ------------------------
     update_kind = "partial"
     update = ("map updates in place: backends, then the service's slots with slot 0 (the "
-              "count) last, as Cilium orders them; removal in reverse")
+              "count) last, as Cilium orders them; removal in reverse; new endpoints: "
+              "the backends' entries rewritten")
+    changes_endpoints = True
 
     def add_service(self) -> ProgramResult:
         new, old = self._resized(+1), self._loaded_catalog()
@@ -462,6 +480,21 @@ class Ebpf(Datapath):
         t2 = time.perf_counter()
         self._entries = {"lb_services": self._entries.get("lb_services", 0) + len(e.service_keys),
                          "lb_backends": self._entries.get("lb_backends", 0) + len(e.backends)}
+        self.catalog = new
+        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+
+    def change_endpoints(self, services: Iterable[int]) -> ProgramResult:
+        """New addresses behind the services' backend ids, one batch update
+        of the backends map (the service map does not change)."""
+        new = self._rolled(services)
+        t0 = time.perf_counter()
+        ids, backends = render_backends(new, services)
+        t1 = time.perf_counter()
+        try:
+            map_update_batch(self._fds["lb_backends"], ids, backends)
+        except OSError as exc:
+            raise LabkitError(f"{self.name}: changing endpoints in the maps failed: {exc}") from None
+        t2 = time.perf_counter()
         self.catalog = new
         return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
 

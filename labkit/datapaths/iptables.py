@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
 from labkit.core.catalog import ServiceCatalog
@@ -107,31 +108,37 @@ def render_iptables_partial(old: "ServiceCatalog", new: "ServiceCatalog") -> str
     iptables proxier writes a partial sync (``MinimizeIPTablesRestore``, on by
     default since Kubernetes 1.27): KUBE-SERVICES is declared (which flushes
     it under ``--noflush``) and rewritten whole; of the per-service chains
-    only those of services that appear are declared and filled, those of
-    services that go are declared (emptied) and deleted with ``-X``; every
-    other chain is left as it is.  None when the change is not one of service
-    count alone (endpoints, ports, CIDRs or kube-proxy's large-cluster mode
-    differ): then only a full sync is right."""
+    only those of services that appear or whose endpoints changed are declared
+    and filled, and the chains that go (a removed service's, a replaced
+    endpoint's) are declared (emptied) and deleted with ``-X`` after every
+    rule; every other chain is left as it is.  None when the change is not one
+    of service count and replaced endpoints (endpoints per service, ports,
+    CIDRs or kube-proxy's large-cluster mode differ): then only a full sync
+    is right."""
     same = ("endpoints", "ports", "service_cidr", "endpoint_cidr", "namespace")
     if any(getattr(old, f) != getattr(new, f) for f in same) or _large(old) != _large(new):
         return None
     large = _large(new)
     keep = min(old.services, new.services)
+    changed = {i for i in old.rolled ^ new.rolled if i < keep}
     declare: list[str] = [":KUBE-SERVICES - [0:0]"]
     services: list[str] = []
     rules: list[str] = []
-    delete: list[str] = []
+    gone: list[str] = []
     for i in range(new.services):
         c, sv, r = _service_lines(new, i, large)
         services += sv
-        if i >= keep:
+        if i >= keep or i in changed:
             declare += c
             rules += r
+    for i in sorted(changed):   # the old endpoints' chains (the service chains stay)
+        now = set(_service_lines(new, i, large)[0])
+        gone += [d for d in _service_lines(old, i, large)[0] if d not in now]
     for i in range(keep, old.services):
-        c, _, _ = _service_lines(old, i, large)
-        declare += c
-        delete += [f"-X {d[1:].split(' ', 1)[0]}" for d in c]
+        gone += _service_lines(old, i, large)[0]
+    declare += gone
     services.append(NODEPORTS_RULE)
+    delete = [f"-X {d[1:].split(' ', 1)[0]}" for d in gone]
     return "\n".join(["*nat", *declare, *services, *rules, *delete, "COMMIT", ""])
 
 
@@ -172,12 +179,16 @@ class _Iptables(Datapath):
               "the changed service's chains written or deleted, iptables-restore --noflush")
     full_sync = True
     update_kind = "partial"
+    changes_endpoints = True
 
     def add_service(self) -> ProgramResult:
         return self.partial_sync(self._resized(+1))
 
     def remove_service(self) -> ProgramResult:
         return self.partial_sync(self._resized(-1))
+
+    def change_endpoints(self, services: Iterable[int]) -> ProgramResult:
+        return self.partial_sync(self._rolled(services))
 
     def partial_sync(self, catalog: "ServiceCatalog") -> ProgramResult:
         """Change the loaded table to ``catalog`` with a partial sync; a full

@@ -44,6 +44,7 @@ import shutil
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from labkit.core.catalog import ServiceCatalog
@@ -244,6 +245,31 @@ def render_remove_service(catalog: ServiceCatalog, i: int, *, select: str = "rul
     return f"delete element ip {table} service-ips {{ {', '.join(keys)} }}\n" + "".join(f"{ln}\n" for ln in lines)
 
 
+def render_change_endpoints(old: ServiceCatalog, new: ServiceCatalog, *, select: str = "rules",
+                            table: str = TABLE) -> str:
+    """``nft -f`` input that moves the services whose endpoints differ
+    between ``old`` and ``new`` (:attr:`ServiceCatalog.rolled`) to their new
+    endpoints in one transaction (pure): the new endpoint chains, each
+    service chain flushed and refilled to pick among them, then the old
+    endpoint chains flushed and deleted.  The ``service-ips`` element is
+    unchanged (the service chain keeps its name), as in kube-proxy's partial
+    sync of an endpoint change."""
+    if (old.services, old.endpoints, old.ports) != (new.services, new.endpoints, new.ports):
+        raise ValueError("an endpoint change keeps services, endpoints per service and ports")
+    flush, parts, gone = [], [], []
+    for i in sorted(old.rolled ^ new.rolled):
+        for port in new.ports:
+            _key, svc, epcs, blocks = _one_service(new, i, port, select)
+            _k, _s, stale, _b = _one_service(old, i, port, select)
+            flush.append(f"flush chain ip {table} {svc}")
+            parts += blocks[1:] + blocks[:1]
+            gone += [c for c in stale if c not in epcs]
+    lines = flush + ([f"table ip {table} {{\n" + "".join(parts) + "}"] if parts else [])
+    for chain in gone:
+        lines += [f"flush chain ip {table} {chain}", f"delete chain ip {table} {chain}"]
+    return "".join(f"{ln}\n" for ln in lines)
+
+
 # nfnetlink constants (linux/netfilter/nfnetlink.h, nf_tables.h)
 _NETLINK_NETFILTER = 12
 _NFNL_SUBSYS_NFTABLES = 10
@@ -332,13 +358,28 @@ class Nftables(Datapath):
 
     # control-plane operations: one service in place, in one nft transaction
     update_kind = "partial"
-    update = "one nft transaction: add/delete the service's chains and its service-ips element"
+    update = ("one nft transaction: add/delete the service's chains and its service-ips element; "
+              "new endpoints: their chains added, the service chain refilled, the old ones deleted")
 
     def add_service(self) -> ProgramResult:
         return self._one(self._resized(+1), self._loaded_catalog().services, render_add_service)
 
     def remove_service(self) -> ProgramResult:
         return self._one(self._resized(-1), self._loaded_catalog().services - 1, render_remove_service)
+
+    changes_endpoints = True
+
+    def change_endpoints(self, services: Iterable[int]) -> ProgramResult:
+        if self.select not in ("rules", "vmap"):
+            return super().change_endpoints(services)
+        new = self._rolled(services)
+        t0 = time.perf_counter()
+        text = render_change_endpoints(self._loaded_catalog(), new, select=self.select)
+        t1 = time.perf_counter()
+        self.lab.run(self.lab.node, ["nft", "-f", "-"], input=text, timeout=3600)
+        t2 = time.perf_counter()
+        self.catalog = new
+        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
 
     def _one(self, catalog: ServiceCatalog, i: int, renderer) -> ProgramResult:
         if self.select not in ("rules", "vmap"):

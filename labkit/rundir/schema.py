@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: bumped when a column changes meaning or a file changes name
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SAMPLES = "samples.parquet"
 POINTS = "points.parquet"
@@ -88,12 +88,16 @@ CONTROL_COLUMNS: dict[str, str] = {
     "run_id": _IDENT["run_id"], "block": _IDENT["block"], "mode": _IDENT["mode"],
     "kernel": _IDENT["kernel"], "services": "services loaded before the operation (N)",
     "endpoints": _IDENT["endpoints"], "round": _IDENT["round"],
-    "op": "program (from scratch) | add (one service) | remove (that service)",
+    "op": "program (from scratch) | add (one service) | remove (that service) | "
+          "endpoints (one service's endpoints replaced) | burst (the last min(100, N) services' "
+          "endpoints replaced in one sync); endpoints and burst from schema 5, labkit control",
     "kind": "full (the whole catalog rendered and loaded) | partial (only what changed); "
             "missing before schema 4 (read as the mode's update text says)",
     "seconds": "render_s + load_s of the operation",
     "render_s": POINT_COLUMNS["render_s"], "load_s": POINT_COLUMNS["load_s"],
     "services_before": "services the operation found",
+    "changed": "services the operation changed: N for program, 1 for add, remove and endpoints, "
+               "min(100, N) for burst; missing before schema 5",
     "verified": "a SYN afterwards confirmed the change (None: not checked)",
     "check": "what the verifying SYN saw",
     "update": "how the mode applies one change",

@@ -16,10 +16,20 @@ Operations, per mode (see ``Datapath.add_service`` / ``remove_service``):
              element; IPVS: ipset, VIP and ``ipvsadm`` changes for that
              service; eBPF: map updates in place.
 ``remove``   remove that service again (back to N).
+``endpoints`` (``labkit control``, modes with ``changes_endpoints``)
+             replace the endpoints of service N-1 with new addresses, the
+             most frequent change in a cluster (a rollout); iptables: a
+             partial sync of that service's chains; nftables: one ``nft``
+             transaction (new endpoint chains, the service chain refilled,
+             the old ones deleted); eBPF: the backends' map entries
+             rewritten.  Put back afterwards, untimed.
+``burst``    the same for the last ``min(100, N)`` services in one sync (a
+             rollout of many deployments at once).
 
 Each operation is checked: after ``add`` a SYN to the new VIP must be
-answered by one of its endpoints, after ``remove`` it must go unanswered
-(``verified``).  Times are wall-clock seconds of render (pure Python) plus
+answered by one of its endpoints, after ``remove`` it must go unanswered,
+after ``endpoints`` and ``burst`` a changed service must be answered by one
+of its new endpoints (``verified``).  Times are wall-clock seconds of render (pure Python) plus
 load (the kernel's loader or the bpf() calls), as kube-proxy would spend
 them; they include the loader's own work, such as ``nft`` reading the table
 back from the kernel.
@@ -44,7 +54,9 @@ from labkit.probes.syn import SynProber
 from labkit.rundir import schema
 from labkit.runs.runner import Block, BlockContext, Experiment, Runner, plan
 
-OPS = ("program", "add", "remove")
+OPS = ("program", "add", "remove", "endpoints", "burst")
+#: services whose endpoints a ``burst`` replaces in one sync
+BURST = 100
 VERIFY_TIMEOUT = 0.3
 #: how a full sync changes a datapath (``update`` of "full" rows)
 FULL_UPDATE = "full re-render and reload of the whole catalog (kube-proxy's full sync)"
@@ -53,6 +65,7 @@ FULL_UPDATE = "full re-render and reload of the whole catalog (kube-proxy's full
 def _row(op: str, services: int, before: int, prog: Any, verified: bool | None, check: str,
          started: float, kind: str = "full") -> dict:
     return {"op": op, "kind": kind, "services": services, "services_before": before,
+            "changed": services if op == "program" else 1,
             "seconds": prog.render_s + prog.load_s,
             "render_s": prog.render_s, "load_s": prog.load_s,
             "verified": verified, "check": check, "started": started}
@@ -80,40 +93,58 @@ def measure_ops(lab: Lab, dp: Any, seed: int = 0, verify: bool = True,
                 each: Callable[[dict], None] | None = None, full: bool = False) -> list[dict]:
     """Add one service to the loaded datapath ``dp`` of N services and remove
     it again, the mode's own way (``kind`` its ``update_kind``); with ``full``
-    and a mode that also has a full sync (``full_sync``: the iptables modes),
-    then the same add and remove again as full syncs (``kind`` "full").  One
-    row per operation.  ``services`` is N for all, ``services_before`` the
-    count each operation found (N, then N+1).  ``each(row)`` is called as
-    soon as a row is measured."""
-    paths: list[tuple[str, str, Callable[[], Any], Callable[[], Any]]] = [
-        (dp.update_kind, type(dp).update, dp.add_service, dp.remove_service)]
+    and a mode that can (``changes_endpoints``), also replace the endpoints
+    of service N-1 (op ``endpoints``) and of the last ``min(BURST, N)``
+    services in one sync (op ``burst``), each put back afterwards, untimed;
+    with ``full`` and a mode that also has a full sync (``full_sync``: the
+    iptables modes), then the same operations again as full syncs (``kind``
+    "full").  One row per operation.  ``services`` is N for all,
+    ``services_before`` the count each operation found (N, then N+1 for
+    remove).  ``each(row)`` is called as soon as a row is measured."""
+    Op = Callable[[], Any]
+    Change = Callable[[list[int]], Any]
+    paths: list[tuple[str, str, Op, Op, Change]] = [
+        (dp.update_kind, type(dp).update, dp.add_service, dp.remove_service, dp.change_endpoints)]
     if full and dp.full_sync:
         paths.append(("full", FULL_UPDATE, lambda: dp.resync(dp._resized(+1)),
-                      lambda: dp.resync(dp._resized(-1))))
+                      lambda: dp.resync(dp._resized(-1)), lambda s: dp.resync(dp._rolled(s))))
+    rollout = full and dp.changes_endpoints
     rows: list[dict] = []
 
     def keep(row: dict) -> None:
         rows.append(row)
-        if each:
+        if each is not None:
             each(row)
 
     n = dp.catalog.services
-    for k, (kind, update, add, remove) in enumerate(paths):
+    for k, (kind, update, add, remove, change) in enumerate(paths):
         t = time.time()
         prog = add()
         verified, check = None, ""
+        grown = dp.catalog
         if verify:
-            ok, what = _answered(lab, dp.catalog, n, dp.catalog.vip(n), seed + 2 * k)
+            vip = grown.vip(n)
+            ok, what = _answered(lab, grown, n, vip, seed + 2 * k)
             verified, check = ok and what == "ok", f"new VIP: {what}"
         keep({**_row("add", n, n, prog, verified, check, t, kind), "update": update})
-        vip = dp.catalog.vip(n)
-        grown = dp.catalog
         t = time.time()
         prog = remove()
         if verify:
             ok, what = _answered(lab, grown, n, vip, seed + 2 * k + 1)
             verified, check = not ok, ("removed VIP: still answered" if ok else "removed VIP: no answer")
         keep({**_row("remove", n, n + 1, prog, verified, check, t, kind), "update": update})
+        if not (rollout and n > 0):
+            continue
+        for op, changed in (("endpoints", [n - 1]), ("burst", list(range(max(0, n - BURST), n)))):
+            t = time.time()
+            prog = change(changed)
+            if verify:   # answered by one of the new endpoints (the old ones no longer own it)
+                i = changed[0]
+                ok, what = _answered(lab, dp.catalog, i, dp.catalog.vip(i), seed + 2 * k + 7)
+                verified, check = ok and what == "ok", f"replaced endpoints: {what}"
+            keep({**_row(op, n, n, prog, verified, check, t, kind), "update": update,
+                  "changed": len(changed)})
+            change(changed)    # the original endpoints back: the next operations start from the catalog
     return rows
 
 
