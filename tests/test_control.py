@@ -17,12 +17,14 @@ from labkit.datapaths.ebpf import render_backends, render_maps, spare_entries
 from labkit.datapaths.ipvs import render_ipvs, render_ipvs_add, render_ipvs_remove
 from labkit.datapaths.nftables import (
     endpoint_chain,
+    messages_remove_service,
     render_add_service,
     render_change_endpoints,
     render_nftables,
     render_remove_service,
     service_chain,
 )
+from labkit.kernel import nfnetlink
 from labkit.lab.lab import Lab
 from labkit.probes.syn import SynProber
 from labkit.rundir import schema
@@ -229,31 +231,61 @@ def test_add_and_remove_one_service_real_kernel(mode):
 def _nft_chains(lab: Lab) -> list[str]:
     """The kube-proxy table's chain blocks and service-ips elements, sorted
     (creation order differs between a change in place and a fresh load)."""
-    text = lab.run(lab.node, ["nft", "list", "table", "ip", "kube-proxy"]).stdout
+    text = lab.run(lab.node, ["nft", "list", "table", "ip", "kube-proxy"]).stdout.rstrip()
+    assert text.endswith("}")
+    text = text[:-1]   # the table's closing brace: every chain block then ends alike
     return sorted(b.strip() for b in text.split("\tchain ")[1:]) + \
         sorted(text.split("elements = {", 1)[1].split("}", 1)[0].replace("\n", " ").split(","))
 
 
 @pytest.mark.root
-def test_nftables_endpoint_change_leaves_the_table_a_full_load_would():
+@pytest.mark.parametrize("loader", ["netlink", "nft"])
+def test_nftables_changes_leave_the_table_a_full_load_would(loader):
+    """Add, remove and endpoint changes in place, over netlink or through
+    ``nft -f``: the table nft lists afterwards is the one a full load of the
+    new catalog gives (the netlink batch encodes the same rules)."""
     _mode_ready("nftables")
-    cat = ServiceCatalog(12, 3)
-    rolled = ServiceCatalog(12, 3, rolled={2, 7, 11})
+    cat = ServiceCatalog(12, 3, ports=(80, 8080))
+    grown = ServiceCatalog(13, 3, ports=(80, 8080))
+    rolled = ServiceCatalog(12, 3, ports=(80, 8080), rolled={2, 7, 11})
     with Lab(endpoint_cidr=cat.endpoint_cidr) as lab:
         dp = MODES["nftables"](lab)
+        dp.change_loader = loader
         lab.defer("nftables teardown", dp.teardown)
-        dp.setup(rolled)
-        want = _nft_chains(lab)
+        want = {}
+        for c in (cat, grown, rolled):
+            dp.setup(c)
+            want[c] = _nft_chains(lab)
         dp.setup(cat)
+        dp.add_service()
+        assert dp.catalog == grown and _nft_chains(lab) == want[grown]
+        dp.remove_service()
+        assert dp.catalog == cat and _nft_chains(lab) == want[cat]
         dp.change_endpoints([2, 7, 11])
-        assert dp.catalog == rolled and _nft_chains(lab) == want
+        assert dp.catalog == rolled and _nft_chains(lab) == want[rolled]
         with SynProber(lab, timeout=0.5, seed=4) as pr:
-            out = pr.run([pr.craft(7, cat.vip(7), 80) for _ in range(12)])
+            out = pr.run([pr.craft(7, cat.vip(7), port) for port in (80, 8080) for _ in range(8)])
         assert {o.endpoint.split(":")[0] for o in out} <= set(rolled.endpoints_of(7)), out
         dp.change_endpoints([2, 7, 11])
-        dp2 = _nft_chains(lab)
+        assert dp.catalog == cat and _nft_chains(lab) == want[cat]
+
+
+@pytest.mark.root
+def test_nftables_refused_change_changes_nothing():
+    """A batch the kernel refuses (a service that is not there) is applied
+    not at all, and the error names the message."""
+    _mode_ready("nftables")
+    cat = ServiceCatalog(3, 2)
+    with Lab(endpoint_cidr=cat.endpoint_cidr, server=False) as lab:
+        dp = MODES["nftables"](lab)
+        lab.defer("nftables teardown", dp.teardown)
         dp.setup(cat)
-        assert dp2 == _nft_chains(lab)
+        before = _nft_chains(lab)
+        # removes service 1 (exists), then service 5 (does not): all or nothing
+        msgs = messages_remove_service(cat, 1) + messages_remove_service(ServiceCatalog(6, 2), 5)
+        with pytest.raises(nfnetlink.TransactionError, match="delete element"):
+            nfnetlink.transact(lab.node, msgs)
+        assert _nft_chains(lab) == before
 
 
 @pytest.mark.root

@@ -42,7 +42,6 @@ import os
 import resource
 import shutil
 import socket
-import struct
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -51,7 +50,7 @@ from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError
 from labkit.datapaths.base import Datapath, ProgramResult
 from labkit.datapaths.iptables import MASQ_MARK
-from labkit.kernel import netns
+from labkit.kernel import nfnetlink
 from labkit.lab.lab import Lab
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -270,21 +269,6 @@ def render_change_endpoints(old: ServiceCatalog, new: ServiceCatalog, *, select:
     return "".join(f"{ln}\n" for ln in lines)
 
 
-# nfnetlink constants (linux/netfilter/nfnetlink.h, nf_tables.h)
-_NETLINK_NETFILTER = 12
-_NFNL_SUBSYS_NFTABLES = 10
-_NFNL_MSG_BATCH_BEGIN, _NFNL_MSG_BATCH_END = 0x10, 0x11
-_NFT_MSG_DELTABLE = 2
-_NFTA_TABLE_NAME = 1
-_NLM_F_REQUEST, _NLM_F_ACK = 1, 4
-_NLMSG_ERROR = 2
-
-
-def _nlmsg(mtype: int, flags: int, seq: int, family: int, res_id: int, payload: bytes = b"") -> bytes:
-    body = struct.pack("=BBH", family, 0, socket.htons(res_id)) + payload
-    return struct.pack("=IHHII", 16 + len(body), mtype, flags, seq, 0) + body
-
-
 def delete_table(ns: str, name: str, family: int = socket.AF_INET) -> bool:
     """Delete nftables table ``name`` in namespace ``ns`` with one netlink
     batch; False if there was none.
@@ -295,32 +279,112 @@ def delete_table(ns: str, name: str, family: int = socket.AF_INET) -> bool:
     small fraction of that.  Timings: docs/nftables.md, "Where it differs
     from kube-proxy", item 5.
     """
-    key = name.encode() + b"\0"
-    attr = struct.pack("=HH", 4 + len(key), _NFTA_TABLE_NAME) + key
-    attr += b"\0" * (-len(attr) % 4)
-    batch = (_nlmsg(_NFNL_MSG_BATCH_BEGIN, _NLM_F_REQUEST, 1, socket.AF_UNSPEC, _NFNL_SUBSYS_NFTABLES)
-             + _nlmsg((_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_DELTABLE, _NLM_F_REQUEST | _NLM_F_ACK, 2,
-                      family, 0, attr)
-             + _nlmsg(_NFNL_MSG_BATCH_END, _NLM_F_REQUEST, 3, socket.AF_UNSPEC, _NFNL_SUBSYS_NFTABLES))
-    with netns.entered(ns):
-        sk = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-    with sk:
-        sk.settimeout(3600)
-        sk.bind((0, 0))
-        sk.send(batch)
-        while True:
-            data, off = sk.recv(65536), 0
-            while off + 20 <= len(data):
-                length, mtype, _, seq, _ = struct.unpack_from("=IHHII", data, off)
-                if mtype == _NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", data, off + 16)[0]
-                    if seq == 2 and err == 0:
-                        return True
-                    if seq == 2 and err == errno.ENOENT:
-                        return False
-                    if err:
-                        raise LabkitError(f"deleting nftables table {name} in {ns}: {os.strerror(err)}")
-                off += (length + 3) & ~3
+    try:
+        nfnetlink.transact(ns, [nfnetlink.delete_table(name)], family, timeout=3600)
+    except nfnetlink.TransactionError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise LabkitError(f"deleting nftables table {name} in {ns}: {os.strerror(exc.errno)}") from None
+    return True
+
+
+# ---- one service's change as nf_tables messages (pure) -------------------------
+MASQ_CHAIN = "mark-for-masquerade"
+_TCP = bytes([socket.IPPROTO_TCP])
+
+
+def _a(addr: int) -> bytes:
+    return addr.to_bytes(4, "big")
+
+
+def _service_key(vip: int, port: int) -> bytes:
+    """``service-ips`` key ``VIP . tcp . port``: each field padded to 4 bytes."""
+    return _a(vip) + _TCP + b"\0\0\0" + port.to_bytes(2, "big") + b"\0\0"
+
+
+def _chain_messages(catalog: ServiceCatalog, i: int, port: int, table: str = TABLE) -> list[nfnetlink.Message]:
+    """The chains of service ``i`` on ``port`` and their rules, the same rules
+    :func:`render_nftables` writes with ``select="rules"``, as messages:
+    endpoint chains first, then the service chain that jumps to them."""
+    nl = nfnetlink
+    name, n = catalog.name(i), catalog.endpoints
+    eps = [catalog.endpoint_int(i, j) for j in range(n)]
+    epcs = [endpoint_chain(name, _ip(ep), port) for ep in eps]
+    svc = service_chain(name, port)
+    msgs: list[nl.Message] = []
+    for ep, epc in zip(eps, epcs):
+        msgs += [nl.new_chain(table, epc),
+                 nl.new_rule(table, epc, [nl.payload(nl.BASE_NETWORK, 12, 4), nl.cmp(_a(ep)),
+                                          nl.verdict(nl.NFT_JUMP, MASQ_CHAIN)]),
+                 nl.new_rule(table, epc, [nl.meta(nl.META_L4PROTO), nl.cmp(_TCP),
+                                          nl.immediate(_a(ep), nl.REG_1),
+                                          nl.immediate(port.to_bytes(2, "big"), nl.REG_2),
+                                          nl.dnat_ipv4()])]
+    msgs.append(nl.new_chain(table, svc))
+    net = catalog.endpoint_net
+    msgs.append(nl.new_rule(table, svc, [
+        nl.payload(nl.BASE_NETWORK, 16, 4), nl.cmp(_a(catalog.vip_int(i))),
+        nl.meta(nl.META_L4PROTO), nl.cmp(_TCP),
+        nl.payload(nl.BASE_TRANSPORT, 2, 2), nl.cmp(port.to_bytes(2, "big")),
+        nl.payload(nl.BASE_NETWORK, 12, 4), nl.bitwise(net.netmask.packed, b"\0" * 4),
+        nl.cmp(net.network_address.packed, nl.CMP_NEQ), nl.verdict(nl.NFT_JUMP, MASQ_CHAIN)]))
+    for j, epc in enumerate(epcs[:-1]):   # P(endpoint j) = 1/(n-j) given none before: 1/n each
+        msgs.append(nl.new_rule(table, svc, [nl.numgen_random(n - j), nl.cmp(b"\0" * 4),
+                                             nl.verdict(nl.NFT_GOTO, epc)]))
+    msgs.append(nl.new_rule(table, svc, [nl.verdict(nl.NFT_GOTO, epcs[-1])]))
+    return msgs
+
+
+def _chains_of(catalog: ServiceCatalog, i: int, port: int) -> tuple[str, list[str]]:
+    name = catalog.name(i)
+    return service_chain(name, port), [endpoint_chain(name, catalog.endpoint(i, j), port)
+                                       for j in range(catalog.endpoints)]
+
+
+def _drop(table: str, chains: Iterable[str]) -> list[nfnetlink.Message]:
+    out: list[nfnetlink.Message] = []
+    for c in chains:
+        out += [nfnetlink.flush_chain(table, c), nfnetlink.delete_chain(table, c)]
+    return out
+
+
+def messages_add_service(catalog: ServiceCatalog, i: int, table: str = TABLE) -> list[nfnetlink.Message]:
+    """Service ``i`` of ``catalog`` added to a loaded table (what
+    :func:`render_add_service` does, as one nf_tables batch; pure)."""
+    msgs: list[nfnetlink.Message] = []
+    elems = []
+    for port in catalog.ports:
+        msgs += _chain_messages(catalog, i, port, table)
+        elems.append((_service_key(catalog.vip_int(i), port), nfnetlink.NFT_GOTO,
+                      service_chain(catalog.name(i), port)))
+    return msgs + [nfnetlink.add_elements(table, "service-ips", elems)]
+
+
+def messages_remove_service(catalog: ServiceCatalog, i: int, table: str = TABLE) -> list[nfnetlink.Message]:
+    """Service ``i`` of ``catalog`` removed: its element, then its chains (pure)."""
+    keys = [_service_key(catalog.vip_int(i), port) for port in catalog.ports]
+    msgs = [nfnetlink.delete_elements(table, "service-ips", keys)]
+    for port in catalog.ports:
+        svc, epcs = _chains_of(catalog, i, port)
+        msgs += _drop(table, [svc, *epcs])
+    return msgs
+
+
+def messages_change_endpoints(old: ServiceCatalog, new: ServiceCatalog,
+                              table: str = TABLE) -> list[nfnetlink.Message]:
+    """What :func:`render_change_endpoints` does, as one batch (pure)."""
+    if (old.services, old.endpoints, old.ports) != (new.services, new.endpoints, new.ports):
+        raise ValueError("an endpoint change keeps services, endpoints per service and ports")
+    msgs: list[nfnetlink.Message] = []
+    gone: list[str] = []
+    for i in sorted(old.rolled ^ new.rolled):
+        for port in new.ports:
+            svc, epcs = _chains_of(new, i, port)
+            _svc, stale = _chains_of(old, i, port)
+            fresh = [m for m in _chain_messages(new, i, port, table) if m != nfnetlink.new_chain(table, svc)]
+            msgs += [nfnetlink.flush_chain(table, svc), *fresh]
+            gone += [c for c in stale if c not in epcs]
+    return msgs + _drop(table, gone)
 
 
 class Nftables(Datapath):
@@ -356,39 +420,43 @@ class Nftables(Datapath):
     def load(self, text: str) -> None:
         self.lab.run(self.lab.node, ["nft", "-f", "-"], input=text, timeout=3600)
 
-    # control-plane operations: one service in place, in one nft transaction
+    # control-plane operations: one service in place, in one nf_tables transaction
     update_kind = "partial"
-    update = ("one nft transaction: add/delete the service's chains and its service-ips element; "
-              "new endpoints: their chains added, the service chain refilled, the old ones deleted")
+    update = ("one nf_tables transaction sent over netlink (nft 1.0.6 would first read every chain "
+              "back): add/delete the service's chains and its service-ips element; new endpoints: "
+              "their chains added, the service chain refilled, the old ones deleted")
+    changes_endpoints = True
+    #: how a change reaches the kernel: "netlink" (one batch, nothing read back)
+    #: or "nft" (``nft -f`` of the same change, as kube-proxy sends it); the
+    #: netlink path encodes select="rules" only
+    change_loader = "netlink"
 
     def add_service(self) -> ProgramResult:
-        return self._one(self._resized(+1), self._loaded_catalog().services, render_add_service)
+        new, i = self._resized(+1), self._loaded_catalog().services
+        return self._change(new, lambda: messages_add_service(new, i),
+                            lambda: render_add_service(new, i, select=self.select))
 
     def remove_service(self) -> ProgramResult:
-        return self._one(self._resized(-1), self._loaded_catalog().services - 1, render_remove_service)
-
-    changes_endpoints = True
+        old = self._loaded_catalog()
+        return self._change(self._resized(-1), lambda: messages_remove_service(old, old.services - 1),
+                            lambda: render_remove_service(old, old.services - 1, select=self.select))
 
     def change_endpoints(self, services: Iterable[int]) -> ProgramResult:
-        if self.select not in ("rules", "vmap"):
-            return super().change_endpoints(services)
-        new = self._rolled(services)
-        t0 = time.perf_counter()
-        text = render_change_endpoints(self._loaded_catalog(), new, select=self.select)
-        t1 = time.perf_counter()
-        self.lab.run(self.lab.node, ["nft", "-f", "-"], input=text, timeout=3600)
-        t2 = time.perf_counter()
-        self.catalog = new
-        return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+        old, new = self._loaded_catalog(), self._rolled(services)
+        return self._change(new, lambda: messages_change_endpoints(old, new),
+                            lambda: render_change_endpoints(old, new, select=self.select))
 
-    def _one(self, catalog: ServiceCatalog, i: int, renderer) -> ProgramResult:
+    def _change(self, catalog: ServiceCatalog, messages, text) -> ProgramResult:
         if self.select not in ("rules", "vmap"):
             return self.resync(catalog)
+        netlink = self.change_loader == "netlink" and self.select == "rules"
         t0 = time.perf_counter()
-        text = renderer(catalog if renderer is render_add_service else self.catalog, i,
-                        select=self.select)
+        out = messages() if netlink else text()
         t1 = time.perf_counter()
-        self.lab.run(self.lab.node, ["nft", "-f", "-"], input=text, timeout=3600)
+        if netlink:
+            nfnetlink.transact(self.lab.node, out, timeout=3600)
+        else:
+            self.lab.run(self.lab.node, ["nft", "-f", "-"], input=out, timeout=3600)
         t2 = time.perf_counter()
         self.catalog = catalog
         return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
