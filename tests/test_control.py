@@ -210,10 +210,13 @@ def test_add_and_remove_one_service_real_kernel(mode):
         lab.defer(f"{mode} teardown", dp.teardown)
         dp.setup(cat)
         rows = control.measure_ops(lab, dp, seed=1, full=True)
-        paths = 2 if dp.full_sync else 1
+        loaders = max(1, len(dp.CHANGE_LOADERS))   # nftables: over netlink, then through nft -f
+        paths = loaders + dp.full_sync
         ops = ["add", "remove"] + (["endpoints", "burst"] if dp.changes_endpoints else [])
         assert [r["op"] for r in rows] == ops * paths
-        assert [r["kind"] for r in rows] == ["partial"] * len(ops) + ["full"] * len(ops) * (paths - 1)
+        assert [r["kind"] for r in rows] == ["partial"] * len(ops) * loaders + ["full"] * len(ops) * dp.full_sync
+        assert [r["loader"] for r in rows][::len(ops)] == \
+            [*(dp.CHANGE_LOADERS or [dp.change_loader]), *[dp.program_loader] * dp.full_sync]
         assert [r["services"] for r in rows] == [30] * len(ops) * paths
         assert [r["services_before"] for r in rows] == [30, 31, 30, 30][:len(ops)] * paths
         assert [r["changed"] for r in rows] == [1, 1, 1, 30][:len(ops)] * paths   # burst: min(100, N)
@@ -297,9 +300,10 @@ def test_labkit_control_writes_the_table(tmp_path):
     df = pd.read_parquet(os.path.join(out, schema.CONTROL))
     assert set(schema.CONTROL_COLUMNS) <= set(df.columns)
     # program, add, remove; at 50 services also an endpoint change and a burst;
-    # iptables-nft every change again as a full sync
-    assert len(df) == (3 + 5) + (5 + 9)
-    assert dict(df.groupby("mode").size()) == {"iptables-nft": 14, "nftables": 8}
+    # iptables-nft every change again as a full sync, nftables through nft -f besides netlink
+    assert len(df) == 2 * ((1 + 2 * 2) + (1 + 4 * 2))
+    assert dict(df.groupby("mode").size()) == {"iptables-nft": 14, "nftables": 14}
+    assert set(df.loc[df["mode"] == "nftables", "loader"]) == {"nft", "netlink"}
     assert set(df.loc[df["op"].isin(["endpoints", "burst"]), "services"]) == {50}
     assert set(df.loc[df["op"] == "burst", "changed"]) == {50}
     assert set(df.loc[df["mode"] == "iptables-nft", "kind"]) == {"full", "partial"}

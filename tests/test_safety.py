@@ -288,9 +288,9 @@ def test_every_run_kind_resumes_after_sigkill_with_no_row_lost_or_repeated(tmp_p
             "cpu": ["cpu", "--modes", mode, "--services", "0,30,60", "--rounds", "2", "--seconds", "0.3"]}[kind]
     table = {"sweep": schema.CONTROL, "control": schema.CONTROL, "cpu": schema.CPU}[kind]
     # control: program, add, remove, an endpoint change and a burst (not at 0 services);
-    # for iptables every change again as a full sync
+    # for iptables every change again as a full sync, for nftables through nft -f
     cls = MODES[mode]
-    paths = 2 if cls.full_sync else 1
+    paths = max(1, len(cls.CHANGE_LOADERS)) + cls.full_sync
     ctl = [1 + paths * (2 + 2 * (n > 0 and cls.changes_endpoints)) for n in (0, 30, 60)]
     total = 2 * {"sweep": 9, "control": sum(ctl), "cpu": 3}[kind]
     kill_at = {"sweep": 7, "control": ctl[0] + ctl[1] + 1, "cpu": 3}[kind]   # in the third block or so
@@ -304,7 +304,7 @@ def test_every_run_kind_resumes_after_sigkill_with_no_row_lost_or_repeated(tmp_p
     assert cp.returncode == 0, cp.stderr
     df = pd.read_parquet(out / table)
     assert len(df) == total
-    key = ["block", "op", "kind"] if "op" in df.columns else ["block", "target"]
+    key = ["block", "op", "kind", "loader"] if "op" in df.columns else ["block", "target"]
     assert not df.duplicated(key).any()
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
     meta = json.loads((out / schema.KINDS[kind].meta).read_text())

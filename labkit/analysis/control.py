@@ -16,9 +16,13 @@ KINDS = ("full", "partial")
 
 
 def with_kind(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with a ``kind`` column (full | partial).  Tables of schema < 4
-    have none: ``program`` is full, and a change is full when its ``update``
-    text says it re-rendered and reloaded everything (the only full path then)."""
+    """``df`` with a ``kind`` column (full | partial) and a ``loader`` column.
+    Tables of schema < 4 have no kind: ``program`` is full, and a change is
+    full when its ``update`` text says it re-rendered and reloaded everything
+    (the only full path then); tables of schema < 5 no loader (read as '')."""
+    if "loader" not in df.columns or df["loader"].isna().any():
+        df = df.assign(loader=df["loader"].astype(object).where(df["loader"].notna(), "")
+                       if "loader" in df.columns else "")
     if "kind" in df.columns and df["kind"].notna().all():
         return df
     out = df.copy()
@@ -39,14 +43,15 @@ def load(run_dir: str) -> pd.DataFrame | None:
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Median, min and max seconds per mode, operation, kind (full |
-    partial) and service count, and how many operations failed their check."""
+    partial), loader and service count, and how many operations failed
+    their check."""
     df = with_kind(df)
-    g = df.groupby(["mode", "op", "kind", "services"], sort=True)
+    g = df.groupby(["mode", "op", "kind", "loader", "services"], sort=True)
     out = g["seconds"].agg(["median", "min", "max", "count"]).reset_index()
     bad = g["verified"].apply(lambda v: int((v == False).sum()))  # noqa: E712 (None = unchecked)
     out["failed_checks"] = bad.to_numpy()
     out["op"] = pd.Categorical(out["op"], OPS, ordered=True)
-    return out.sort_values(["op", "mode", "kind", "services"]).reset_index(drop=True)
+    return out.sort_values(["op", "mode", "kind", "loader", "services"]).reset_index(drop=True)
 
 
 def slopes(df: pd.DataFrame) -> pd.DataFrame:
@@ -55,7 +60,7 @@ def slopes(df: pd.DataFrame) -> pd.DataFrame:
     and the chosen model of :func:`labkit.analysis.fit_models`."""
     rows = []
     df = with_kind(df)
-    for (mode, op, kind), g in df.groupby(["mode", "op", "kind"], sort=True):
+    for (mode, op, kind, loader), g in df.groupby(["mode", "op", "kind", "loader"], sort=True):
         x = g["services"].to_numpy(dtype=float)
         y = g["seconds"].to_numpy(dtype=float)
         if len(set(x)) < 2:
@@ -63,7 +68,8 @@ def slopes(df: pd.DataFrame) -> pd.DataFrame:
         fits = fit_models(x, y, ("constant", "linear"))
         chosen, _, _ = select_model(fits, "aic") if len(fits) > 1 else ("linear", "", {})
         p = fits["linear"].params()
-        rows.append({"mode": mode, "op": op, "kind": kind, "ms_per_1000_services": p["b"] * 1e6,
+        rows.append({"mode": mode, "op": op, "kind": kind, "loader": loader,
+                     "ms_per_1000_services": p["b"] * 1e6,
                      "intercept_s": p["a"], "chosen": chosen, "points": len(x),
                      "services_max": int(x.max())})
     return pd.DataFrame(rows)

@@ -96,6 +96,13 @@ class Datapath(ABC):
     #: change that ``labkit control`` also times (kube-proxy's iptables mode
     #: does both: partial syncs, and a full one now and then)
     full_sync: ClassVar[bool] = False
+    #: the program (or system call) that applies a change: the ``loader``
+    #: column of control rows; a mode with :attr:`CHANGE_LOADERS` is timed
+    #: with each of them by ``labkit control``
+    change_loader: str = "restore"
+    CHANGE_LOADERS: ClassVar[tuple[str, ...]] = ()
+    #: the loader of a full load (setup, resync): the ``loader`` of program rows
+    program_loader: ClassVar[str] = ""
     #: True when the mode replaces services' endpoints in place (a rollout:
     #: :meth:`change_endpoints`); ``labkit control`` times it then
     changes_endpoints: ClassVar[bool] = False

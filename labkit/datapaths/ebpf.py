@@ -464,6 +464,7 @@ class Ebpf(Datapath):
               "count) last, as Cilium orders them; removal in reverse; new endpoints: "
               "the backends' entries rewritten")
     changes_endpoints = True
+    change_loader = program_loader = "bpf()"
 
     def add_service(self) -> ProgramResult:
         new, old = self._resized(+1), self._loaded_catalog()

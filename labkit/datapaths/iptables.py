@@ -219,6 +219,7 @@ class IptablesLegacy(_Iptables):
     # / endpoints, +25%; figures and derivation: docs/experiments.md, "Memory per endpoint"
     mem_per_endpoint = 6_200
     backend = "legacy"
+    change_loader = program_loader = "iptables-legacy-restore"
     summary = "kube-proxy iptables mode on the legacy x_tables backend"
     needs = "CONFIG_IP_NF_NAT, CONFIG_NETFILTER_XT_MATCH_STATISTIC/COMMENT/ADDRTYPE/MARK"
 
@@ -233,6 +234,7 @@ class IptablesNft(_Iptables):
     # / endpoints, +25%; figures and derivation: docs/experiments.md, "Memory per endpoint"
     mem_per_endpoint = 10_900
     backend = "nft"
+    change_loader = program_loader = "iptables-nft-restore"
     summary = "kube-proxy iptables mode on the nf_tables backend (iptables-nft, xt compat matches)"
     needs = "CONFIG_NF_TABLES, CONFIG_NFT_COMPAT, CONFIG_NF_NAT, xt statistic/comment/addrtype/mark"
 

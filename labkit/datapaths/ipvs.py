@@ -424,6 +424,7 @@ class Ipvs(Datapath):
 
     # ---- control-plane operations: one service in place ---------------------
     update_kind = "partial"
+    change_loader = program_loader = "ipset, ip, ipvsadm"
     update = ("ipset add/del, the VIP on kube-ipvs0, ipvsadm -A/-a (-D to remove): only the "
               "changed service, as kube-proxy's IPVS proxier applies its diff")
 

@@ -430,6 +430,8 @@ class Nftables(Datapath):
     #: or "nft" (``nft -f`` of the same change, as kube-proxy sends it); the
     #: netlink path encodes select="rules" only
     change_loader = "netlink"
+    CHANGE_LOADERS = ("netlink", "nft")
+    program_loader = "nft"
 
     def add_service(self) -> ProgramResult:
         new, i = self._resized(+1), self._loaded_catalog().services

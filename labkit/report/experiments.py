@@ -37,6 +37,7 @@ from labkit.analysis.experiments import (
     penalty_table,
 )
 from labkit.analysis.fit import Analysis
+from labkit.datapaths import MODES
 from labkit.report.build import table_html
 from labkit.report.plots import show
 
@@ -144,18 +145,23 @@ def control_figure(df: pd.DataFrame):
     for ax, op in zip(axes[0], ops):
         d = control.with_kind(df[df["op"] == op])
         two = op != "program" and d.groupby("mode")["kind"].nunique().max() > 1
-        for (mode, kind), g in d.groupby(["mode", "kind"], sort=False):
+        for (mode, kind, loader), g in d.groupby(["mode", "kind", "loader"], sort=False):
             m = g.groupby("services")["seconds"].median()
             x = np.maximum(m.index.to_numpy(dtype=float), 1)
-            ax.plot(x, m.values, marker="o", color=pal[mode], ls="--" if two and kind == "full" else "-",
-                    label=f"{mode} ({kind})" if op != "program" else mode)
+            # dashed: a full sync beside partial ones; dotted: a mode's second loader
+            other = loader != "" and loader != getattr(MODES.get(mode), "change_loader", loader)
+            style = ":" if other and kind != "full" else "--" if two and kind == "full" else "-"
+            what = ", ".join(w for w in (kind, loader if other else "") if w)
+            ax.plot(x, m.values, marker="o", color=pal[mode], ls=style,
+                    label=f"{mode} ({what})" if op != "program" else mode)
             ax.scatter(np.maximum(g["services"], 1), g["seconds"], s=8, color=pal[mode], alpha=0.4)
         pub = anchors.table("k8s-issues")
-        if op == "program":
-            p = pub[pub["services"].notna()]
+        marks = {"program": ("restore_s", "full_sync_s"), "add": ("add_one_s",)}.get(op, ())
+        p = pub[pub["services"].notna() & pub["metric"].isin(marks)]
+        if len(p):
             ax.errorbar(p["services"].astype(float), p["value"],
                         yerr=[p["value"] - p["low"], p["high"] - p["value"]], fmt="s", mfc="none",
-                        color="0.4", capsize=3, label="published (kube-proxy issues)")
+                        color="0.4", capsize=3, label="published (kube-proxy)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"{op}: seconds (median; 0 drawn at 1)")
@@ -301,9 +307,12 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
             "kube-proxy's iptables proxier does (<code>iptables-restore --noflush</code> of "
             "KUBE-SERVICES and the changed service's chains); <code>labkit control</code> also times "
             "the same change as a full sync (the whole table re-rendered and restored, dashed); "
-            "nftables changes one service in one <code>nft</code> "
-            "transaction; IPVS applies only that service's ipset, address and ipvsadm changes; eBPF "
-            "updates map entries in place. Each add/remove is checked with a SYN to the VIP."))
+            "nftables changes one service in one nf_tables transaction, sent as one netlink batch "
+            "(and, dotted, through <code>nft -f</code> as kube-proxy sends it: Debian 12's nft first "
+            "reads every chain back); IPVS applies only that service's ipset, address and ipvsadm "
+            "changes; eBPF updates map entries in place. <b>endpoints</b>: one service's endpoints "
+            "replaced (a rollout), <b>burst</b>: the last 100 services' in one sync. Each change is "
+            "checked with a SYN to the VIP. Grey squares: kube-proxy's published figures."))
         s.parts.append(control_figure(ctl))
         sm = control.summary(ctl)
         s.parts.append(_table(sm.rename(columns={"median": "median s", "min": "min s", "max": "max s",
@@ -311,7 +320,8 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
         sl = control.slopes(ctl)
         if len(sl):
             s.parts.append("<h4>Straight-line slopes, milliseconds per 1,000 services</h4>" + _table(sl, "{:,.2f}"))
-        upd = ctl[ctl["op"] != "program"].drop_duplicates(["mode", "kind"])[["mode", "kind", "update"]]
+        upd = control.with_kind(ctl[ctl["op"] != "program"]).drop_duplicates(["mode", "kind", "loader"])[
+            ["mode", "kind", "loader", "update"]]
         s.parts.append("<h4>How each mode changes one service</h4>" + _table(upd))
         pub = control_published()
         s.parts.append("<h4>Published kube-proxy figures</h4>" + _table(pub, "{:,.2f}") + "<ul>" + "".join(

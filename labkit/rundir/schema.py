@@ -101,6 +101,8 @@ CONTROL_COLUMNS: dict[str, str] = {
     "verified": "a SYN afterwards confirmed the change (None: not checked)",
     "check": "what the verifying SYN saw",
     "update": "how the mode applies one change",
+    "loader": "what sent it to the kernel: iptables-*-restore, nft, netlink (one nf_tables batch "
+              "of labkit's), bpf(), ipset/ip/ipvsadm; missing before schema 5",
     "started": "Unix time the operation started",
 }
 

@@ -71,9 +71,10 @@ def _row(op: str, services: int, before: int, prog: Any, verified: bool | None, 
             "verified": verified, "check": check, "started": started}
 
 
-def program_row(services: int, prog: Any, started: float) -> dict:
+def program_row(services: int, prog: Any, started: float, loader: str = "") -> dict:
     """The ``program`` row of a block that loaded ``services`` from scratch."""
-    return {**_row("program", services, 0, prog, None, "", started), "update": FULL_UPDATE}
+    return {**_row("program", services, 0, prog, None, "", started), "update": FULL_UPDATE,
+            "loader": loader}
 
 
 def _answered(lab: Lab, catalog: ServiceCatalog, i: int, vip: str, seed: int) -> tuple[bool, str]:
@@ -96,17 +97,33 @@ def measure_ops(lab: Lab, dp: Any, seed: int = 0, verify: bool = True,
     and a mode that can (``changes_endpoints``), also replace the endpoints
     of service N-1 (op ``endpoints``) and of the last ``min(BURST, N)``
     services in one sync (op ``burst``), each put back afterwards, untimed;
-    with ``full`` and a mode that also has a full sync (``full_sync``: the
-    iptables modes), then the same operations again as full syncs (``kind``
-    "full").  One row per operation.  ``services`` is N for all,
+    with ``full`` and a mode that has more than one way to send a change
+    (``CHANGE_LOADERS``: nftables over netlink and through ``nft -f``), the
+    same operations again with each (``loader``); with ``full`` and a mode
+    that also has a full sync (``full_sync``: the iptables modes), then the
+    same operations again as full syncs (``kind`` "full").  One row per operation.  ``services`` is N for all,
     ``services_before`` the count each operation found (N, then N+1 for
     remove).  ``each(row)`` is called as soon as a row is measured."""
     Op = Callable[[], Any]
     Change = Callable[[list[int]], Any]
-    paths: list[tuple[str, str, Op, Op, Change]] = [
-        (dp.update_kind, type(dp).update, dp.add_service, dp.remove_service, dp.change_endpoints)]
+    own = dp.change_loader
+    loaders = [own] + [lo for lo in (dp.CHANGE_LOADERS if full else ()) if lo != own]
+
+    def using(loader: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*a: Any) -> Any:
+            dp.change_loader = loader
+            try:
+                return fn(*a)
+            finally:
+                dp.change_loader = own
+        return run
+
+    # (kind, update, loader, add, remove, change)
+    paths: list[tuple[str, str, str, Op, Op, Change]] = [
+        (dp.update_kind, type(dp).update, lo, using(lo, dp.add_service), using(lo, dp.remove_service),
+         using(lo, dp.change_endpoints)) for lo in loaders]
     if full and dp.full_sync:
-        paths.append(("full", FULL_UPDATE, lambda: dp.resync(dp._resized(+1)),
+        paths.append(("full", FULL_UPDATE, dp.program_loader, lambda: dp.resync(dp._resized(+1)),
                       lambda: dp.resync(dp._resized(-1)), lambda s: dp.resync(dp._rolled(s))))
     rollout = full and dp.changes_endpoints
     rows: list[dict] = []
@@ -117,7 +134,7 @@ def measure_ops(lab: Lab, dp: Any, seed: int = 0, verify: bool = True,
             each(row)
 
     n = dp.catalog.services
-    for k, (kind, update, add, remove, change) in enumerate(paths):
+    for k, (kind, update, loader, add, remove, change) in enumerate(paths):
         t = time.time()
         prog = add()
         verified, check = None, ""
@@ -126,13 +143,14 @@ def measure_ops(lab: Lab, dp: Any, seed: int = 0, verify: bool = True,
             vip = grown.vip(n)
             ok, what = _answered(lab, grown, n, vip, seed + 2 * k)
             verified, check = ok and what == "ok", f"new VIP: {what}"
-        keep({**_row("add", n, n, prog, verified, check, t, kind), "update": update})
+        keep({**_row("add", n, n, prog, verified, check, t, kind), "update": update, "loader": loader})
         t = time.time()
         prog = remove()
         if verify:
             ok, what = _answered(lab, grown, n, vip, seed + 2 * k + 1)
             verified, check = not ok, ("removed VIP: still answered" if ok else "removed VIP: no answer")
-        keep({**_row("remove", n, n + 1, prog, verified, check, t, kind), "update": update})
+        keep({**_row("remove", n, n + 1, prog, verified, check, t, kind), "update": update,
+              "loader": loader})
         if not (rollout and n > 0):
             continue
         for op, changed in (("endpoints", [n - 1]), ("burst", list(range(max(0, n - BURST), n)))):
@@ -143,7 +161,7 @@ def measure_ops(lab: Lab, dp: Any, seed: int = 0, verify: bool = True,
                 ok, what = _answered(lab, dp.catalog, i, dp.catalog.vip(i), seed + 2 * k + 7)
                 verified, check = ok and what == "ok", f"replaced endpoints: {what}"
             keep({**_row(op, n, n, prog, verified, check, t, kind), "update": update,
-                  "changed": len(changed)})
+                  "loader": loader, "changed": len(changed)})
             change(changed)    # the original endpoints back: the next operations start from the catalog
     return rows
 
@@ -201,7 +219,7 @@ class Control(Experiment):
         t = time.time()
         prog = dp.setup(cat)
         try:
-            ctx.tables.add(schema.CONTROL, [{**program_row(cat.services, prog, t), **ident}])
+            ctx.tables.add(schema.CONTROL, [{**program_row(cat.services, prog, t, dp.program_loader), **ident}])
             measure_ops(ctx.lab, dp, seed=ctx.block.block, verify=self.p.verify, full=True,
                         each=lambda row: ctx.tables.add(schema.CONTROL, [{**row, **ident}]))
         finally:

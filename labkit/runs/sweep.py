@@ -229,7 +229,7 @@ class Sweep(Experiment):
                             ctx.bar.update(1)
             # control plane: this block's programming, then add one service and remove it
             ident = {**ctx.ident(), "endpoints": catalog.endpoints}
-            ctx.tables.add(schema.CONTROL, [{**program_row(catalog.services, prog, t0), **ident}])
+            ctx.tables.add(schema.CONTROL, [{**program_row(catalog.services, prog, t0, dp.program_loader), **ident}])
             measure_ops(ctx.lab, dp, seed=b.block,
                         each=lambda row: ctx.tables.add(schema.CONTROL, [{**row, **ident}]))
         finally:
