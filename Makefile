@@ -2,7 +2,9 @@
 #   sudo make report   # installs what it needs, runs the default sweep, writes the HTML report
 #   sudo make test     # installs what it needs, runs the whole test suite
 SHELL := /bin/bash
-PYTHON ?= python3
+# Debian's interpreter when there is one: a venv built on it runs for every user (an
+# interpreter under /root would not: `make test-unit` is for any user)
+PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -14,7 +16,7 @@ PUBLISH_DIR ?= build/publish
 APT_PACKAGES := iproute2 iptables nftables procps kmod conntrack \
 	clang llvm libbpf-dev linux-libc-dev bpftool ethtool \
 	ipvsadm ipset qemu-system-x86 busybox-static file \
-	apache2-utils patchelf python3-venv python3-dev gcc chromium
+	apache2-utils patchelf python3-venv python3-dev gcc chromium strace
 
 .PHONY: setup apt tools venv report sweep test test-unit lint lab publish clean distclean
 
@@ -54,6 +56,8 @@ report: setup
 
 # a sweep from any parameter file, through the parameterized notebook (papermill)
 sweep: setup
+	@# the parameters checked as `labkit sweep` checks them, before anything is created
+	$(BIN)/python -m labkit params $(PARAMS) >/dev/null
 	mkdir -p $(RUN)
 	$(BIN)/papermill notebooks/sweep.ipynb $(RUN)/sweep.ipynb -f $(PARAMS) -p out_dir $(RUN) \
 	  -p command "make sweep PARAMS=$(PARAMS) RUN=$(RUN)"

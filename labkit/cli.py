@@ -28,7 +28,7 @@ from labkit.report.build import build_report
 from labkit.report.compare import build_compare
 from labkit.rundir import schema
 from labkit.rundir.store import read_table
-from labkit.runs.bench import BenchProgram, bench_send, summarize_program
+from labkit.runs.bench import BenchProgram, bench_nft_change, bench_send, summarize_program
 from labkit.runs.control import Control
 from labkit.runs.cpu import Cpu
 from labkit.runs.doctor import doctor
@@ -120,6 +120,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_params(args: argparse.Namespace) -> int:
+    """Validate a parameter file exactly as ``sweep --params`` does."""
+    print(json.dumps(SweepParams.from_yaml(args.file).to_dict(), indent=2))
+    return 0
+
+
 def cmd_control(args: argparse.Namespace) -> int:
     exp = None if args.resume else Control(
         split(args.modes, "modes"), split(args.services, "services"), endpoints=args.endpoints,
@@ -153,6 +159,10 @@ def cmd_cpu(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "send":
         print(json.dumps(bench_send(args.seconds, args.repeat)))
+        return 0
+    if args.what == "nft-change":
+        for row in bench_nft_change(args.services, args.endpoints, args.repeat):
+            print(json.dumps(row))
         return 0
     exp = None if args.resume else BenchProgram(
         names(args.modes, "modes", tuple(MODES)), whole(args.services, "services", 0, 1_000_000),
@@ -239,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--service-cidr", dest="service_cidr", help="VIP range (default 10.96.0.0/12)")
     s.add_argument("--endpoint-cidr", dest="endpoint_cidr", help="endpoint range (default 10.128.0.0/9)")
     _run_options(s, "run directory to write")
+
+    pa = sub.add_parser("params", help="check a parameter file as sweep would; print the parameters")
+    pa.add_argument("file")
+    pa.set_defaults(fn=cmd_params)
     s.set_defaults(fn=cmd_sweep)
 
     k = sub.add_parser("control", help="seconds to program N services, and to add and remove one")
@@ -266,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(u, "directory for cpu.parquet (may be a sweep's run directory)")
     u.set_defaults(fn=cmd_cpu)
 
-    b = sub.add_parser("bench", help="benchmarks: programming time, probe send capacity")
-    b.add_argument("what", choices=["program", "send"])
+    b = sub.add_parser("bench", help="benchmarks: programming time, probe send capacity, "
+                                     "where one nftables change spends its time")
+    b.add_argument("what", choices=["program", "send", "nft-change"])
     b.add_argument("--modes", default="iptables-legacy,iptables-nft")
     b.add_argument("--services", default="10000")
     b.add_argument("--endpoints", default="10")

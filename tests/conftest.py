@@ -100,3 +100,17 @@ def need_tool(name: str) -> None:
             pytest.skip(str(exc))
     elif not shutil.which(name):
         pytest.skip(f"{name} not installed (`sudo make setup` installs it)")
+
+
+@pytest.fixture
+def nobody_python() -> str:
+    """This checkout's venv interpreter, for tests that run it as user nobody;
+    skipped (with the reason) when nobody cannot reach it, as when the venv
+    was built on an interpreter under /root (``make`` builds it on Debian's)."""
+    python = os.path.join(os.path.dirname(__file__), "..", ".venv", "bin", "python")
+    parts = os.path.realpath(python).split(os.sep)
+    for i in range(2, len(parts)):
+        d = os.sep.join(parts[:i])
+        if os.path.isdir(d) and not os.stat(d).st_mode & 0o001:
+            pytest.skip(f"user nobody cannot enter {d}, on the way to this venv's interpreter")
+    return python

@@ -2,11 +2,14 @@
 import json
 import os
 import re
+import subprocess
 import tomllib
 
+import pytest
 import yaml
 
 from labkit.analysis import anchors
+from labkit.kernel import state
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -59,3 +62,17 @@ def test_docs_cite_only_files_in_the_repository():
                 for ref in ("DESIGN.md", "ANCHORS.md"):
                     assert ref not in text or name in ("test_project.py", "anchors.py"), \
                         f"{os.path.join(base, name)} cites {ref}, which is not in the repository"
+
+
+@pytest.mark.root
+def test_unit_tests_pass_as_an_unprivileged_user(nobody_python):
+    """``make test-unit`` is for any user: pure tests pass as nobody, also
+    when a root run has left labkit's private state directory behind."""
+    os.makedirs(state.STATE_DIR, mode=0o700, exist_ok=True)
+    cp = subprocess.run(
+        ["runuser", "-u", "nobody", "--", nobody_python, "-m", "pytest",
+         "-q", "-p", "no:cacheprovider", "-m", "not root and not vm", "tests/test_catalog.py",
+         "tests/test_bench.py", "tests/test_project.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PATH": os.environ["PATH"], "HOME": "/tmp"})
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-2000:]
+    assert " passed" in cp.stdout and "error" not in cp.stdout.splitlines()[-1]

@@ -1,6 +1,9 @@
 """build_report on a synthetic run directory in the sweep's exact schema (no root)."""
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 import time
 
 import nbformat
@@ -158,3 +161,37 @@ def test_analysis_notebook_without_run_dir_says_to_set_it(tmp_path):
         pm.execute_notebook(report.default_notebook(), str(tmp_path / "out.ipynb"), parameters={},
                             cwd=str(tmp_path), progress_bar=False, kernel_name=report.KERNEL)
     assert os.path.isdir(run) and not os.path.exists(os.path.join(run, "crossover.csv"))
+
+
+@pytest.mark.root
+def test_a_user_reports_on_a_run_made_by_root(nobody_python):
+    """A run made as root (0755 directory, 0644 files) is reported on by
+    another user: into a directory of theirs; without one, one line that says
+    to pass --out-dir."""
+    base = tempfile.mkdtemp(prefix="lk-report-")
+    try:
+        os.chmod(base, 0o755)
+        run = os.path.join(base, "run")
+        make_run(run, modes=("iptables-nft", "nftables"), services=(1, 1000, 5000), rounds=2)
+        for dirpath, _dirs, files in os.walk(run):
+            os.chmod(dirpath, 0o755)
+            for f in files:
+                os.chmod(os.path.join(dirpath, f), 0o644)
+        home = os.path.join(base, "home")
+        os.makedirs(home)
+        shutil.chown(home, "nobody")
+
+        def as_nobody(*args):
+            return subprocess.run(["runuser", "-u", "nobody", "--", nobody_python, "-m", "labkit", *args],
+                                  capture_output=True, text=True, timeout=600, cwd=home,
+                                  env={"PATH": os.environ["PATH"], "HOME": home})
+        cp = as_nobody("report", run)
+        assert cp.returncode == 2 and "--out-dir" in cp.stderr, cp.stderr
+        assert len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+        cp = as_nobody("report", run, "--out-dir", os.path.join(home, "out"))
+        assert cp.returncode == 0, cp.stderr[-2000:]
+        assert os.path.getsize(os.path.join(home, "out", "report.html")) > 10_000
+        assert not os.path.exists(os.path.join(run, "report.html"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+

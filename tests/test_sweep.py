@@ -191,3 +191,21 @@ def test_sweep_notebook_refuses_an_unknown_parameter_like_the_cli(tmp_path):
                             parameters={"service": [1, 10], "out_dir": str(tmp_path / "o")},
                             progress_bar=False, cwd=str(tmp_path))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.root
+def test_make_sweep_refuses_an_unknown_parameter_like_the_cli(tmp_path):
+    """``make sweep`` with a misspelt key: the CLI's one line and exit 2
+    (make's own status then 2 too), and no run directory; ``labkit sweep``
+    with the same file says the same."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modes: [nftables]\nservice: [1, 10]\n")
+    run = tmp_path / "run"
+    cp = subprocess.run(["make", "--no-print-directory", "sweep", f"PARAMS={bad}", f"RUN={run}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert cp.returncode == 2 and not run.exists(), cp.stdout[-2000:] + cp.stderr[-2000:]
+    msg = [ln for ln in cp.stderr.splitlines() if "unknown parameter" in ln]
+    assert msg == ["labkit: error: unknown parameter(s): service; known: " + msg[0].split("known: ")[1]]
+    cli = subprocess.run([sys.executable, "-m", "labkit", "sweep", "--params", str(bad), "--out", str(run)],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and cli.stderr.strip() == msg[0] and not run.exists()

@@ -182,10 +182,12 @@ class RunState:
 
 
 def all_states() -> list[RunState]:
+    """Every run's state file (none when the state directory is missing, or
+    private to root and read by another user: labkit's runs are root's)."""
     out: list[RunState] = []
     try:
         names = os.listdir(STATE_DIR)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return out
     for n in sorted(names):
         if n.endswith(".json"):

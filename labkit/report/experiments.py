@@ -141,8 +141,12 @@ def cpu_figure(ca: CpuAnalysis, level: float = 0.95):
 def control_figure(df: pd.DataFrame):
     pal = _palette(df["mode"])
     ops = [o for o in control.OPS if o in set(df["op"])]
-    fig, axes = plt.subplots(1, len(ops), figsize=(4.6 * len(ops), 3.6), squeeze=False, sharey=True)
-    for ax, op in zip(axes[0], ops):
+    cols = min(3, len(ops))
+    rows = -(-len(ops) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.8 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(ops):]:
+        ax.set_visible(False)
+    for ax, op in zip(axes.flat, ops):
         d = control.with_kind(df[df["op"] == op])
         two = op != "program" and d.groupby("mode")["kind"].nunique().max() > 1
         for (mode, kind, loader), g in d.groupby(["mode", "kind", "loader"], sort=False):

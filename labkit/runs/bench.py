@@ -1,11 +1,12 @@
-"""Benchmarks with recorded figures (README): programming time and probe
-send capacity.
+"""Benchmarks with recorded figures (README): programming time, probe
+send capacity, and where the time of one nftables change goes.
 
 ``bench program`` runs through the experiment runner (one block per mode and
 repetition, a fresh node each, ``bench.parquet`` when ``--out`` is given, so
 it resumes like every run); :func:`summarize_program` turns its rows into one
 line per mode with medians and spreads.  ``bench send`` is one short
-measurement of the probe socket and needs no runner.
+measurement of the probe socket and needs no runner; so is ``bench
+nft-change``, a profile of one nftables change at a given size.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import pandas as pd
 
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.validate import names, number, whole
-from labkit.datapaths import MODES
-from labkit.kernel import netns
+from labkit.datapaths import MODES, nftables
+from labkit.kernel import netns, nfnetlink
 from labkit.kernel.limits import mem_available
 from labkit.lab.lab import Lab
 from labkit.probes.syn import SynProber
@@ -97,6 +98,84 @@ def summarize_program(df: pd.DataFrame) -> list[dict]:
                      "render_median_s": round(statistics.median(g["render_s"]), 3),
                      "loader_peak_mb": round(max(g["loader_peak_mb"])),
                      "held_mb": round(statistics.median(g["held_mb"]))})
+    return rows
+
+
+def _strace_split(summary: str) -> dict[str, float]:
+    """Seconds in recvmsg (reading the table back) and sendmsg (the batch and
+    the kernel's commit) from ``strace -c -w`` output (pure)."""
+    out = {"recvmsg": 0.0, "sendmsg": 0.0}
+    for line in summary.splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[-1] in out:
+            out[f[-1]] = float(f[1])
+    return out
+
+
+def bench_nft_change(services: int = 10_000, endpoints: int = 10, repeat: int = 3) -> list[dict]:
+    """Where the time of one nftables change goes, at ``services`` loaded:
+    add one service, remove it, replace one service's endpoints, and, for
+    the kernel's share alone, add an empty chain and a chain with one jump
+    rule; each ``repeat`` times, through ``nft -f`` under ``strace -c``
+    (seconds reading the ruleset back, ``recvmsg``, against sending the batch
+    and the kernel's commit, ``sendmsg``) and as labkit's one netlink batch.
+    One row per operation and loader, medians (docs/nftables.md has a run)."""
+    services = whole(services, "services", 1, 1_000_000)
+    endpoints = whole(endpoints, "endpoints", 1, 1000)
+    repeat = whole(repeat, "repeat", 1, 100)
+    netns.require_root()
+    strace = netns.require_tool("strace", "strace")
+    cat = ServiceCatalog(services, endpoints)
+    with Lab(endpoint_cidr=ServiceCatalog(services + 1, endpoints).endpoint_cidr, server=False) as lab:
+        dp = nftables.Nftables(lab)
+        lab.defer("nftables teardown", dp.teardown)
+        dp.setup(cat)
+        ops = {"add": (lambda: nftables.render_add_service(dp._resized(+1), services),
+                       lambda: nftables.messages_add_service(dp._resized(+1), services)),
+               "remove": (lambda: nftables.render_remove_service(dp._resized(+1), services),
+                          lambda: nftables.messages_remove_service(dp._resized(+1), services)),
+               "endpoints": (lambda: nftables.render_change_endpoints(cat, dp._rolled([services - 1])),
+                             lambda: nftables.messages_change_endpoints(cat, dp._rolled([services - 1])))}
+        # the kernel's share alone: an empty chain (no jump: nothing to validate), and the
+        # same chain with one rule that jumps (the commit validates the whole table)
+        probe = "labkit-bench-probe"
+        jump = [nfnetlink.new_chain(nftables.TABLE, probe),
+                nfnetlink.new_rule(nftables.TABLE, probe, [nfnetlink.verdict(nfnetlink.NFT_JUMP,
+                                                                              nftables.MASQ_CHAIN)])]
+        ops["empty chain"] = (lambda: f"add chain ip {nftables.TABLE} {probe}\n", lambda: jump[:1])
+        ops["chain with a jump"] = (
+            lambda: f"add chain ip {nftables.TABLE} {probe} {{ jump {nftables.MASQ_CHAIN}; }}\n",
+            lambda: jump)
+
+        def drop() -> list[nfnetlink.Message]:
+            return [nfnetlink.flush_chain(nftables.TABLE, probe), nfnetlink.delete_chain(nftables.TABLE, probe)]
+
+        back = {"endpoints": lambda: nftables.messages_change_endpoints(dp._rolled([services - 1]), cat),
+                "empty chain": drop, "chain with a jump": drop}
+        rows = []
+        for loader in ("nft", "netlink"):
+            times: dict[str, list[dict]] = {op: [] for op in ops}
+            for _ in range(repeat):
+                for op, (text, msgs) in ops.items():
+                    t0 = time.perf_counter()
+                    if loader == "nft":
+                        cp = lab.run(lab.node, [strace, "-c", "-w", "-e", "trace=sendmsg,recvmsg",
+                                                "nft", "-f", "-"], input=text(), timeout=3600)
+                        split = _strace_split(cp.stderr)
+                    else:
+                        nfnetlink.transact(lab.node, msgs(), timeout=3600)
+                        split = {}
+                    times[op].append({"seconds": time.perf_counter() - t0, **split})
+                    if op in back:   # the original endpoints back, untimed
+                        nfnetlink.transact(lab.node, back[op](), timeout=3600)
+            for op, ts in times.items():
+                med = {k: round(statistics.median(t[k] for t in ts), 4) for k in ts[0]}
+                rows.append({"bench": "nft-change", "services": services, "endpoints": endpoints,
+                             "op": op, "loader": loader, "repeat": repeat,
+                             "median_s": med.pop("seconds"),
+                             "min_s": round(min(t["seconds"] for t in ts), 4),
+                             "max_s": round(max(t["seconds"] for t in ts), 4),
+                             **{f"{k}_s": v for k, v in med.items()}})
     return rows
 
 

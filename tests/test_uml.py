@@ -1,0 +1,88 @@
+"""User-mode Linux as a process: every way a run ends leaves nothing behind
+(no linux.uml process, exchange directory or state file): a boot timeout, a
+command timeout, and a parent killed with SIGKILL, after which
+``labkit clean`` removes the orphaned kernel."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from labkit.core.errors import LabkitError
+from labkit.kernel.state import all_states
+from labkit.kernels import cache, guest, uml
+
+
+def _uml_pids() -> list[int]:
+    """linux.uml processes started by labkit (their umid is labkit-<run>)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and guest.comm(int(d)).startswith(("linux.uml", "linux")):
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if b"umid=labkit-" in f.read():
+                        out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def _leftovers(before: set[str]) -> dict:
+    runs = cache.kind_dir(uml.KIND) / "runs"
+    return {"linux.uml": _uml_pids(),
+            "exchange dirs": sorted(os.listdir(runs)) if runs.is_dir() else [],
+            "state files": sorted(s.run_id for s in all_states()
+                                  if s.run_id not in before and any(p.startswith(str(runs)) for p in s.paths))}
+
+
+@pytest.fixture
+def bootable():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    ok, why = uml.uml_available()
+    if not ok:
+        pytest.skip(f"user-mode Linux cannot run here: {why}")
+    if _uml_pids():
+        pytest.skip("another labkit user-mode Linux is running here; it would confuse the leftover check")
+    before = {s.run_id for s in all_states()}
+    yield before
+    assert _leftovers(before) == {"linux.uml": [], "exchange dirs": [], "state files": []}
+
+
+@pytest.mark.root
+def test_boot_timeout_kills_user_mode_linux(bootable):
+    with pytest.raises(guest.GuestBootError, match="did not start the command within 1 s"):
+        uml.run_in_uml(["true"], timeout=10, boot_timeout=1)
+
+
+@pytest.mark.root
+def test_command_timeout_kills_user_mode_linux(bootable):
+    with pytest.raises(LabkitError, match="did not finish in user-mode Linux .* within 3 s"):
+        uml.run_in_uml(["sleep", "600"], timeout=3)
+
+
+@pytest.mark.root
+def test_clean_removes_the_kernel_of_a_killed_run(bootable):
+    """SIGKILL the parent while the guest runs: its linux.uml (its own
+    process group) outlives it; ``labkit clean`` finds it by the run's state
+    file and removes it, with the exchange directory."""
+    proc = subprocess.Popen([sys.executable, "-m", "labkit.kernels.uml", "run", "--timeout", "600", "--",
+                             "sleep", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _uml_pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _uml_pids(), "user-mode Linux did not start"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _uml_pids(), "the kernel died with its parent: nothing to clean"
+    cp = subprocess.run([sys.executable, "-m", "labkit", "clean"], capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    deadline = time.monotonic() + 10
+    while _uml_pids() and time.monotonic() < deadline:
+        time.sleep(0.2)
