@@ -195,7 +195,8 @@ def test_summary_and_slopes_of_a_table():
 def _mode_ready(mode: str) -> None:
     why = MODES[mode].unavailable()
     if why:
-        pytest.skip(f"{mode}: {why}")
+        where = "; tests/test_ipvs.py::test_ipvs_in_uml runs it in user-mode Linux" if mode == "ipvs" else ""
+        pytest.skip(f"{mode}: {why}{where}")
 
 
 @pytest.mark.root

@@ -212,7 +212,7 @@ def _connect(lab, addr: str, port: int) -> tuple[int, bytes]:
 def test_ipvs_datapath_real_kernel():
     why = Ipvs.unavailable()
     if why:
-        pytest.skip(why)
+        pytest.skip(f"{why}; test_ipvs_in_uml runs this test in user-mode Linux")
     cat = ServiceCatalog(services=3, endpoints=3)
     per_service = 6
     with Lab(endpoint_cidr=cat.endpoint_cidr, ports=cat.ports) as lab:
@@ -322,6 +322,16 @@ def test_ipvs_in_uml():
     datapath, and one service added and removed: in user-mode Linux, none skipped."""
     _in_uml(f"{__file__}::test_ipvs_datapath_real_kernel",
             "tests/test_control.py::test_add_and_remove_one_service_real_kernel[ipvs]")
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_ipvs_teardown_under_faults_in_uml():
+    """A sweep of IPVS interrupted by an exception, SIGINT, SIGTERM and SIGKILL
+    (then `labkit clean`) leaves nothing: tests/test_reliability.py's fault
+    tests for ipvs, in user-mode Linux, none skipped."""
+    _in_uml(*(f"tests/test_reliability.py::test_teardown_under_fault[ipvs-{f}]"
+              for f in ("exception", "SIGINT", "SIGTERM", "SIGKILL")))
 
 
 @pytest.mark.parametrize("scheduler", ["sh", "mh", "wrr", "lc"])

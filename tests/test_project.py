@@ -70,7 +70,7 @@ def test_unit_tests_pass_as_an_unprivileged_user(nobody_python):
     when a root run has left labkit's private state directory behind."""
     os.makedirs(state.STATE_DIR, mode=0o700, exist_ok=True)
     cp = subprocess.run(
-        ["runuser", "-u", "nobody", "--", nobody_python, "-m", "pytest",
+        ["runuser", "-m", "-u", "nobody", "--", nobody_python, "-m", "pytest",
          "-q", "-p", "no:cacheprovider", "-m", "not root and not vm", "tests/test_catalog.py",
          "tests/test_bench.py", "tests/test_project.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PATH": os.environ["PATH"], "HOME": "/tmp"})

@@ -182,7 +182,7 @@ def test_a_user_reports_on_a_run_made_by_root(nobody_python):
         shutil.chown(home, "nobody")
 
         def as_nobody(*args):
-            return subprocess.run(["runuser", "-u", "nobody", "--", nobody_python, "-m", "labkit", *args],
+            return subprocess.run(["runuser", "-m", "-u", "nobody", "--", nobody_python, "-m", "labkit", *args],
                                   capture_output=True, text=True, timeout=600, cwd=home,
                                   env={"PATH": os.environ["PATH"], "HOME": home})
         cp = as_nobody("report", run)

@@ -4,6 +4,7 @@ command timeout, and a parent killed with SIGKILL, after which
 ``labkit clean`` removes the orphaned kernel."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,8 +14,9 @@ import time
 import pytest
 
 from labkit.core.errors import LabkitError
+from labkit.datapaths.ipvs import Ipvs
 from labkit.kernel.state import all_states
-from labkit.kernels import cache, guest, uml
+from labkit.kernels import cache, dispatch, guest, uml
 
 
 def _uml_pids() -> list[int]:
@@ -86,3 +88,21 @@ def test_clean_removes_the_kernel_of_a_killed_run(bootable):
     deadline = time.monotonic() + 10
     while _uml_pids() and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+@pytest.mark.root
+def test_auto_and_doctor_send_ipvs_to_user_mode_linux():
+    """Where the host has no IPVS and user-mode Linux runs: ``--kernel auto
+    --modes ipvs`` picks it, and ``labkit doctor --json`` says so, with the
+    host's reason."""
+    if Ipvs.unavailable() is None:
+        pytest.skip("the host kernel has IPVS: it needs no other kernel")
+    ok, why = uml.uml_available()
+    if not ok:
+        pytest.skip(f"user-mode Linux cannot run here: {why}")
+    assert dispatch.choose_kernel("auto", ["ipvs"])[0] == "uml"
+    cp = subprocess.run([sys.executable, "-m", "labkit", "doctor", "--json"], capture_output=True, text=True,
+                        timeout=300)
+    assert cp.returncode == 0, cp.stderr
+    row = {r["mode"]: r for r in json.loads(cp.stdout)}["ipvs"]
+    assert row["where"] == "uml" and "IP_VS" in json.dumps(row), row
