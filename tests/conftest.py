@@ -14,6 +14,7 @@ from labkit.core.errors import Unavailable
 from labkit.core.topology import NS_RE
 from labkit.kernel import debcache, netns
 from labkit.kernel.state import all_states
+from labkit.kernels import guest
 from labkit.lab.lab import Lab
 
 IS_ROOT = os.geteuid() == 0
@@ -116,3 +117,39 @@ def nobody_python() -> str:
         if os.path.isdir(d) and not os.stat(d).st_mode & 0o001:
             pytest.skip(f"user nobody cannot enter {d}, on the way to this venv's interpreter")
     return python
+
+
+def _guest_pids(comm_prefixes: tuple[str, ...], marker: bytes) -> list[int]:
+    """Processes whose name starts with one of ``comm_prefixes`` and whose
+    command line holds ``marker`` (labkit's guests carry their run id)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and guest.comm(int(d)).startswith(comm_prefixes):
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if marker in f.read():
+                        out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def guest_lifecycle(available, comm_prefixes: tuple[str, ...], marker: bytes, runs, what: str):
+    """Body of a fixture for tests that boot a guest kernel: skips unless root
+    and ``available()``; yields the run ids of state files before; afterwards
+    asserts that no guest process, exchange directory (under ``runs``) or
+    state file of the test's is left."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    ok, why = available()
+    if not ok:
+        pytest.skip(f"{what} cannot run here: {why}")
+    if _guest_pids(comm_prefixes, marker):
+        pytest.skip(f"another labkit {what} is running here; it would confuse the leftover check")
+    before = {s.run_id for s in all_states()}
+    yield before
+    left = {"processes": _guest_pids(comm_prefixes, marker),
+            "exchange dirs": sorted(os.listdir(runs)) if runs.is_dir() else [],
+            "state files": sorted(s.run_id for s in all_states()
+                                  if s.run_id not in before and any(p.startswith(str(runs)) for p in s.paths))}
+    assert left == {"processes": [], "exchange dirs": [], "state files": []}

@@ -5,54 +5,28 @@ command timeout, and a parent killed with SIGKILL, after which
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import _guest_pids, guest_lifecycle
 
 from labkit.core.errors import LabkitError
 from labkit.datapaths.ipvs import Ipvs
-from labkit.kernel.state import all_states
 from labkit.kernels import cache, dispatch, guest, uml
 
 
 def _uml_pids() -> list[int]:
     """linux.uml processes started by labkit (their umid is labkit-<run>)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit() and guest.comm(int(d)).startswith(("linux.uml", "linux")):
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    if b"umid=labkit-" in f.read():
-                        out.append(int(d))
-            except OSError:
-                pass
-    return out
-
-
-def _leftovers(before: set[str]) -> dict:
-    runs = cache.kind_dir(uml.KIND) / "runs"
-    return {"linux.uml": _uml_pids(),
-            "exchange dirs": sorted(os.listdir(runs)) if runs.is_dir() else [],
-            "state files": sorted(s.run_id for s in all_states()
-                                  if s.run_id not in before and any(p.startswith(str(runs)) for p in s.paths))}
+    return _guest_pids(("linux",), b"umid=labkit-")
 
 
 @pytest.fixture
 def bootable():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    ok, why = uml.uml_available()
-    if not ok:
-        pytest.skip(f"user-mode Linux cannot run here: {why}")
-    if _uml_pids():
-        pytest.skip("another labkit user-mode Linux is running here; it would confuse the leftover check")
-    before = {s.run_id for s in all_states()}
-    yield before
-    assert _leftovers(before) == {"linux.uml": [], "exchange dirs": [], "state files": []}
+    yield from guest_lifecycle(uml.uml_available, ("linux",), b"umid=labkit-",
+                               cache.kind_dir(uml.KIND) / "runs", "user-mode Linux")
 
 
 @pytest.mark.root

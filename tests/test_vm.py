@@ -13,10 +13,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import _guest_pids, guest_lifecycle
 
 from labkit.core.errors import LabkitError
 from labkit.datapaths import MODES
-from labkit.kernel.state import all_states
 from labkit.kernels import dispatch, guest, uml, vm
 
 
@@ -97,39 +97,13 @@ def test_choose_kernel(monkeypatch, tmp_path):
 
 # ---- booting the VM ---------------------------------------------------------------
 def _qemu_pids() -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit() and guest.comm(int(d)).startswith("qemu-system"):
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    if b"labkit-" in f.read():
-                        out.append(int(d))
-            except OSError:
-                pass
-    return out
-
-
-def _our_leftovers(before_states: set[str]) -> dict:
-    runs = vm.cache_dir() / "runs"
-    return {"qemu": _qemu_pids(),
-            "exchange dirs": sorted(os.listdir(runs)) if runs.is_dir() else [],
-            "state files": sorted(s.run_id for s in all_states()
-                                  if s.run_id not in before_states
-                                  and any(p.startswith(str(runs)) for p in s.paths))}
+    return _guest_pids(("qemu-system",), b"labkit-")
 
 
 @pytest.fixture
 def bootable():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    ok, why = vm.vm_available()
-    if not ok:
-        pytest.skip(f"VM kernel cannot boot here: {why}")
-    if _qemu_pids():
-        pytest.skip("another labkit VM is running here; its qemu would confuse the leftover check")
-    before = {s.run_id for s in all_states()}
-    yield before
-    assert _our_leftovers(before) == {"qemu": [], "exchange dirs": [], "state files": []}
+    yield from guest_lifecycle(vm.vm_available, ("qemu-system",), b"labkit-", vm.cache_dir() / "runs",
+                               "VM kernel")
 
 
 def _error_of(argv, timeout) -> str:

@@ -422,9 +422,10 @@ class Nftables(Datapath):
 
     # control-plane operations: one service in place, in one nf_tables transaction
     update_kind = "partial"
-    update = ("one nf_tables transaction sent over netlink (nft 1.0.6 would first read every chain "
-              "back): add/delete the service's chains and its service-ips element; new endpoints: "
-              "their chains added, the service chain refilled, the old ones deleted")
+    update = ("one nf_tables transaction (loader netlink: one batch, nothing read back; loader nft: "
+              "nft -f, which first reads every chain back): add/delete the service's chains and its "
+              "service-ips element; new endpoints: their chains added, the service chain refilled, "
+              "the old ones deleted")
     changes_endpoints = True
     #: how a change reaches the kernel: "netlink" (one batch, nothing read back)
     #: or "nft" (``nft -f`` of the same change, as kube-proxy sends it); the
