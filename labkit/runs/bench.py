@@ -102,13 +102,15 @@ def summarize_program(df: pd.DataFrame) -> list[dict]:
 
 
 def _strace_split(summary: str) -> dict[str, float]:
-    """Seconds in recvmsg (reading the table back) and sendmsg (the batch and
-    the kernel's commit) from ``strace -c -w`` output (pure)."""
-    out = {"recvmsg": 0.0, "sendmsg": 0.0}
+    """Seconds in, and calls of, recvmsg (reading the table back) and sendmsg
+    (the batch and the kernel's commit) from ``strace -c -w`` output (pure).
+    Seconds keep strace's microseconds: a small table's sendmsg takes ~0.1 ms."""
+    out = {"recvmsg": 0.0, "sendmsg": 0.0, "recvmsg_calls": 0.0, "sendmsg_calls": 0.0}
     for line in summary.splitlines():
         f = line.split()
-        if len(f) >= 5 and f[-1] in out:
+        if len(f) >= 5 and f[-1] in ("recvmsg", "sendmsg"):
             out[f[-1]] = float(f[1])
+            out[f"{f[-1]}_calls"] = float(f[3])
     return out
 
 
@@ -169,13 +171,13 @@ def bench_nft_change(services: int = 10_000, endpoints: int = 10, repeat: int = 
                     if op in back:   # the original endpoints back, untimed
                         nfnetlink.transact(lab.node, back[op](), timeout=3600)
             for op, ts in times.items():
-                med = {k: round(statistics.median(t[k] for t in ts), 4) for k in ts[0]}
+                med = {k: round(statistics.median(t[k] for t in ts), 6) for k in ts[0]}
                 rows.append({"bench": "nft-change", "services": services, "endpoints": endpoints,
                              "op": op, "loader": loader, "repeat": repeat,
                              "median_s": med.pop("seconds"),
-                             "min_s": round(min(t["seconds"] for t in ts), 4),
-                             "max_s": round(max(t["seconds"] for t in ts), 4),
-                             **{f"{k}_s": v for k, v in med.items()}})
+                             "min_s": round(min(t["seconds"] for t in ts), 6),
+                             "max_s": round(max(t["seconds"] for t in ts), 6),
+                             **{(k if k.endswith("_calls") else f"{k}_s"): v for k, v in med.items()}})
     return rows
 
 
