@@ -12,6 +12,7 @@ import pytest
 
 from labkit.analysis import control as control_analysis
 from labkit.core.catalog import ServiceCatalog
+from labkit.core.errors import UsageError
 from labkit.datapaths import MODES, Datapath
 from labkit.datapaths.ebpf import render_backends, render_maps, spare_entries
 from labkit.datapaths.ipvs import render_ipvs, render_ipvs_add, render_ipvs_remove
@@ -66,6 +67,24 @@ def test_default_add_remove_rerender_the_whole_catalog():
     assert dp.catalog == CAT and dp.loaded == ["3 services", "4 services", "3 services"]
     assert add.program_s >= 0 and rem.program_s >= 0
     assert "full re-render" in Datapath.update and Datapath.update_kind == "full"
+
+
+def test_a_change_names_its_loader_or_is_refused():
+    """A change takes its loader as an argument: "" or the mode's own for a mode
+    with one, any of CHANGE_LOADERS for nftables; anything else is one line."""
+    dp = _Recorder(lab=None)
+    dp.loaded = []
+    dp.setup(CAT)
+    assert dp.loader_of("") == dp.loader_of(dp.change_loader) == dp.change_loader
+    dp.add_service(loader=dp.change_loader)
+    assert dp.catalog.services == 4
+    with pytest.raises(UsageError, match="recorder: no change loader 'nft'; it has restore"):
+        dp.remove_service(loader="nft")
+    assert dp.catalog.services == 4 and len(dp.loaded) == 2     # refused before anything was sent
+    nft = MODES["nftables"](lab=None)
+    assert [nft.loader_of(lo) for lo in ("", "netlink", "nft")] == ["netlink", "netlink", "nft"]
+    with pytest.raises(UsageError, match="nftables: no change loader 'ipvsadm'; it has netlink, nft"):
+        nft.loader_of("ipvsadm")
 
 
 def test_kind_of_tables_written_before_schema_4():
@@ -254,23 +273,22 @@ def test_nftables_changes_leave_the_table_a_full_load_would(loader):
     rolled = ServiceCatalog(12, 3, ports=(80, 8080), rolled={2, 7, 11})
     with Lab(endpoint_cidr=cat.endpoint_cidr) as lab:
         dp = MODES["nftables"](lab)
-        dp.change_loader = loader
         lab.defer("nftables teardown", dp.teardown)
         want = {}
         for c in (cat, grown, rolled):
             dp.setup(c)
             want[c] = _nft_chains(lab)
         dp.setup(cat)
-        dp.add_service()
+        dp.add_service(loader=loader)
         assert dp.catalog == grown and _nft_chains(lab) == want[grown]
-        dp.remove_service()
+        dp.remove_service(loader=loader)
         assert dp.catalog == cat and _nft_chains(lab) == want[cat]
-        dp.change_endpoints([2, 7, 11])
+        dp.change_endpoints([2, 7, 11], loader=loader)
         assert dp.catalog == rolled and _nft_chains(lab) == want[rolled]
         with SynProber(lab, timeout=0.5, seed=4) as pr:
             out = pr.run([pr.craft(7, cat.vip(7), port) for port in (80, 8080) for _ in range(8)])
         assert {o.endpoint.split(":")[0] for o in out} <= set(rolled.endpoints_of(7)), out
-        dp.change_endpoints([2, 7, 11])
+        dp.change_endpoints([2, 7, 11], loader=loader)
         assert dp.catalog == cat and _nft_chains(lab) == want[cat]
 
 

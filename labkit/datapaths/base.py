@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from labkit.core.errors import LabkitError
+from labkit.core.errors import LabkitError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.core.catalog import ServiceCatalog
@@ -97,9 +97,10 @@ class Datapath(ABC):
     #: does both: partial syncs, and a full one now and then)
     full_sync: ClassVar[bool] = False
     #: the program (or system call) that applies a change: the ``loader``
-    #: column of control rows; a mode with :attr:`CHANGE_LOADERS` is timed
-    #: with each of them by ``labkit control``
-    change_loader: str = "restore"
+    #: column of control rows; a mode with :attr:`CHANGE_LOADERS` takes any of
+    #: them as the ``loader`` argument of a change, and ``labkit control``
+    #: times each
+    change_loader: ClassVar[str] = "restore"
     CHANGE_LOADERS: ClassVar[tuple[str, ...]] = ()
     #: the loader of a full load (setup, resync): the ``loader`` of program rows
     program_loader: ClassVar[str] = ""
@@ -107,24 +108,38 @@ class Datapath(ABC):
     #: :meth:`change_endpoints`); ``labkit control`` times it then
     changes_endpoints: ClassVar[bool] = False
 
-    def add_service(self) -> ProgramResult:
-        """Add the next service (index N) to the loaded catalog of N services.
+    def add_service(self, loader: str = "") -> ProgramResult:
+        """Add the next service (index N) to the loaded catalog of N services,
+        sent with ``loader`` (:meth:`loader_of`).
 
         Default: render the whole catalog of N+1 services and load it, as
         kube-proxy's iptables mode does on a full sync.  Modes that can change
         one service in place override this."""
+        self.loader_of(loader)
         return self.resync(self._resized(+1))
 
-    def remove_service(self) -> ProgramResult:
+    def remove_service(self, loader: str = "") -> ProgramResult:
         """Remove the last service (index N-1) of the loaded catalog.
         Default: full re-render and reload of the N-1 services."""
+        self.loader_of(loader)
         return self.resync(self._resized(-1))
 
-    def change_endpoints(self, services: Iterable[int]) -> ProgramResult:
+    def change_endpoints(self, services: Iterable[int], loader: str = "") -> ProgramResult:
         """Replace the endpoints of the loaded ``services`` in one sync (or put
         the original ones back: the change toggles; :attr:`ServiceCatalog.rolled`).
         Default: a full re-render and reload."""
+        self.loader_of(loader)
         return self.resync(self._rolled(services))
+
+    def loader_of(self, loader: str) -> str:
+        """The loader a change is sent with: ``loader``, one of
+        :attr:`CHANGE_LOADERS`, or the mode's own (:attr:`change_loader`) for ""."""
+        if loader in ("", self.change_loader):
+            return self.change_loader
+        if loader not in self.CHANGE_LOADERS:
+            raise UsageError(f"{self.name}: no change loader {loader!r}; it has "
+                             f"{', '.join(self.CHANGE_LOADERS or (self.change_loader,))}")
+        return loader
 
     def _rolled(self, services: Iterable[int]) -> "ServiceCatalog":
         catalog = self._loaded_catalog()

@@ -466,7 +466,8 @@ class Ebpf(Datapath):
     changes_endpoints = True
     change_loader = program_loader = "bpf()"
 
-    def add_service(self) -> ProgramResult:
+    def add_service(self, loader: str = "") -> ProgramResult:
+        self.loader_of(loader)
         new, old = self._resized(+1), self._loaded_catalog()
         t0 = time.perf_counter()
         e = render_maps(new, first=old.services)
@@ -484,9 +485,10 @@ class Ebpf(Datapath):
         self.catalog = new
         return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
 
-    def change_endpoints(self, services: Iterable[int]) -> ProgramResult:
+    def change_endpoints(self, services: Iterable[int], loader: str = "") -> ProgramResult:
         """New addresses behind the services' backend ids, one batch update
         of the backends map (the service map does not change)."""
+        self.loader_of(loader)
         new = self._rolled(services)
         t0 = time.perf_counter()
         ids, backends = render_backends(new, services)
@@ -499,7 +501,8 @@ class Ebpf(Datapath):
         self.catalog = new
         return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
 
-    def remove_service(self) -> ProgramResult:
+    def remove_service(self, loader: str = "") -> ProgramResult:
+        self.loader_of(loader)
         new, old = self._resized(-1), self._loaded_catalog()
         t0 = time.perf_counter()
         e = render_maps(old, first=new.services)

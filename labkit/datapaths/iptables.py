@@ -181,13 +181,16 @@ class _Iptables(Datapath):
     update_kind = "partial"
     changes_endpoints = True
 
-    def add_service(self) -> ProgramResult:
+    def add_service(self, loader: str = "") -> ProgramResult:
+        self.loader_of(loader)
         return self.partial_sync(self._resized(+1))
 
-    def remove_service(self) -> ProgramResult:
+    def remove_service(self, loader: str = "") -> ProgramResult:
+        self.loader_of(loader)
         return self.partial_sync(self._resized(-1))
 
-    def change_endpoints(self, services: Iterable[int]) -> ProgramResult:
+    def change_endpoints(self, services: Iterable[int], loader: str = "") -> ProgramResult:
+        self.loader_of(loader)
         return self.partial_sync(self._rolled(services))
 
     def partial_sync(self, catalog: "ServiceCatalog") -> ProgramResult:

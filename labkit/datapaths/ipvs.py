@@ -428,10 +428,12 @@ class Ipvs(Datapath):
     update = ("ipset add/del, the VIP on kube-ipvs0, ipvsadm -A/-a (-D to remove): only the "
               "changed service, as kube-proxy's IPVS proxier applies its diff")
 
-    def add_service(self) -> ProgramResult:
+    def add_service(self, loader: str = "") -> ProgramResult:
+        self.loader_of(loader)
         return self._apply_one(self._resized(+1), render_ipvs_add, self._loaded_catalog().services)
 
-    def remove_service(self) -> ProgramResult:
+    def remove_service(self, loader: str = "") -> ProgramResult:
+        self.loader_of(loader)
         return self._apply_one(self._resized(-1), render_ipvs_remove, self._loaded_catalog().services - 1)
 
     def _apply_one(self, catalog: "ServiceCatalog", renderer, i: int) -> ProgramResult:

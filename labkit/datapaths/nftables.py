@@ -427,32 +427,33 @@ class Nftables(Datapath):
               "service-ips element; new endpoints: their chains added, the service chain refilled, "
               "the old ones deleted")
     changes_endpoints = True
-    #: how a change reaches the kernel: "netlink" (one batch, nothing read back)
-    #: or "nft" (``nft -f`` of the same change, as kube-proxy sends it); the
-    #: netlink path encodes select="rules" only
+    #: how a change reaches the kernel (the ``loader`` argument of a change):
+    #: "netlink" (one batch, nothing read back; the default) or "nft" (``nft -f``
+    #: of the same change, as kube-proxy sends it); the netlink path encodes
+    #: select="rules" only
     change_loader = "netlink"
     CHANGE_LOADERS = ("netlink", "nft")
     program_loader = "nft"
 
-    def add_service(self) -> ProgramResult:
+    def add_service(self, loader: str = "") -> ProgramResult:
         new, i = self._resized(+1), self._loaded_catalog().services
-        return self._change(new, lambda: messages_add_service(new, i),
+        return self._change(new, loader, lambda: messages_add_service(new, i),
                             lambda: render_add_service(new, i, select=self.select))
 
-    def remove_service(self) -> ProgramResult:
+    def remove_service(self, loader: str = "") -> ProgramResult:
         old = self._loaded_catalog()
-        return self._change(self._resized(-1), lambda: messages_remove_service(old, old.services - 1),
+        return self._change(self._resized(-1), loader, lambda: messages_remove_service(old, old.services - 1),
                             lambda: render_remove_service(old, old.services - 1, select=self.select))
 
-    def change_endpoints(self, services: Iterable[int]) -> ProgramResult:
+    def change_endpoints(self, services: Iterable[int], loader: str = "") -> ProgramResult:
         old, new = self._loaded_catalog(), self._rolled(services)
-        return self._change(new, lambda: messages_change_endpoints(old, new),
+        return self._change(new, loader, lambda: messages_change_endpoints(old, new),
                             lambda: render_change_endpoints(old, new, select=self.select))
 
-    def _change(self, catalog: ServiceCatalog, messages, text) -> ProgramResult:
+    def _change(self, catalog: ServiceCatalog, loader: str, messages, text) -> ProgramResult:
+        netlink = self.loader_of(loader) == "netlink" and self.select == "rules"
         if self.select not in ("rules", "vmap"):
             return self.resync(catalog)
-        netlink = self.change_loader == "netlink" and self.select == "rules"
         t0 = time.perf_counter()
         out = messages() if netlink else text()
         t1 = time.perf_counter()

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
 from labkit.core.catalog import ServiceCatalog
@@ -108,20 +109,11 @@ def measure_ops(lab: Lab, dp: Any, seed: int = 0, verify: bool = True,
     Change = Callable[[list[int]], Any]
     own = dp.change_loader
     loaders = [own] + [lo for lo in (dp.CHANGE_LOADERS if full else ()) if lo != own]
-
-    def using(loader: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*a: Any) -> Any:
-            dp.change_loader = loader
-            try:
-                return fn(*a)
-            finally:
-                dp.change_loader = own
-        return run
-
     # (kind, update, loader, add, remove, change)
     paths: list[tuple[str, str, str, Op, Op, Change]] = [
-        (dp.update_kind, type(dp).update, lo, using(lo, dp.add_service), using(lo, dp.remove_service),
-         using(lo, dp.change_endpoints)) for lo in loaders]
+        (dp.update_kind, type(dp).update, lo, partial(dp.add_service, loader=lo),
+         partial(dp.remove_service, loader=lo), partial(dp.change_endpoints, loader=lo))
+        for lo in loaders]
     if full and dp.full_sync:
         paths.append(("full", FULL_UPDATE, dp.program_loader, lambda: dp.resync(dp._resized(+1)),
                       lambda: dp.resync(dp._resized(-1)), lambda s: dp.resync(dp._rolled(s))))
