@@ -449,3 +449,28 @@ def test_run_files_are_readable_by_everyone(tmp_path):
     store.write_json(str(tmp_path / "m.json"), {"a": 1})
     for n in ("t.parquet", "m.json"):
         assert stat.S_IMODE(os.stat(tmp_path / n).st_mode) == 0o644
+
+
+def test_a_run_file_reaches_the_disk_before_its_rename_and_the_rename_after(tmp_path):
+    """strace of a real write: the temporary file is fsynced before it is renamed over
+    the run file, and the directory after (a crash then leaves the old file or the new
+    one, never a torn one, and never loses a rename reported done)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (make setup installs it)")
+    target = tmp_path / "m.json"
+    code = f"from labkit.rundir import store; store.write_json({str(target)!r}, {{'a': 1}})"
+    cp = subprocess.run([strace, "-f", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2",
+                         sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    calls = [ln.split("] ", 1)[-1] for ln in cp.stderr.splitlines()
+             if str(tmp_path) in ln and re.match(r"(\[pid +\d+\] )?(fsync|fdatasync|rename)", ln)]
+    kinds = [c.split("(", 1)[0] for c in calls]
+    assert len(calls) == 3 and kinds[0] in ("fsync", "fdatasync") and kinds[1].startswith("rename") \
+        and kinds[2] in ("fsync", "fdatasync"), calls
+    tmp_name = re.search(r"<([^>]+)>", calls[0]).group(1)
+    assert os.path.basename(tmp_name).startswith(schema.TMP_PREFIX) and tmp_name in calls[1], calls
+    assert str(target) in calls[1].split(tmp_name, 1)[1], calls           # renamed onto the run file
+    assert f"<{tmp_path}>" in calls[2], calls                             # then the directory
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["m.json"]

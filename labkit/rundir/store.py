@@ -1,8 +1,9 @@
 """Run directories: tidy tables written atomically.
 
 Every file is written to a temporary name in the same directory, flushed to
-disk (fsync) and renamed over the old one, so a reader (or a crash) never
-sees a half-written file.  Files are 0644: a run made as root can be
+disk (fsync) and renamed over the old one, and the directory is flushed after
+the rename, so a reader (or a crash, or a power cut) never sees a half-written
+file, nor loses a rename that was reported done.  Files are 0644: a run made as root can be
 analysed by anyone who can read its directory.
 """
 from __future__ import annotations
@@ -35,6 +36,11 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)      # the rename itself, on disk
+    finally:
+        os.close(dfd)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
