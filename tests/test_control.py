@@ -15,7 +15,7 @@ from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import UsageError
 from labkit.datapaths import MODES, Datapath
 from labkit.datapaths.ebpf import render_backends, render_maps, spare_entries
-from labkit.datapaths.ipvs import render_ipvs, render_ipvs_add, render_ipvs_remove
+from labkit.datapaths.ipvs import render_ipvs, render_ipvs_add, render_ipvs_change_endpoints, render_ipvs_remove
 from labkit.datapaths.nftables import (
     endpoint_chain,
     messages_remove_service,
@@ -165,6 +165,28 @@ def test_ipvs_add_remove_text_exact():
     for ln in render_ipvs_add(CAT, 2).splitlines():
         if not ln.startswith("#:"):
             assert ln in full
+
+
+def test_ipvs_endpoint_change_text_exact():
+    """A rollout of service 2: new real servers first, then the old ones deleted; a
+    second change puts the originals back; a full render of the new catalog has
+    exactly the real servers the change leaves."""
+    new = ServiceCatalog(3, 2, rolled={2})
+    text = render_ipvs_change_endpoints(CAT, new)
+    added = [f"-a -t 10.96.0.3:80 -r {ep}:80 -m -w 1" for ep in new.endpoints_of(2)]
+    assert text == ("#: ipvsadm -R\n" + "".join(f"{ln}\n" for ln in added)
+                    + "-d -t 10.96.0.3:80 -r 10.128.0.5:80\n-d -t 10.96.0.3:80 -r 10.128.0.6:80\n")
+    assert set(new.endpoints_of(2)).isdisjoint(CAT.endpoints_of(2))
+    back = render_ipvs_change_endpoints(new, CAT)
+    assert "-a -t 10.96.0.3:80 -r 10.128.0.5:80 -m -w 1" in back and f"-d -t 10.96.0.3:80 -r {new.endpoints_of(2)[0]}:80" in back
+    # applying the change to the full render's real servers gives the new full render's
+    servers = {ln for ln in render_ipvs(CAT).splitlines() if ln.startswith("-a ")}
+    for ln in text.splitlines()[1:]:
+        servers = servers | {ln} if ln.startswith("-a ") else servers - {ln.replace("-d ", "-a ") + " -m -w 1"}
+    assert servers == {ln for ln in render_ipvs(new).splitlines() if ln.startswith("-a ")}
+    assert render_ipvs_change_endpoints(CAT, CAT) == "#: ipvsadm -R\n"
+    with pytest.raises(ValueError, match="keeps services"):
+        render_ipvs_change_endpoints(CAT, ServiceCatalog(4, 2))
 
 
 def test_ebpf_entries_of_one_service_are_a_slice_of_the_full_maps():

@@ -41,6 +41,7 @@ import gzip
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from labkit.core.catalog import ServiceCatalog
@@ -273,6 +274,28 @@ def render_ipvs_remove(catalog: "ServiceCatalog", i: int) -> str:
             + "#: ipset restore\n" + "".join(f"{ln}\n" for ln in ipset))
 
 
+def render_ipvs_change_endpoints(old: "ServiceCatalog", new: "ServiceCatalog") -> str:
+    """The ``ipvsadm -R`` changes that take a loaded IPVS datapath from
+    ``old`` to ``new``, two catalogs of the same services and ports whose
+    endpoints differ (a rollout): per changed service and port, the new real
+    servers added first, then the old ones deleted (kube-proxy's IPVS proxier
+    adds new endpoints before it removes stale ones; its graceful deletion,
+    weight 0 until a server's connections drain, is not modelled: a lab
+    change has no connections to drain); the sets, the VIPs and the iptables
+    rules do not change (pure)."""
+    if (old.services, old.ports) != (new.services, new.ports):
+        raise ValueError("an endpoint change keeps services and ports; "
+                         f"got {old.services} x {old.ports} -> {new.services} x {new.ports}")
+    lines: list[str] = []
+    for i in sorted(old.rolled ^ new.rolled):
+        was, now = old.endpoints_of(i), new.endpoints_of(i)
+        for port in new.ports:
+            vs = f"{new.vip(i)}:{port}"
+            lines += [f"-a -t {vs} -r {ep}:{port} -m -w 1" for ep in now if ep not in was]
+            lines += [f"-d -t {vs} -r {ep}:{port}" for ep in was if ep not in now]
+    return "#: ipvsadm -R\n" + "".join(f"{ln}\n" for ln in lines)
+
+
 EMPTY_TABLES = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
                 ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
                 "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
@@ -426,7 +449,9 @@ class Ipvs(Datapath):
     update_kind = "partial"
     change_loader = program_loader = "ipset, ip, ipvsadm"
     update = ("ipset add/del, the VIP on kube-ipvs0, ipvsadm -A/-a (-D to remove): only the "
-              "changed service, as kube-proxy's IPVS proxier applies its diff")
+              "changed service, as kube-proxy's IPVS proxier applies its diff; new endpoints: "
+              "ipvsadm -a of the new real servers, then -d of the old ones")
+    changes_endpoints = True
 
     def add_service(self, loader: str = "") -> ProgramResult:
         self.loader_of(loader)
@@ -436,10 +461,19 @@ class Ipvs(Datapath):
         self.loader_of(loader)
         return self._apply_one(self._resized(-1), render_ipvs_remove, self._loaded_catalog().services - 1)
 
+    def change_endpoints(self, services: Iterable[int], loader: str = "") -> ProgramResult:
+        self.loader_of(loader)
+        old, new = self._loaded_catalog(), self._rolled(services)
+        return self._apply(new, lambda: render_ipvs_change_endpoints(old, new))
+
     def _apply_one(self, catalog: "ServiceCatalog", renderer, i: int) -> ProgramResult:
+        return self._apply(catalog, lambda: renderer(catalog, i, self.scheduler) if renderer is render_ipvs_add
+                           else renderer(self._loaded_catalog(), i))
+
+    def _apply(self, catalog: "ServiceCatalog", render: Callable[[], str]) -> ProgramResult:
+        """Render a change (timed apart) and send its sections, each to its loader, in order."""
         t0 = time.perf_counter()
-        text = (renderer(catalog, i, self.scheduler) if renderer is render_ipvs_add
-                else renderer(self._loaded_catalog(), i))
+        text = render()
         t1 = time.perf_counter()
         loaders = {"ipset restore": ["ipset", "restore"], "ip -batch": ["ip", "-batch", "-"],
                    "ipvsadm -R": ["ipvsadm", "-R"]}
