@@ -34,11 +34,19 @@ LARGE_CLUSTER_ENDPOINTS = 1000
 MASQ_MARK = "0x4000"
 
 
+def _kube_services_lines(catalog: "ServiceCatalog", i: int) -> list[str]:
+    """Service ``i``'s rules in KUBE-SERVICES, one per port (a partial sync
+    rewrites these for every service; the rest only for changed ones)."""
+    name, vip = catalog.name(i), catalog.vip(i)
+    return [f'-A KUBE-SERVICES -m comment --comment "{name}:p{port} cluster IP" -m tcp -p tcp '
+            f"-d {vip}/32 --dport {port} -j KUBE-SVC-{catalog.chain_id(i, port)}" for port in catalog.ports]
+
+
 def _service_lines(catalog: "ServiceCatalog", i: int, large: bool) -> tuple[list[str], list[str], list[str]]:
     """Service ``i``'s part of the nat table: its chain declarations, its
     KUBE-SERVICES rules and the rules of its KUBE-SVC/KUBE-SEP chains."""
     chains: list[str] = []
-    services: list[str] = []
+    services = _kube_services_lines(catalog, i)
     rules: list[str] = []
     n = catalog.endpoints
     cluster_cidr = str(catalog.endpoint_net)
@@ -49,7 +57,6 @@ def _service_lines(catalog: "ServiceCatalog", i: int, large: bool) -> tuple[list
         svc = f"KUBE-SVC-{catalog.chain_id(i, port)}"
         comment = f'-m comment --comment "{name}:p{port} cluster IP"'
         chains.append(f":{svc} - [0:0]")
-        services.append(f"-A KUBE-SERVICES {comment} -m tcp -p tcp -d {vip}/32 --dport {port} -j {svc}")
         rules.append(f"-A {svc} {comment} -m tcp -p tcp -d {vip}/32 --dport {port} "
                      f"! -s {cluster_cidr} -j KUBE-MARK-MASQ")
         for j, ep in enumerate(eps):
@@ -126,11 +133,13 @@ def render_iptables_partial(old: "ServiceCatalog", new: "ServiceCatalog") -> str
     rules: list[str] = []
     gone: list[str] = []
     for i in range(new.services):
-        c, sv, r = _service_lines(new, i, large)
-        services += sv
         if i >= keep or i in changed:
+            c, sv, r = _service_lines(new, i, large)
             declare += c
             rules += r
+        else:                      # unchanged: only its KUBE-SERVICES rules, rewritten
+            sv = _kube_services_lines(new, i)
+        services += sv
     for i in sorted(changed):   # the old endpoints' chains (the service chains stay)
         now = set(_service_lines(new, i, large)[0])
         gone += [d for d in _service_lines(old, i, large)[0] if d not in now]
