@@ -321,16 +321,21 @@ def test_parameter_files(name):
 
 # --- two kernels in one run ----------------------------------------------------------
 
-def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11):
-    """ebpf measured on the host ("6.18") and in a guest ("7.2") at `ratio` times the
-    host's latency, ipvs in the guest only: flat curves with gamma noise."""
+def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11, slope_ratio=1.5):
+    """iptables-legacy measured on the host ("6.18", 5 us + 10 ns/service) and in a
+    guest ("7.2", `ratio` times the level and `slope_ratio` times the slope); ebpf in
+    both at `ratio` (interpreted in the guest: never a calibrator); ipvs in the guest
+    only; flat curves otherwise, gamma noise."""
     rng = np.random.default_rng(seed)
     os.makedirs(out, exist_ok=True)
     samples, points, pid, block = [], [], 0, 0
     for r in range(rounds):
-        for mode, kernel, level in (("ebpf", "6.18", 5.0), ("ebpf", "7.2", 5.0 * ratio), ("ipvs", "7.2", 9.0)):
-            for n in (1, 100, 1000):
-                rtt = level + rng.gamma(2.0, 0.1, probes)
+        for mode, kernel, level, slope in (("ebpf", "6.18", 5.0, 0.0), ("ebpf", "7.2", 5.0 * ratio, 0.0),
+                                           ("ipvs", "7.2", 9.0, 0.0),
+                                           ("iptables-legacy", "6.18", 5.0, 0.01),
+                                           ("iptables-legacy", "7.2", 5.0 * ratio, 0.01 * slope_ratio)):
+            for n in (1, 100, 300, 1000):
+                rtt = level + slope * n + rng.gamma(2.0, 0.1, probes)
                 samples.append(pd.DataFrame({
                     "run_id": "x", "point_id": pid, "mode": mode, "kernel": kernel, "services": n,
                     "endpoints": 10, "target": "last", "probe": "syn", "round": r, "seq": np.arange(probes),
@@ -349,21 +354,37 @@ def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11):
     pd.concat(samples).to_parquet(os.path.join(out, "samples.parquet"), index=False)
     pd.DataFrame(points).to_parquet(os.path.join(out, "points.parquet"), index=False)
     with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump({"run_id": "x", "params": {"modes": ["ebpf", "ipvs"]}, "kernel": "6.18", "complete": True,
+        json.dump({"run_id": "x", "params": {"modes": ["ebpf", "ipvs", "iptables-legacy"]}, "kernel": "6.18", "complete": True,
+                   "guests": [{"backend": "uml", "kernel_release": "7.2", "bpf_jit": "none"}],
                    "started": 1.8e9, "finished": 1.8e9 + pid}, f)
     return str(out)
 
 
 def test_two_kernels_are_related_by_a_mode_in_both_and_never_crossed(tmp_path):
-    an = A.analyze(_two_kernel_run(tmp_path / "run", ratio=2.0), n_boot=300)
-    assert an.series == ["ebpf [6.18]", "ebpf [7.2]", "ipvs [7.2]"]
+    an = A.analyze(_two_kernel_run(tmp_path / "run", ratio=2.0, slope_ratio=1.5), n_boot=300)
+    # eBPF in user-mode Linux ran in the BPF interpreter: its name says so
+    assert set(an.series) == {"ebpf [6.18]", "ebpf [7.2, interpreted]", "ipvs [7.2]",
+                              "iptables-legacy [6.18]", "iptables-legacy [7.2]"}
     k = A.kernel_ratios(an)
     p50 = k[k["stat"] == "p50"]
-    assert len(p50) == 2 and set(p50["other_kernel"]) == {"7.2"} and set(p50["kernel"]) == {"6.18"}
-    # the truth: (10 + gamma median) / (5 + gamma median), the same noise on both
+    # only the natively running mode relates the kernels: never eBPF (interpreted in UML)
+    assert set(p50["mode"]) == {"iptables-legacy"}
+    assert set(p50["other_kernel"]) == {"7.2"} and set(p50["kernel"]) == {"6.18"}
+    level, slope = p50[p50["measure"] == "level"], p50[p50["measure"] == "slope"]
+    assert len(level) == 2 and len(slope) == 1
+    # the truth: (10 + 0.015 n + gamma median) / (5 + 0.01 n + gamma median)
     med = 0.1 * 1.678
-    truth = (10 + med) / (5 + med)
-    assert ((p50["ci_lo"] <= truth) & (truth <= p50["ci_hi"])).all(), p50
+    truth = [(10 + 0.015 * n + med) / (5 + 0.01 * n + med) for n in level["services"]]
+    assert ((level["ci_lo"] <= truth) & (truth <= level["ci_hi"])).all(), level
     assert ((p50["ci_lo"] <= p50["ratio"]) & (p50["ratio"] <= p50["ci_hi"])).all()
+    s = slope.iloc[0]
+    assert s["ci_lo"] <= 1.5 <= s["ci_hi"] and s["ci_hi"] - s["ci_lo"] < 0.5, s
+    # across kernels: growth, never levels; ipvs (guest) and ebpf (host) flat, legacy rises 10 us
+    g = A.cross_kernel_growth(an)
+    g = g[g["stat"] == "p50"].set_index("series")
+    assert g.loc["ipvs [7.2]", "ci_lo"] <= 0 <= g.loc["ipvs [7.2]", "ci_hi"]
+    assert g.loc["ebpf [6.18]", "ci_lo"] <= 0 <= g.loc["ebpf [6.18]", "ci_hi"]
+    assert g.loc["iptables-legacy [6.18]", "ci_lo"] <= 9.99 <= g.loc["iptables-legacy [6.18]", "ci_hi"]
     pairs = set(zip(an.crossover["mode_a"], an.crossover["mode_b"]))
-    assert pairs and all(a.split("[")[1] == b.split("[")[1] for a, b in pairs)   # one kernel per pair
+    kernel_of = dict(zip(an.points["series"], an.points["kernel"]))
+    assert pairs and all(kernel_of[a] == kernel_of[b] for a, b in pairs)   # one kernel per pair

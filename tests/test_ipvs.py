@@ -347,24 +347,28 @@ def test_scheduler_is_rendered_with_port_hashing(scheduler):
 @pytest.mark.root
 @pytest.mark.slow
 def test_a_sweep_over_the_host_and_user_mode_linux(tmp_path):
-    """`--kernel host+uml`: each mode where it runs, eBPF in both; one run directory, the
-    rows of each kernel labelled with its release, crossovers only inside one kernel."""
+    """`--kernel host+uml`: each mode where it runs, the calibrator (iptables-legacy,
+    native in both) in both, eBPF on the host only; one run directory, the rows of
+    each kernel labelled with its release, crossovers only inside one kernel."""
     ok, why = uml.uml_available()
     if not ok:
         pytest.skip(f"user-mode Linux cannot run here: {why}")
     if Ipvs.unavailable() is None:
         pytest.skip("the host kernel has IPVS: no other kernel is needed")
     out = tmp_path / "two"
-    cp = subprocess.run([sys.executable, "-m", "labkit", "sweep", "--kernel", "host+uml", "--modes", "ebpf,ipvs",
-                         "--services", "1,40", "--targets", "last", "--probes", "40", "--warmup", "5",
-                         "--rounds", "1", "--out", str(out), "--quiet"], capture_output=True, text=True,
-                        timeout=900)
+    cp = subprocess.run([sys.executable, "-m", "labkit", "sweep", "--kernel", "host+uml", "--modes",
+                         "ebpf,ipvs,iptables-legacy", "--services", "1,40", "--targets", "last", "--probes", "40",
+                         "--warmup", "5", "--rounds", "1", "--out", str(out), "--quiet"], capture_output=True,
+                        text=True, timeout=900)
     assert cp.returncode == 0, cp.stderr
     pts = pd.read_parquet(out / "points.parquet")
     kernels = dict(pts.groupby("mode")["kernel"].unique().map(sorted))
-    assert len(kernels["ebpf"]) == 2 and kernels["ipvs"] == [uml.guest_kernel_release()]
-    assert len(pts) == 6 and pts["valid"].all(), pts["reason"].tolist()
+    assert kernels["ebpf"] == [os.uname().release] and kernels["ipvs"] == [uml.guest_kernel_release()]
+    assert len(kernels["iptables-legacy"]) == 2
+    assert len(pts) == 8 and pts["valid"].all(), pts["reason"].tolist()
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["complete"] and meta["params"]["kernels_by_mode"] == {"ebpf": ["host", "uml"], "ipvs": ["uml"]}
+    assert meta["complete"] and meta["params"]["kernels_by_mode"] == {
+        "ebpf": ["host"], "ipvs": ["uml"], "iptables-legacy": ["host", "uml"]}
     assert len(meta["guests"]) == 1 and meta["guests"][0]["backend"] == "uml"
+    assert meta["guests"][0]["config_sha256"]  # labkit's own build, its config recorded
     assert meta["guests"][0]["bpf_jit"] == "none"  # arch um has no BPF JIT: eBPF is interpreted there

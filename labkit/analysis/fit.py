@@ -63,6 +63,7 @@ from scipy.optimize import brentq, minimize_scalar
 from labkit.analysis import claims as claims_mod
 from labkit.analysis.intervals import MAX_BRACKET, bracket, interval, jackknife_se, percentile_ci, resolved
 from labkit.core.errors import UsageError
+from labkit.core.modes import CALIBRATORS, INTERPRETED_TAG, interpreted
 from labkit.rundir import schema
 from labkit.rundir.store import read_json, read_table, sha256_file
 
@@ -178,10 +179,16 @@ def load_run(run_dir: str) -> Run:
         df["pacing"] = pacing
         df["probe"] = df["probe"].astype(str) + np.where(
             pacing > 0, " @" + pacing.map("{:g}".format) + "/s", "")
-    # one curve per mode; if a run mixes kernels, one per (mode, kernel)
+    # one curve per mode; if a run mixes kernels, one per (mode, kernel); a mode that ran
+    # in the BPF interpreter (eBPF in user-mode Linux: no JIT) says so in its name, so
+    # every table and figure of it does
     several = points["kernel"].nunique() > 1
+    uml = uml_releases(meta)
     for df in (samples, points):
-        df["series"] = (df["mode"] + " [" + df["kernel"] + "]") if several else df["mode"].astype(str)
+        tags = [([k] if several else []) + ([INTERPRETED_TAG] if interpreted(m, "uml" if k in uml else "")
+                                             else [])
+                for m, k in zip(df["mode"].astype(str), df["kernel"].astype(str))]
+        df["series"] = [m + (f" [{', '.join(t)}]" if t else "") for m, t in zip(df["mode"].astype(str), tags)]
     wanted = list((meta.get("params") or {}).get("modes") or [])
     present = list(dict.fromkeys(points.sort_values("point_id")["series"]))
     order = [s for m in wanted for s in present if s == m or s.startswith(m + " [")]
@@ -192,6 +199,12 @@ def load_run(run_dir: str) -> Run:
         if os.path.isfile(p) and name not in OUTPUT_FILES and not name.startswith("."):
             files.append({"file": name, "bytes": os.path.getsize(p), "sha256": sha256_file(p)})
     return Run(run_dir, meta, samples, points, pd.DataFrame(files), order)
+
+
+def uml_releases(meta: dict) -> set[str]:
+    """The kernel releases of the user-mode Linux guests a run was measured in."""
+    guests = [g for g in [meta.get("guest"), *(meta.get("guests") or [])] if isinstance(g, dict)]
+    return {str(g.get("kernel_release")) for g in guests if g.get("backend") == "uml"}
 
 
 def point_table(run: Run) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
@@ -1092,21 +1105,31 @@ def _same_kernel(pairs: Iterable[tuple[str, str]], kernel_of: dict) -> list[tupl
     return [(a, b) for a, b in pairs if kernel_of.get(a) == kernel_of.get(b)]
 
 
-def kernel_ratios(an: "Analysis", level: float = 0.95) -> pd.DataFrame:
-    """For every mode measured in two kernels of one run: the ratio of its fitted
-    latency in the other kernel to the host's, at the smallest and the largest
-    count both measured, with an interval from the two curves' paired
-    replicates (the same round left out of both, or bootstrap draws in a
-    one-round run).  How far a guest kernel's figures carry over to the
-    host, mode by mode; never a fit across kernels."""
-    rows = []
-    by_mode: dict[str, list[str]] = {}
+RATIO_COLUMNS = ["mode", "measure", "target", "probe", "stat", "kernel", "other_kernel", "services",
+                 "ratio", "ci_lo", "ci_hi"]
+
+
+def _by_mode(an: "Analysis") -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
     for name in an.series:
-        by_mode.setdefault(name.split(" [")[0], []).append(name)
+        out.setdefault(name.split(" [")[0], []).append(name)
+    return out
+
+
+def kernel_ratios(an: "Analysis", level: float = 0.95) -> pd.DataFrame:
+    """How a guest kernel's figures relate to the host's, through the modes
+    that run natively in both (:data:`CALIBRATORS`, never eBPF): per such
+    mode, the ratio of its fitted latency in the other kernel to the host's
+    at the smallest and the largest count both measured (``measure``
+    "level"), and the ratio of its per-service slopes (straight-line fits,
+    "slope"), each with an interval from the two curves' paired replicates
+    (the same round left out of both, or bootstrap draws in a one-round
+    run).  Never a fit across kernels."""
+    rows = []
     kernel_of = dict(zip(an.points["series"], an.points["kernel"]))
     host = str(an.run.meta.get("kernel", ""))   # the run's own kernel: the reference
-    for mode, names in by_mode.items():
-        if len(names) < 2:
+    for mode, names in _by_mode(an).items():
+        if len(names) < 2 or mode not in CALIBRATORS:
             continue
         ref = next((n for n in names if kernel_of.get(n) == host), names[0])
         for other in (n for n in names if n != ref):
@@ -1114,16 +1137,51 @@ def kernel_ratios(an: "Analysis", level: float = 0.95) -> pd.DataFrame:
                 if s != ref or (other, target, probe, stat) not in an.curves:
                     continue
                 o = an.curves[(other, target, probe, stat)]
+                ident = {"mode": mode, "target": target, "probe": probe, "stat": stat,
+                         "kernel": kernel_of.get(ref), "other_kernel": kernel_of.get(other)}
                 lo_x, hi_x = max(c.xmin, o.xmin), min(c.xmax, o.xmax)
                 for x in sorted({lo_x, hi_x}):
                     r = float(o.predict([x])[0] / c.predict([x])[0])
                     rb = o.boot_predict([x])[:, 0] / c.boot_predict([x])[:, 0]
                     lo, hi = interval(r, rb, c.method, level)
-                    rows.append({"mode": mode, "target": target, "probe": probe, "stat": stat,
-                                 "kernel": kernel_of.get(ref), "other_kernel": kernel_of.get(other),
-                                 "services": x, "ratio": r, "ci_lo": float(lo), "ci_hi": float(hi)})
-    return pd.DataFrame(rows, columns=["mode", "target", "probe", "stat", "kernel", "other_kernel",
-                                       "services", "ratio", "ci_lo", "ci_hi"])
+                    rows.append({**ident, "measure": "level", "services": x, "ratio": r,
+                                 "ci_lo": float(lo), "ci_hi": float(hi)})
+                if "linear" in c.fits and "linear" in o.fits:
+                    bc, bo = c.fits["linear"].params()["b"], o.fits["linear"].params()["b"]
+                    if bc > 0:
+                        with np.errstate(divide="ignore", invalid="ignore"):
+                            rb = o.boot["linear"][:, 1] / c.boot["linear"][:, 1]
+                        lo, hi = interval(bo / bc, rb, c.method, level)
+                        rows.append({**ident, "measure": "slope", "services": hi_x, "ratio": bo / bc,
+                                     "ci_lo": float(lo), "ci_hi": float(hi)})
+    return pd.DataFrame(rows, columns=RATIO_COLUMNS)
+
+
+def cross_kernel_growth(an: "Analysis", level: float = 0.95) -> pd.DataFrame:
+    """Modes measured in different kernels of one run (IPVS in user-mode Linux,
+    eBPF on the host), compared by growth only: each one's fitted rise from
+    its smallest count to the largest count both measured, with its interval.
+    Levels are never compared across kernels."""
+    kernel_of = dict(zip(an.points["series"], an.points["kernel"]))
+    if len(set(kernel_of.values())) < 2:
+        return pd.DataFrame(columns=["series", "kernel", "target", "probe", "stat", "from", "to",
+                                     "rise_us", "ci_lo", "ci_hi"])
+    rows = []
+    groups = sorted({k[1:] for k in an.curves})
+    for target, probe, stat in groups:
+        cs = [c for k, c in an.curves.items() if k[1:] == (target, probe, stat)]
+        if len({kernel_of.get(c.series) for c in cs}) < 2:
+            continue
+        top = min(c.xmax for c in cs)
+        for c in cs:
+            x0 = c.xmin
+            rise = float(c.predict([top])[0] - c.predict([x0])[0])
+            rb = c.boot_predict([top])[:, 0] - c.boot_predict([x0])[:, 0]
+            lo, hi = interval(rise, rb, c.method, level)
+            rows.append({"series": c.series, "kernel": kernel_of.get(c.series), "target": target,
+                         "probe": probe, "stat": stat, "from": x0, "to": top, "rise_us": rise,
+                         "ci_lo": float(lo), "ci_hi": float(hi)})
+    return pd.DataFrame(rows)
 
 
 def _summary_row(c: Curve, pts: pd.DataFrame, level: float) -> dict:

@@ -15,7 +15,7 @@ import sys
 from typing import IO, Sequence
 
 from labkit import datapaths
-from labkit.core.errors import Unavailable
+from labkit.core.errors import Unavailable, UsageError
 from labkit.kernels import uml, vm
 from labkit.kernels.guest import GuestResult
 from labkit.rundir import schema, store
@@ -23,12 +23,9 @@ from labkit.rundir.provenance import git_revision
 
 KERNELS = ("auto", "host", "uml", "vm")
 RUN_TIMEOUT = 7 * 24 * 3600.0   # a run in the VM may take days under emulation
-#: modes the pinned user-mode Linux kernel cannot run, and why (its config)
-UML_CANNOT = {
-    "iptables-legacy": "the user-mode Linux kernel has no legacy x_tables (NETFILTER_XTABLES_LEGACY unset)",
-    "iptables-nft": "the user-mode Linux kernel has no nf_tables NAT chains",
-    "nftables": "the user-mode Linux kernel has no nf_tables NAT chains",
-}
+#: modes labkit's user-mode Linux kernel cannot run, and why: none (its config,
+#: labkit/kernels/uml.config, has what every mode needs)
+UML_CANNOT: dict[str, str] = {}
 
 
 def in_guest() -> bool:
@@ -71,20 +68,24 @@ def strip_options(args: Sequence[str], names: Sequence[str]) -> list[str]:
     return out
 
 
-def choose_kernel(kernel: str, modes: Sequence[str], out_dir: str | None = None,
+def choose_kernel(kernel: str | None, modes: Sequence[str], out_dir: str | None = None,
                   resume: bool = False) -> tuple[str, str]:
     """("host"|"uml"|"vm", why) for ``--kernel host|uml|vm|auto``.
 
     ``auto``: the host when its kernel runs every mode; else user-mode Linux
     when it runs every mode (native speed); else the VM (emulated).  All modes
     of a run go to one kernel, so they are compared inside it.  A resumed run
-    stays where it started."""
+    stays where it started (a different ``--kernel`` is refused)."""
     if in_guest():
         return "host", "already inside a guest kernel"
     if resume:
-        where = recorded_guest(out_dir)
-        if where:
+        where = recorded_guest(out_dir) or "host"
+        if kernel not in (None, "", "auto") and kernel != where:
+            raise UsageError(f"--resume: the run in {out_dir} is measured in {where}, not {kernel}; "
+                             f"resume it there (omit --kernel)")
+        if where != "host":
             return where, f"resuming a run that was measured in {where}"
+        return "host", "resuming a run that was measured on the host"
     if kernel == "host":
         return "host", "--kernel host"
     if kernel in ("uml", "vm"):
@@ -120,6 +121,12 @@ def relaunch(where: str, command: str, args: Sequence[str], out_dir: str, kind: 
     ``record`` False (a segment of a run spanning two kernels) nothing is
     recorded here: the caller keeps the facts."""
     out_dir = os.path.abspath(out_dir)
+    facts_path = os.path.join(out_dir, schema.GUEST_FACTS)
+    if record and not os.path.exists(facts_path):
+        # the kernel this run is planned for, before the guest starts: a resume after a
+        # kill at any moment goes back to it (and never mixes in the host's points)
+        os.makedirs(out_dir, exist_ok=True)
+        store.write_json(facts_path, {"backend": where, "kernel_release": _release(where), "planned": True})
     rest = strip_options(args, ("--kernel", "--out"))
     argv = [sys.executable, "-m", "labkit", command, "--kernel", "host", *rest, "--out", out_dir]
     env = {"LABKIT_GIT_REVISION": git_revision()}

@@ -14,6 +14,7 @@ is shared with the guest, which writes into it::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
@@ -88,6 +89,22 @@ def command_script(xdir: Path, argv: Sequence[str], cwd: str, env: Mapping[str, 
             f"  echo '{who}: cannot enter {cwd} in the guest' >{d}/stderr\n"
             f"fi\n"
             f"echo $rc > {d}/rc.tmp && mv {d}/rc.tmp {d}/rc\n")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGKILL when its parent dies, for any
+    reason, SIGKILL included (``PR_SET_PDEATHSIG``); if the parent is gone
+    already, the child exits before it starts.  A guest kernel so never
+    outlives the labkit process that supervises it (user-mode Linux's own
+    helper processes carry the same signal from their kernel)."""
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
+            os._exit(125)
+    return arm
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -206,7 +223,7 @@ def supervise(cmd: Sequence[str], ex: Exchange, *, what: str, argv: Sequence[str
         with open(xdir / "console.log", "wb") as log:
             proc = subprocess.Popen(list(cmd), cwd=xdir, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=dict(env) if env else None,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
         ex.state.add_pid(proc.pid)
         tails = [Tail(xdir / "stdout", echo), Tail(xdir / "stderr", echo)]
         started_at: float | None = None

@@ -1,1 +1,3 @@
-"""TODO"""
+"""The lab: client, node and backend network namespaces joined by veths, and the echo
+server behind the services.
+"""

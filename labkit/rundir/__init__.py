@@ -1,1 +1,3 @@
-"""TODO"""
+"""Run directories: the schema of their tables and meta files, atomic writes, provenance
+(tools, versions, machine).
+"""

@@ -1,1 +1,3 @@
-"""TODO"""
+"""Run commands: parameters, the runner (blocks, resume, progress), and the sweep, control-
+plane, CPU, bench and doctor experiments.
+"""

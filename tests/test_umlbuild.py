@@ -1,0 +1,83 @@
+"""labkit's own user-mode Linux kernel: the config fragment, the build's cache key
+and its check of the resulting .config (pure), and the built kernel itself
+(root: built by `make setup`, every fragment option in its config, every mode
+available in it)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from labkit.core.errors import LabkitError
+from labkit.kernels import uml, umlbuild
+
+
+def test_the_fragment_sets_options_to_y_each_with_the_reason():
+    text = umlbuild.FRAGMENT.read_text()
+    opts = umlbuild.fragment_options(text)
+    assert len(opts) > 60 and len(set(opts)) == len(opts)
+    # the options the modes need beside IPVS, which Debian's prebuilt UML lacks
+    for o in ("CONFIG_NETFILTER_XTABLES_LEGACY", "CONFIG_NF_TABLES_IPV4", "CONFIG_NFT_FIB_IPV4", "CONFIG_IP_VS",
+              "CONFIG_IP_VS_MH", "CONFIG_IP_SET_HASH_IPPORT", "CONFIG_NET_CLS_BPF", "CONFIG_IKCONFIG_PROC"):
+        assert o in opts
+    for line in text.splitlines():
+        if line.startswith("CONFIG_"):
+            assert "#" in line and line.split("#", 1)[1].strip(), f"no reason given: {line}"
+
+
+@pytest.mark.parametrize("bad", ["CONFIG_X=m", "IP_VS=y", "CONFIG_X=y junk", "CONFIG_X=n"])
+def test_a_fragment_line_that_is_not_an_option_set_to_y_is_refused(bad):
+    with pytest.raises(LabkitError, match=":2: expected `CONFIG_NAME=y`"):
+        umlbuild.fragment_options(f"# comment\n{bad}\n")
+
+
+def test_an_option_set_twice_is_refused():
+    with pytest.raises(LabkitError, match="set twice: CONFIG_A"):
+        umlbuild.fragment_options("CONFIG_A=y\nCONFIG_B=y # b\nCONFIG_A=y\n")
+
+
+def test_missing_options_names_what_olddefconfig_dropped():
+    config = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=m\nCONFIG_AB=y\n"
+    assert umlbuild.missing_options(config, ["CONFIG_A", "CONFIG_B", "CONFIG_C"]) == ["CONFIG_B", "CONFIG_C"]
+
+
+def test_the_build_key_changes_with_the_source_the_fragment_and_the_patches():
+    k = umlbuild.build_key("a" * 64, b"CONFIG_A=y\n")
+    assert k == umlbuild.build_key("a" * 64, b"CONFIG_A=y\n") and len(k) == 16
+    assert k != umlbuild.build_key("b" * 64, b"CONFIG_A=y\n")
+    assert k != umlbuild.build_key("a" * 64, b"CONFIG_A=y\nCONFIG_B=y\n")
+    assert k != umlbuild.build_key("a" * 64, b"CONFIG_A=y\n", [b"--- a\n+++ b\n"])
+
+
+def test_the_pin_names_debian_kernel_source():
+    p = uml.pin()
+    assert p.pin.package.startswith("linux-source-") and len(p.pin.sha256) == 64
+    assert p.tarball == f"usr/src/{p.pin.package}.tar.xz"
+    assert p.pin.package.removeprefix("linux-source-") == ".".join(p.pin.release.split(".")[:2])
+
+
+@pytest.mark.root
+def test_the_built_kernel_has_every_fragment_option_and_runs_every_mode():
+    """`make setup` built it: its config holds every option of the fragment, its
+    facts name the source and the config's sha256, and inside it `labkit doctor`
+    finds every mode available."""
+    ok, why = uml.uml_available()
+    if not ok:
+        pytest.skip(f"user-mode Linux cannot run here: {why}")
+    root = uml.fetch()
+    facts = umlbuild.facts(root)
+    assert facts["source_sha256"] == uml.pin().pin.sha256 and facts["kernel_release"] == uml.guest_kernel_release()
+    config = (root / "config").read_text()
+    assert umlbuild.missing_options(config, umlbuild.fragment_options(umlbuild.FRAGMENT.read_text())) == []
+    res = uml.run_in_uml([sys.executable, "-m", "labkit", "doctor", "--json"], timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.facts["config_sha256"] == facts["config_sha256"] and res.facts["kernel_release"] == facts[
+        "kernel_release"]
+    rows = {r["mode"]: r for r in json.loads(res.stdout)}
+    unavailable = {m: r["reason"] for m, r in rows.items() if not r["host"]}   # "host": the guest's own kernel
+    assert set(rows) >= {"iptables-legacy", "iptables-nft", "nftables", "ipvs", "ebpf"} and not unavailable, rows
+    cp = subprocess.run([sys.executable, "-m", "labkit.kernels.uml", "info"], capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0 and json.loads(cp.stdout)["built"] is True
