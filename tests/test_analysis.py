@@ -124,6 +124,20 @@ def test_two_points_give_the_line_through_them_not_a_flat_claim():
     assert c.fit.params()["b"] == pytest.approx(0.0179)
 
 
+def test_curves_that_touch_at_the_first_count_are_ranked_by_their_gap():
+    """Two lines equal at the first count (p50s on the same clock step) that part
+    later: no crossing, and the faster one is the one below at the far end
+    (it was the other one, taken from the sign of the zero first difference)."""
+    x = np.array([0.0, 3000.0])
+    ca = A.fit_curve(("ipvs", "random", "syn", "p50"), x, np.array([11.5, 22.0]),
+                     np.array([[11.5, 21.8], [11.5, 22.2]]))
+    cb = A.fit_curve(("iptables-nft", "random", "syn", "p50"), x, np.array([11.5, 38.3]),
+                     np.array([[11.5, 38.0], [11.5, 38.6]]))
+    row = A.crossing_row(ca, cb)
+    assert row["diff_lo_us"] == 0 and row["diff_hi_us"] < 0
+    assert row["faster_above"] == row["faster_below"] == "ipvs", row["finding"]
+
+
 # --- bootstrap coverage ---------------------------------------------------------
 
 def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate():

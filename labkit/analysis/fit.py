@@ -811,7 +811,9 @@ def crossing_row(ca: Curve, cb: Curve, level: float = 0.95, grid: Grid | None = 
             txt += f" The fitted curves change order {count} times; the first is given."
         row["finding"] = txt + _res_text(row)
         return row
-    winner = ca.series if d[0] < 0 else cb.series
+    # no sign change: the side of the largest gap (d may touch 0 at an end: p50s that
+    # fall on the same clock step)
+    winner = ca.series if d[int(np.argmax(np.abs(d)))] < 0 else cb.series
     gap = np.abs(d)
     row.update(n_crossings=0, faster_below=winner, faster_above=winner)
     if span < 1e-9 * scale:
