@@ -4,14 +4,18 @@ Every run command (sweep, control, cpu, bench program) goes through the one
 experiment runner (:mod:`labkit.runs.runner`): the same pre-flight, output
 directory rules, ``--resume`` and ``--kernel host|vm|auto``.  Bad input gets
 one line on stderr and exit status 2; a machine limit (a missing kernel
-feature, too little memory) exit status 3.
+feature, too little memory) exit status 3; a system error no check named first
+(disk full, permission denied, a read-only file system: any OSError) one line
+and exit status 1; Ctrl-C or SIGTERM one line and exit status 130.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -19,21 +23,23 @@ from importlib import metadata
 from typing import Any, NoReturn
 
 from labkit.core.errors import LabkitError, UsageError
-from labkit.core.validate import names, split, whole
+from labkit.core.validate import clip, names, short, split, whole
 from labkit.datapaths import MODES
 from labkit.kernel import netns
 from labkit.kernel.clean import clean
 from labkit.kernels.dispatch import KERNELS, choose_kernel, relaunch
-from labkit.report.build import build_report
+from labkit.lab.lab import Lab
+from labkit.report.build import build_report, check_run_meta
 from labkit.report.compare import build_compare
-from labkit.rundir import schema
+from labkit.rundir import safepath, schema
 from labkit.rundir.store import read_table
 from labkit.runs.bench import BenchProgram, bench_nft_change, bench_send, summarize_program
 from labkit.runs.control import Control
 from labkit.runs.cpu import Cpu
 from labkit.runs.doctor import doctor
 from labkit.runs.params import SweepParams
-from labkit.runs.runner import Experiment, Runner, prepare_out
+from labkit.runs.runner import Experiment, Runner, open_out, prepare_out
+from labkit.runs.runner import _release_out as release_out
 from labkit.runs.sweep import run_sweep, summary_text
 
 SWEEP_OPTIONS = ("modes", "services", "endpoints", "targets", "probes", "rounds", "warmup", "seed",
@@ -42,8 +48,65 @@ SWEEP_OPTIONS = ("modes", "services", "endpoints", "targets", "probes", "rounds"
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2
-        raise UsageError(f"{self.prog}: {message}")
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, a long value quoted short
+        raise UsageError(f"{self.prog}: " + re.sub(r"'([^']{60})[^']+'", r"'\1...'", message))
+
+
+def _value_options(p: argparse.ArgumentParser) -> set[str]:
+    """The options of ``p`` and its subcommands that take a value."""
+    out: set[str] = set()
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                out |= _value_options(sub)
+        elif a.option_strings and a.nargs != 0:
+            out |= set(a.option_strings)
+    return out
+
+
+def _glue_dash_values(argv: list[str], options: set[str]) -> list[str]:
+    """``--services -5,100`` as ``--services=-5,100``: argparse takes a value
+    that starts with "-" (other than a plain negative number) for an option
+    and says only "expected one argument"; glued, the value is checked and
+    refused by name."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            return out + argv[i:]
+        if a in options and i + 1 < len(argv) and re.match(r"-[0-9.]", argv[i + 1]):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _one_line(text: str) -> str:
+    """An error message as one bounded line."""
+    return clip(" ".join(str(text).split()), 2000)
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError (disk full, permission denied, read-only file system...) in words."""
+    name = errno.errorcode.get(exc.errno or 0)
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{what}{f' ({name})' if name else ''}{where}"
+
+
+def _interrupted(since: tuple[int, int] = (0, 0)) -> str:
+    """What a Ctrl-C or SIGTERM left: "torn down" only when this command built a
+    lab and took every lab it built down again (``since``: the labs opened and
+    torn down before it began)."""
+    opened, torn_down = Lab.opened - since[0], Lab.torn_down - since[1]
+    if not opened:
+        return "labkit: interrupted"
+    if torn_down >= opened:
+        return "labkit: interrupted; the lab was torn down"
+    return "labkit: interrupted before the lab was torn down; run `python -m labkit clean`"
 
 
 def _sigterm(signum: int, frame: Any) -> None:  # unwind context managers: teardown runs
@@ -57,13 +120,22 @@ def _command(name: str, args: argparse.Namespace) -> str:
 def _elsewhere(args: argparse.Namespace, kernel: str, modes: list[str], kind: str) -> bool:
     """Relaunch the command in another kernel when ``--kernel`` asks for it;
     True when it ran there."""
-    if kernel not in KERNELS:
-        raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    if kernel is not None and kernel not in KERNELS:
+        raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {short(kernel)}")
+    if kernel is None and not args.resume:
+        kernel = "host"
     where, why = choose_kernel(kernel, modes, args.out, args.resume)
     if where == "host":
         return False
     print(f"labkit: {why}", file=sys.stderr)
-    res = relaunch(where, args.cmd, args.argv, args.out, kind)
+    # this process holds the run directory and its lock for the guest's run (the guest,
+    # writing through hostfs, takes no lock of its own: LABKIT_GUEST)
+    with open_out(args.out, kind, args.resume) as d:
+        try:
+            res = relaunch(where, args.cmd, args.argv, d.path, kind)
+        except BaseException:
+            release_out(d, kind)   # a signal during the guest's boot leaves no empty --out it made
+            raise
     print(f"wrote {args.out} ({where} kernel {res.facts['kernel_release']}, {res.facts['accel']}, "
           f"boot {res.facts['boot_s']:.1f} s)")
     return True
@@ -107,7 +179,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     prepare_out(args.out, "sweep", args.resume)
     netns.require_root()
     modes = params.modes if params else []
-    kernel = params.kernel if params else "host"
+    # a resume goes back to the kernel the run was planned for; --kernel may only agree
+    kernel = args.kernel if args.resume else (params.kernel if params else "host")
     if kernel != "host+uml" and _elsewhere(args, kernel, modes, "sweep"):
         return 0
     only = {whole(b, "only-blocks", 0, 10**9) for b in split(args.only_blocks, "only-blocks")} \
@@ -115,7 +188,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = run_sweep(params, args.out, resume=args.resume, command=_command("sweep", args),
                     progress=not args.quiet, only=only)
     if only is None:   # a segment run in another kernel reports to its parent instead
-        print(summary_text(read_table(os.path.join(out, schema.POINTS))))
+        with safepath.open_dir(out, "--out", create=False) as d:   # read back through a checked path
+            print(summary_text(read_table(schema.POINTS, dir_fd=d.fd)))
     print(f"wrote {out}/{schema.SAMPLES}, {schema.POINTS}, {schema.CONTROL}, {schema.META}")
     return 0
 
@@ -186,6 +260,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    seen: dict[str, str] = {}
+    for d in args.run_dirs:
+        key = os.path.realpath(d)
+        if key in seen:
+            raise UsageError(f"compare: {short(seen[key])} and {short(d)} are the same run directory; "
+                             "compare different runs")
+        seen[key] = d
+        check_run_meta(os.path.abspath(d))
     path = build_compare(args.run_dirs, args.out_dir)
     print(f"wrote {path} and {os.path.join(os.path.dirname(path), 'compare.csv')}")
     return 0
@@ -261,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--endpoints", default="10", help="endpoints per service (default 10)")
     k.add_argument("--rounds", default="1", help="repetitions (default 1)")
     k.add_argument("--seed", default="1")
-    k.add_argument("--kernel", default="host", help="host, uml, vm or auto (default host)")
+    k.add_argument("--kernel", help="host, uml, vm or auto (default host; a resumed run stays in its kernel)")
     k.add_argument("--no-verify", action="store_true", help="skip the SYN that checks each operation")
     _run_options(k, "directory for control.parquet")
     k.set_defaults(fn=cmd_control)
@@ -276,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--seed", help="seed of the order (default 1)")
     u.add_argument("--rate", type=float, default=1000.0, help="new connections per second (default 1000)")
     u.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
-    u.add_argument("--kernel", default="host", help="host, uml, vm or auto (default host)")
+    u.add_argument("--kernel", help="host, uml, vm or auto (default host; a resumed run stays in its kernel)")
     _run_options(u, "directory for cpu.parquet (may be a sweep's run directory)")
     u.set_defaults(fn=cmd_cpu)
 
@@ -288,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--endpoints", default="10")
     b.add_argument("--repeat", default="3", help="repetitions (default 3)")
     b.add_argument("--seconds", type=float, default=2.0, help="send: seconds to send (default 2)")
-    b.add_argument("--kernel", default="host", help="host, uml, vm or auto (default host)")
+    b.add_argument("--kernel", help="host, uml, vm or auto (default host; a resumed run stays in its kernel)")
     _run_options(b, "program: also write bench.parquet there (resumable)", out_required=False)
     b.set_defaults(fn=cmd_bench)
 
@@ -321,16 +403,22 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGHUP, _sigterm)
+    labs = (Lab.opened, Lab.torn_down)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        argv = _glue_dash_values(argv, _value_options(parser))
+        args = parser.parse_args(argv)
         args.argv = argv[argv.index(args.cmd) + 1:]   # the subcommand's own arguments
         if args.verbose:
             logging.basicConfig(level=logging.INFO if args.verbose == 1 else logging.DEBUG,
                                 format="labkit: %(name)s: %(message)s", stream=sys.stderr)
         return int(args.fn(args))
     except LabkitError as exc:
-        print(f"labkit: error: {exc}", file=sys.stderr)
+        print(f"labkit: error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:   # ENOSPC, EACCES, EROFS... where no check named it first: exit 1
+        print(f"labkit: error: {_one_line(_os_error(exc))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("labkit: interrupted; the lab was torn down", file=sys.stderr)
+        print(_interrupted(labs), file=sys.stderr)
         return 130

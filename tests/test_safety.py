@@ -4,6 +4,7 @@ nothing), `clean` acts only on runs it proves dead, `--out` never overwrites a u
 files, resume loses no rows, bad input gets one line, the backend tap never overflows."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -18,7 +19,9 @@ import pandas as pd
 import pytest
 from conftest import _labkit_namespaces, host_modes
 
+from labkit import cli
 from labkit.core.catalog import ServiceCatalog
+from labkit.core.topology import new_run_id
 from labkit.datapaths import MODES, Ebpf
 from labkit.kernel import netns, state
 from labkit.kernel.clean import clean
@@ -206,6 +209,38 @@ def test_a_live_run_holds_its_lock_and_a_dead_one_does_not(tmp_path):
     assert not state.lock_held(lab.run_id) and not os.path.exists(lab.state.file)
 
 
+@pytest.mark.root
+def test_clean_removes_a_lock_file_no_run_holds_and_keeps_a_held_one():
+    """What a run killed between removing its state file and its lock file leaves (a
+    lock file alone) is removed by clean, once no process holds it; a held one is a
+    live run's, and stays.  A state file a dead process was writing goes too."""
+    state.private_dir(state.STATE_DIR)
+    dead, held, tmp_of = new_run_id(), new_run_id(), new_run_id()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    paths = {k: os.path.join(state.STATE_DIR, n) for k, n in (
+        ("dead", f"{dead}.lock"), ("held", f"{held}.lock"), ("tmp", f"{tmp_of}.json.tmp{gone.pid}"))}
+    for p in paths.values():
+        with open(p, "w"):
+            pass
+    fd = os.open(paths["held"], os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        report = clean()
+        assert not os.path.exists(paths["dead"]) and not os.path.exists(paths["tmp"])
+        assert os.path.exists(paths["held"])
+        assert any(paths["dead"] in r for r in report.removed), report.removed
+        assert any(paths["tmp"] in r for r in report.removed), report.removed
+        assert not [r for r in report.removed if held in r]
+        cp = labkit("clean")   # and the command says so
+        assert cp.returncode == 0 and held not in cp.stdout, cp.stdout
+    finally:
+        os.close(fd)
+        for p in paths.values():
+            if os.path.exists(p):
+                os.unlink(p)
+
+
 # ---- --out never overwrites what is not this run's -------------------------------------------
 
 SMALL = ["--services", "0", "--targets", "last", "--probes", "5", "--warmup", "0", "--rounds", "1",
@@ -254,6 +289,30 @@ def test_a_refused_run_leaves_no_directory(tmp_path):
     cp = labkit("sweep", "--modes", lacking[0], *SMALL, "--out", str(out))
     assert cp.returncode == 3, cp.stderr
     assert not out.exists()
+
+
+@pytest.mark.root
+def test_a_signal_during_a_guest_boot_removes_the_empty_out_it_made(tmp_path, capsys, monkeypatch):
+    """SIGTERM/Ctrl-C while the guest kernel boots (nothing measured yet): the --out
+    directory this command created is removed again; once a table is there it stays."""
+    measured = False
+
+    def booting(where, command, args, out_dir, kind, **kw):
+        os.makedirs(out_dir, exist_ok=True)   # as the real relaunch: the guest's facts, planned
+        store.write_json(os.path.join(out_dir, schema.GUEST_FACTS), {"backend": where, "planned": True})
+        if measured:
+            store.write_json(os.path.join(out_dir, schema.POINTS), {})
+        raise KeyboardInterrupt("signal 15")
+    monkeypatch.setattr(cli, "choose_kernel", lambda *a, **kw: ("uml", "user-mode Linux (test)"))
+    monkeypatch.setattr(cli, "relaunch", booting)
+    for measured in (False, True):
+        out = tmp_path / f"run-{measured}"
+        code = cli.main(["sweep", "--kernel", "uml", "--modes", "nftables", "--services", "0", "--probes", "5",
+                         "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 130 and err[-1] == "labkit: interrupted", err
+        assert out.exists() == measured, (measured, os.listdir(out) if out.exists() else None)
+    assert schema.POINTS in os.listdir(tmp_path / "run-True")
 
 
 # ---- resume: every table, stale temp files, finished runs ---------------------------------
@@ -325,6 +384,62 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path):
     cp = labkit("sweep", "--resume", "--out", str(out), "--quiet")
     assert cp.returncode == 0 and "nothing to resume" in cp.stderr, cp.stderr
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+
+
+def _crafted_run(tmp_path, name, kind="sweep", **fields):
+    d = tmp_path / name
+    d.mkdir()
+    if kind == "sweep":
+        params = SweepParams.from_dict(dict(modes=[host_modes()[0]], services=[0], targets=["last"], probes=5,
+                                            rounds=1, warmup=0, kernel="host")).to_dict()
+    else:
+        params = {"modes": [host_modes()[0]], "services": [0], "endpoints": 2, "rounds": 1, "seed": 1,
+                  "verify": True}
+    meta = {"schema_version": schema.SCHEMA_VERSION, "kind": kind, "experiment": kind, "run_id": "",
+            "params": params, "command": "x", "started": 1.0, "finished": None, "complete": False,
+            "blocks_done": [], **fields}
+    (d / schema.KINDS[kind].meta).write_text(json.dumps(meta))
+    return str(d)
+
+
+CRAFTED = [({"blocks_done": [None]}, "blocks_done"), ({"blocks_done": ["../x"]}, "blocks_done"),
+           ({"blocks_done": "0,1"}, "blocks_done"), ({"blocks_done": [True]}, "blocks_done"),
+           ({"resumed": "yesterday"}, "resumed"), ({"host": "box"}, "host"), ({"tools": ["nft"]}, "tools"),
+           ({"complete": "yes"}, "complete"), ({"params": {"modes": 5}}, "params"),
+           ({"params": {"modes": ["nftables"], "evil": 1}}, "unknown parameter")]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("fields, named", CRAFTED, ids=[n + str(i) for i, (_, n) in enumerate(CRAFTED)])
+def test_resume_refuses_a_meta_file_that_is_not_a_valid_run(tmp_path, capsys, fields, named):
+    """A crafted meta.json on resume: one line "not a valid labkit run" naming the
+    field, exit 2, before any namespace exists (issue 26 had tracebacks)."""
+    out = _crafted_run(tmp_path, "run", **fields)
+    before = _labkit_namespaces()
+    code = cli.main(["sweep", "--resume", "--out", out, "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "is not a valid labkit run" in lines[0] and named in lines[0], lines
+    assert _labkit_namespaces() <= before
+
+
+@pytest.mark.root
+def test_resume_refuses_a_meta_file_that_is_a_fifo(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    os.mkfifo(out / schema.META)
+    cp = labkit("sweep", "--resume", "--out", str(out), "--quiet", timeout=60)
+    lines = cp.stderr.strip().splitlines()
+    assert cp.returncode == 2 and len(lines) == 1 and "is a FIFO, not a regular file" in lines[0], cp.stderr
+    assert "not valid JSON" not in lines[0]
+
+
+@pytest.mark.root
+def test_resume_refuses_stored_parameters_an_experiment_does_not_take(tmp_path, capsys):
+    out = _crafted_run(tmp_path, "ctl", kind="control", params={"modes": [host_modes()[0]], "services": [0],
+                                                                "evil": 1})
+    code = cli.main(["control", "--resume", "--out", out, "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "is not a valid labkit run: its params" in lines[0], lines
 
 
 # ---- one line for every bad input, before any namespace exists --------------------------------
@@ -468,9 +583,12 @@ def test_a_run_file_reaches_the_disk_before_its_rename_and_the_rename_after(tmp_
     kinds = [c.split("(", 1)[0] for c in calls]
     assert len(calls) == 3 and kinds[0] in ("fsync", "fdatasync") and kinds[1].startswith("rename") \
         and kinds[2] in ("fsync", "fdatasync"), calls
-    tmp_name = re.search(r"<([^>]+)>", calls[0]).group(1)
-    assert os.path.basename(tmp_name).startswith(schema.TMP_PREFIX) and tmp_name in calls[1], calls
-    assert str(target) in calls[1].split(tmp_name, 1)[1], calls           # renamed onto the run file
+    tmp_name = os.path.basename(re.search(r"<([^>]+)>", calls[0]).group(1))
+    # renamed within the directory held open: renameat(dir, tmp, dir, name), never by path
+    m = re.match(r'renameat2?\(\d+<([^>]+)>, "([^"]+)", \d+<([^>]+)>, "([^"]+)"', calls[1])
+    assert m and m.group(1) == m.group(3) == str(tmp_path), calls
+    assert tmp_name.startswith(schema.TMP_PREFIX) and m.group(2) == tmp_name, calls
+    assert m.group(4) == target.name, calls                               # renamed onto the run file
     assert f"<{tmp_path}>" in calls[2], calls                             # then the directory
     assert json.loads(target.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["m.json"]

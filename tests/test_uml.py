@@ -66,7 +66,9 @@ def test_the_kernel_dies_with_a_killed_parent_and_clean_removes_the_rest(bootabl
     assert _wait_until(lambda: not _uml_pids(), 10), f"the kernel outlived its parent: {_uml_pids()}"
     cp = subprocess.run([sys.executable, "-m", "labkit", "clean"], capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, cp.stderr
-    assert "removed" in cp.stdout, cp.stdout   # the exchange directory and state of the killed run
+    runs = str(cache.kind_dir(uml.KIND) / "runs")
+    assert any(ln.startswith("removed") and runs in ln for ln in cp.stdout.splitlines()), cp.stdout
+    assert not any(p for p in (cache.kind_dir(uml.KIND) / "runs").glob("labkit-*")), "exchange directory left"
 
 
 @pytest.mark.root

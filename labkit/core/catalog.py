@@ -18,6 +18,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from labkit.core.errors import UsageError
+from labkit.core.validate import short
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"   # Kubernetes' default service range
 DEFAULT_ENDPOINT_CIDR = "10.128.0.0/9"  # room for 8M endpoints ("pod" IPs)
@@ -30,9 +31,10 @@ def _net(value: str, what: str) -> ipaddress.IPv4Network:
     try:
         net = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
-        raise UsageError(f"{what} {value!r} is not an IPv4 network in CIDR form ({exc})") from None
+        why = f" ({exc})" if len(str(exc)) <= 100 else ""
+        raise UsageError(f"{what} {short(value)} is not an IPv4 network in CIDR form{why}") from None
     if net.version != 4:
-        raise UsageError(f"{what} {value!r}: only IPv4 is supported")
+        raise UsageError(f"{what} {short(value)}: only IPv4 is supported")
     return net
 
 
@@ -63,7 +65,7 @@ class ServiceCatalog:
     def __post_init__(self) -> None:
         for what, val in (("services", self.services), ("endpoints", self.endpoints)):
             if isinstance(val, bool) or not isinstance(val, int):
-                raise UsageError(f"{what} must be a whole number, got {val!r}")
+                raise UsageError(f"{what} must be a whole number, got {short(val)}")
         if self.services < 0:
             raise UsageError(f"services must be >= 0, got {self.services}")
         if self.services > MAX_SERVICES:
@@ -75,9 +77,9 @@ class ServiceCatalog:
             raise UsageError("at least one service port is needed")
         for p in ports:
             if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
-                raise UsageError(f"port {p!r} is not in 1..65535")
+                raise UsageError(f"port {short(p)} is not in 1..65535")
         if len(set(ports)) != len(ports):
-            raise UsageError(f"ports repeat: {ports}")
+            raise UsageError(f"ports repeat: {short(ports)}")
         object.__setattr__(self, "ports", ports)
         svc = _net(self.service_cidr, "service CIDR")
         ep = _net(self.endpoint_cidr, "endpoint CIDR")

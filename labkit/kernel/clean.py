@@ -25,8 +25,16 @@ import re
 from dataclasses import dataclass, field
 
 from labkit.core.topology import NS_RE
-from labkit.kernel import netns
-from labkit.kernel.state import RunState, all_states, lock_held, remove_path, same_process
+from labkit.kernel import netns, state
+from labkit.kernel.state import (
+    RunState,
+    all_states,
+    lock_held,
+    pid_alive,
+    remove_path,
+    remove_unheld_lock,
+    same_process,
+)
 
 #: a run's temporary directory: tempfile.mkdtemp(prefix="labkit-<run id>-") in the temp dir
 PATH_RE = re.compile(r"^labkit-([a-z0-9]{6})-(vm|[a-z0-9_]{8})$")
@@ -103,6 +111,7 @@ def clean(force: bool = False, live: bool = False) -> CleanReport:
         else:
             report.kept.append(f"namespace {ns} (no labkit state file records it; "
                                "`labkit clean --force` removes it)")
+    _clean_state_dir(recorded, live, report)
     for path in glob.glob(os.path.join(_tmp_dir(), TMP_GLOB)):
         m = PATH_RE.match(os.path.basename(path))
         if not m or m.group(1) in recorded or not _ours(path):
@@ -116,6 +125,29 @@ def clean(force: bool = False, live: bool = False) -> CleanReport:
             report.kept.append(f"path {path} (no labkit state file records it; "
                                "`labkit clean --force` removes it)")
     return report
+
+
+#: a state file being written: ``<run id>.json.tmp<pid>`` (:meth:`RunState.save`)
+STATE_TMP_RE = re.compile(r"^(.+)\.json\.tmp(\d+)$")
+
+
+def _clean_state_dir(recorded: set[str], live: bool, report: CleanReport) -> None:
+    """The state directory's own leftovers: a lock file with no state file that
+    no process holds, and a state file half-written by a process that is gone."""
+    try:
+        names = sorted(os.listdir(state.STATE_DIR))
+    except (FileNotFoundError, PermissionError):
+        return
+    present = set(names)
+    for n in names:
+        path = os.path.join(state.STATE_DIR, n)
+        if n.endswith(".lock") and n[:-5] not in recorded and f"{n[:-5]}.json" not in present:
+            if remove_unheld_lock(n[:-5]):
+                report.removed.append(f"lock file {path} (no state file, held by no process)")
+        elif (m := STATE_TMP_RE.match(n)) and not pid_alive(int(m.group(2))) \
+                and (live or not lock_held(m.group(1))):
+            os.unlink(path)
+            report.removed.append(f"file {path} (a state file a killed run was writing)")
 
 
 def leftovers() -> dict[str, list[str]]:

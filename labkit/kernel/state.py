@@ -90,6 +90,42 @@ def lock_held(run_id: str) -> bool:
     return False
 
 
+def _same_file(fd: int, path: str) -> bool:
+    """``path`` (not followed) is still the file open as ``fd``."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def remove_unheld_lock(run_id: str) -> bool:
+    """Remove the lock file of ``run_id`` when no process holds it and no state
+    file is beside it (a run killed between removing its state file and its
+    lock file leaves one); True when it was removed.  The lock is taken
+    (``LOCK_EX|LOCK_NB``) while the file is checked and removed, so a run that
+    is taking it waits and then makes a new one (:meth:`RunState.acquire`)."""
+    path = os.path.join(STATE_DIR, f"{run_id}.lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False   # gone, or a symbolic link: not a lock file of labkit's
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False   # held: a live run
+        if os.path.lexists(os.path.join(STATE_DIR, f"{run_id}.json")) or not _same_file(fd, path):
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class RunState:
     run_id: str
@@ -117,9 +153,29 @@ class RunState:
         """Take the run's lock (before anything of the run exists) and write
         the first state file."""
         private_dir(STATE_DIR)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        deadline = time.monotonic() + 10
+        while True:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+            try:
+                # `clean` may hold a lock file without a state file for a moment, to remove it
+                # (:func:`remove_unheld_lock`): wait, then make sure the file is still the one
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise LabkitError(f"the run lock {self.lock_file} stays held by another "
+                                              "process") from None
+                        time.sleep(0.01)
+                still = _same_file(fd, self.lock_file)
+            except BaseException:
+                os.close(fd)
+                raise
+            if still:
+                break
+            os.close(fd)   # removed meanwhile: make a new one
         self._lock_fd = fd
         self.save()
 

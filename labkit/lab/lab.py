@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 from labkit.core.errors import LabkitError
 from labkit.core.topology import Topology, new_run_id
@@ -49,6 +49,10 @@ def _signals_held():
 
 class Lab:
     """Build with ``with Lab(...) as lab:``; everything is gone after the block."""
+    #: labs this process began to build, and those it then took down completely (the
+    #: CLI says "the lab was torn down" on a Ctrl-C only when the two agree)
+    opened: ClassVar[int] = 0
+    torn_down: ClassVar[int] = 0
 
     def __init__(self, *, endpoint_cidr: str, ports: Sequence[int] = (80,),
                  topology: Topology | None = None, server: bool = True) -> None:
@@ -123,6 +127,7 @@ class Lab:
         self.close()
 
     def open(self) -> None:
+        Lab.opened += 1
         netns.require_root()
         netns.require_tool("ip", "iproute2")
         netns.require_tool("sysctl", "procps")
@@ -304,5 +309,6 @@ class Lab:
                 log.warning("teardown step failed: %s: %s", what, exc)
         if not errors:
             self.state.drop()
+            Lab.torn_down += 1
         else:
             raise LabkitError("teardown incomplete (run `labkit clean`): " + "; ".join(errors))

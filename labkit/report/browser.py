@@ -89,8 +89,10 @@ def check(html_path: str, size: tuple[int, int] = SCREEN, timeout: float = 120) 
     if exe is None:
         raise LabkitError("chromium is not installed (Debian package chromium; `make setup` installs it)")
     html_path = os.path.abspath(html_path)
-    page = os.path.join(os.path.dirname(html_path), f".labkit-check-{os.getpid()}.html")
-    with open(page, "w", encoding="utf-8") as f:
+    page = os.path.join(os.path.dirname(html_path), f".labkit-check-{os.urandom(6).hex()}.html")
+    # a new file of a random name, never through a symbolic link planted beside the report
+    fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(_CHECK_PAGE.format(src=os.path.basename(html_path), w=size[0], h=size[1]))
     try:
         cp = _run([exe, "--allow-file-access-from-files", "--virtual-time-budget=15000",

@@ -9,12 +9,15 @@ of the report as HTML for the notebook; they hold no statistics of their own.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
+import json
 import logging
 import math
 import os
 import re
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -28,10 +31,13 @@ from nbconvert import HTMLExporter
 
 from labkit.analysis import anchors
 from labkit.analysis.claims import FLAT_US, pacing_effect
-from labkit.analysis.fit import Analysis, kernel_ratios, load_run
+from labkit.analysis.fit import Analysis, cross_kernel_growth, kernel_ratios, load_run
 from labkit.core import topology
 from labkit.core.errors import LabkitError, UsageError
+from labkit.core.files import META_MAX, read_regular
+from labkit.core.modes import CALIBRATORS
 from labkit.report import browser
+from labkit.rundir import safepath, schema, store
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,28 @@ def _writable_dir(path: str) -> bool:
     return os.path.isdir(probe or "/") and os.access(probe or "/", os.W_OK)
 
 
+def check_run_meta(run_dir: str) -> None:
+    """Refuse, in one line, a run directory whose ``meta.json`` is not a
+    regular file of a sane size or not valid against the run schema
+    (:func:`labkit.rundir.schema.meta_problem`), before anything uses it.  A
+    missing or unparsable file is left to :func:`~labkit.analysis.fit.load_run`,
+    which names it."""
+    path = os.path.join(run_dir, schema.META)
+    if not os.path.isdir(run_dir):
+        return
+    try:
+        raw = read_regular(path, path, META_MAX)
+    except FileNotFoundError:
+        return
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except ValueError:   # not JSON, not UTF-8
+        return
+    problem = schema.meta_problem(meta, "sweep")
+    if problem:
+        raise UsageError(f"{run_dir} is not a valid labkit run: {problem}")
+
+
 def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 10.0,
                  budget_frac: float = 0.10, out_dir: str | None = None, *, n_boot: int = 1000,
                  seed: int = 0, notebook: str | None = None, timeout: int = 1800,
@@ -100,48 +128,75 @@ def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 1
 
     Outputs go to ``out_dir`` (default: the run directory itself); a
     read-only run directory, such as data/reference/<name>/, needs an
-    ``out_dir``.  The raw files are only read.  Returns the HTML path."""
-    run_dir = os.path.abspath(run_dir)
-    load_run(run_dir)  # refuse a directory that is not a run before starting a kernel
-    if budget_us < 0 or not 0 <= budget_frac < 10:
-        raise UsageError(f"budgets must be non-negative, got {budget_us} us and {budget_frac}")
-    out_dir = os.path.abspath(out_dir or run_dir)
-    if not _writable_dir(out_dir):
-        raise UsageError(f"{out_dir} is not writable; pass out_dir= (--out-dir) to write the "
-                         "report elsewhere")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out-dir {out_dir} cannot be created: {exc.strerror}") from None
-    out_html = os.path.abspath(out_html or os.path.join(out_dir, "report.html"))
-    executed = os.path.join(out_dir, "analysis.ipynb")
-    crossover = os.path.join(out_dir, "crossover.csv")
-    if os.path.exists(crossover):
-        os.unlink(crossover)  # never leave a stale table beside a new report
+    ``out_dir``.  The raw files are only read.  Returns the HTML path.
 
-    params = dict(run_dir=run_dir, out_dir=out_dir, budget_us=float(budget_us),
-                  budget_frac=float(budget_frac), n_boot=int(n_boot), seed=int(seed))
-    try:
-        pm.execute_notebook(notebook or default_notebook(), executed, parameters=params,
-                            kernel_name=KERNEL, cwd=out_dir, progress_bar=False,
-                            log_output=False, execution_timeout=timeout)
-    except pm.PapermillExecutionError as exc:
-        raise LabkitError(f"the analysis notebook failed: {exc.ename}: {exc.evalue} "
-                          f"(executed copy: {executed})") from None
-    if not os.path.exists(crossover):
-        raise LabkitError(f"the analysis notebook did not write {crossover}")
-    body = notebook_html(executed)
-    tmp = out_html + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(body)
-    os.replace(tmp, out_html)
-    if screenshot and browser.browser():
-        # the first screen a reader sees, beside the report (README shows the reference run's)
-        browser.screenshot(out_html, os.path.join(os.path.dirname(out_html), "report.png"))
-    elif screenshot:
-        log.warning("report.png not written: chromium is not installed (Debian package chromium; "
-                    "`make setup` installs it)")
-    return out_html
+    No file is written through a path another user could redirect: ``out_dir``
+    is checked and held open (:mod:`labkit.rundir.safepath`); the notebook and
+    Chromium write into a private temporary directory, and each output is then
+    written into the held directory (``O_EXCL|O_NOFOLLOW`` temporary name,
+    rename), so a symbolic link planted there under any name is never written
+    through."""
+    run_dir = os.path.abspath(run_dir)
+    check_run_meta(run_dir)
+    load_run(run_dir)  # refuse a directory that is not a run before starting a kernel
+    if not (math.isfinite(budget_us) and math.isfinite(budget_frac)) or budget_us < 0 \
+            or not 0 <= budget_frac < 10:
+        raise UsageError(f"budgets must be finite and non-negative (the fraction below 10), got "
+                         f"{budget_us:g} us and {budget_frac:g}")
+    out_dir = safepath.check(out_dir or run_dir, "--out-dir")
+    html_dir, html_name = os.path.split(safepath.resolve(out_html, "out_html")) if out_html \
+        else (out_dir, "report.html")
+    for d in dict.fromkeys((out_dir, html_dir)):
+        if not _writable_dir(d):
+            raise UsageError(f"{d} is not writable; pass out_dir= (--out-dir) to write the "
+                             "report elsewhere")
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(safepath.open_dir(out_dir, "--out-dir"))
+        hdir = out if html_dir == out_dir else stack.enter_context(safepath.open_dir(html_dir, "out_html"))
+        work = stack.enter_context(tempfile.TemporaryDirectory(prefix="lkreport."))
+        try:
+            os.unlink("crossover.csv", dir_fd=out.fd)  # never leave a stale table beside a new report
+        except FileNotFoundError:
+            pass
+        # the notebook writes its tables into its working directory, the private ``work``
+        params = dict(run_dir=run_dir, out_dir=".", budget_us=float(budget_us),
+                      budget_frac=float(budget_frac), n_boot=int(n_boot), seed=int(seed))
+        executed = os.path.join(work, "analysis.ipynb")
+        try:
+            pm.execute_notebook(notebook or default_notebook(), executed, parameters=params,
+                                kernel_name=KERNEL, cwd=work, progress_bar=False,
+                                log_output=False, execution_timeout=timeout)
+        except pm.PapermillExecutionError as exc:
+            _publish(work, out.fd, ["analysis.ipynb"])
+            raise LabkitError(f"the analysis notebook failed: {exc.ename}: {exc.evalue} "
+                              f"(executed copy: {os.path.join(out_dir, 'analysis.ipynb')})") from None
+        if not os.path.exists(os.path.join(work, "crossover.csv")):
+            raise LabkitError(f"the analysis notebook did not write {os.path.join(out_dir, 'crossover.csv')}")
+        body = notebook_html(executed)
+        _publish(work, out.fd)
+        store.atomic_write_at(hdir.fd, html_name, body.encode("utf-8"))
+        if screenshot and browser.browser():
+            # the first screen a reader sees, beside the report (README shows the reference run's)
+            page = os.path.join(work, "report.html")
+            with open(page, "w", encoding="utf-8") as f:
+                f.write(body)
+            browser.screenshot(page, os.path.join(work, "report.png"))
+            _publish(work, hdir.fd, ["report.png"])
+        elif screenshot:
+            log.warning("report.png not written: chromium is not installed (Debian package chromium; "
+                        "`make setup` installs it)")
+    return os.path.join(html_dir, html_name)
+
+
+def _publish(work: str, dir_fd: int, names: list[str] | None = None) -> None:
+    """Copy the regular files ``names`` (default: all) of the private
+    directory ``work`` into the held directory ``dir_fd``, each atomically."""
+    for name in sorted(names if names is not None else os.listdir(work)):
+        p = os.path.join(work, name)
+        if name.startswith(".") or os.path.islink(p) or not os.path.isfile(p):
+            continue
+        with open(p, "rb") as f:
+            store.atomic_write_at(dir_fd, name, f.read())
 
 
 def notebook_html(path: str) -> str:
@@ -294,6 +349,111 @@ def answer(an: Analysis):
     return _html('<p class="lk-answer">' + " ".join(html.escape(p) for p in parts)
                  + f' <span class="lk-note">({level} intervals; the claims table says how each verdict '
                  "was reached.)</span></p>")
+
+
+def _mode(series: str) -> str:
+    return series.split(" [")[0]
+
+
+def _pacing_words(probe: str) -> str:
+    return f"paced at {probe.split('@')[1]}" if "@" in probe else "back to back"
+
+
+#: a crossing is "located" only between measured counts at most this far apart
+LOCATED_RATIO = 1.5
+
+
+def _located_text(r: pd.Series, level: str) -> str:
+    """``N [lo, hi] services`` and where it lies among the measured counts:
+    located when they are at most :data:`LOCATED_RATIO` apart, else said not to be."""
+    txt = f"{r['n_star']:,.0f}"
+    if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]):
+        txt += f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
+    txt += " services"
+    lo, hi = r.get("bracket_lo", np.nan), r.get("bracket_hi", np.nan)
+    if np.isfinite(lo) and np.isfinite(hi) and lo > 0:
+        if hi / lo <= LOCATED_RATIO:
+            txt += f" (located between the measured {lo:,.0f} and {hi:,.0f})"
+        else:
+            txt += f" (not located: the measured counts around it, {lo:,.0f} and {hi:,.0f}, are {hi / lo:,.1f}x apart)"
+    return txt
+
+
+def _name(series: str) -> str:
+    m = _mode(series)
+    return "IPVS" if m == "ipvs" else m
+
+
+def ipvs_rows(an: Analysis) -> pd.DataFrame:
+    """The crossover rows of IPVS against each iptables backend and nftables, p50,
+    in one kernel: where the curves cross, and where the other mode costs the
+    absolute budget more than IPVS (both directions for nftables)."""
+    cx = an.crossover
+    if not len(cx):
+        return cx
+    a, b = cx["mode_a"].map(_mode), cx["mode_b"].map(_mode)
+    others = ("iptables-legacy", "iptables-nft", "nftables")
+    pair = ((a == "ipvs") & b.isin(others)) | ((b == "ipvs") & a.isin(others))
+    keep = pair & (cx["statistic"] == "p50") & (
+        (cx["kind"] == "fit") | ((cx["kind"] == "budget-abs") & (b == "ipvs")))
+    return cx[keep]
+
+
+def ipvs_answer(an: Analysis):
+    """Where IPVS beats each iptables backend (curve crossing, and the absolute
+    budget), per target and pacing, with intervals; and what moving from IPVS
+    to nftables changes (Kubernetes deprecated IPVS in 1.35 and points to
+    nftables).  Empty when the run has no IPVS beside an iptables mode."""
+    rows = ipvs_rows(an)
+    if not len(rows):
+        return _html("")
+    level = f"{an.settings['level']:.0%}"
+    budget = an.settings["budget_us"]
+    items = []
+    for (target, probe), g in rows.groupby(["target", "probe"], sort=False):
+        where = f"{target} target, {_pacing_words(probe)}"
+        parts = []
+        for other in ("iptables-legacy", "iptables-nft"):
+            fit = g[(g["kind"] == "fit") & ((g["mode_a"].map(_mode) == other) | (g["mode_b"].map(_mode) == other))]
+            bud = g[(g["kind"] == "budget-abs") & (g["mode_a"].map(_mode) == other)]
+            if not len(fit):
+                continue
+            f = fit.iloc[0]
+            # the fitted difference (a - b) at the largest common count says who is faster there
+            ipvs_wins_at_end = (f["diff_hi_us"] < 0) == (_mode(str(f["mode_a"])) == "ipvs")
+            if np.isfinite(f["n_star"]) and ipvs_wins_at_end:
+                txt = f"IPVS beats {other} from {_located_text(f, level)}"
+            elif np.isfinite(f["n_star"]):
+                txt = f"{other} is faster than IPVS above {_located_text(f, level)}"
+            elif ipvs_wins_at_end:
+                txt = f"IPVS is faster than {other} throughout"
+            else:
+                txt = f"{other} is faster than IPVS throughout"
+            if ipvs_wins_at_end and len(bud) and np.isfinite(bud.iloc[0]["n_star"]):
+                txt += f"; {other} costs {budget:g} us more than IPVS from {_located_text(bud.iloc[0], level)}"
+            elif ipvs_wins_at_end and len(bud):
+                txt += f"; {other} never costs {budget:g} us more than IPVS here"
+            parts.append(txt)
+        is_nft = (g["mode_a"].map(_mode) == "nftables") | (g["mode_b"].map(_mode) == "nftables")
+        nft = g[(g["kind"] == "fit") & is_nft]
+        if len(nft):
+            f = nft.iloc[0]
+            if np.isfinite(f["n_star"]):
+                parts.append(f"moving from IPVS to nftables: the curves cross at {_located_text(f, level)}, "
+                             f"{_name(str(f['faster_above']))} faster above")
+            else:
+                lo, hi = sorted([abs(f["diff_lo_us"]), abs(f["diff_hi_us"])])
+                parts.append(f"moving from IPVS to nftables: {_name(str(f['faster_below']))} is faster "
+                             f"throughout, by {lo:.1f} to {hi:.1f} us")
+        if parts:
+            items.append(f"<li><b>{html.escape(where)}</b>: " + "; ".join(html.escape(p) for p in parts) + ".</li>")
+    if not items:
+        return _html("")
+    note = (f'<span class="lk-note">(p50 of the first packet, one kernel, {level} intervals. Kubernetes '
+            "deprecated IPVS mode in 1.35 and points its users to nftables, which is why each line also "
+            "says what moving from IPVS to nftables changes.)</span>")
+    return _html("<p class=\"lk-answer\">Where IPVS beats iptables:</p><ul class=\"lk-answer\">"
+                 + "".join(items) + "</ul>" + note)
 
 
 def measured_table(an: Analysis, stats=("p50", "p99")):
@@ -477,24 +637,37 @@ def published_tables(an: Analysis, target: str | None = None):
 
 
 def kernels_table(an: Analysis, stats=("p50",)):
-    """A run over two kernels: per mode measured in both, the other kernel's
-    latency as a multiple of the host's (``analysis.fit.kernel_ratios``)."""
+    """A run over two kernels: how the other kernel's figures relate to the
+    host's, through the modes that run natively in both
+    (``analysis.fit.kernel_ratios``: level and per-service slope ratios, never
+    eBPF), and the growth of every mode side by side
+    (``analysis.fit.cross_kernel_growth``: rises, never levels, across kernels)."""
     k = kernel_ratios(an, an.settings["level"])
     k = k[k["stat"].isin(stats)]
-    if not len(k):
-        return _html('<p class="lk-note">One kernel: nothing to relate.</p>')
     level = f"{an.settings['level']:.0%}"
-    out = pd.DataFrame({"mode": k["mode"], "target": k["target"], "statistic": k["stat"],
-                        "kernels": k["other_kernel"] + " / " + k["kernel"],
-                        "services": k["services"].map(lambda v: f"{v:,.0f}"),
+    if not len(k):
+        return _html('<p class="lk-note">One kernel, or no mode measured natively in both '
+                     f'({", ".join(CALIBRATORS)}): nothing relates the kernels.</p>')
+    out = pd.DataFrame({"mode": k["mode"], "measure": k["measure"], "target": k["target"],
+                        "statistic": k["stat"], "kernels": k["other_kernel"] + " / " + k["kernel"],
+                        "services": [f"{v:,.0f}" if m == "level" else "per service"
+                                     for v, m in zip(k["services"], k["measure"])],
                         f"ratio [{level} CI]": [_ci(v, lo, hi, "{:,.2f}")
                                                for v, lo, hi in zip(k["ratio"], k["ci_lo"], k["ci_hi"])]})
-    note = ""
-    if "ebpf" in set(k["mode"]) and any(g.get("backend") == "uml" for g in an.run.meta.get("guests", [])):
-        note = ('<p class="lk-note">User-mode Linux has no BPF JIT (arch um; its meta records '
-                '<code>bpf_jit: none</code>): eBPF programs run in the interpreter there, so the eBPF '
-                'ratio overstates how much slower the rest of its datapath is.</p>')
-    return _html(table_html(out) + note)
+    note = ('<p class="lk-note">Only modes whose code runs natively in both kernels relate them '
+            f'({", ".join(CALIBRATORS)}). eBPF never does: user-mode Linux has no BPF JIT (arch um), '
+            'so eBPF is interpreted there and its ratio would measure the interpreter.</p>')
+    g = cross_kernel_growth(an, an.settings["level"])
+    g = g[g["stat"].isin(stats)] if len(g) else g
+    growth = ""
+    if len(g):
+        gt = pd.DataFrame({"series": g["series"], "target": g["target"], "statistic": g["stat"],
+                           "from": g["from"].map(lambda v: f"{v:,.0f}"), "to": g["to"].map(lambda v: f"{v:,.0f}"),
+                           f"rise, us [{level} CI]": [_ci(v, lo, hi, "{:+,.1f}") for v, lo, hi in
+                                                      zip(g["rise_us"], g["ci_lo"], g["ci_hi"])]})
+        growth = ('<p>Across kernels, modes are compared by growth (the rise over their smallest '
+                  'count), never by level:</p>' + table_html(gt))
+    return _html(table_html(out) + note + growth)
 
 
 def programming_table(an: Analysis):
@@ -545,7 +718,9 @@ def reproduce(an: Analysis):
     s = an.settings
     rep = f"python -m labkit report {path}"
     if path.startswith(os.path.join("data", "reference")):
-        rep += f" --out-dir /tmp/{os.path.basename(path)}-report"   # committed data stay as they are
+        # committed data stay as they are; the report goes under the clone's runs/ (git-ignored,
+        # the reader's own), never a predictable path in a shared directory such as /tmp
+        rep += f" --out-dir runs/{os.path.basename(path)}-report"
     extra = []
     if s["budget_us"] != 10.0:
         extra.append(f"--budget-us {s['budget_us']:g}")

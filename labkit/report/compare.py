@@ -31,6 +31,7 @@ from labkit.analysis.fit import Analysis, analyze, load_run
 from labkit.core.errors import UsageError
 from labkit.report.build import table_html
 from labkit.report.plots import mode_color, services_axis
+from labkit.rundir import safepath, store
 
 COLUMNS = ["mode", "statistic", "services", "run", "other_run", "value_us", "ci_low", "ci_high",
            "other_us", "other_low", "other_high", "diff_us", "diff_low", "diff_high", "ratio", "df"]
@@ -144,16 +145,14 @@ def build_compare(run_dirs: list[str], out_dir: str, n_boot: int = 1000, seed: i
     """compare.html and compare.csv in ``out_dir`` for two or more runs; returns the HTML path."""
     if len(run_dirs) < 2:
         raise UsageError("compare needs at least two run directories")
+    out_dir = safepath.check(out_dir, "--out-dir")   # before the analysis: a refused path costs nothing
     used: set[str] = set()
     sides = []
     for d in run_dirs:
         an = analyze(load_run(d), n_boot=n_boot, seed=seed)
         sides.append(Side(_label(an, used), an))
     table = compare_table(sides)
-    os.makedirs(out_dir, exist_ok=True)
-    csv = os.path.join(out_dir, "compare.csv")
-    table.to_csv(csv + ".tmp", index=False, float_format="%.6g")
-    os.replace(csv + ".tmp", csv)
+    csv_text = table.to_csv(index=False, float_format="%.6g")
     level = f"{sides[0].an.settings['level']:.0%}"
     runs = pd.DataFrame([{"run": s.label, "directory": s.an.run.path, "run id": s.an.run.run_id,
                           "kernel": s.kernel, "host": (s.an.run.meta.get("host") or {}).get("hostname", ""),
@@ -190,8 +189,9 @@ weak evidence; compare like with like (same machine, same grid, interleaved wher
 <p class="lk-note">Also in compare.csv. Built by
 <code>python -m labkit compare {html.escape(' '.join(run_dirs))} --out-dir {html.escape(out_dir)}</code>.</p>
 </body></html>"""
-    out = os.path.join(out_dir, "compare.html")
-    with open(out + ".tmp", "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(out + ".tmp", out)
-    return out
+    # written relative to the directory held open: a symbolic link planted there under any
+    # name (compare.csv, compare.html.tmp, ...) is never written through
+    with safepath.open_dir(out_dir, "--out-dir") as held:
+        store.atomic_write_at(held.fd, "compare.csv", csv_text.encode("utf-8"))
+        store.atomic_write_at(held.fd, "compare.html", page.encode("utf-8"))
+    return os.path.join(out_dir, "compare.html")

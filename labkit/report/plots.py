@@ -7,6 +7,7 @@ import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
+import pandas as pd
 import seaborn as sns
 from IPython.display import display
 from matplotlib.artist import Artist
@@ -147,8 +148,10 @@ def headline(an: Analysis) -> plt.Figure:
             legend.setdefault(series, ax.plot(med.index, med.values, "o", ms=4, color=pal[series])[0])
             tops.append(float(med.max()))
         cx = an.crossover
+        # numeric first: a run of one mode has no pairs, and its empty table's columns are objects
+        located = np.isfinite(pd.to_numeric(cx["ci_low"], errors="coerce").astype(float))
         cx = cx[(cx["kind"] == "fit") & (cx["statistic"] == stat) & (cx["target"] == target)
-                & (cx["probe"] == probe) & np.isfinite(cx["ci_low"]) & (cx["resolved"] == True)]  # noqa: E712
+                & (cx["probe"] == probe) & located & (cx["resolved"] == True)]  # noqa: E712
         for _, r in cx.iterrows():
             c = an.curves[(r["mode_a"], target, probe, stat)]
             y = float(c.predict([r["n_star"]])[0])

@@ -11,6 +11,9 @@ names and columns from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from labkit.core.validate import short
 
 #: bumped when a column changes meaning or a file changes name
 SCHEMA_VERSION = 5
@@ -28,6 +31,8 @@ VM_FACTS = "vm.json"        # written by labkit before the UML backend; read for
 GUEST_FACTS = "guest.json"  # the other kernel a run was measured in (VM or user-mode Linux)
 #: prefix of the temporary files tables are written to before the rename
 TMP_PREFIX = ".tmp-"
+#: the run lock inside a run directory: flocked by the run writing there, holds its PID
+LOCK = ".labkit.lock"
 
 # -- columns: name -> meaning ---------------------------------------------------------
 
@@ -157,7 +162,7 @@ KINDS: dict[str, RunKind] = {
 OUTPUT_FILES = frozenset({"report.html", "report.png", "crossover.csv", "fits.csv", "summary.csv",
                           "analysis.ipynb", "sweep.ipynb", "claims.csv"})
 #: every file name a run directory may hold
-KNOWN_FILES = frozenset({VM_FACTS, GUEST_FACTS, *OUTPUT_FILES,
+KNOWN_FILES = frozenset({VM_FACTS, GUEST_FACTS, LOCK, *OUTPUT_FILES,
                          *(k.meta for k in KINDS.values()),
                          *(t for k in KINDS.values() for t in k.tables)})
 
@@ -168,3 +173,64 @@ def columns(table: str) -> list[str]:
         if table in kind.tables:
             return list(kind.tables[table])
     raise KeyError(table)
+
+
+# -- the meta file --------------------------------------------------------------------
+
+#: meta fields and the types they must have when present (None allowed where listed)
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,), "kind": (str,), "experiment": (str,), "run_id": (str,), "command": (str,),
+    "kernel": (str,), "labkit_version": (str,), "git_revision": (str,), "bpf_jit": (str,),
+    "started": (int, float, type(None)), "finished": (int, float, type(None)), "complete": (bool,),
+    "host": (dict,), "tools": (dict,), "packages": (dict,), "n_rows": (dict,), "guest": (dict,),
+    "vm": (dict,), "n_points": (int,), "blocks_done": (list,), "resumed": (list,), "guests": (list,),
+}
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+               dict: "a mapping", list: "a list", type(None): "null"}
+#: the largest block number a plan makes (rounds x modes x counts, far below)
+MAX_BLOCK = 10**9
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):   # JSON true is no number
+        return bool in types
+    return isinstance(value, types)
+
+
+def meta_problem(meta: Any, kind: str, *, resume: bool = False) -> str | None:
+    """What makes ``meta`` (a parsed meta file of a ``kind`` run) unusable, in
+    words naming the field and quoting a short prefix of its value; None when
+    it is a valid meta file.  Pure.  Fields labkit never wrote may be missing
+    (older runs); a field that is present must have its type.  With ``resume``
+    the parameters and the list of blocks done must be there too.  Callers say
+    "<path> is not a valid labkit run: <problem>"."""
+    name = KINDS[kind].meta
+    if not isinstance(meta, dict):
+        return f"{name} is not a labkit meta file (it holds a {type(meta).__name__})"
+    params = meta.get("params")
+    if (resume or "params" in meta) and not isinstance(params, dict):
+        return f"{name} has no params mapping"
+    params = params if isinstance(params, dict) else {}
+    for key, types in _META_TYPES.items():
+        if key in meta and not _is(meta[key], types):
+            words = " or ".join(dict.fromkeys(_TYPE_WORDS[t] for t in types))
+            return f"{name}: {key} must be {words}, got {short(meta[key])}"
+    if "kind" in meta and meta["kind"] != kind:
+        return f"{name} is the meta file of a {short(meta['kind'])} run, not of a {kind} run"
+    for key in ("blocks_done",):
+        if key in meta and not all(_is(b, (int,)) and 0 <= b < MAX_BLOCK for b in meta[key]):
+            return f"{name}: {key} must be a list of block numbers, got {short(meta[key])}"
+    if "resumed" in meta and not all(_is(t, (int, float)) for t in meta["resumed"]):
+        return f"{name}: resumed must be a list of times, got {short(meta['resumed'])}"
+    if "guests" in meta and not all(isinstance(g, dict) for g in meta["guests"]):
+        return f"{name}: guests must be a list of mappings, got {short(meta['guests'])}"
+    modes = params.get("modes")
+    if "modes" in params and not (isinstance(modes, list) and modes and all(isinstance(m, str) for m in modes)):
+        return f"{name}: params.modes must be a list of mode names, got {short(modes)}"
+    services = params.get("services")
+    if "services" in params and not (_is(services, (int,)) or (
+            isinstance(services, list) and all(_is(n, (int,)) for n in services))):
+        return f"{name}: params.services must be a list of whole numbers, got {short(services)}"
+    if resume and "blocks_done" not in meta:
+        return f"{name} has no blocks_done: it was not written by a labkit that can resume it"
+    return None

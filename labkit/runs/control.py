@@ -48,7 +48,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import UsageError
-from labkit.core.validate import names, split, whole
+from labkit.core.validate import names, short, split, whole
 from labkit.datapaths import MODES
 from labkit.lab.lab import Lab
 from labkit.probes.syn import SynProber
@@ -170,9 +170,12 @@ class ControlParams:
     @classmethod
     def validated(cls, modes: Any, services: Any, endpoints: Any = 10, rounds: Any = 1,
                   seed: Any = 1, verify: bool = True) -> "ControlParams":
-        svc = sorted({whole(v, "services", 0, 1_000_000) for v in split(services, "services")})
-        if not svc:
+        given = [whole(v, "services", 0, 1_000_000) for v in split(services, "services")]
+        if not given:
             raise UsageError("services: at least one count is needed")
+        if len(set(given)) != len(given):
+            raise UsageError(f"services: a count is given twice in {short(given)}")
+        svc = sorted(given)
         return cls(names(modes, "modes", tuple(MODES)), svc, whole(endpoints, "endpoints", 1, 1000),
                    whole(rounds, "rounds", 1, 100), whole(seed, "seed", 0, 2**32 - 1), bool(verify))
 

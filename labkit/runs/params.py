@@ -19,8 +19,9 @@ from labkit.core.catalog import (
     ServiceCatalog,
 )
 from labkit.core.errors import UsageError
+from labkit.core.files import PARAMS_MAX, read_regular
 from labkit.core.topology import Topology
-from labkit.core.validate import names, number, split, whole
+from labkit.core.validate import clip, names, number, short, split, whole
 from labkit.datapaths import MODES
 from labkit.datapaths.ipvs import SCHEDULERS
 from labkit.probes import PROBERS
@@ -28,6 +29,8 @@ from labkit.probes.base import SPORT_HI, SPORT_LO
 
 TARGETS = ("first", "middle", "last", "random", "none")
 KERNELS = ("auto", "host", "uml", "vm", "host+uml")
+#: the kernels of a host+uml run
+UML_KERNELS = ("host", "uml")
 MAX_PROBES = 1_000_000
 MIN_PACING, MAX_PACING = 1.0, 100_000.0   # probes per second (0 = back to back)
 
@@ -61,27 +64,31 @@ class SweepParams:
         if not isinstance(d, dict):
             raise UsageError(f"parameters must be a mapping, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted((k for k in d if k not in known), key=str)
         if unknown:
-            raise UsageError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            shown = ", ".join(short(u, 30) if not isinstance(u, str) or len(u) > 30 else u for u in unknown[:5])
+            raise UsageError(f"unknown parameter(s): {shown}{' ...' if len(unknown) > 5 else ''}; "
+                             f"known: {', '.join(sorted(known))}")
         p = cls(**{k: v for k, v in d.items() if v is not None})
         return p.validated()
 
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> "SweepParams":
+        """The parameters in the YAML file ``path`` (a regular file of at most
+        1 MiB, no anchors or aliases: see :func:`load_yaml`), ``overrides`` on top."""
         try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
+            raw = read_regular(path, f"parameter file {path}", PARAMS_MAX)
         except FileNotFoundError:
             raise UsageError(f"parameter file {path} does not exist") from None
-        except IsADirectoryError:
-            raise UsageError(f"parameter file {path} is a directory") from None
+        try:
+            data = load_yaml(raw.decode("utf-8")) or {}
         except UnicodeDecodeError:
             raise UsageError(f"parameter file {path} is not UTF-8 text (a YAML file is needed)") from None
-        except OSError as exc:
-            raise UsageError(f"parameter file {path} cannot be read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise UsageError(f"parameter file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        except UsageError as exc:
+            raise UsageError(f"parameter file {path}: {exc}") from None
+        except (yaml.YAMLError, ValueError) as exc:   # ValueError: an integer of too many digits
+            first = f"{exc}".splitlines()[0] if f"{exc}" else type(exc).__name__
+            raise UsageError(f"parameter file {path} is not valid YAML: {clip(first, 120)}") from None
         if not isinstance(data, dict):
             raise UsageError(f"parameter file {path} must hold a mapping of name: value")
         data.update({k: v for k, v in overrides.items() if v is not None})
@@ -97,7 +104,7 @@ class SweepParams:
         if not svc:
             raise UsageError("services: at least one count is needed")
         if len(set(svc)) != len(svc):
-            raise UsageError(f"services: a count is given twice in {svc}")
+            raise UsageError(f"services: a count is given twice in {short(svc)}")
         p.services = sorted(svc)
         p.endpoints = whole(p.endpoints, "endpoints", 1, MAX_ENDPOINTS)
         p.ports = [whole(v, "ports", 1, 65535) for v in split(p.ports, "ports")]
@@ -106,15 +113,19 @@ class SweepParams:
         p.warmup = whole(p.warmup, "warmup", 0, 100_000)
         p.seed = whole(p.seed, "seed", 0, 2**32 - 1)
         p.timeout = number(p.timeout, "timeout", 0, 10, lo_open=True)
-        if p.ipvs_scheduler not in SCHEDULERS:
-            raise UsageError(f"ipvs_scheduler must be one of {', '.join(SCHEDULERS)}, got {p.ipvs_scheduler!r}")
-        if p.kernel not in KERNELS:
-            raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {p.kernel!r}")
+        if not isinstance(p.ipvs_scheduler, str) or p.ipvs_scheduler not in SCHEDULERS:
+            raise UsageError(f"ipvs_scheduler must be one of {', '.join(SCHEDULERS)}, got {short(p.ipvs_scheduler)}")
+        if not isinstance(p.kernel, str) or p.kernel not in KERNELS:
+            raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {short(p.kernel)}")
+        for name in ("service_cidr", "endpoint_cidr"):
+            if not isinstance(getattr(p, name), str):
+                raise UsageError(f"{name} must be an IPv4 network such as 10.96.0.0/12, got {short(getattr(p, name))}")
+        p.kernels_by_mode = _kernels_by_mode(p.kernels_by_mode, p.modes, p.kernel)
         pacing = [_pacing(v) for v in split(p.pacing, "pacing")]
         if not pacing:
             raise UsageError("pacing: at least one value is needed (0 = back to back)")
         if len(set(pacing)) != len(pacing):
-            raise UsageError(f"pacing: a value is given twice in {pacing}")
+            raise UsageError(f"pacing: a value is given twice in {short(pacing)}")
         p.pacing = pacing
         per_block = (p.warmup + p.probes * len(p.pacing)) * len(p.targets)
         if per_block > SPORT_HI - SPORT_LO + 1:
@@ -135,6 +146,30 @@ class SweepParams:
         return dataclasses.asdict(self)
 
 
+#: the deepest nesting a parameter file may have (a list of lists of ... is refused)
+YAML_MAX_DEPTH = 32
+
+
+def load_yaml(text: str) -> Any:
+    """The YAML document ``text``, refusing anchors and aliases (``&a``,
+    ``*a``: a few hundred bytes of aliases expand to gigabytes) and nesting
+    deeper than :data:`YAML_MAX_DEPTH`, from the parser's events, before
+    anything is built.  Only plain data (the safe loader)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    depth = 0
+    for ev in yaml.parse(text, Loader=loader):
+        if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None) is not None:
+            line = ev.start_mark.line + 1 if ev.start_mark is not None else "?"
+            raise UsageError(f"YAML anchors and aliases (&name, *name) are not accepted (line {line})")
+        if isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > YAML_MAX_DEPTH:
+                raise UsageError(f"nested more than {YAML_MAX_DEPTH} levels deep")
+        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+    return yaml.load(text, Loader=loader)
+
+
 #: names a sweep notebook may be given besides the parameters (papermill -p)
 NOTEBOOK_NAMES = frozenset({"out_dir", "resume", "command"})
 
@@ -146,6 +181,29 @@ def refuse_unknown(names_given: set[str]) -> None:
     unknown = sorted(n for n in names_given if not n.startswith("_") and n not in known)
     if unknown:
         raise UsageError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def _kernels_by_mode(value: Any, modes: list[str], kernel: str) -> dict[str, list[str]]:
+    """A user-given (or stored) ``kernels_by_mode``, checked: a mapping of each
+    of the run's modes to the kernels it is measured in (host, uml), given only
+    with kernel host+uml.  Empty: computed when the run starts
+    (:func:`labkit.runs.sweep.kernels_by_mode`)."""
+    if not isinstance(value, dict):
+        raise UsageError(f"kernels_by_mode must be a mapping of mode: [kernels], got {short(value)}")
+    if not value:
+        return {}
+    if kernel != "host+uml":
+        raise UsageError(f"kernels_by_mode is only for kernel host+uml (kernel is {kernel}); "
+                         "remove it, or set kernel: host+uml")
+    for mode in value:
+        if mode not in modes:
+            raise UsageError(f"kernels_by_mode: {short(mode)} is not one of the run's modes "
+                             f"({', '.join(modes)})")
+    missing = [m for m in modes if m not in value]
+    if missing:
+        raise UsageError(f"kernels_by_mode names no kernel for mode(s) {', '.join(missing)}: "
+                         "give every mode, or leave kernels_by_mode out")
+    return {m: names(value[m], f"kernels_by_mode[{m}]", UML_KERNELS) for m in modes}
 
 
 def _pacing(v: Any) -> float:

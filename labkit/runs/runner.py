@@ -29,7 +29,6 @@ import platform
 import random
 import shlex
 import sys
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -41,10 +40,12 @@ from tqdm.auto import tqdm
 from labkit import datapaths
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError, Unavailable, UsageError
+from labkit.core.files import META_MAX, check_regular
+from labkit.core.validate import clip
 from labkit.kernel import netns
 from labkit.kernels.dispatch import relaunch
 from labkit.lab.lab import Lab
-from labkit.rundir import schema, store
+from labkit.rundir import safepath, schema, store
 from labkit.rundir.provenance import environment
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,12 +100,15 @@ class Tables:
     each point, 0.3 s per point at its start and 1 s at its end.  Rows of a
     block that did not finish are dropped by a resume anyway.
     With ``out`` None nothing is written (a benchmark that only prints).
+    Files are written relative to ``fd``, the run directory the runner holds
+    open (:mod:`labkit.rundir.safepath`), never through its path.
     ``LABKIT_FLUSH_S`` in the environment overrides :attr:`EVERY_S` (the
     tests set 0, so a kill can land in the middle of a block)."""
     EVERY_S: ClassVar[float] = 30.0
 
-    def __init__(self, out: str | None, names: Iterable[str]) -> None:
+    def __init__(self, out: str | None, names: Iterable[str], fd: int | None = None) -> None:
         self.out = out
+        self.fd = fd
         self.chunks: dict[str, list[pd.DataFrame]] = {n: [] for n in names}
         self.dirty: set[str] = set()
         self.flushed = time.monotonic()
@@ -143,18 +147,20 @@ class Tables:
             df = self.frame(name)
             if "verified" in df.columns:  # True/False/None: keep None as None
                 df = df.astype({"verified": "object"})
-            store.write_table(self.path(name), df)
+            if self.fd is None:
+                raise LabkitError(f"{self.out}: the run directory is not open")
+            store.write_table(name, df, dir_fd=self.fd)
 
     def keep_blocks(self, done: set[int]) -> None:
         """Resume: read every table back, keeping only the rows of ``done``
         blocks; rewrite a table that lost rows."""
-        assert self.out is not None
+        assert self.out is not None and self.fd is not None
         for name in self.chunks:
             p = self.path(name)
-            if not os.path.exists(p):
+            if not store.exists(name, self.fd):
                 continue
             try:
-                df = store.read_table(p)
+                df = store.read_table(name, dir_fd=self.fd)
             except Exception as exc:  # a table a kill left unreadable
                 raise UsageError(f"--resume: {p} cannot be read ({type(exc).__name__}: {exc}); "
                                  "move it away to measure its blocks again") from None
@@ -245,6 +251,9 @@ class Experiment(ABC):
 def prepare_out(out: str | None, kind: str, resume: bool) -> str | None:
     """Check ``--out`` for a run of ``kind``, creating nothing.
 
+    * the path: no component a symbolic link, no directory on it that
+      another user can change (:func:`labkit.rundir.safepath.check`); no
+      other labkit process holding its run lock;
     * resume: the directory must hold a run of this kind;
     * new run: the directory may not exist yet, or be empty, or be another
       kind's run directory that holds none of this kind's files (``labkit cpu
@@ -257,17 +266,28 @@ def prepare_out(out: str | None, kind: str, resume: bool) -> str | None:
         return None
     if not out:
         raise UsageError("--out is needed")
-    out = os.path.abspath(out)
+    out = safepath.check(out, "--out")
+    if os.path.isdir(out) and not safepath.in_guest():
+        pid = safepath.lock_holder(out)
+        if pid is not None:
+            who = f"labkit process {pid}" if pid else "another labkit process"
+            raise UsageError(f"--out {out} is in use by {who} (it holds {schema.LOCK}); wait for it "
+                             "to finish, or choose another --out")
+    try:
+        names = set(os.listdir(out)) if os.path.isdir(out) else set()
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot be read: {exc.strerror}") from None
+    _check_names(out, kind, resume, names)
+    return out
+
+
+def _check_names(out: str, kind: str, resume: bool, names: set[str]) -> None:
+    """The rules of :func:`prepare_out` on what the directory ``out`` holds."""
     rk = schema.KINDS[kind]
-    if os.path.lexists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out} exists and is not a directory")
-    if os.path.islink(out):
-        raise UsageError(f"--out {out} is a symbolic link; give the real directory")
-    names = set(os.listdir(out)) if os.path.isdir(out) else set()
     if resume:
         if rk.meta not in names:
             raise UsageError(f"--resume: {out} holds no {kind} run to resume (no {rk.meta})")
-        return out
+        return
     if rk.meta in names:
         raise UsageError(f"{out} already holds a {kind} run; pass --resume to continue it "
                          "or choose another --out")
@@ -280,27 +300,32 @@ def prepare_out(out: str | None, kind: str, resume: bool) -> str | None:
         shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
         raise UsageError(f"--out {out} is not empty and not a labkit run directory (holds {shown}); "
                          "choose a new or empty directory")
-    return out
 
 
-def _create_out(out: str) -> bool:
-    """Make ``out``; True when this run created it (and may remove it again)."""
-    if os.path.isdir(out):
-        return False
+def open_out(out: str, kind: str, resume: bool) -> safepath.OutDir:
+    """``out`` held open for the run (created if missing, every component
+    checked again as it is opened) and its run lock taken; what
+    :func:`prepare_out` checked is checked again under the lock, since another
+    run may have started in between."""
+    d = safepath.open_dir(out, "--out", create=True)
     try:
-        os.makedirs(out)
-    except OSError as exc:
-        raise UsageError(f"--out {out} cannot be created: {exc.strerror}") from None
-    return True
+        d.writable()
+        d.lock()
+        if not d.created:
+            _check_names(d.path, kind, resume, set(d.names()))
+    except BaseException:
+        _release_out(d, kind)
+        raise
+    return d
 
 
-def _writable(out: str) -> None:
-    try:
-        fd, p = tempfile.mkstemp(dir=out, prefix=schema.TMP_PREFIX)
-        os.close(fd)
-        os.unlink(p)
-    except OSError as exc:
-        raise UsageError(f"--out {out} is not writable: {exc.strerror}") from None
+def _release_out(d: safepath.OutDir, kind: str) -> None:
+    """Give the run directory up: its lock, and the directory itself when this
+    run created it and measured nothing into it."""
+    d.unlock()
+    if d.created:
+        _remove_empty_run(d, kind)
+    d.close()
 
 
 # ---------------------------------------------------------------------------
@@ -324,6 +349,7 @@ class Runner:
         self.progress = progress
         self.meta: dict[str, Any] = {}
         self.tables = Tables(self.out, schema.KINDS[self.kind].tables)
+        self.dir: safepath.OutDir | None = None   # the run directory, held open while running
 
     @classmethod
     def resuming(cls, exp_cls: type[Experiment], out: str, **kw: Any) -> "Runner":
@@ -331,7 +357,12 @@ class Runner:
         out_abs = prepare_out(out, exp_cls.kind, True)
         assert out_abs is not None
         meta = read_meta(out_abs, exp_cls.kind)
-        return cls(exp_cls.from_meta(meta), out_abs, resume=True, **kw)
+        try:
+            exp = exp_cls.from_meta(meta)
+        except (UsageError, TypeError, ValueError, KeyError) as exc:   # stored parameters, checked again
+            raise UsageError(f"{out_abs} is not a valid labkit run: its params: "
+                             f"{clip(str(exc))}") from None
+        return cls(exp, out_abs, resume=True, **kw)
 
     @property
     def meta_path(self) -> str:
@@ -341,7 +372,9 @@ class Runner:
     def _write_meta(self, **extra: Any) -> None:
         self.meta.update(extra)
         if self.out is not None:
-            store.write_json(self.meta_path, self.meta)
+            if self.dir is None:
+                raise LabkitError(f"{self.out}: the run directory is not open")
+            store.write_json(schema.KINDS[self.kind].meta, self.meta, dir_fd=self.dir.fd)
 
     def run(self) -> str | None:
         exp = self.exp
@@ -356,24 +389,42 @@ class Runner:
         services, endpoints, ports = exp.catalog_size()
         mine = [b for b in exp.blocks() if self._local(b) and (self.only is None or b.block in self.only)]
         classes = datapaths.preflight(list(dict.fromkeys(b.mode for b in mine)), services, endpoints, ports)
-        created = False
         if self.out is not None:
-            created = _create_out(self.out)
-            _writable(self.out)
+            # held open and locked from here on: every file is written relative to it
+            self.dir = open_out(self.out, self.kind, self.resume)
+            self.tables.fd = self.dir.fd
+        ok = False
         try:
-            return self._run(classes)
-        except BaseException:
-            if created and self.out is not None:
-                # refused before anything was measured: leave no directory behind
-                _remove_empty_run(self.out, self.kind)
-            raise
+            if self.resume and self.dir is not None:   # again, under the lock
+                self.meta = read_meta(self.dir.path, self.kind, self.dir.fd)
+                if self.meta.get("complete"):
+                    print(f"labkit: {self.out} holds a complete {self.kind} run; nothing to resume",
+                          file=sys.stderr)
+                    ok = True
+                    return self.out
+            out = self._run(classes)
+            ok = True
+            return out
+        finally:
+            d, self.dir, self.tables.fd = self.dir, None, None
+            if d is not None and ok:
+                d.close()
+            elif d is not None:
+                # a run refused before anything was measured leaves no directory behind
+                _release_out(d, self.kind)
 
     def _run(self, classes: Mapping[str, "type[Datapath]"]) -> str | None:
         exp = self.exp
         done: set[int] = set()
         if self.resume:
-            assert self.out is not None
-            store.remove_stale_temps(self.out)
+            assert self.out is not None and self.dir is not None
+            store.remove_stale_temps(self.dir.fd)
+            ran_in = self.meta.get("kernel")
+            if (self.only is None and ran_in and ran_in != platform.release()
+                    and self.meta["params"].get("kernel") != "host+uml"):
+                # one run, one kernel (a host+uml run keeps each block's kernel in its plan)
+                raise UsageError(f"--resume: the run in {self.out} was measured in kernel {ran_in}, "
+                                 f"this is {platform.release()}; resume it where it ran")
             done = set(int(b) for b in self.meta.get("blocks_done", []))
             self.tables.keep_blocks(done)
             self.meta.setdefault("resumed", []).append(time.time())
@@ -441,7 +492,7 @@ class Runner:
         ids = ",".join(str(b.block) for b in seg)
         res = relaunch(kernel, self.kind, ["--resume", "--only-blocks", ids, "--quiet"], self.out, self.kind,
                        record=False)
-        self.meta = read_meta(self.out, self.kind)
+        self.meta = read_meta(self.out, self.kind, self.dir.fd if self.dir else None)
         self.meta.setdefault("guests", []).append(res.facts)
         missing = [b.block for b in seg if b.block not in self.meta.get("blocks_done", [])]
         if missing:
@@ -450,29 +501,40 @@ class Runner:
         self._write_meta()
 
 
-def read_meta(out: str, kind: str) -> dict[str, Any]:
-    """The meta file of the ``kind`` run in ``out``; UsageError when it is
-    missing, unreadable or not a labkit meta file."""
+def read_meta(out: str, kind: str, dir_fd: int | None = None) -> dict[str, Any]:
+    """The meta file of the ``kind`` run in ``out`` (read through ``dir_fd``,
+    the run directory held open, when given); UsageError when it is missing,
+    unreadable or not a labkit meta file."""
     path = os.path.join(out, schema.KINDS[kind].meta)
     try:
-        meta = store.read_json(path)
+        # a regular file of a sane size (a FIFO would block the read, /dev/zero never end it)
+        check_regular(schema.KINDS[kind].meta if dir_fd is not None else path, path, META_MAX, dir_fd=dir_fd)
+        meta = store.read_json(schema.KINDS[kind].meta, dir_fd=dir_fd) if dir_fd is not None \
+            else store.read_json(path)
     except FileNotFoundError:
         raise UsageError(f"{out} holds no {kind} run ({os.path.basename(path)} is missing)") from None
+    except UsageError as exc:   # not a regular file, or too large
+        raise UsageError(f"{out} is not a valid labkit run: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} is not valid JSON ({exc}); the run cannot be resumed") from None
     except OSError as exc:
         raise UsageError(f"{path} cannot be read: {exc.strerror}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("params"), dict):
-        raise UsageError(f"{path} is not a labkit {kind} meta file (no params mapping)")
+    problem = schema.meta_problem(meta, kind, resume=True)
+    if problem:
+        raise UsageError(f"{out} is not a valid labkit run: {problem}")
     return meta
 
 
-def _remove_empty_run(out: str, kind: str) -> None:
+def _remove_empty_run(d: safepath.OutDir, kind: str) -> None:
     """Remove a directory this run created, if nothing was measured into it
-    (it holds at most the run's meta file and temporary files)."""
-    ours = {schema.KINDS[kind].meta}
-    names = os.listdir(out)
+    (it holds at most the run's meta file, its lock file, temporary files and
+    the guest kernel's facts, written before the guest boots)."""
+    ours = {schema.KINDS[kind].meta, schema.LOCK, schema.GUEST_FACTS}
+    names = d.names()
     if all(n in ours or n.startswith(schema.TMP_PREFIX) for n in names):
         for n in names:
-            os.unlink(os.path.join(out, n))
-        os.rmdir(out)
+            os.unlink(n, dir_fd=d.fd)
+        try:
+            os.rmdir(d.path)   # the empty directory: its path, as checked (rmdir follows no link)
+        except OSError:
+            pass

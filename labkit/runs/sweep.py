@@ -29,6 +29,7 @@ from scipy.stats import chisquare
 from labkit import datapaths
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import UsageError
+from labkit.core.modes import CALIBRATORS
 from labkit.kernel import netns
 from labkit.kernels.dispatch import UML_CANNOT
 from labkit.probes import PROBERS
@@ -301,15 +302,20 @@ def summary_text(points: pd.DataFrame, stat: str = "p50_us") -> str:
 
 
 def kernels_by_mode(modes: list[str]) -> dict[str, list[str]]:
-    """For a run on the host and in user-mode Linux: the kernels each mode runs in
-    (a mode in both is measured in both: the calibration of one against the other)."""
+    """For a run on the host and in user-mode Linux: the kernels each mode is
+    measured in.  A calibrator (a mode whose code runs natively in both:
+    ``core.modes.CALIBRATORS``) is measured in both, to relate them; any other
+    mode on the host where it runs there, else in user-mode Linux."""
     out = {}
     for m in modes:
-        ks = [k for k, ok in (("host", datapaths.get(m).unavailable(None) is None),
-                              ("uml", m not in UML_CANNOT)) if ok]
-        if not ks:
+        on_host = datapaths.get(m).unavailable(None) is None
+        in_uml = m not in UML_CANNOT
+        if m in CALIBRATORS and on_host and in_uml:
+            out[m] = ["host", "uml"]
+        elif on_host or in_uml:
+            out[m] = ["host" if on_host else "uml"]
+        else:
             raise UsageError(f"mode {m} runs neither on this host nor in user-mode Linux")
-        out[m] = ks
     return out
 
 
