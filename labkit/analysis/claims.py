@@ -111,8 +111,14 @@ def claims(an: Any) -> pd.DataFrame:
             add("o-n", mode=s, verdict=verdict, value=g, ci_low=lo, ci_high=hi, unit="us", evidence=ev)
         else:
             verdict = "holds" if hi < FLAT_US else "does not hold" if lo > FLAT_US else "inconclusive"
-            add("o-1", mode=s, verdict=verdict, value=g, ci_low=lo, ci_high=hi, unit="us",
-                evidence=ev + f"; O(1) means less than {FLAT_US:g} us over the range")
+            ev += f"; O(1) means less than {FLAT_US:g} us over the range"
+            nft = [o for o in o1 if _mode(o) == "nftables" and kernel_of.get(o) == kernel_of.get(s)]
+            if _mode(s) == "ipvs" and nft:
+                # Kubernetes deprecated IPVS mode (1.35) and points its users to nftables
+                gn, lon, hin = _growth(curves[nft[0]], level)
+                ev += (f"; moving to nftables (Kubernetes' advice since IPVS mode was deprecated in 1.35): "
+                       f"nftables in the same kernel rises {gn:+.1f} us [{lon:+.1f}, {hin:+.1f}]")
+            add("o-1", mode=s, verdict=verdict, value=g, ci_low=lo, ci_high=hi, unit="us", evidence=ev)
     if not any(_mode(s) == "ipvs" for s in curves):
         add("o-1", mode="ipvs", evidence="IPVS is not in this run (this host's kernel has no IP_VS; "
                                          "`--kernel uml` measures it in user-mode Linux)")
