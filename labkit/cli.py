@@ -321,8 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", help="seed of the order and the random targets (default 1)")
     s.add_argument("--timeout", type=float, help="seconds to wait for an answer (default 0.5)")
     s.add_argument("--kernel", help="host, uml, vm, auto (default: the host, else user-mode Linux, else the "
-                                    "VM, whichever runs every mode) or host+uml (each mode where it runs, "
-                                    "modes that run in both measured in both)")
+                                    "VM, whichever runs every mode; labkit's user-mode Linux runs all of "
+                                    "them) or host+uml (each mode on the host where it runs there, else in "
+                                    "user-mode Linux; iptables and nftables, native in both, in both: they "
+                                    "relate the kernels)")
     s.add_argument("--ipvs-scheduler", dest="ipvs_scheduler", help="IPVS scheduler: rr, wrr, lc, sh, mh (default rr)")
     s.add_argument("--only-blocks", dest="only_blocks", help=argparse.SUPPRESS)  # a segment run in another kernel
     s.add_argument("--probe-kinds", dest="probe_kinds", help="probe kinds (default syn)")
