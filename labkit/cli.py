@@ -124,7 +124,7 @@ def _elsewhere(args: argparse.Namespace, kernel: str, modes: list[str], kind: st
     if kernel is not None and kernel not in KERNELS:
         raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {short(kernel)}")
     if kernel is None and not args.resume:
-        kernel = "host"
+        kernel = "auto"   # one default for every run command: the host when it runs every mode
     where, why = choose_kernel(kernel, modes, args.out, args.resume)
     if where == "host":
         return False
@@ -301,10 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"labkit {metadata.version('labkit')}")
     ap.add_argument("-v", "--verbose", action="count", default=0,
                     help="log what labkit does to stderr (-v: steps, -vv: every kernel command)")
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    sub = ap.add_subparsers(dest="cmd", parser_class=_Parser, metavar="COMMAND")
 
-    d = sub.add_parser("doctor", help="which modes run here, and why not")
-    d.add_argument("--json", action="store_true")
+    d = sub.add_parser("doctor", help="which modes run here, and why not (as root: tried for real in a "
+                                      "scratch lab that is removed again)")
+    d.add_argument("--json", action="store_true", help="one JSON object per mode instead of the table "
+                   "(as root, each mode is tried in a scratch lab: namespaces made and removed again)")
     d.set_defaults(fn=cmd_doctor)
 
     s = sub.add_parser("sweep", help="measure first-packet latency across service counts")
@@ -336,17 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(s, "run directory to write")
 
     pa = sub.add_parser("params", help="check a parameter file as sweep would; print the parameters")
-    pa.add_argument("file")
+    pa.add_argument("file", help="a YAML parameter file (params/*.yaml)")
     pa.set_defaults(fn=cmd_params)
     s.set_defaults(fn=cmd_sweep)
 
     k = sub.add_parser("control", help="seconds to program N services, and to add and remove one")
-    k.add_argument("--modes", default="iptables-legacy,iptables-nft,nftables,ebpf")
-    k.add_argument("--services", default="0,1000,10000,30000,100000")
+    k.add_argument("--modes", default="iptables-legacy,iptables-nft,nftables,ebpf",
+                   help="comma-separated modes (default iptables-legacy,iptables-nft,nftables,ebpf)")
+    k.add_argument("--services", default="0,1000,10000",
+                   help="comma-separated service counts (default 0,1000,10000; 30,000 and 100,000 take "
+                        "minutes per iptables sync: ask for them)")
     k.add_argument("--endpoints", default="10", help="endpoints per service (default 10)")
     k.add_argument("--rounds", default="1", help="repetitions (default 1)")
-    k.add_argument("--seed", default="1")
-    k.add_argument("--kernel", help="host, uml, vm or auto (default host; a resumed run stays in its kernel)")
+    k.add_argument("--seed", default="1", help="seed of the order and the changed services (default 1)")
+    k.add_argument("--kernel", help="host, uml, vm or auto (default auto: the host when it runs every mode, "
+                   "else user-mode Linux; a resumed run stays in its kernel)")
     k.add_argument("--no-verify", action="store_true", help="skip the SYN that checks each operation")
     _run_options(k, "directory for control.parquet")
     k.set_defaults(fn=cmd_control)
@@ -361,25 +367,31 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--seed", help="seed of the order (default 1)")
     u.add_argument("--rate", type=float, default=1000.0, help="new connections per second (default 1000)")
     u.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
-    u.add_argument("--kernel", help="host, uml, vm or auto (default host; a resumed run stays in its kernel)")
+    u.add_argument("--kernel", help="host, uml, vm or auto (default auto: the host when it runs every mode, "
+                   "else user-mode Linux; a resumed run stays in its kernel)")
     _run_options(u, "directory for cpu.parquet (may be a sweep's run directory)")
     u.set_defaults(fn=cmd_cpu)
 
     b = sub.add_parser("bench", help="benchmarks: programming time, probe send capacity, "
                                      "where one nftables change spends its time")
-    b.add_argument("what", choices=["program", "send", "nft-change"])
-    b.add_argument("--modes", default="iptables-legacy,iptables-nft")
-    b.add_argument("--services", default="10000")
-    b.add_argument("--endpoints", default="10")
+    b.add_argument("what", choices=["program", "send", "nft-change"],
+                   help="program: seconds and memory to program N services; send: probe send capacity; "
+                        "nft-change: where one nftables change spends its time")
+    b.add_argument("--modes", default="iptables-legacy,iptables-nft",
+                   help="program: comma-separated modes (default iptables-legacy,iptables-nft)")
+    b.add_argument("--services", default="10000", help="service count (default 10000)")
+    b.add_argument("--endpoints", default="10", help="endpoints per service (default 10)")
     b.add_argument("--repeat", default="3", help="repetitions (default 3)")
     b.add_argument("--seconds", type=float, default=2.0, help="send: seconds to send (default 2)")
-    b.add_argument("--kernel", help="host, uml, vm or auto (default host; a resumed run stays in its kernel)")
+    b.add_argument("--kernel", help="host, uml, vm or auto (default auto: the host when it runs every mode, "
+                   "else user-mode Linux; a resumed run stays in its kernel)")
     _run_options(b, "program: also write bench.parquet there (resumable)", out_required=False)
     b.set_defaults(fn=cmd_bench)
 
     r = sub.add_parser("report", help="analyse a run directory into report.html")
-    r.add_argument("run_dir")
-    r.add_argument("--out-dir", help="where to write (default: the run directory)")
+    r.add_argument("run_dir", help="a sweep's run directory")
+    r.add_argument("--out", "--out-dir", dest="out_dir",
+                   help="where to write (default: the run directory; --out-dir is the older name)")
     r.add_argument("--budget-us", type=float, default=10.0, help="latency budget in us (default 10)")
     r.add_argument("--budget-frac", type=float, default=0.10,
                    help="budget as a fraction of one request on the other mode's path: its http-new "
@@ -389,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("compare", help="one report across runs (kernels, machines, before/after)")
     m.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories; the first "
                                                                  "is the reference")
-    m.add_argument("--out-dir", required=True, help="where compare.html and compare.csv go")
+    m.add_argument("--out", "--out-dir", dest="out_dir", required=True,
+                   help="where compare.html and compare.csv go (--out-dir is the older name)")
     m.set_defaults(fn=cmd_compare)
 
     c = sub.add_parser("clean", help="remove what crashed or killed runs left behind")
@@ -416,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         argv = _glue_dash_values(argv, _value_options(parser))
         args = parser.parse_args(argv)
+        if not args.cmd:   # bare `labkit`: the commands, not an error about a missing one
+            parser.print_help(sys.stderr)
+            return 2
         args.argv = argv[argv.index(args.cmd) + 1:]   # the subcommand's own arguments
         if args.verbose:
             logging.basicConfig(level=logging.INFO if args.verbose == 1 else logging.DEBUG,

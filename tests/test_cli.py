@@ -1,4 +1,5 @@
 """The CLI refuses bad input with one line and exit status 2, before any kernel state exists."""
+import argparse
 import errno
 import json
 import os
@@ -398,3 +399,38 @@ def test_a_single_mode_run_reports(tmp_path, monkeypatch, mode):
     body = open(path, encoding="utf-8").read()
     assert mode in body and "no crossovers" in body
     assert pd.read_csv(os.path.join(run, "crossover.csv")).empty
+
+
+# --- one convention (issue 25, part) ------------------------------------------------
+
+def test_bare_labkit_lists_the_commands(capsys):
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    for name in ("doctor", "sweep", "control", "report", "compare", "clean"):
+        assert name in err
+    assert "required" not in err
+
+
+def test_every_option_of_every_command_has_help():
+    def walk(p, where):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    yield from walk(sub, f"{where} {name}")
+            elif a.help != argparse.SUPPRESS and not isinstance(a, (argparse._HelpAction,
+                                                                    argparse._VersionAction)):
+                yield where, a
+    missing = [f"{w} {a.option_strings or a.dest}" for w, a in walk(cli.build_parser(), "labkit") if not a.help]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("option", ["--out", "--out-dir"])
+def test_report_and_compare_write_where_out_says(option):
+    p = cli.build_parser()
+    assert p.parse_args(["report", "r", option, "x"]).out_dir == "x"
+    assert p.parse_args(["compare", "a", "b", option, "x"]).out_dir == "x"
+
+
+def test_control_never_reaches_100k_services_unasked():
+    args = cli.build_parser().parse_args(["control", "--out", "x"])
+    assert max(int(n) for n in args.services.split(",")) <= 10_000
