@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 from importlib import metadata
 from typing import Any, NoReturn
@@ -417,11 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if os.environ.get("LABKIT_GUEST") == "uml":
-        # inside user-mode Linux, Python died with SIGSEGV at the start of 3 of about 60
-        # large iptables blocks (spawning iptables-restore); vfork with a large address
-        # space is the suspect (unconfirmed): spawn children with fork there
-        subprocess._USE_VFORK = False  # type: ignore[misc]
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGHUP, _sigterm)
     labs = (Lab.opened, Lab.torn_down)
