@@ -402,3 +402,15 @@ def test_two_kernels_are_related_by_a_mode_in_both_and_never_crossed(tmp_path):
     pairs = set(zip(an.crossover["mode_a"], an.crossover["mode_b"]))
     kernel_of = dict(zip(an.points["series"], an.points["kernel"]))
     assert pairs and all(kernel_of[a] == kernel_of[b] for a, b in pairs)   # one kernel per pair
+
+
+def test_a_uml_run_is_known_by_its_planned_guest_json(tmp_path):
+    """A run measured wholly in user-mode Linux whose host process never wrote the
+    guest's facts into meta.json (killed, resumed) is still known by guest.json,
+    written before the guest booted: its eBPF curve is tagged interpreted."""
+    (tmp_path / "guest.json").write_text(json.dumps({"backend": "uml", "kernel_release": "7.2.13",
+                                                     "planned": True}))
+    facts = A._guest_facts(str(tmp_path))
+    assert A.uml_releases({"guests": [facts]}) == {"7.2.13"}
+    (tmp_path / "guest.json").write_text("{not json")
+    assert A._guest_facts(str(tmp_path)) == {} and A.uml_releases({}) == set()

@@ -183,7 +183,7 @@ def load_run(run_dir: str) -> Run:
     # in the BPF interpreter (eBPF in user-mode Linux: no JIT) says so in its name, so
     # every table and figure of it does
     several = points["kernel"].nunique() > 1
-    uml = uml_releases(meta)
+    uml = uml_releases({**meta, "guests": [*(meta.get("guests") or []), _guest_facts(run_dir)]})
     for df in (samples, points):
         tags = [([k] if several else []) + ([INTERPRETED_TAG] if interpreted(m, "uml" if k in uml else "")
                                              else [])
@@ -199,6 +199,15 @@ def load_run(run_dir: str) -> Run:
         if os.path.isfile(p) and name not in OUTPUT_FILES and not name.startswith("."):
             files.append({"file": name, "bytes": os.path.getsize(p), "sha256": sha256_file(p)})
     return Run(run_dir, meta, samples, points, pd.DataFrame(files), order)
+
+
+def _guest_facts(run_dir: str) -> dict:
+    """``guest.json`` of a run (written before its guest boots), or {}."""
+    try:
+        facts = read_json(os.path.join(run_dir, schema.GUEST_FACTS))
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
 
 
 def uml_releases(meta: dict) -> set[str]:

@@ -135,7 +135,8 @@ def headline(an: Analysis) -> plt.Figure:
         ax.axvspan(*SEED_BAND, color="0.85", alpha=0.6, lw=0, zorder=0)
         ax.text(np.sqrt(SEED_BAND[0] * SEED_BAND[1]), 0.98, "seed: iptables hurts\nfrom 1,000\u20135,000",
                 transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=7.5, color="0.3")
-        tops = []
+        tops: list[float] = []
+        lows: list[float] = []
         for series in an.series:
             c = an.curves.get((series, target, probe, stat))
             med = pts[pts["series"] == series].groupby("services")[stat].median()
@@ -147,6 +148,7 @@ def headline(an: Analysis) -> plt.Figure:
             ax.plot(x, c.predict(x), color=pal[series], lw=1.6)
             legend.setdefault(series, ax.plot(med.index, med.values, "o", ms=4, color=pal[series])[0])
             tops.append(float(med.max()))
+            lows.append(float(med[med > 0].min()) if (med > 0).any() else np.nan)
         cx = an.crossover
         # numeric first: a run of one mode has no pairs, and its empty table's columns are objects
         located = np.isfinite(pd.to_numeric(cx["ci_low"], errors="coerce").astype(float))
@@ -166,6 +168,10 @@ def headline(an: Analysis) -> plt.Figure:
         ax.yaxis.set_minor_formatter(mticker.NullFormatter())
         if len(pts):
             ax.set_xlim(max(pts["services"].min(), 1) / 1.4, pts["services"].max() * 1.4)
+        if tops and np.isfinite(np.nanmin(lows)):
+            # the axis spans the measured medians: a band whose lower edge runs to 0 (a wide
+            # interval at a sparse end) is cut at the frame, not allowed to stretch the axis
+            ax.set_ylim(np.nanmin(lows) / 2, max(tops) * 2)
         if not tops:
             need = an.settings.get("min_tail_probes", {}).get(stat)
             ax.text(0.5, 0.5, f"not estimated: {stat} needs {need} answered probes per point" if need
