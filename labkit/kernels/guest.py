@@ -239,7 +239,7 @@ def supervise(cmd: Sequence[str], ex: Exchange, *, what: str, argv: Sequence[str
             for t in tails:
                 t.pump()
             if started_at is None and now - t0 > boot_timeout:
-                raise GuestBootError(f"{what} did not start the command within {boot_timeout:.0f} s; "
+                raise GuestBootError(f"{what} did not start the command within {boot_timeout:g} s; "
                                      f"console tail:\n{console_tail(read(xdir / 'console.log'), skip=console_skip)}")
             if started_at is not None and now - started_at > timeout:
                 raise LabkitError(f"`{shlex.join(argv)}` did not finish in {what} within {timeout:.0f} s; "
