@@ -38,8 +38,7 @@ from labkit.runs.control import Control
 from labkit.runs.cpu import Cpu
 from labkit.runs.doctor import doctor
 from labkit.runs.params import SweepParams
-from labkit.runs.runner import Experiment, Runner, open_out, prepare_out
-from labkit.runs.runner import _release_out as release_out
+from labkit.runs.runner import Experiment, Runner, open_out, prepare_out, release_out
 from labkit.runs.sweep import run_sweep, summary_text
 
 SWEEP_OPTIONS = ("modes", "services", "endpoints", "targets", "probes", "rounds", "warmup", "seed",

@@ -314,12 +314,12 @@ def open_out(out: str, kind: str, resume: bool) -> safepath.OutDir:
         if not d.created:
             _check_names(d.path, kind, resume, set(d.names()))
     except BaseException:
-        _release_out(d, kind)
+        release_out(d, kind)
         raise
     return d
 
 
-def _release_out(d: safepath.OutDir, kind: str) -> None:
+def release_out(d: safepath.OutDir, kind: str) -> None:
     """Give the run directory up: its lock, and the directory itself when this
     run created it and measured nothing into it."""
     d.unlock()
@@ -411,7 +411,7 @@ class Runner:
                 d.close()
             elif d is not None:
                 # a run refused before anything was measured leaves no directory behind
-                _release_out(d, self.kind)
+                release_out(d, self.kind)
 
     def _run(self, classes: Mapping[str, "type[Datapath]"]) -> str | None:
         exp = self.exp
