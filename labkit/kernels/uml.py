@@ -173,17 +173,9 @@ def run_in_uml(argv: Sequence[str], timeout: float, env: Mapping[str, str] | Non
     res = GuestResult(list(argv), s.returncode, s.stdout, s.stderr, s.console, facts)
     if check and res.returncode != 0:
         raise LabkitError(f"`{shlex.join(argv)}` failed in user-mode Linux {k.release} (exit "
-                          f"{res.returncode}): {cache.tail(res.stderr, 5) or '(no stderr)'}"
-                          + kernel_says(res.console))
+                          f"{res.returncode}): {cache.tail(res.stderr, 5) or '(no stderr)'}")
     return res
 
-
-def kernel_says(console: str) -> str:
-    """The guest kernel's lines about a dead process (segfault, OOM), for an error."""
-    hits = [ln.strip() for ln in console.splitlines()
-            if any(w in ln for w in ("segfault", "Out of memory", "oom-kill", "Killed process", "traps:",
-                                     "general protection"))]
-    return ("; the guest kernel said: " + " | ".join(hits[-3:])) if hits else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
