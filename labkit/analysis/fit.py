@@ -184,11 +184,14 @@ def load_run(run_dir: str) -> Run:
     # every table and figure of it does
     several = points["kernel"].nunique() > 1
     uml = uml_releases({**meta, "guests": [*(meta.get("guests") or []), _guest_facts(run_dir)]})
-    for df in (samples, points):
-        tags = [([k] if several else []) + ([INTERPRETED_TAG] if interpreted(m, "uml" if k in uml else "")
-                                             else [])
-                for m, k in zip(df["mode"].astype(str), df["kernel"].astype(str))]
-        df["series"] = [m + (f" [{', '.join(t)}]" if t else "") for m, t in zip(df["mode"].astype(str), tags)]
+    def series_name(m: str, k: str) -> str:
+        tags = ([k] if several else []) + ([INTERPRETED_TAG] if interpreted(m, "uml" if k in uml else "") else [])
+        return m + (f" [{', '.join(tags)}]" if tags else "")
+    names = {(m, k): series_name(m, k) for m, k in points[["mode", "kernel"]].astype(str).drop_duplicates().itertuples(
+        index=False)}
+    for df in (samples, points):   # one name per (mode, kernel), mapped onto the rows
+        key = pd.MultiIndex.from_frame(df[["mode", "kernel"]].astype(str))
+        df["series"] = pd.Series(names).reindex(key).to_numpy()
     wanted = list((meta.get("params") or {}).get("modes") or [])
     present = list(dict.fromkeys(points.sort_values("point_id")["series"]))
     order = [s for m in wanted for s in present if s == m or s.startswith(m + " [")]
