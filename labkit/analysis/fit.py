@@ -907,6 +907,8 @@ CROSSOVER_COLUMNS = ["mode_a", "mode_b", "target", "probe", "statistic", "kind",
                      "n_star", "ci_low", "ci_high", "boot_frac", "n_crossings", "faster_below",
                      "faster_above", "model_a", "model_b", "range_lo", "range_hi", "diff_lo_us",
                      "diff_hi_us", "method", "bracket_lo", "bracket_hi", "resolved", "baseline", "finding"]
+NUMERIC_CROSSOVER_COLUMNS = ("budget_us", "n_star", "ci_low", "ci_high", "boot_frac", "n_crossings", "range_lo",
+                             "range_hi", "diff_lo_us", "diff_hi_us", "bracket_lo", "bracket_hi")
 
 
 @dataclass
@@ -1098,6 +1100,8 @@ def analyze(run: Run | str, *, budget_us: float = 10.0, budget_frac: float = 0.1
             crows[-1]["baseline"] = how
         del grid
     crossover = pd.DataFrame(crows, columns=CROSSOVER_COLUMNS)
+    if not len(crossover):   # a run of one mode: numbers stay numbers in an empty table too
+        crossover = crossover.astype({c: float for c in NUMERIC_CROSSOVER_COLUMNS})
     baselines = pd.DataFrame(brows).drop_duplicates() if brows else pd.DataFrame(
         columns=["mode", "target", "probe", "baseline_us", "baseline"])
     # consistency of our per-point statistics with the sweep's

@@ -7,7 +7,6 @@ import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
-import pandas as pd
 import seaborn as sns
 from IPython.display import display
 from matplotlib.artist import Artist
@@ -150,8 +149,7 @@ def headline(an: Analysis) -> plt.Figure:
             tops.append(float(med.max()))
             lows.append(float(med[med > 0].min()) if (med > 0).any() else np.nan)
         cx = an.crossover
-        # numeric first: a run of one mode has no pairs, and its empty table's columns are objects
-        located = np.isfinite(pd.to_numeric(cx["ci_low"], errors="coerce").astype(float))
+        located = np.isfinite(cx["ci_low"].astype(float))
         cx = cx[(cx["kind"] == "fit") & (cx["statistic"] == stat) & (cx["target"] == target)
                 & (cx["probe"] == probe) & located & (cx["resolved"] == True)]  # noqa: E712
         for _, r in cx.iterrows():
