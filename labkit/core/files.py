@@ -11,8 +11,10 @@ cap after the check is refused too.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from typing import Iterator
 
 from labkit.core.errors import UsageError
 
@@ -83,3 +85,21 @@ def read_regular(path: str, what: str, cap: int) -> bytes:
     if got > cap:
         raise UsageError(f"{what} is larger than {_size(cap)}; at most that is read")
     return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def open_regular(path: str, flags: int) -> Iterator[int | None]:
+    """A descriptor of ``path`` for the block when it is a regular file, opened
+    with ``flags`` plus ``O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC`` (never through a
+    symbolic link, never waiting on a FIFO); None when it is missing, a link or
+    not a regular file.  Closed after the block (the lock files of
+    :mod:`labkit.kernel.state` and :mod:`labkit.rundir.safepath`)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    finally:
+        os.close(fd)

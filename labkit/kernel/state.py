@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from labkit.core.errors import LabkitError
+from labkit.core.files import open_regular
 
 STATE_DIR = os.environ.get("LABKIT_STATE_DIR", "/run/labkit")
 MNT_DETACH = 2
@@ -107,13 +108,9 @@ def remove_unheld_lock(run_id: str) -> bool:
     (``LOCK_EX|LOCK_NB``) while the file is checked and removed, so a run that
     is taking it waits and then makes a new one (:meth:`RunState.acquire`)."""
     path = os.path.join(STATE_DIR, f"{run_id}.lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False   # gone, or a symbolic link: not a lock file of labkit's
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
+    with open_regular(path, os.O_RDWR) as fd:
+        if fd is None:
+            return False   # gone, a symbolic link or not a file: not a lock file of labkit's
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -122,8 +119,6 @@ def remove_unheld_lock(run_id: str) -> bool:
             return False
         os.unlink(path)
         return True
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -36,6 +36,7 @@ import stat
 from typing import Any
 
 from labkit.core.errors import UsageError
+from labkit.core.files import open_regular
 from labkit.rundir.schema import LOCK, TMP_PREFIX
 
 _WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -209,12 +210,8 @@ def _read_pid(fd: int) -> int | None:
 def lock_holder(path: str) -> int | None:
     """The PID of the labkit process holding ``path``'s run lock (0 when it is
     held but names no PID), or None when no one holds it.  Never blocks."""
-    try:
-        fd = os.open(os.path.join(path, LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+    with open_regular(os.path.join(path, LOCK), os.O_RDONLY) as fd:
+        if fd is None:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -223,8 +220,6 @@ def lock_holder(path: str) -> int | None:
         except OSError:
             return None
         return None
-    finally:
-        os.close(fd)
 
 
 class OutDir:
