@@ -26,10 +26,10 @@ setup: apt $(STAMP) tools
 # nginx for the HTTP cross-check: Debian's package unpacked into .cache/tools, not
 # installed (installing it would enable and start a web server on the host)
 tools: apt $(STAMP)
-	$(BIN)/python -m labkit.kernel.debcache fetch nginx
+	$(BIN)/python -m labkit.host.debcache fetch nginx
 	@# labkit's user-mode Linux (every mode, IPVS included, in one kernel at native speed): built
 	@# once from Debian's pinned kernel source into the cache (about 10 min on 2 cores), never installed
-	$(BIN)/python -m labkit.kernels.uml build
+	$(BIN)/python -m labkit.guests.uml build
 
 apt:
 	@if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root (sudo make ...): it installs Debian packages" >&2; exit 2; fi

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 #: lowest first; the top-level modules (cli, __main__, __init__) sit above all
-LAYERS = ["core", "kernel", "lab", "datapaths", "probes", "rundir", "kernels", "runs",
+LAYERS = ["core", "host", "lab", "datapaths", "probes", "rundir", "guests", "runs",
           "analysis", "report"]
 TOP = len(LAYERS)
 

@@ -25,9 +25,9 @@ from typing import Any, NoReturn
 from labkit.core.errors import LabkitError, UsageError
 from labkit.core.validate import clip, names, short, split, whole
 from labkit.datapaths import MODES
-from labkit.kernel import netns
-from labkit.kernel.clean import clean
-from labkit.kernels.dispatch import KERNELS, choose_kernel, relaunch
+from labkit.guests.dispatch import KERNELS, choose_kernel, relaunch
+from labkit.host import netns
+from labkit.host.clean import clean
 from labkit.lab.lab import Lab
 from labkit.report.build import build_report, check_run_meta
 from labkit.report.compare import build_compare

@@ -12,9 +12,9 @@ from labkit import datapaths
 from labkit.core.catalog import DEFAULT_ENDPOINT_CIDR
 from labkit.core.errors import Unavailable
 from labkit.core.topology import NS_RE
-from labkit.kernel import debcache, netns
-from labkit.kernel.state import all_states
-from labkit.kernels import guest
+from labkit.guests import guest
+from labkit.host import debcache, netns
+from labkit.host.state import all_states
 from labkit.lab.lab import Lab
 
 IS_ROOT = os.geteuid() == 0

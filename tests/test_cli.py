@@ -17,7 +17,7 @@ from test_report import make_run
 
 from labkit import cli
 from labkit.core.errors import UsageError
-from labkit.kernel import netns
+from labkit.host import netns
 from labkit.report import build as report
 from labkit.rundir import schema
 from labkit.runs.params import SweepParams

@@ -25,7 +25,7 @@ from labkit.datapaths.nftables import (
     render_remove_service,
     service_chain,
 )
-from labkit.kernel import nfnetlink
+from labkit.host import nfnetlink
 from labkit.lab.lab import Lab
 from labkit.probes.syn import SynProber
 from labkit.rundir import schema

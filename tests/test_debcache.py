@@ -4,8 +4,8 @@ import stat
 import pytest
 
 from labkit.core.errors import Unavailable
-from labkit.kernel import debcache
-from labkit.kernels import vm
+from labkit.guests import vm
+from labkit.host import debcache
 
 
 @pytest.fixture

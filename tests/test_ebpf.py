@@ -15,8 +15,8 @@ import pytest
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError, Unavailable
 from labkit.datapaths import MODES, ebpf
-from labkit.kernel import netns
-from labkit.kernel.state import remove_path
+from labkit.host import netns
+from labkit.host.state import remove_path
 from labkit.lab.lab import Lab
 from labkit.probes.syn import SynProber
 

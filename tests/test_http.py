@@ -11,8 +11,8 @@ from conftest import need_tool
 
 from labkit.core.catalog import ServiceCatalog
 from labkit.datapaths import IptablesNft, Nftables
-from labkit.kernel import netns
-from labkit.kernel.debcache import find_tool
+from labkit.host import netns
+from labkit.host.debcache import find_tool
 from labkit.lab.lab import Lab
 from labkit.probes import PROBERS
 from labkit.probes.http import (

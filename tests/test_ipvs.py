@@ -2,7 +2,7 @@
 
 The real-kernel test programs IPVS in a lab's node namespace and makes real
 TCP connections through it.  This host's kernel has no IP_VS, so
-``test_ipvs_in_vm`` boots the pinned VM kernel (labkit.kernels.vm) and runs
+``test_ipvs_in_vm`` boots the pinned VM kernel (labkit.guests.vm) and runs
 ``test_ipvs_datapath_real_kernel`` inside it; on a host with IPVS the latter
 runs directly.
 """
@@ -34,8 +34,8 @@ from labkit.datapaths.ipvs import (
     render_ipvsadm,
     split_sections,
 )
-from labkit.kernel import netns
-from labkit.kernels import uml, vm
+from labkit.guests import uml, vm
+from labkit.host import netns
 from labkit.lab.lab import Lab
 
 CAT = ServiceCatalog(services=2, endpoints=2)

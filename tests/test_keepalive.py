@@ -10,7 +10,7 @@ from conftest import need_tool
 
 from labkit.core.catalog import ServiceCatalog
 from labkit.datapaths import IptablesNft
-from labkit.kernel.wire import isolated
+from labkit.host.wire import isolated
 from labkit.probes import PROBERS
 from labkit.probes.base import parse_segment
 from labkit.probes.conn import (

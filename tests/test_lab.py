@@ -5,8 +5,8 @@ import pytest
 
 from labkit.core.catalog import DEFAULT_ENDPOINT_CIDR
 from labkit.core.errors import LabkitError
-from labkit.kernel import netns
-from labkit.kernel.state import STATE_DIR
+from labkit.host import netns
+from labkit.host.state import STATE_DIR
 from labkit.lab.lab import Lab
 
 pytestmark = pytest.mark.root

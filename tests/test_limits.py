@@ -8,8 +8,8 @@ import pytest
 
 from labkit import cli, datapaths
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.kernel import limits, netns
-from labkit.kernel.limits import BASE_BYTES, check_memory, mem_available, memory_needed
+from labkit.host import limits, netns
+from labkit.host.limits import BASE_BYTES, check_memory, mem_available, memory_needed
 
 GB = 1 << 30
 ALLOC = "b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096])"

@@ -14,7 +14,7 @@ from scipy.stats import chisquare
 from labkit.core.catalog import ServiceCatalog, chain_hash
 from labkit.datapaths import MODES
 from labkit.datapaths import nftables as nft
-from labkit.kernel import netns
+from labkit.host import netns
 from labkit.lab.lab import Lab
 
 HAVE_NFT = shutil.which("nft") is not None

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from labkit.analysis import anchors
-from labkit.kernel import state
+from labkit.host import state
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 

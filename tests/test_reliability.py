@@ -17,7 +17,7 @@ from conftest import _labkit_namespaces, _labkit_pins, host_modes, need_host_mod
 
 from labkit import datapaths
 from labkit.core.errors import LabkitError
-from labkit.kernel.state import all_states
+from labkit.host.state import all_states
 from labkit.rundir import store
 from labkit.runs.params import SweepParams
 from labkit.runs.sweep import run_sweep

@@ -23,9 +23,9 @@ from labkit import cli
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.topology import new_run_id
 from labkit.datapaths import MODES, Ebpf
-from labkit.kernel import netns, state
-from labkit.kernel.clean import clean
-from labkit.kernel.state import RunState, proc_start
+from labkit.host import netns, state
+from labkit.host.clean import clean
+from labkit.host.state import RunState, proc_start
 from labkit.lab.lab import Lab
 from labkit.rundir import provenance, schema, store
 from labkit.runs.params import SweepParams

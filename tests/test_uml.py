@@ -16,7 +16,7 @@ from conftest import _guest_pids, guest_lifecycle
 
 from labkit.core.errors import LabkitError
 from labkit.datapaths.ipvs import Ipvs
-from labkit.kernels import cache, dispatch, guest, uml
+from labkit.guests import cache, dispatch, guest, uml
 
 
 def _uml_pids() -> list[int]:
@@ -57,7 +57,7 @@ def test_the_kernel_dies_with_a_killed_parent_and_clean_removes_the_rest(bootabl
     """SIGKILL the parent while the guest runs: the kernel (and its helper
     processes) die with it (parent-death signal), and ``labkit clean`` finds
     the run's state file and removes its exchange directory."""
-    proc = subprocess.Popen([sys.executable, "-m", "labkit.kernels.uml", "run", "--timeout", "600", "--",
+    proc = subprocess.Popen([sys.executable, "-m", "labkit.guests.uml", "run", "--timeout", "600", "--",
                              "sleep", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_until(_uml_pids, 60), "user-mode Linux did not start"

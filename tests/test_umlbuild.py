@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from labkit.core.errors import LabkitError
-from labkit.kernels import uml, umlbuild
+from labkit.guests import uml, umlbuild
 
 
 def test_the_fragment_sets_options_to_y_each_with_the_reason():
@@ -43,12 +43,15 @@ def test_missing_options_names_what_olddefconfig_dropped():
     assert umlbuild.missing_options(config, ["CONFIG_A", "CONFIG_B", "CONFIG_C"]) == ["CONFIG_B", "CONFIG_C"]
 
 
-def test_the_build_key_changes_with_the_source_the_fragment_and_the_patches():
-    k = umlbuild.build_key("a" * 64, b"CONFIG_A=y\n")
-    assert k == umlbuild.build_key("a" * 64, b"CONFIG_A=y\n") and len(k) == 16
-    assert k != umlbuild.build_key("b" * 64, b"CONFIG_A=y\n")
-    assert k != umlbuild.build_key("a" * 64, b"CONFIG_A=y\nCONFIG_B=y\n")
-    assert k != umlbuild.build_key("a" * 64, b"CONFIG_A=y\n", [b"--- a\n+++ b\n"])
+def test_the_build_key_changes_with_the_source_the_options_and_the_patches():
+    k = umlbuild.build_key("a" * 64, "CONFIG_A=y\n")
+    assert k == umlbuild.build_key("a" * 64, "CONFIG_A=y\n") and len(k) == 16
+    assert k != umlbuild.build_key("b" * 64, "CONFIG_A=y\n")
+    assert k != umlbuild.build_key("a" * 64, "CONFIG_A=y\nCONFIG_B=y\n")
+    assert k != umlbuild.build_key("a" * 64, "CONFIG_A=y\n", [b"--- a\n+++ b\n"])
+    # a comment or the order of the options does not rebuild
+    assert umlbuild.build_key("a" * 64, "CONFIG_B=y\nCONFIG_A=y  # why\n") == \
+        umlbuild.build_key("a" * 64, "# header\nCONFIG_A=y\nCONFIG_B=y\n")
 
 
 def test_the_pin_names_debian_kernel_source():
@@ -78,6 +81,6 @@ def test_the_built_kernel_has_every_fragment_option_and_runs_every_mode():
     rows = {r["mode"]: r for r in json.loads(res.stdout)}
     unavailable = {m: r["reason"] for m, r in rows.items() if not r["host"]}   # "host": the guest's own kernel
     assert set(rows) >= {"iptables-legacy", "iptables-nft", "nftables", "ipvs", "ebpf"} and not unavailable, rows
-    cp = subprocess.run([sys.executable, "-m", "labkit.kernels.uml", "info"], capture_output=True, text=True,
+    cp = subprocess.run([sys.executable, "-m", "labkit.guests.uml", "info"], capture_output=True, text=True,
                         timeout=60)
     assert cp.returncode == 0 and json.loads(cp.stdout)["built"] is True

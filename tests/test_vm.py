@@ -1,4 +1,4 @@
-"""labkit.kernels.vm: the kernel pin, the guest script, and the VM's failure paths.
+"""labkit.guests.vm: the kernel pin, the guest script, and the VM's failure paths.
 
 The failure-path tests boot the pinned kernel for real (skipped, with the
 reason, when it cannot boot here) and check that a failing guest command
@@ -17,7 +17,7 @@ from conftest import _guest_pids, guest_lifecycle
 
 from labkit.core.errors import LabkitError
 from labkit.datapaths import MODES
-from labkit.kernels import dispatch, guest, uml, vm
+from labkit.guests import dispatch, guest, uml, vm
 
 
 def test_lock_file_pins_a_debian_kernel():
@@ -43,7 +43,7 @@ def test_guest_script_records_start_output_and_status(tmp_path):
     """The script the guest runs, run here by sh: same contract."""
     env = {"PATH": os.environ["PATH"], "GREETING": "it's \"quoted\" $HOME"}
     script = guest.command_script(tmp_path, ["sh", "-c", 'echo "$GREETING"; pwd; echo oops >&2; exit 3'],
-                                  str(tmp_path), env, "labkit.kernels.vm")
+                                  str(tmp_path), env, "labkit.guests.vm")
     (tmp_path / "run.sh").write_text(script)
     subprocess.run(["sh", str(tmp_path / "run.sh")], check=True, env={})
     assert (tmp_path / "rc").read_text().strip() == "3"
@@ -54,7 +54,7 @@ def test_guest_script_records_start_output_and_status(tmp_path):
 
 def test_guest_script_without_its_directory(tmp_path):
     script = guest.command_script(tmp_path, ["true"], str(tmp_path / "missing"), {"PATH": "/usr/bin:/bin"},
-                                  "labkit.kernels.vm")
+                                  "labkit.guests.vm")
     (tmp_path / "run.sh").write_text(script)
     subprocess.run(["sh", str(tmp_path / "run.sh")], check=True, env={}, capture_output=True)
     assert (tmp_path / "rc").read_text().strip() == "125"

@@ -93,7 +93,7 @@ def open_regular(path: str, flags: int) -> Iterator[int | None]:
     with ``flags`` plus ``O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC`` (never through a
     symbolic link, never waiting on a FIFO); None when it is missing, a link or
     not a regular file.  Closed after the block (the lock files of
-    :mod:`labkit.kernel.state` and :mod:`labkit.rundir.safepath`)."""
+    :mod:`labkit.host.state` and :mod:`labkit.rundir.safepath`)."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:

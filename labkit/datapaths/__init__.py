@@ -10,7 +10,7 @@ from labkit.datapaths.ebpf import Ebpf, EbpfXdp
 from labkit.datapaths.iptables import IptablesLegacy, IptablesNft
 from labkit.datapaths.ipvs import Ipvs
 from labkit.datapaths.nftables import Nftables
-from labkit.kernel.limits import check_memory
+from labkit.host.limits import check_memory
 
 _ALL: list[type[Datapath]] = [IptablesLegacy, IptablesNft, Nftables, Ipvs, Ebpf, EbpfXdp]
 

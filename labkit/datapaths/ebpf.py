@@ -45,8 +45,8 @@ import numpy as np
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError, Unavailable
 from labkit.datapaths.base import Datapath, ProgramResult
-from labkit.kernel import netns
-from labkit.kernel.state import remove_path
+from labkit.host import netns
+from labkit.host.state import remove_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.core.catalog import ServiceCatalog

@@ -324,7 +324,7 @@ def host_ipvs_missing() -> str | None:
     config = _kernel_config(release) or ""
     if "CONFIG_IP_VS=y" in config:
         return None
-    # a guest kernel's modules live in labkit's cache (labkit.kernels.uml sets this)
+    # a guest kernel's modules live in labkit's cache (labkit.guests.uml sets this)
     moddir = f"{os.environ.get('LABKIT_MODULES_ROOT', '')}/lib/modules/{release}"
     for index in ("modules.dep", "modules.builtin"):
         try:

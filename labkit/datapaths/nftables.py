@@ -50,7 +50,7 @@ from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError
 from labkit.datapaths.base import Datapath, ProgramResult
 from labkit.datapaths.iptables import MASQ_MARK
-from labkit.kernel import nfnetlink
+from labkit.host import nfnetlink
 from labkit.lab.lab import Lab
 
 if TYPE_CHECKING:  # pragma: no cover

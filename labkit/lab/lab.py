@@ -21,8 +21,8 @@ from typing import Callable, ClassVar, Sequence
 
 from labkit.core.errors import LabkitError
 from labkit.core.topology import Topology, new_run_id
-from labkit.kernel import netns
-from labkit.kernel.state import RunState, remove_path
+from labkit.host import netns
+from labkit.host.state import RunState, remove_path
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Iterator, Protocol, Self, Sequence, TypeVar
 
-from labkit.kernel import netns
+from labkit.host import netns
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.core.catalog import ServiceCatalog

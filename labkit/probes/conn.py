@@ -35,7 +35,7 @@ that turn depends on whatever else runs: left to the scheduler, the server
 is woken either on the prober's CPU or on another one (a wake-up across
 CPUs, much slower), and under load points mix the two at random.  While
 probes run, the probing thread and the echo server are pinned to one CPU and
-run at SCHED_FIFO priority 1 (:func:`labkit.kernel.wire.isolated`; both restored
+run at SCHED_FIFO priority 1 (:func:`labkit.host.wire.isolated`; both restored
 afterwards), so no other task gets between them and every request takes the
 same path; pinning alone, without real-time priority, still lets other
 tenants' load move the medians.  Real-time wake-ups add a fixed cost per
@@ -68,8 +68,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Self, Sequence
 
 from labkit.core.errors import LabkitError
-from labkit.kernel import netns
-from labkit.kernel.wire import PACKET_IGNORE_OUTGOING, SNAPLEN, SOL_PACKET, isolated
+from labkit.host import netns
+from labkit.host.wire import PACKET_IGNORE_OUTGOING, SNAPLEN, SOL_PACKET, isolated
 from labkit.probes.base import (
     CMSG_SPACE,
     PACKET_HOST,

@@ -49,9 +49,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Self, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.kernel import netns
-from labkit.kernel.debcache import find_tool
-from labkit.kernel.wire import PACKET_IGNORE_OUTGOING, SNAPLEN, SOL_PACKET, isolated
+from labkit.host import netns
+from labkit.host.debcache import find_tool
+from labkit.host.wire import PACKET_IGNORE_OUTGOING, SNAPLEN, SOL_PACKET, isolated
 from labkit.probes.base import TCP_ACK, TCP_SYN, ProbeOutcome, Prober, drain, open_tap, parse_segment
 
 if TYPE_CHECKING:  # pragma: no cover

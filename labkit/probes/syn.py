@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
 from labkit.core.errors import LabkitError
-from labkit.kernel import netns
+from labkit.host import netns
 from labkit.probes.base import (
     CMSG_SPACE,
     PACKET_HOST,

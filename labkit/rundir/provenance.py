@@ -62,7 +62,7 @@ def package_version(name: str) -> str:
 
 def git_revision() -> str:
     """``git describe --always --dirty`` of the source tree, or "unknown".
-    labkit.kernels passes the host's revision into another kernel through
+    labkit.guests passes the host's revision into another kernel through
     ``LABKIT_GIT_REVISION`` (git over a slow guest filesystem is slow)."""
     rev = os.environ.get("LABKIT_GIT_REVISION")
     if rev:

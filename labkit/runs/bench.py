@@ -20,8 +20,8 @@ import pandas as pd
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.validate import names, number, whole
 from labkit.datapaths import MODES, nftables
-from labkit.kernel import netns, nfnetlink
-from labkit.kernel.limits import mem_available
+from labkit.host import netns, nfnetlink
+from labkit.host.limits import mem_available
 from labkit.lab.lab import Lab
 from labkit.probes.syn import SynProber
 from labkit.rundir import schema

@@ -57,8 +57,8 @@ from typing import Any, Mapping, Sequence
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError, UsageError
 from labkit.core.validate import number
-from labkit.kernel import netns
-from labkit.kernel.wire import isolated
+from labkit.host import netns
+from labkit.host.wire import isolated
 from labkit.lab.lab import Lab
 from labkit.probes.base import SPORT_HI, SPORT_LO
 from labkit.probes.syn import SynProber

@@ -3,7 +3,7 @@
 Tools are checked first; then, as root, each mode is tried for real in a
 scratch lab (namespaces that are removed again): a kernel that lacks a feature
 says so by refusing the ruleset.  A mode the host cannot run is checked
-against the other kernels labkit can boot (:mod:`labkit.kernels`): user-mode
+against the other kernels labkit can boot (:mod:`labkit.guests`): user-mode
 Linux (native speed), then the VM (emulated).
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os
 
 from labkit import datapaths
 from labkit.core.catalog import DEFAULT_ENDPOINT_CIDR
-from labkit.kernels import uml, vm
-from labkit.kernels.dispatch import UML_CANNOT
+from labkit.guests import uml, vm
+from labkit.guests.dispatch import UML_CANNOT
 from labkit.lab.lab import Lab
 
 

@@ -42,8 +42,8 @@ from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError, Unavailable, UsageError
 from labkit.core.files import META_MAX, check_regular
 from labkit.core.validate import clip
-from labkit.kernel import netns
-from labkit.kernels.dispatch import relaunch
+from labkit.guests.dispatch import relaunch
+from labkit.host import netns
 from labkit.lab.lab import Lab
 from labkit.rundir import safepath, schema, store
 from labkit.rundir.provenance import environment

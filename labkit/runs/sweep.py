@@ -30,8 +30,8 @@ from labkit import datapaths
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import UsageError
 from labkit.core.modes import CALIBRATORS
-from labkit.kernel import netns
-from labkit.kernels.dispatch import UML_CANNOT
+from labkit.guests.dispatch import UML_CANNOT
+from labkit.host import netns
 from labkit.probes import PROBERS
 from labkit.probes.base import Paced
 from labkit.rundir import schema

@@ -10,7 +10,7 @@ backend namespace, so it takes that binary the way it takes the VM kernel:
 The cache is ``$LABKIT_CACHE`` if set, else ``.cache`` in a writable source
 tree, else ``$XDG_CACHE_HOME/labkit``.
 
-    python -m labkit.kernel.debcache fetch nginx     # what `make setup` runs
+    python -m labkit.host.debcache fetch nginx     # what `make setup` runs
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def cache_base() -> Path:
     base = os.environ.get("LABKIT_CACHE")
     if base:
         return Path(base)
-    repo = Path(__file__).resolve().parents[2]   # labkit/kernel/debcache.py -> the source tree
+    repo = Path(__file__).resolve().parents[2]   # labkit/host/debcache.py -> the source tree
     if (repo / "pyproject.toml").exists() and os.access(repo, os.W_OK):
         return repo / ".cache"
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -137,7 +137,7 @@ def fetch(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] != "fetch" or args[1] not in TOOLS:
-        print(f"usage: python -m labkit.kernel.debcache fetch {{{','.join(TOOLS)}}}", file=sys.stderr)
+        print(f"usage: python -m labkit.host.debcache fetch {{{','.join(TOOLS)}}}", file=sys.stderr)
         return 2
     name = args[1]
     if shutil.which(name):

@@ -16,15 +16,15 @@ from typing import IO, Sequence
 
 from labkit import datapaths
 from labkit.core.errors import Unavailable, UsageError
-from labkit.kernels import uml, vm
-from labkit.kernels.guest import GuestResult
+from labkit.guests import uml, vm
+from labkit.guests.guest import GuestResult
 from labkit.rundir import schema, store
 from labkit.rundir.provenance import git_revision
 
 KERNELS = ("auto", "host", "uml", "vm")
 RUN_TIMEOUT = 7 * 24 * 3600.0   # a run in the VM may take days under emulation
 #: modes labkit's user-mode Linux kernel cannot run, and why: none (its config,
-#: labkit/kernels/uml.config, has what every mode needs)
+#: labkit/guests/uml.config, has what every mode needs)
 UML_CANNOT: dict[str, str] = {}
 
 

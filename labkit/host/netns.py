@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 
 from labkit.core.errors import LabkitError, Unavailable, UsageError
 from labkit.core.topology import PREFIX
-from labkit.kernel.state import pid_alive
+from labkit.host.state import pid_alive
 
 NETNS_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000

@@ -1,7 +1,7 @@
 """Run a command inside a pinned Debian kernel, booted with virtme-ng.
 
 Some datapaths need kernel features the host kernel lacks (IPVS here).
-labkit then boots the distro kernel pinned in ``labkit/kernels/vmkernel.lock`` with
+labkit then boots the distro kernel pinned in ``labkit/guests/vmkernel.lock`` with
 virtme-ng (``vng``) over the host's own filesystem and runs the command in
 it, usually ``python -m labkit sweep --kernel host ...``::
 
@@ -23,7 +23,7 @@ modes only within one kernel and one run.
 
 Nothing outlives a call: qemu runs in its own process group, killed on
 timeout, error or Ctrl-C; the exchange dir is removed; both are recorded in
-a :class:`~labkit.kernel.state.RunState` so ``labkit clean`` finds them after a
+a :class:`~labkit.host.state.RunState` so ``labkit clean`` finds them after a
 SIGKILL.
 """
 from __future__ import annotations
@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import IO, Mapping, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.kernels.cache import KernelPin, fetch, kind_dir, need, read_pin, ready, tail
-from labkit.kernels.guest import (
+from labkit.guests.cache import KernelPin, fetch, kind_dir, need, read_pin, ready, tail
+from labkit.guests.guest import (
     Exchange,
     GuestBootError,
     GuestResult,
@@ -198,7 +198,7 @@ def _boot(argv: Sequence[str], *, accel: str, timeout: float, boot_timeout: floa
         host_env["TMPDIR"] = str(xdir / "host-tmp")  # vng's own temp files die with xdir
         os.mkdir(xdir / "host-tmp")
         (xdir / "run.sh").write_text(command_script(xdir, argv, cwd, guest_env(env, KIND),
-                                                    "labkit.kernels.vm"))
+                                                    "labkit.guests.vm"))
         qemu_seen: list[int] = []
 
         def track_qemu(proc: subprocess.Popen) -> None:
@@ -297,11 +297,11 @@ def run_in_vm(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None
 
 
 
-# ---- python -m labkit.kernels.vm -------------------------------------------------------
+# ---- python -m labkit.guests.vm -------------------------------------------------------
 def _lock(spec: str) -> None:
     package, _, version = spec.partition("=")
     if not package or not version:
-        raise LabkitError("usage: python -m labkit.kernels.vm lock <package>=<version>")
+        raise LabkitError("usage: python -m labkit.guests.vm lock <package>=<version>")
     release = re.sub(r"^linux-image-", "", package).removesuffix("-unsigned")
     pin = KernelPin(package, version, "0" * 64, release)
     cache = cache_dir()
@@ -324,7 +324,7 @@ def _lock(spec: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m labkit.kernels.vm", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m labkit.guests.vm", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="availability, pinned kernel, accelerator")
     sub.add_parser("fetch", help="download and unpack the pinned kernel")
@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif a.cmd == "lock":
             _lock(a.spec)
     except LabkitError as exc:
-        print(f"labkit.kernels.vm: {exc}", file=sys.stderr)
+        print(f"labkit.guests.vm: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
 

@@ -27,7 +27,7 @@ from typing import IO, Any, Callable, Mapping, Sequence
 
 from labkit.core.errors import LabkitError
 from labkit.core.topology import new_run_id
-from labkit.kernel.state import RunState, remove_path
+from labkit.host.state import RunState, remove_path
 
 CONSOLE_TAIL = 20
 

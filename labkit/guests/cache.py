@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.kernel.debcache import cache_base, flock
+from labkit.host.debcache import cache_base, flock
 from labkit.rundir.store import sha256_file
 
 HERE = Path(__file__).resolve().parent

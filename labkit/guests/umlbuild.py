@@ -10,7 +10,7 @@ runs:
    ``apt-get download`` through labkit's private apt index (the host's apt
    configuration is not touched) and its tarball unpacked in the cache;
 2. ``make ARCH=um defconfig``, then every option of the fragment
-   ``labkit/kernels/uml.config`` set to ``y`` (``scripts/config -e``), then
+   ``labkit/guests/uml.config`` set to ``y`` (``scripts/config -e``), then
    ``make ARCH=um olddefconfig``;
 3. the resulting ``.config`` is checked against the fragment: an option that
    olddefconfig dropped fails the build and is named;
@@ -19,12 +19,12 @@ runs:
 
 The result, ``<cache>/uml/linux-<release>-<key>/`` with the binary ``linux``,
 its ``config`` and ``build.json`` (sources, sha256 sums, build time), is keyed
-on (source sha256, fragment sha256, patches' sha256): a second ``make setup``
+on (source sha256, the fragment's options, patches' sha256): a second ``make setup``
 reuses it, a changed fragment builds anew.  The source tree is removed once
 the binary is in place.  Nothing is installed; nothing goes to ``/boot`` or
 ``/lib/modules``.
 
-    python -m labkit.kernels.uml build      # what `make setup` runs
+    python -m labkit.guests.uml build      # what `make setup` runs
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ from typing import IO, Sequence
 from tqdm import tqdm
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.kernel.debcache import flock
-from labkit.kernels import cache
+from labkit.guests import cache
+from labkit.host.debcache import flock
 
 FRAGMENT = cache.HERE / "uml.config"
 PATCH_DIR = cache.HERE / "uml-patches"
@@ -94,16 +94,19 @@ def patches() -> list[Path]:
     return sorted(PATCH_DIR.glob("*.patch")) if PATCH_DIR.is_dir() else []
 
 
-def build_key(source_sha256: str, fragment: bytes, patch_texts: Sequence[bytes] = ()) -> str:
-    """The cache key of a build: what goes into it, hashed (16 hex digits)."""
-    h = hashlib.sha256(source_sha256.encode() + b"\0" + hashlib.sha256(fragment).hexdigest().encode())
+def build_key(source_sha256: str, fragment: str, patch_texts: Sequence[bytes] = ()) -> str:
+    """The cache key of a build: what goes into it, hashed (16 hex digits).
+    The fragment counts by its options, sorted, so a changed comment reuses
+    the build and a changed option builds anew."""
+    options = "\n".join(sorted(fragment_options(fragment))).encode()
+    h = hashlib.sha256(source_sha256.encode() + b"\0" + hashlib.sha256(options).hexdigest().encode())
     for p in patch_texts:
         h.update(b"\0" + hashlib.sha256(p).hexdigest().encode())
     return h.hexdigest()[:16]
 
 
 def key_of(src: SourcePin) -> str:
-    return build_key(src.pin.sha256, FRAGMENT.read_bytes(), [p.read_bytes() for p in patches()])
+    return build_key(src.pin.sha256, FRAGMENT.read_text(), [p.read_bytes() for p in patches()])
 
 
 def root_dir(src: SourcePin) -> Path:

@@ -4,7 +4,7 @@ an ordinary program, at native instruction speed.
 The host kernel here has no IPVS, and a virtme-ng VM can only emulate (TCG,
 slow and noisy).  User-mode Linux runs as a process: labkit builds one from
 Debian's kernel source with every option its modes need
-(:mod:`labkit.kernels.umlbuild`, ``uml.config``), boots it over the host's
+(:mod:`labkit.guests.umlbuild`, ``uml.config``), boots it over the host's
 root, read-only, and runs the command there::
 
     host                                          guest (linux, one process group)
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import IO, Mapping, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.kernels import cache, umlbuild
-from labkit.kernels.guest import (
+from labkit.guests import cache, umlbuild
+from labkit.guests.guest import (
     Exchange,
     GuestBootError,
     GuestResult,
@@ -70,7 +70,7 @@ def root_dir(p: umlbuild.SourcePin) -> Path:
 
 def fetch(p: umlbuild.SourcePin | None = None, progress: bool = False) -> Path:
     """The built kernel's directory (``linux``, ``config``, ``build.json``):
-    built once from the pinned source (:func:`labkit.kernels.umlbuild.build`)."""
+    built once from the pinned source (:func:`labkit.guests.umlbuild.build`)."""
     return umlbuild.build(p or pin(), progress=progress)
 
 
@@ -152,7 +152,7 @@ def run_in_uml(argv: Sequence[str], timeout: float, env: Mapping[str, str] | Non
         # the guest reads labkit's cache (nginx) from the host, read-only
         genv = guest_env({"HOME": "/run/tmp", "LABKIT_CACHE": str(cache.cache_base()), **(env or {})},
                          KIND, "/run/tmp")
-        (xdir / "run.sh").write_text(command_script(xdir, argv, cwd, genv, "labkit.kernels.uml"))
+        (xdir / "run.sh").write_text(command_script(xdir, argv, cwd, genv, "labkit.guests.uml"))
         (xdir / "init.sh").write_text(init_script(xdir, rwdirs, f"/bin/sh {xdir}/run.sh"))
         os.chmod(xdir / "init.sh", 0o755)
         cmd = [str(root / "linux"), f"mem={memory}", "root=/dev/root",
@@ -179,7 +179,7 @@ def run_in_uml(argv: Sequence[str], timeout: float, env: Mapping[str, str] | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m labkit.kernels.uml",
+    ap = argparse.ArgumentParser(prog="python -m labkit.guests.uml",
                                  description="user-mode Linux: info, fetch, or run a command in it")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="availability and the pinned kernel")
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(res.facts), file=sys.stderr)
             return res.returncode
     except (LabkitError, GuestBootError) as exc:
-        print(f"labkit.kernels.uml: {exc}", file=sys.stderr)
+        print(f"labkit.guests.uml: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
 

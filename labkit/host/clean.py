@@ -3,7 +3,7 @@ nothing else.
 
 What counts as a dead run's leftover, proven, not guessed:
 
-* the run's state file exists and its lock is free (:mod:`labkit.kernel.state`:
+* the run's state file exists and its lock is free (:mod:`labkit.host.state`:
   a live run holds the lock for its whole life, so a run starting or running
   next to ``clean`` is never touched);
 * a namespace is removed only when it matches labkit's exact name pattern
@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass, field
 
 from labkit.core.topology import NS_RE
-from labkit.kernel import netns, state
-from labkit.kernel.state import (
+from labkit.host import netns, state
+from labkit.host.state import (
     RunState,
     all_states,
     lock_held,
