@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""labkit's structure check (run by CI): no import cycles, no upward imports.
+"""labkit's structure check (run by CI): no import cycles, only allowed arrows.
 
 Each sub-package of labkit/ is one layer; a module may import its own layer
-and the layers below it, never one above.  Imports are read with ``ast`` at
+and the layers ``ALLOWED`` lists for it (the arrows docs/architecture.md
+draws), never another: ``analysis`` is pure, so it may not import ``host``
+or ``lab`` although they sit below it.  Imports are read with ``ast`` at
 every depth (inside functions and ``TYPE_CHECKING`` blocks too), so a cycle
 cannot hide in a function body.  Exit status 1 on any violation.
 
@@ -18,6 +20,22 @@ from pathlib import Path
 LAYERS = ["core", "host", "lab", "datapaths", "probes", "rundir", "guests", "runs",
           "analysis", "report"]
 TOP = len(LAYERS)
+
+#: what each layer may import besides itself (docs/architecture.md draws these arrows);
+#: the top (cli) may import every layer
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "host": {"core"},
+    "lab": {"core", "host"},
+    "datapaths": {"core", "host", "lab"},
+    "probes": {"core", "host", "lab"},
+    "rundir": {"core"},
+    "guests": {"core", "host", "rundir"},
+    "runs": {"core", "host", "lab", "datapaths", "probes", "rundir", "guests"},
+    "analysis": {"core", "rundir"},
+    "report": {"core", "rundir", "analysis"},
+    "top": set(LAYERS),
+}
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -107,11 +125,13 @@ def main(argv: list[str]) -> int:
     for comp in cycles(edges):
         print("cycle: " + ", ".join(comp))
         bad += 1
+    names = LAYERS + ["top"]
     for m in sorted(edges):
         for t in sorted(edges[m]):
-            if layer(t) > layer(m):
-                print(f"upward import: {m} ({(LAYERS + ['top'])[layer(m)]}) imports "
-                      f"{t} ({(LAYERS + ['top'])[layer(t)]})")
+            a, b = names[layer(m)], names[layer(t)]
+            if a != b and b not in ALLOWED[a]:
+                print(f"import not allowed: {m} ({a}) imports {t} ({b}); {a} may import "
+                      f"{', '.join(sorted(ALLOWED[a])) or 'nothing of labkit'}")
                 bad += 1
     for m in sorted(known):
         parts = m.split(".")

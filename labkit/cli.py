@@ -1,8 +1,10 @@
 """``python -m labkit`` / ``labkit``: doctor, sweep, control, cpu, bench, report, clean.
 
-Every run command (sweep, control, cpu, bench program) goes through the one
-experiment runner (:mod:`labkit.runs.runner`): the same pre-flight, output
-directory rules, ``--resume`` and ``--kernel host|vm|auto``.  Bad input gets
+Every run command (sweep, control, cpu, bench program) goes one way, :func:`_run`,
+through the one experiment runner (:mod:`labkit.runs.runner`): the same
+pre-flight, output directory rules, ``--resume`` and ``--kernel host|vm|auto``.
+The sweep's options and their defaults in the help come from
+:class:`~labkit.runs.params.SweepParams`.  Bad input gets
 one line on stderr and exit status 2; a machine limit (a missing kernel
 feature, too little memory) exit status 3; a system error no check named first
 (disk full, permission denied, a read-only file system: any OSError) one line
@@ -23,8 +25,9 @@ from importlib import metadata
 from typing import Any, NoReturn
 
 from labkit.core.errors import LabkitError, UsageError
+from labkit.core.modes import IPVS_SCHEDULERS
+from labkit.core.modes import NAMES as MODE_NAMES
 from labkit.core.validate import clip, names, short, split, whole
-from labkit.datapaths import MODES
 from labkit.guests.dispatch import KERNELS, choose_kernel, relaunch
 from labkit.host import netns
 from labkit.host.clean import clean
@@ -37,13 +40,12 @@ from labkit.runs.bench import BenchProgram, bench_nft_change, bench_send, summar
 from labkit.runs.control import Control
 from labkit.runs.cpu import Cpu
 from labkit.runs.doctor import doctor
-from labkit.runs.params import SweepParams
-from labkit.runs.runner import Experiment, Runner, open_out, prepare_out, release_out
-from labkit.runs.sweep import run_sweep, summary_text
+from labkit.runs.params import PARAMETERS, TARGETS, SweepParams
+from labkit.runs.runner import Experiment, Runner, open_out, release_out
+from labkit.runs.sweep import Sweep, summary_text
 
-SWEEP_OPTIONS = ("modes", "services", "endpoints", "targets", "probes", "rounds", "warmup", "seed",
-                 "timeout", "kernel", "probe_kinds", "service_cidr", "endpoint_cidr", "ports", "ipvs_scheduler",
-                 "pacing")
+#: the sweep's options: every parameter but the stored plan of a host+uml run
+SWEEP_OPTIONS = tuple(n for n in PARAMETERS if n != "kernels_by_mode")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,14 +118,14 @@ def _command(name: str, args: argparse.Namespace) -> str:
     return f"python -m labkit {name} " + " ".join(shlex.quote(a) for a in args.argv)
 
 
-def _elsewhere(args: argparse.Namespace, kernel: str, modes: list[str], kind: str) -> bool:
-    """Relaunch the command in another kernel when ``--kernel`` asks for it;
-    True when it ran there."""
+def _elsewhere(args: argparse.Namespace, kernel: str | None, lacking: dict[str, str | None], kind: str) -> bool:
+    """Relaunch the command in another kernel when ``--kernel`` asks for it
+    (``lacking``: each mode, and why the host cannot run it); True when it ran there."""
     if kernel is not None and kernel not in KERNELS:
         raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {short(kernel)}")
     if kernel is None and not args.resume:
         kernel = "auto"   # one default for every run command: the host when it runs every mode
-    where, why = choose_kernel(kernel, modes, args.out, args.resume)
+    where, why = choose_kernel(kernel, lacking, args.out, args.resume)
     if where == "host":
         return False
     print(f"labkit: {why}", file=sys.stderr)
@@ -140,13 +142,20 @@ def _elsewhere(args: argparse.Namespace, kernel: str, modes: list[str], kind: st
     return True
 
 
-def _runner(exp: Experiment | None, exp_cls: type[Experiment], args: argparse.Namespace) -> Runner:
-    """The runner of a new run (``exp``) or of the one ``--resume`` continues."""
-    kw: dict[str, Any] = {"command": _command(args.cmd, args), "progress": not args.quiet}
-    if args.resume:
-        return Runner.resuming(exp_cls, args.out, **kw)
-    assert exp is not None
-    return Runner(exp, args.out, **kw)
+def _run(args: argparse.Namespace, exp: Experiment | None, exp_cls: type[Experiment], kernel: str | None,
+         only: set[int] | None = None) -> Runner | None:
+    """The one way sweep, control, cpu and bench run: the runner of a new run
+    (``exp``) or of the one ``--resume`` continues (``exp`` None: its stored
+    parameters; else they must be the same), which checks ``--out`` once;
+    root; the kernel (``--kernel``, from what the runner found the host lacks);
+    the run, here or relaunched in that kernel (then None)."""
+    runner = Runner(exp if exp is not None else exp_cls, args.out, resume=args.resume,
+                    command=_command(args.cmd, args), progress=not args.quiet, only=only)
+    netns.require_root()
+    if kernel != "host+uml" and _elsewhere(args, kernel, runner.lacking(), runner.kind):
+        return None
+    runner.run()
+    return runner
 
 
 # ---------------------------------------------------------------------------
@@ -175,17 +184,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     options_given = args.params is not None or any(getattr(args, k) is not None for k in SWEEP_OPTIONS
                                                    if k != "kernel")
     params = _sweep_params(args) if (options_given or not args.resume) else None
-    prepare_out(args.out, "sweep", args.resume)
-    netns.require_root()
-    modes = params.modes if params else []
-    # a resume goes back to the kernel the run was planned for; --kernel may only agree
-    kernel = args.kernel if args.resume else (params.kernel if params else "host")
-    if kernel != "host+uml" and _elsewhere(args, kernel, modes, "sweep"):
-        return 0
     only = {whole(b, "only-blocks", 0, 10**9) for b in split(args.only_blocks, "only-blocks")} \
         if args.only_blocks else None
-    out = run_sweep(params, args.out, resume=args.resume, command=_command("sweep", args),
-                    progress=not args.quiet, only=only)
+    # a resume goes back to the kernel the run was planned for; --kernel may only agree
+    kernel = args.kernel if args.resume else (params.kernel if params else "host")
+    runner = _run(args, Sweep(params) if params else None, Sweep, kernel, only)
+    if runner is None:
+        return 0
+    out = runner.out
+    assert out is not None   # --out is required
     if only is None:   # a segment run in another kernel reports to its parent instead
         with safepath.open_dir(out, "--out", create=False) as d:   # read back through a checked path
             print(summary_text(read_table(schema.POINTS, dir_fd=d.fd)))
@@ -203,12 +210,10 @@ def cmd_control(args: argparse.Namespace) -> int:
     exp = None if args.resume else Control(
         split(args.modes, "modes"), split(args.services, "services"), endpoints=args.endpoints,
         rounds=args.rounds, seed=args.seed, verify=not args.no_verify)
-    prepare_out(args.out, "control", args.resume)
-    netns.require_root()
-    if _elsewhere(args, args.kernel, exp.modes if exp else [], "control"):
+    runner = _run(args, exp, Control, args.kernel)
+    if runner is None:
         return 0
-    out = _runner(exp, Control, args).run()
-    print(f"wrote {out}/{schema.CONTROL}, {schema.CONTROL_META}")
+    print(f"wrote {runner.out}/{schema.CONTROL}, {schema.CONTROL_META}")
     return 0
 
 
@@ -219,13 +224,10 @@ def cmd_cpu(args: argparse.Namespace) -> int:
                                               "seed")}
         params = SweepParams.from_dict({k: v for k, v in over.items() if v is not None})
         exp = Cpu(params, rate=args.rate, seconds=args.seconds)
-        exp.check()
-    prepare_out(args.out, "cpu", args.resume)
-    netns.require_root()
-    if _elsewhere(args, args.kernel, exp.modes if exp else [], "cpu"):
+    runner = _run(args, exp, Cpu, args.kernel)
+    if runner is None:
         return 0
-    out = _runner(exp, Cpu, args).run()
-    print(f"wrote {out}/{schema.CPU}, {schema.CPU_META}")
+    print(f"wrote {runner.out}/{schema.CPU}, {schema.CPU_META}")
     return 0
 
 
@@ -238,14 +240,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(json.dumps(row))
         return 0
     exp = None if args.resume else BenchProgram(
-        names(args.modes, "modes", tuple(MODES)), whole(args.services, "services", 0, 1_000_000),
+        names(args.modes, "modes", MODE_NAMES), whole(args.services, "services", 0, 1_000_000),
         args.endpoints, args.repeat)
-    prepare_out(args.out, "bench", args.resume)
-    netns.require_root()
-    if args.out and _elsewhere(args, args.kernel, exp.modes if exp else [], "bench"):
+    # without --out nothing is written, nothing relaunched: it runs here
+    runner = _run(args, exp, BenchProgram, args.kernel if args.out else "host")
+    if runner is None:
         return 0
-    runner = _runner(exp, BenchProgram, args)
-    runner.run()
     for row in summarize_program(runner.tables.frame(schema.BENCH)):
         print(json.dumps(row))
     return 0
@@ -285,6 +285,15 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------
 
+def default(name: str) -> str:
+    """The sweep parameter ``name``'s default as the help and the command line
+    write it (``0,1,10``; a whole float without its ".0")."""
+    def one(v: Any) -> str:
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+    v = getattr(SweepParams(), name)
+    return ",".join(map(one, v)) if isinstance(v, list) else one(v)
+
+
 def _run_options(p: argparse.ArgumentParser, out_help: str, out_required: bool = True) -> None:
     p.add_argument("--out", required=out_required, help=out_help)
     p.add_argument("--resume", action="store_true",
@@ -309,30 +318,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="measure first-packet latency across service counts")
     s.add_argument("--params", help="YAML parameter file (params/*.yaml); options override it")
-    s.add_argument("--modes", help="comma-separated modes (see `labkit doctor`; default "
-                                   "iptables-legacy,iptables-nft)")
-    s.add_argument("--services", help="comma-separated service counts (default "
-                                      "0,1,10,30,100,300,1000,2000,5000,10000; 0 = the empty table)")
-    s.add_argument("--endpoints", help="endpoints per service (default 10)")
-    s.add_argument("--ports", help="service ports (default 80)")
-    s.add_argument("--targets", help="first,middle,last,random,none (default last,random,none)")
-    s.add_argument("--probes", help="probes per point (default 600: p99 needs 500)")
-    s.add_argument("--rounds", help="repetitions of every point, interleaved (default 3)")
-    s.add_argument("--warmup", help="unrecorded probes before each point (default 20)")
-    s.add_argument("--seed", help="seed of the order and the random targets (default 1)")
-    s.add_argument("--timeout", type=float, help="seconds to wait for an answer (default 0.5)")
-    s.add_argument("--kernel", help="host, uml, vm, auto (default: the host, else user-mode Linux, else the "
-                                    "VM, whichever runs every mode; labkit's user-mode Linux runs all of "
-                                    "them) or host+uml (each mode on the host where it runs there, else in "
-                                    "user-mode Linux; iptables and nftables, native in both, in both: they "
-                                    "relate the kernels)")
-    s.add_argument("--ipvs-scheduler", dest="ipvs_scheduler", help="IPVS scheduler: rr, wrr, lc, sh, mh (default rr)")
+    s.add_argument("--modes", help=f"comma-separated modes (see `labkit doctor`; default {default('modes')})")
+    s.add_argument("--services", help=f"comma-separated service counts (default {default('services')}; "
+                                      "0 = the empty table)")
+    s.add_argument("--endpoints", help=f"endpoints per service (default {default('endpoints')})")
+    s.add_argument("--ports", help=f"service ports (default {default('ports')})")
+    s.add_argument("--targets", help=f"{','.join(TARGETS)} (default {default('targets')})")
+    s.add_argument("--probes", help=f"probes per point (default {default('probes')}: p99 needs 500)")
+    s.add_argument("--rounds", help=f"repetitions of every point, interleaved (default {default('rounds')})")
+    s.add_argument("--warmup", help=f"unrecorded probes before each point (default {default('warmup')})")
+    s.add_argument("--seed", help=f"seed of the order and the random targets (default {default('seed')})")
+    s.add_argument("--timeout", type=float, help=f"seconds to wait for an answer (default {default('timeout')})")
+    s.add_argument("--kernel", help=f"host, uml, vm, auto (default {default('kernel')}: the host, else user-mode "
+                                    "Linux, else the VM, whichever runs every mode; labkit's user-mode Linux "
+                                    "runs all of them) or host+uml (each mode on the host where it runs there, "
+                                    "else in user-mode Linux; iptables and nftables, native in both, in both: "
+                                    "they relate the kernels)")
+    s.add_argument("--ipvs-scheduler", dest="ipvs_scheduler",
+                   help=f"IPVS scheduler: {', '.join(IPVS_SCHEDULERS)} (default {default('ipvs_scheduler')})")
     s.add_argument("--only-blocks", dest="only_blocks", help=argparse.SUPPRESS)  # a segment run in another kernel
-    s.add_argument("--probe-kinds", dest="probe_kinds", help="probe kinds (default syn)")
+    s.add_argument("--probe-kinds", dest="probe_kinds", help=f"probe kinds (default {default('probe_kinds')})")
     s.add_argument("--pacing", help="probe rates per second, Poisson gaps; 0 = back to back, each when the "
-                                    "previous one was answered (default 0; e.g. 0,1000 measures both)")
-    s.add_argument("--service-cidr", dest="service_cidr", help="VIP range (default 10.96.0.0/12)")
-    s.add_argument("--endpoint-cidr", dest="endpoint_cidr", help="endpoint range (default 10.128.0.0/9)")
+                                    f"previous one was answered (default {default('pacing')}; e.g. 0,1000 measures "
+                                    "both)")
+    s.add_argument("--service-cidr", dest="service_cidr", help=f"VIP range (default {default('service_cidr')})")
+    s.add_argument("--endpoint-cidr", dest="endpoint_cidr",
+                   help=f"endpoint range (default {default('endpoint_cidr')})")
     _run_options(s, "run directory to write")
 
     pa = sub.add_parser("params", help="check a parameter file as sweep would; print the parameters")
@@ -356,13 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(fn=cmd_control)
 
     u = sub.add_parser("cpu", help="CPU time the node spends per new connection, at a fixed rate")
-    u.add_argument("--modes", help="comma-separated modes (default iptables-legacy,iptables-nft)")
-    u.add_argument("--services", help="comma-separated service counts (default as sweep's: "
-                                      "0,1,10,30,100,300,1000,2000,5000,10000)")
-    u.add_argument("--endpoints", help="endpoints per service (default 10)")
+    u.add_argument("--modes", help=f"comma-separated modes (default {default('modes')})")
+    u.add_argument("--services", help=f"comma-separated service counts (default as sweep's: {default('services')})")
+    u.add_argument("--endpoints", help=f"endpoints per service (default {default('endpoints')})")
     u.add_argument("--targets", default="last", help="targets of the new connections (default last)")
-    u.add_argument("--rounds", help="repetitions, interleaved (default 3)")
-    u.add_argument("--seed", help="seed of the order (default 1)")
+    u.add_argument("--rounds", help=f"repetitions, interleaved (default {default('rounds')})")
+    u.add_argument("--seed", help=f"seed of the order (default {default('seed')})")
     u.add_argument("--rate", type=float, default=1000.0, help="new connections per second (default 1000)")
     u.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default 5)")
     u.add_argument("--kernel", help="host, uml, vm or auto (default auto: the host when it runs every mode, "

@@ -7,14 +7,23 @@ import pandas as pd
 import pytest
 from scipy.stats import gamma
 
-from labkit.analysis import anchors
-from labkit.analysis import fit as A
+from labkit.analysis import analyze, anchors, load_run
+from labkit.analysis.crossover import budget_row, crossing_row, first_crossing, first_exceed
+from labkit.analysis.curves import CurveKey, bootstrap_cells, fit_curve
+from labkit.analysis.intervals import bracket, percentile_ci, resolved
+from labkit.analysis.kernels import cross_kernel_growth, kernel_ratios
+from labkit.analysis.models import fit_batch, fit_models, predict, select_model
+from labkit.analysis.run import POINT_COLUMNS, SAMPLE_COLUMNS, Series, _guest_facts, kernel_names
 from labkit.core.errors import UsageError
 from labkit.rundir import schema
 from labkit.runs.params import SweepParams
 
 # probe noise: RTT = curve(n) + Gamma(2, 2 us); its median is a known constant
 NOISE_MEDIAN = float(gamma(2, scale=2).median())
+
+
+def _key(mode: str, target: str = "last") -> CurveKey:
+    return CurveKey(mode, "host", target, "syn", 0.0, "p50")
 
 
 def _cells(rng, curve, counts, probes, rounds=1, round_sd=0.0):
@@ -24,9 +33,9 @@ def _cells(rng, curve, counts, probes, rounds=1, round_sd=0.0):
 
 def _curve(rng, name, curve, counts=(0, 2000, 4000, 6000, 8000, 10000), probes=200, n_boot=300,
            rounds=1, round_sd=0.0, resample="hierarchical"):
-    x, obs, boot = A.bootstrap_cells(_cells(rng, curve, counts, probes, rounds, round_sd), n_boot,
+    x, obs, boot = bootstrap_cells(_cells(rng, curve, counts, probes, rounds, round_sd), n_boot,
                                      rng, resample, {"p50": 50.0})
-    return A.fit_curve((name, "last", "syn", "p50"), x, obs["p50"], boot["p50"])
+    return fit_curve(_key(name, "last"), x, obs["p50"], boot["p50"])
 
 
 # --- fits recover known parameters -------------------------------------------
@@ -35,19 +44,19 @@ def test_linear_fit_recovers_intercept_and_slope():
     rng = np.random.default_rng(1)
     x = np.repeat([0, 1000, 2500, 5000, 10000], 3).astype(float)
     y = 35.0 + 0.016 * x + rng.normal(0, 1.0, len(x))
-    fits = A.fit_models(x, y)
+    fits = fit_models(x, y)
     p = fits["linear"].params()
     assert p["a"] == pytest.approx(35.0, abs=1.5)
     assert p["b"] == pytest.approx(0.016, rel=0.02)
-    assert A.select_model(fits)[0] == "linear"
+    assert select_model(fits)[0] == "linear"
 
 
 def test_hinge_fit_recovers_knot_slope_and_level():
     rng = np.random.default_rng(2)
     x = np.repeat([0, 1000, 2000, 3000, 4000, 6000, 8000, 10000], 3).astype(float)
     y = 40.0 + 0.012 * np.maximum(x - 3500, 0) + rng.normal(0, 1.0, len(x))
-    fits = A.fit_models(x, y)
-    chosen, crit, weights = A.select_model(fits)
+    fits = fit_models(x, y)
+    chosen, crit, weights = select_model(fits)
     assert chosen == "hinge" and crit == "aicc"
     p = fits["hinge"].params()
     assert p["a"] == pytest.approx(40.0, abs=1.0)
@@ -60,8 +69,8 @@ def test_flat_data_choose_constant():
     rng = np.random.default_rng(3)
     x = np.repeat([0, 1000, 2500, 5000, 10000], 3).astype(float)
     y = 14.0 + rng.normal(0, 0.5, len(x))
-    fits = A.fit_models(x, y)
-    assert A.select_model(fits)[0] == "constant"
+    fits = fit_models(x, y)
+    assert select_model(fits)[0] == "constant"
     assert fits["constant"].params()["a"] == pytest.approx(14.0, abs=0.5)
 
 
@@ -73,8 +82,8 @@ def test_model_choice_says_published_iptables_p50_is_not_a_straight_line():
     rng = np.random.default_rng(4)
     x = np.repeat([0, 2500, 5000, 7500, 10000, 15000, 20000, 30000], 3).astype(float)
     y = truth(x) + rng.normal(0, 3.0, len(x))
-    fits = A.fit_models(x, y)
-    chosen, crit, _ = A.select_model(fits)
+    fits = fit_models(x, y)
+    chosen, crit, _ = select_model(fits)
     assert chosen == "segmented"
     assert fits["linear"].aicc - fits[chosen].aicc > 10
     p = fits["segmented"].params()
@@ -88,10 +97,10 @@ def test_vectorized_knot_search_matches_scipy_fit():
     x = np.repeat([0, 1000, 2000, 4000, 7000, 10000], 2).astype(float)
     Y = 40 + 0.01 * np.maximum(x - 2500, 0) + rng.normal(0, 1.0, (20, len(x)))
     for model in ("hinge", "segmented"):
-        th_vec, rss_vec = A.fit_batch(model, x, Y)
-        th_sp, rss_sp = A.fit_batch(model, x, Y, use_scipy=True)
+        th_vec, rss_vec = fit_batch(model, x, Y)
+        th_sp, rss_sp = fit_batch(model, x, Y, use_scipy=True)
         np.testing.assert_allclose(rss_vec, rss_sp, rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(A.predict(model, th_vec, x), A.predict(model, th_sp, x), atol=1e-3)
+        np.testing.assert_allclose(predict(model, th_vec, x), predict(model, th_sp, x), atol=1e-3)
 
 
 def test_one_round_of_five_counts_claims_no_knot():
@@ -99,8 +108,8 @@ def test_one_round_of_five_counts_claims_no_knot():
     hits = 0
     for _ in range(20):
         x = np.array([0, 1000, 2500, 5000, 10000], dtype=float)
-        fits = A.fit_models(x, 35 + 0.016 * x + rng.normal(0, 1.0, len(x)))
-        chosen, crit, w = A.select_model(fits)
+        fits = fit_models(x, 35 + 0.016 * x + rng.normal(0, 1.0, len(x)))
+        chosen, crit, w = select_model(fits)
         assert crit == "aicc" and chosen in ("constant", "linear")
         assert np.isnan(w["segmented"])
         hits += chosen == "linear"
@@ -110,15 +119,15 @@ def test_one_round_of_five_counts_claims_no_knot():
 def test_too_few_points_limit_the_models():
     x = np.array([0.0, 200.0, 1000.0])
     y = np.array([35.0, 38.0, 51.0])
-    fits = A.fit_models(x, y)
+    fits = fit_models(x, y)
     assert set(fits) == {"constant", "linear"}
-    chosen, crit, _ = A.select_model(fits)
+    chosen, crit, _ = select_model(fits)
     assert crit == "aic" and chosen == "linear"
 
 
 def test_two_points_give_the_line_through_them_not_a_flat_claim():
     x = np.array([0.0, 1000.0])
-    c = A.fit_curve(("iptables-nft", "last", "syn", "p50"), x, np.array([10.2, 28.1]),
+    c = fit_curve(_key("iptables-nft", "last"), x, np.array([10.2, 28.1]),
                     np.array([[10.0, 28.0], [10.4, 28.3]]))
     assert c.chosen == "linear" and c.criterion == "none"
     assert c.fit.params()["b"] == pytest.approx(0.0179)
@@ -129,11 +138,11 @@ def test_curves_that_touch_at_the_first_count_are_ranked_by_their_gap():
     later: no crossing, and the faster one is the one below at the far end
     (it was the other one, taken from the sign of the zero first difference)."""
     x = np.array([0.0, 3000.0])
-    ca = A.fit_curve(("ipvs", "random", "syn", "p50"), x, np.array([11.5, 22.0]),
+    ca = fit_curve(_key("ipvs", "random"), x, np.array([11.5, 22.0]),
                      np.array([[11.5, 21.8], [11.5, 22.2]]))
-    cb = A.fit_curve(("iptables-nft", "random", "syn", "p50"), x, np.array([11.5, 38.3]),
+    cb = fit_curve(_key("iptables-nft", "random"), x, np.array([11.5, 38.3]),
                      np.array([[11.5, 38.0], [11.5, 38.6]]))
-    row = A.crossing_row(ca, cb)
+    row = crossing_row(ca, cb)
     assert row["diff_lo_us"] == 0 and row["diff_hi_us"] < 0
     assert row["faster_above"] == row["faster_below"] == "ipvs", row["finding"]
 
@@ -151,11 +160,11 @@ def test_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate():
     for _ in range(draws):
         ca = _curve(rng, "iptables-nft", lambda n: 35 + 0.016 * n)
         cb = _curve(rng, "nftables", lambda n: 42 + 0.0 * n)
-        lo, hi = A.percentile_ci(ca.boot["linear"][:, 1])
+        lo, hi = percentile_ci(ca.boot["linear"][:, 1])
         hits["slope"] += lo <= 0.016 <= hi
-        lo, hi = A.percentile_ci(ca.boot["linear"][:, 0])
+        lo, hi = percentile_ci(ca.boot["linear"][:, 0])
         hits["intercept"] += lo <= 35 + NOISE_MEDIAN <= hi
-        row = A.crossing_row(ca, cb)
+        row = crossing_row(ca, cb)
         if np.isfinite(row["n_star"]):
             crossing += 1
             hits["n_star"] += row["ci_low"] <= true_n <= row["ci_high"]
@@ -176,7 +185,7 @@ def _round_curves(rng, rounds, shared_sd=0.5, own_sd=0.5, point_sd=0.3):
     shared = rng.normal(0, shared_sd, rounds)[r]
     ya = 10 + 0.005 * x + shared + rng.normal(0, own_sd, rounds)[r] + rng.normal(0, point_sd, len(x))
     yb = 14 + 0 * x + shared + rng.normal(0, own_sd, rounds)[r] + rng.normal(0, point_sd, len(x))
-    return [A.fit_curve((name, "last", "syn", "p50"), x, y, rounds=r, all_rounds=list(range(rounds)))
+    return [fit_curve(_key(name, "last"), x, y, rounds=r, all_rounds=list(range(rounds)))
             for name, y in (("a", ya), ("b", yb))]
 
 
@@ -198,8 +207,8 @@ def test_round_jackknife_intervals_cover_the_truth_at_the_nominal_rate(rounds):
         hits["slope"] += lo <= 0.005 <= hi
         lo, hi = ca.ci(p["a"], ca.boot["linear"][:, 0])
         hits["intercept"] += lo <= 10 <= hi
-        for key, row, truth in (("n_star", A.crossing_row(ca, cb), 800),
-                                ("budget", A.budget_row(ca, cb, 10.0, "budget-abs", "10 us"), 2800)):
+        for key, row, truth in (("n_star", crossing_row(ca, cb), 800),
+                                ("budget", budget_row(ca, cb, 10.0, "budget-abs", "10 us"), 2800)):
             assert np.isfinite(row["ci_low"]), row["finding"]
             assert row["ci_low"] <= row["n_star"] <= row["ci_high"]
             assert row["resolved"], row
@@ -214,14 +223,14 @@ def test_a_crossover_in_an_unmeasured_stretch_is_not_resolved():
     rng = np.random.default_rng(5)
     x = np.tile([1.0, 10, 30, 100], 3)
     r = np.repeat(np.arange(3), 4)
-    ca = A.fit_curve(("a", "last", "syn", "p50"), x, 10 + 0.2 * x + rng.normal(0, 0.01, 12), rounds=r,
+    ca = fit_curve(_key("a", "last"), x, 10 + 0.2 * x + rng.normal(0, 0.01, 12), rounds=r,
                      all_rounds=[0, 1, 2])
-    cb = A.fit_curve(("b", "last", "syn", "p50"), x, 11 + 0 * x + rng.normal(0, 0.01, 12), rounds=r,
+    cb = fit_curve(_key("b", "last"), x, 11 + 0 * x + rng.normal(0, 0.01, 12), rounds=r,
                      all_rounds=[0, 1, 2])
-    row = A.crossing_row(ca, cb)
+    row = crossing_row(ca, cb)
     assert 3 < row["n_star"] < 8 and (row["bracket_lo"], row["bracket_hi"]) == (1, 10)
     assert row["resolved"] is False and "unmeasured stretch" in row["finding"]
-    assert A.bracket(30, x) == (30, 30) and A.resolved(300, 1000) and not A.resolved(1, 30)
+    assert bracket(30, x) == (30, 30) and resolved(300, 1000) and not resolved(1, 30)
 
 
 def test_hierarchical_bootstrap_accounts_for_round_to_round_drift():
@@ -234,9 +243,9 @@ def test_hierarchical_bootstrap_accounts_for_round_to_round_drift():
     for _ in range(draws):
         cells = _cells(rng, lambda n: 35 + 0.016 * n, (0, 2500, 5000, 7500, 10000), 150, 3, 1.5)
         for how in cover:
-            x, obs, boot = A.bootstrap_cells(cells, 200, rng, how, {"p50": 50.0})
-            c = A.fit_curve(("m", "last", "syn", "p50"), x, obs["p50"], boot["p50"])
-            lo, hi = A.percentile_ci(c.boot["linear"][:, 1])
+            x, obs, boot = bootstrap_cells(cells, 200, rng, how, {"p50": 50.0})
+            c = fit_curve(_key("m", "last"), x, obs["p50"], boot["p50"])
+            lo, hi = percentile_ci(c.boot["linear"][:, 1])
             cover[how] += lo <= 0.016 <= hi
     assert cover["probes"] / draws < 0.5
     assert cover["hierarchical"] / draws >= 0.7
@@ -246,52 +255,52 @@ def test_hierarchical_bootstrap_accounts_for_round_to_round_drift():
 
 def test_first_crossing_finds_crossing_non_crossing_and_parallel():
     x = np.linspace(0, 10000, 101)
-    xs, _, count = A.first_crossing(x, 0.016 * x - 7)
+    xs, _, count = first_crossing(x, 0.016 * x - 7)
     assert float(xs) == pytest.approx(437.5) and count == 1
-    xs, _, count = A.first_crossing(x, 0.01 * x + 3)  # never crosses
+    xs, _, count = first_crossing(x, 0.01 * x + 3)  # never crosses
     assert np.isnan(xs) and count == 0
-    xs, _, count = A.first_crossing(x, np.full_like(x, 5.0))  # parallel
+    xs, _, count = first_crossing(x, np.full_like(x, 5.0))  # parallel
     assert np.isnan(xs) and count == 0
-    xs, _, count = A.first_crossing(x, np.zeros_like(x))  # identical
+    xs, _, count = first_crossing(x, np.zeros_like(x))  # identical
     assert np.isnan(xs) and count == 0
     many = np.stack([0.016 * x - 7, -0.01 * x + 50, np.full_like(x, -1.0)])
-    xs, _, count = A.first_crossing(x, many)
+    xs, _, count = first_crossing(x, many)
     np.testing.assert_allclose(xs, [437.5, 5000, np.nan])
 
 
 def test_first_exceed_for_budgets():
     x = np.linspace(0, 10000, 101)
-    assert float(A.first_exceed(x, 0.016 * x - 17)) == pytest.approx(1062.5)
-    assert float(A.first_exceed(x, 0.016 * x + 1)) == 0.0  # already at the start
-    assert np.isnan(A.first_exceed(x, -0.01 * x - 1))
+    assert float(first_exceed(x, 0.016 * x - 17)) == pytest.approx(1062.5)
+    assert float(first_exceed(x, 0.016 * x + 1)) == 0.0  # already at the start
+    assert np.isnan(first_exceed(x, -0.01 * x - 1))
 
 
 def _exact(name, fn, counts=(0, 1000, 2500, 5000, 10000)):
     x = np.array(counts, dtype=float)
     y = fn(x)
-    return A.fit_curve((name, "last", "syn", "p50"), x, y, np.tile(y, (50, 1)))
+    return fit_curve(_key(name, "last"), x, y, np.tile(y, (50, 1)))
 
 
 def test_crossing_row_for_crossing_curves():
     rng = np.random.default_rng(11)
     ca = _curve(rng, "iptables-nft", lambda n: 35 + 0.016 * n)
     cb = _curve(rng, "nftables", lambda n: 42 + 0.0 * n)
-    row = A.crossing_row(ca, cb)
+    row = crossing_row(ca, cb)
     assert row["n_star"] == pytest.approx(437.5, rel=0.15)
     assert row["ci_low"] <= row["n_star"] <= row["ci_high"]
     assert (row["faster_below"], row["faster_above"]) == ("iptables-nft", "nftables")
     assert "cross at" in row["finding"] and "below it iptables-nft is faster" in row["finding"]
-    b = A.budget_row(ca, cb, 10.0, "budget-abs", "10 us")
+    b = budget_row(ca, cb, 10.0, "budget-abs", "10 us")
     assert b["n_star"] == pytest.approx(17 / 0.016, rel=0.1)
     assert b["ci_low"] <= b["n_star"] <= b["ci_high"]
-    never = A.budget_row(cb, ca, 10.0, "budget-abs", "10 us")
+    never = budget_row(cb, ca, 10.0, "budget-abs", "10 us")
     assert np.isnan(never["n_star"]) and "never exceeds" in never["finding"]
 
 
 def test_crossing_row_for_non_crossing_curves():
     ca = _exact("iptables-nft", lambda n: 35 + 0.016 * n)
     cb = _exact("ebpf", lambda n: 30 + 0.0 * n)
-    row = A.crossing_row(ca, cb)
+    row = crossing_row(ca, cb)
     assert np.isnan(row["n_star"]) and row["n_crossings"] == 0
     assert row["faster_below"] == row["faster_above"] == "ebpf"
     assert "no crossing in the measured range" in row["finding"]
@@ -302,7 +311,7 @@ def test_crossing_row_for_parallel_curves():
     ca = _exact("iptables-legacy", lambda n: 50 + 0.01 * n)
     cb = _exact("iptables-nft", lambda n: 40 + 0.01 * n)
     assert ca.chosen == cb.chosen == "linear"
-    row = A.crossing_row(ca, cb)
+    row = crossing_row(ca, cb)
     assert np.isnan(row["n_star"]) and row["boot_frac"] == 0
     assert "parallel" in row["finding"] and "10.0 us apart" in row["finding"]
     assert "iptables-nft is faster" in row["finding"]
@@ -312,12 +321,12 @@ def test_crossing_row_for_parallel_curves():
 
 def test_load_run_refuses_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(UsageError, match="samples.parquet is missing|meta.json is missing"):
-        A.load_run(str(tmp_path))
+        load_run(str(tmp_path))
 
 
 def test_the_analysis_reads_the_columns_the_schema_defines():
-    assert set(A.SAMPLE_COLUMNS) <= set(schema.SAMPLE_COLUMNS)
-    assert set(A.POINT_COLUMNS) <= set(schema.POINT_COLUMNS)
+    assert set(SAMPLE_COLUMNS) <= set(schema.SAMPLE_COLUMNS)
+    assert set(POINT_COLUMNS) <= set(schema.POINT_COLUMNS)
     for kind in schema.KINDS.values():   # every column of every table says what it means
         for cols in kind.tables.values():
             assert all(isinstance(v, str) and v for v in cols.values())
@@ -375,15 +384,20 @@ def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11, slope_ratio=1
 
 
 def test_two_kernels_are_related_by_a_mode_in_both_and_never_crossed(tmp_path):
-    an = A.analyze(_two_kernel_run(tmp_path / "run", ratio=2.0, slope_ratio=1.5), n_boot=300)
-    # eBPF in user-mode Linux ran in the BPF interpreter: its name says so
-    assert set(an.series) == {"ebpf [6.18]", "ebpf [7.2, interpreted]", "ipvs [7.2]",
-                              "iptables-legacy [6.18]", "iptables-legacy [7.2]"}
-    k = A.kernel_ratios(an)
+    an = analyze(_two_kernel_run(tmp_path / "run", ratio=2.0, slope_ratio=1.5), n_boot=300)
+    # eBPF in user-mode Linux ran in the BPF interpreter: its name says so; the run's rows
+    # name the release "kernel" (schema 5): read as kernel_release, the kernel named by the guest
+    assert set(map(an.label, an.series)) == {"ebpf [6.18]", "ebpf [7.2, interpreted]", "ipvs [7.2]",
+                                             "iptables-legacy [6.18]", "iptables-legacy [7.2]"}
+    assert set(an.series) == {Series("ebpf", "host"), Series("ebpf", "uml"), Series("ipvs", "uml"),
+                              Series("iptables-legacy", "host"), Series("iptables-legacy", "uml")}
+    assert an.run.meta["kernel_release"] == "6.18" and "kernel" not in an.run.meta
+    k = kernel_ratios(an)
     p50 = k[k["stat"] == "p50"]
     # only the natively running mode relates the kernels: never eBPF (interpreted in UML)
     assert set(p50["mode"]) == {"iptables-legacy"}
-    assert set(p50["other_kernel"]) == {"7.2"} and set(p50["kernel"]) == {"6.18"}
+    assert set(p50["other_kernel"]) == {"uml"} and set(p50["kernel"]) == {"host"}
+    assert set(p50["other_release"]) == {"7.2"} and set(p50["release"]) == {"6.18"}
     level, slope = p50[p50["measure"] == "level"], p50[p50["measure"] == "slope"]
     assert len(level) == 2 and len(slope) == 1
     # the truth: (10 + 0.015 n + gamma median) / (5 + 0.01 n + gamma median)
@@ -394,14 +408,14 @@ def test_two_kernels_are_related_by_a_mode_in_both_and_never_crossed(tmp_path):
     s = slope.iloc[0]
     assert s["ci_lo"] <= 1.5 <= s["ci_hi"] and s["ci_hi"] - s["ci_lo"] < 0.5, s
     # across kernels: growth, never levels; ipvs (guest) and ebpf (host) flat, legacy rises 10 us
-    g = A.cross_kernel_growth(an)
-    g = g[g["stat"] == "p50"].set_index("series")
-    assert g.loc["ipvs [7.2]", "ci_lo"] <= 0 <= g.loc["ipvs [7.2]", "ci_hi"]
-    assert g.loc["ebpf [6.18]", "ci_lo"] <= 0 <= g.loc["ebpf [6.18]", "ci_hi"]
-    assert g.loc["iptables-legacy [6.18]", "ci_lo"] <= 9.99 <= g.loc["iptables-legacy [6.18]", "ci_hi"]
-    pairs = set(zip(an.crossover["mode_a"], an.crossover["mode_b"]))
-    kernel_of = dict(zip(an.points["series"], an.points["kernel"]))
-    assert pairs and all(kernel_of[a] == kernel_of[b] for a, b in pairs)   # one kernel per pair
+    g = cross_kernel_growth(an)
+    g = g[g["stat"] == "p50"].set_index(["mode", "kernel"])
+    assert g.loc[("ipvs", "uml"), "ci_lo"] <= 0 <= g.loc[("ipvs", "uml"), "ci_hi"]
+    assert g.loc[("ebpf", "host"), "ci_lo"] <= 0 <= g.loc[("ebpf", "host"), "ci_hi"]
+    assert g.loc[("iptables-legacy", "host"), "ci_lo"] <= 9.99 <= g.loc[("iptables-legacy", "host"), "ci_hi"]
+    cx = an.crossover
+    assert len(cx) and all(Series(a, k) in an.series and Series(b, k) in an.series   # one kernel per pair
+                           for a, b, k in zip(cx["mode_a"], cx["mode_b"], cx["kernel"]))
 
 
 def test_a_uml_run_is_known_by_its_planned_guest_json(tmp_path):
@@ -410,7 +424,17 @@ def test_a_uml_run_is_known_by_its_planned_guest_json(tmp_path):
     written before the guest booted: its eBPF curve is tagged interpreted."""
     (tmp_path / "guest.json").write_text(json.dumps({"backend": "uml", "kernel_release": "7.2.13",
                                                      "planned": True}))
-    facts = A._guest_facts(str(tmp_path))
-    assert A.uml_releases({"guests": [facts]}) == {"7.2.13"}
+    assert _guest_facts(str(tmp_path))["backend"] == "uml"
+    assert kernel_names({}, str(tmp_path), ["7.2.13"]) == {"7.2.13": "uml"}
     (tmp_path / "guest.json").write_text("{not json")
-    assert A._guest_facts(str(tmp_path)) == {} and A.uml_releases({}) == set()
+    assert _guest_facts(str(tmp_path)) == {} and kernel_names({}, str(tmp_path), ["7.2.13"]) == {"7.2.13": "host"}
+
+
+def test_each_release_is_named_by_the_kernel_it_ran_in(tmp_path):
+    """host, uml or vm, from the guest records of a run, the older ones included
+    (a meta file that keeps its guest under "vm" or "uml")."""
+    new = {"guests": [{"backend": "uml", "kernel_release": "7.2.13"}]}
+    assert kernel_names(new, str(tmp_path), ["6.18.44", "7.2.13"]) == {"6.18.44": "host", "7.2.13": "uml"}
+    old = {"vm": {"kernel_release": "6.1.0-50-amd64", "accel": "tcg"}}
+    assert kernel_names(old, str(tmp_path), ["6.1.0-50-amd64"]) == {"6.1.0-50-amd64": "vm"}
+    assert kernel_names({}, str(tmp_path), ["6.18.44"]) == {"6.18.44": "host"}

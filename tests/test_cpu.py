@@ -103,7 +103,7 @@ def test_sender_cpu_time_holds_the_node_lookup(lab):
 def test_labkit_cpu_writes_the_table(tmp_path):
     if Nftables.unavailable():
         pytest.skip(Nftables.unavailable())
-    p = SweepParams(modes=["nftables"], services=[0, 20], targets=["last"], rounds=1, endpoints=2).validated()
+    p = SweepParams(modes=["nftables"], services=[0, 20], targets=["last"], rounds=1, endpoints=2)
     out = cpu.run_cpu(p, str(tmp_path / "c"), rate=1000, seconds=0.5, progress=False)
     df = pd.read_parquet(os.path.join(out, schema.CPU))
     assert list(df.columns) == list(schema.CPU_COLUMNS)

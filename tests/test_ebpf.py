@@ -1,4 +1,5 @@
-"""The eBPF datapath: pure map renderer (no root) and the real kernel path (root)."""
+"""The eBPF datapath: pure map renderer (no root), the toolchain and the bpf() calls of
+labkit.host.bpf, and the real kernel path (root)."""
 from __future__ import annotations
 
 import collections
@@ -15,7 +16,7 @@ import pytest
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError, Unavailable
 from labkit.datapaths import MODES, ebpf
-from labkit.host import netns
+from labkit.host import bpf, netns
 from labkit.host.state import remove_path
 from labkit.lab.lab import Lab
 from labkit.probes.syn import SynProber
@@ -105,9 +106,9 @@ def test_layouts_match_header():
 def test_missing_clang_is_unavailable(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(Unavailable, match=r"clang not found .*Debian package clang"):
-        ebpf.toolchain()
+        bpf.toolchain()
     with pytest.raises(Unavailable, match="clang"):
-        ebpf.compile_object(str(tmp_path))
+        bpf.compile_object(str(tmp_path), ebpf.source_path())
 
 
 @needs_clang
@@ -115,12 +116,12 @@ def test_compile_error_is_reported(tmp_path):
     src = tmp_path / "broken.c"
     src.write_text("int f(void) { return undefined_thing; }\n")
     with pytest.raises(LabkitError, match=r"clang could not compile broken\.c: .*undefined_thing"):
-        ebpf.compile_object(str(tmp_path), str(src))
+        bpf.compile_object(str(tmp_path), str(src))
 
 
 @needs_clang
 def test_compiles_with_all_programs(tmp_path):
-    obj, version = ebpf.compile_object(str(tmp_path))
+    obj, version = bpf.compile_object(str(tmp_path), ebpf.source_path())
     assert "clang" in version
     out = subprocess.run(["llvm-objdump", "-t", obj], capture_output=True, text=True).stdout \
         if shutil.which("llvm-objdump") else open(obj, "rb").read().decode("latin1")
@@ -325,9 +326,9 @@ def test_remove_path_unmounts_a_bpffs(tmp_path):
     os.mkdir(path)
     libc = ctypes.CDLL(None, use_errno=True)
     assert libc.mount(b"bpf", path.encode(), b"bpf", 0, None) == 0, os.strerror(ctypes.get_errno())
-    fd = ebpf.map_create(ebpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1, "lb_test")
+    fd = bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1, "lb_test")
     try:
-        ebpf.obj_pin(fd, f"{path}/lb_test")
+        bpf.obj_pin(fd, f"{path}/lb_test")
     finally:
         os.close(fd)
     remove_path(path)

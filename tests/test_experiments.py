@@ -12,9 +12,9 @@ import pandas as pd
 import papermill as pm
 import pytest
 
+from labkit.analysis import analyze
 from labkit.analysis import control as control_analysis
 from labkit.analysis import experiments as exp_stats
-from labkit.analysis import fit as analysis
 from labkit.report import experiments
 from labkit.rundir import schema
 
@@ -106,14 +106,14 @@ def test_sections_appear_only_with_their_data(tmp_path):
     assert _titles(experiments.sections(str(empty), n_boot=50)) == [
         "CPU per new connection", "Control plane: programming and changing services"]
     run = make_run(tmp_path / "run")
-    an = analysis.analyze(run, n_boot=100)
+    an = analyze(run, n_boot=100)
     assert _titles(experiments.sections(run, an, n_boot=50)) == [
         "Established connections (keepalive)", "Requests per connection"]
 
 
 def test_penalties_recover_the_truth(tmp_path):
     run = make_run(tmp_path / "run")
-    an = analysis.analyze(run, n_boot=200)
+    an = analyze(run, n_boot=200)
     t = exp_stats.penalty_table(an, ["syn", "keepalive"]).set_index(["mode", "probe"])
     assert t.loc[("iptables-nft", "syn"), "penalty_us"] == pytest.approx(0.017 * 3000, abs=1.0)
     assert t.loc[("iptables-nft", "keepalive"), "penalty_us"] == pytest.approx(1.5, abs=0.5)
@@ -123,7 +123,7 @@ def test_penalties_recover_the_truth(tmp_path):
 
 def test_one_percent_keepalive_budget(tmp_path):
     run = make_run(tmp_path / "run")
-    an = analysis.analyze(run, n_boot=200)
+    an = analyze(run, n_boot=200)
     b = exp_stats.keepalive_budget(an, "reuse-100")
     own = b[(b["mode_a"] == "iptables-nft") & (b["mode_b"] == "(itself)")].iloc[0]
     assert own["n_star"] == pytest.approx(500, rel=0.3)

@@ -362,7 +362,7 @@ def test_a_sweep_over_the_host_and_user_mode_linux(tmp_path):
                         text=True, timeout=900)
     assert cp.returncode == 0, cp.stderr
     pts = pd.read_parquet(out / "points.parquet")
-    kernels = dict(pts.groupby("mode")["kernel"].unique().map(sorted))
+    kernels = dict(pts.groupby("mode")["kernel_release"].unique().map(sorted))
     assert kernels["ebpf"] == [os.uname().release] and kernels["ipvs"] == [uml.guest_kernel_release()]
     assert len(kernels["iptables-legacy"]) == 2
     assert len(pts) == 8 and pts["valid"].all(), pts["reason"].tolist()

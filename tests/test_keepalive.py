@@ -52,7 +52,7 @@ def test_kinds_are_registered_and_accepted_by_the_parameters():
     assert set(KINDS) == {"keepalive", *(f"reuse-{k}" for k in REUSE_COUNTS)}
     assert all(PROBERS[k] is cls for k, cls in KINDS.items())
     assert PROBERS["reuse-100"].requests == 100
-    p = SweepParams(probe_kinds="syn,keepalive,reuse-1,reuse-100").validated()
+    p = SweepParams(probe_kinds="syn,keepalive,reuse-1,reuse-100")
     assert p.probe_kinds == ["syn", "keepalive", "reuse-1", "reuse-100"]
     # reuse opens a new connection per probe: the endpoint spread is judged;
     # keepalive sends many probes over one connection: it is not

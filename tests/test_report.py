@@ -12,9 +12,9 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from labkit.analysis.fit import sha256_file
 from labkit.core.errors import UsageError
 from labkit.report import build as report
+from labkit.rundir.store import sha256_file
 
 # true first-packet curves (us) before probe noise; Gamma(2, 2 us) noise on top
 TRUTH = {

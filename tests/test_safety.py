@@ -109,7 +109,7 @@ def test_clean_at_any_moment_never_disturbs_a_running_sweep(tmp_path):
     mode = "nftables" if "nftables" in host_modes() else host_modes()[0]
     out = tmp_path / "run"
     sweep = subprocess.Popen([sys.executable, "-m", "labkit", "sweep", "--modes", mode, "--services", "0,50",
-                              "--targets", "last", "--probes", "30", "--warmup", "2", "--rounds", "3",
+                              "--targets", "last", "--probes", "60", "--warmup", "2", "--rounds", "5",
                               "--kernel", "host", "--out", str(out), "--quiet"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     removed, cleans = [], 0
@@ -125,7 +125,7 @@ def test_clean_at_any_moment_never_disturbs_a_running_sweep(tmp_path):
     assert sweep.returncode == 0, sweep.stderr.read()
     assert cleans >= 3 and not removed, removed
     pts = pd.read_parquet(out / schema.POINTS)
-    assert len(pts) == 2 * 3 and pts["valid"].all()
+    assert len(pts) == 2 * 5 and pts["valid"].all()
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ def test_clean_removes_a_lock_file_no_run_holds_and_keeps_a_held_one():
     gone = subprocess.Popen(["true"])
     gone.wait()
     paths = {k: os.path.join(state.STATE_DIR, n) for k, n in (
-        ("dead", f"{dead}.lock"), ("held", f"{held}.lock"), ("tmp", f"{tmp_of}.json.tmp{gone.pid}"))}
+        ("dead", f"{dead}.lock"), ("held", f"{held}.lock"), ("tmp", f"{tmp_of}.json.tmp{gone.pid}-0123456789ab"))}
     for p in paths.values():
         with open(p, "w"):
             pass
@@ -239,6 +239,21 @@ def test_clean_removes_a_lock_file_no_run_holds_and_keeps_a_held_one():
         for p in paths.values():
             if os.path.exists(p):
                 os.unlink(p)
+
+
+def test_a_state_file_is_written_atomically_private_and_never_through_a_link(tmp_path, monkeypatch):
+    """RunState.save goes through the one atomic write: 0600, no temporary file left,
+    a symbolic link planted under the state file's name replaced, its target untouched."""
+    monkeypatch.setattr(state, "STATE_DIR", str(tmp_path))
+    st = RunState(new_run_id())
+    target = tmp_path / "target"
+    target.write_text("theirs")
+    os.symlink(target, st.file)
+    st.add("namespaces", "lk-x-cl")
+    assert target.read_text() == "theirs" and not os.path.islink(st.file)
+    assert json.loads(open(st.file).read())["namespaces"] == ["lk-x-cl"]
+    assert stat.S_IMODE(os.stat(st.file).st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == sorted(["target", os.path.basename(st.file)])
 
 
 # ---- --out never overwrites what is not this run's -------------------------------------------
@@ -458,7 +473,7 @@ def _prepare(tmp_path):
             pd.DataFrame({"a": [1]}).to_parquet(d / table)
     d = tmp_path / "corrupt"
     d.mkdir()
-    (d / "meta.json").write_text(json.dumps({"params": SweepParams().validated().to_dict(),
+    (d / "meta.json").write_text(json.dumps({"params": SweepParams().to_dict(),
                                              "blocks_done": [0], "kind": "sweep"}))
     (d / "points.parquet").write_bytes(b"PAR1 garbage")
     for name, data in (("zero", b""), ("random", os.urandom(300)), ("cut", None)):

@@ -20,7 +20,7 @@ from test_report import make_run
 
 from labkit import cli
 from labkit.core.errors import UsageError
-from labkit.report import browser
+from labkit.report import browser, sections
 from labkit.report import build as report
 from labkit.report.compare import build_compare
 from labkit.rundir import safepath, schema, store
@@ -250,7 +250,7 @@ def test_the_reproduce_line_suggests_no_shared_directory():
     """Issue 26 1d: the report said `--out-dir /tmp/<name>-report`, a predictable path."""
     an = types.SimpleNamespace(run=types.SimpleNamespace(meta={}, path="/x/data/reference/host-6.18"),
                                settings={"budget_us": 10.0, "budget_frac": 0.10})
-    text = report.reproduce(an).data
+    text = sections.reproduce(an).data
     assert "--out-dir runs/host-6.18-report" in text and "/tmp" not in text
 
 

@@ -133,14 +133,14 @@ def test_cli_sweep_writes_tidy_tables(tmp_path):
     smp = pd.read_parquet(out / "samples.parquet")
     pts = pd.read_parquet(out / "points.parquet")
     meta = json.loads((out / "meta.json").read_text())
-    for col in ("mode", "kernel", "services", "endpoints", "target", "probe", "rtt_us", "ok"):
+    for col in ("mode", "kernel_release", "services", "endpoints", "target", "probe", "rtt_us", "ok"):
         assert col in smp.columns
     for col in ("mode", "services", "target", "round", "program_s", "sent", "answered", "valid"):
         assert col in pts.columns
     assert len(pts) == 2 * 2 * 2 and len(smp) == 8 * 60
     assert (smp["probe"] == "syn").all() and smp["ok"].all(), smp[~smp["ok"]].head()
     assert pts["valid"].all(), pts["reason"].tolist()
-    assert meta["complete"] and meta["kernel"] == os.uname().release
+    assert meta["complete"] and meta["kernel_release"] == os.uname().release
     assert meta["params"]["probes"] == 60 and "sweep" in meta["command"]
     # the service datapath costs time: in one node of 3,000 services the last VIP (a
     # walk of 3,000 rules, ~17 us with legacy) is slower than the first.  Compared

@@ -16,7 +16,8 @@ from conftest import _guest_pids, guest_lifecycle
 
 from labkit.core.errors import LabkitError
 from labkit.datapaths.ipvs import Ipvs
-from labkit.guests import cache, dispatch, guest, uml
+from labkit.guests import dispatch, guest, uml
+from labkit.host import debcache
 
 
 def _uml_pids() -> list[int]:
@@ -27,7 +28,7 @@ def _uml_pids() -> list[int]:
 @pytest.fixture
 def bootable():
     yield from guest_lifecycle(uml.uml_available, ("linux",), b"umid=labkit-",
-                               cache.kind_dir(uml.KIND) / "runs", "user-mode Linux")
+                               debcache.kind_dir(uml.KIND) / "runs", "user-mode Linux")
 
 
 @pytest.mark.root
@@ -67,9 +68,9 @@ def test_the_kernel_dies_with_a_killed_parent_and_clean_removes_the_rest(bootabl
     assert _wait_until(lambda: not _uml_pids(), 10), f"the kernel outlived its parent: {_uml_pids()}"
     cp = subprocess.run([sys.executable, "-m", "labkit", "clean"], capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, cp.stderr
-    runs = str(cache.kind_dir(uml.KIND) / "runs")
+    runs = str(debcache.kind_dir(uml.KIND) / "runs")
     assert any(ln.startswith("removed") and runs in ln for ln in cp.stdout.splitlines()), cp.stdout
-    assert not any(p for p in (cache.kind_dir(uml.KIND) / "runs").glob("labkit-*")), "exchange directory left"
+    assert not any(p for p in (debcache.kind_dir(uml.KIND) / "runs").glob("labkit-*")), "exchange directory left"
 
 
 @pytest.mark.root
@@ -116,7 +117,7 @@ def test_auto_and_doctor_send_ipvs_to_user_mode_linux():
     ok, why = uml.uml_available()
     if not ok:
         pytest.skip(f"user-mode Linux cannot run here: {why}")
-    assert dispatch.choose_kernel("auto", ["ipvs"])[0] == "uml"
+    assert dispatch.choose_kernel("auto", {"ipvs": Ipvs.unavailable()})[0] == "uml"
     cp = subprocess.run([sys.executable, "-m", "labkit", "doctor", "--json"], capture_output=True, text=True,
                         timeout=300)
     assert cp.returncode == 0, cp.stderr
@@ -142,7 +143,7 @@ def test_ipvs_beside_iptables_and_nftables_in_one_uml_run(bootable, tmp_path):
     pts = pd.read_parquet(out / "points.parquet")
     assert len(pts) == 3 * 2 * 2 and pts["valid"].all(), pts[["mode", "services", "reason"]]
     assert (pts["lost"] == 0).all(), pts[["mode", "services", "lost"]]
-    assert set(pts["kernel"]) == {uml.guest_kernel_release()}
+    assert set(pts["kernel_release"]) == {uml.guest_kernel_release()}
     helper = pts[pts["mode"] == "ipvs"]["variant"].iloc[0]
     assert "helper rules: none" not in helper, helper
     # iptables-legacy's walk rises with the services: its fastest round at 3,000 is slower than
@@ -182,6 +183,6 @@ def test_a_resumed_uml_run_stays_in_its_kernel(bootable, tmp_path):
                         capture_output=True, text=True, timeout=600)
     assert cp.returncode == 0, cp.stderr[-2000:]
     pts = pd.read_parquet(out / "points.parquet")
-    assert len(pts) == 6 and set(pts["kernel"]) == {uml.guest_kernel_release()}
+    assert len(pts) == 6 and set(pts["kernel_release"]) == {uml.guest_kernel_release()}
     meta = json.loads((out / "meta.json").read_text())
     assert meta["complete"] and meta["resumed"]

@@ -75,28 +75,31 @@ def test_strip_options_removes_both_forms():
 
 
 def test_choose_kernel(monkeypatch, tmp_path):
+    def _lacks(modes):   # what the runner's pre-flight passes: each mode, why the host cannot run it
+        return {m: MODES[m].unavailable(None) for m in modes}
+
     monkeypatch.delenv("LABKIT_GUEST", raising=False)
     host_modes = [m for m, cls in MODES.items() if cls.unavailable(None) is None]
     lacking = [m for m, cls in MODES.items() if cls.unavailable(None) is not None]
-    assert dispatch.choose_kernel("host", lacking)[0] == "host"
+    assert dispatch.choose_kernel("host", _lacks(lacking))[0] == "host"
     if host_modes:
-        assert dispatch.choose_kernel("auto", host_modes) == ("host", "the host kernel runs every mode")
+        assert dispatch.choose_kernel("auto", _lacks(host_modes)) == ("host", "the host kernel runs every mode")
     if lacking:
         # labkit's user-mode Linux runs every mode: a mix with host-only modes goes there,
         # else to the VM
         with_legacy = ["iptables-legacy"] + [m for m in lacking if m != "iptables-legacy"]
-        where, why = dispatch.choose_kernel("auto", with_legacy)
+        where, why = dispatch.choose_kernel("auto", _lacks(with_legacy))
         expect = "uml" if uml.uml_available()[0] else "vm" if vm.vm_available()[0] else "host"
         assert where == expect and lacking[0] in why
     if "ipvs" in lacking and uml.uml_available()[0]:
-        assert dispatch.choose_kernel("auto", ["ipvs", "ebpf"])[0] == "uml"
-        assert dispatch.choose_kernel("uml", ["ipvs", "iptables-nft", "iptables-legacy"])[0] == "uml"
+        assert dispatch.choose_kernel("auto", _lacks(["ipvs", "ebpf"]))[0] == "uml"
+        assert dispatch.choose_kernel("uml", _lacks(["ipvs", "iptables-nft", "iptables-legacy"]))[0] == "uml"
     (tmp_path / "vm.json").write_text("{}")
-    assert dispatch.choose_kernel(None, [], str(tmp_path), resume=True)[0] == "vm"
+    assert dispatch.choose_kernel(None, _lacks([]), str(tmp_path), resume=True)[0] == "vm"
     with pytest.raises(Exception, match="measured in vm, not host"):   # a resume stays in its kernel
-        dispatch.choose_kernel("host", [], str(tmp_path), resume=True)
+        dispatch.choose_kernel("host", _lacks([]), str(tmp_path), resume=True)
     monkeypatch.setenv("LABKIT_GUEST", "vm")
-    assert dispatch.choose_kernel("vm", lacking, str(tmp_path), resume=True)[0] == "host"
+    assert dispatch.choose_kernel("vm", _lacks(lacking), str(tmp_path), resume=True)[0] == "host"
 
 
 # ---- booting the VM ---------------------------------------------------------------

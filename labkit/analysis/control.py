@@ -5,7 +5,7 @@ import os
 
 import pandas as pd
 
-from labkit.analysis.fit import fit_models, select_model
+from labkit.analysis.models import fit_models, select_model
 from labkit.rundir import schema
 from labkit.rundir.store import read_table as _read
 
@@ -57,7 +57,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 def slopes(df: pd.DataFrame) -> pd.DataFrame:
     """Per mode and operation: a straight line through the seconds against
     the service count (least squares), in milliseconds per 1,000 services,
-    and the chosen model of :func:`labkit.analysis.fit_models`."""
+    and the chosen model of :func:`labkit.analysis.models.fit_models`."""
     rows = []
     df = with_kind(df)
     for (mode, op, kind, loader), g in df.groupby(["mode", "op", "kind", "loader"], sort=True):

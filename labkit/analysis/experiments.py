@@ -1,6 +1,6 @@
 """Statistics of the connection-reuse, HTTP and CPU experiments (pure).
 
-What these experiments add to :mod:`labkit.analysis.fit`'s curves: penalties
+What these experiments add to :mod:`labkit.analysis.curves`' curves: penalties
 of each probe kind (differences of per-count means, with intervals over
 rounds), the budget relative to a request's own latency, and
 fits of the CPU table.  The report renders them
@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 
 from labkit.analysis import cpu
-from labkit.analysis import fit as analysis
-from labkit.analysis.fit import Analysis, Curve
+from labkit.analysis.crossover import CROSSOVER_COLUMNS, GRID_POINTS, budget_row, crossing_row, first_exceed
+from labkit.analysis.curves import STATS, Curve, CurveKey, bootstrap_cells, fit_curve
+from labkit.analysis.intervals import interval
+from labkit.analysis.result import Analysis
 
 REUSE_KINDS = ["reuse-1", "reuse-2", "reuse-5", "reuse-10", "reuse-100"]
 HTTP_KINDS = ["http-new", "http-keepalive"]
@@ -49,10 +51,10 @@ def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None
     difference (the penalty) and its interval.  With two or more rounds
     measured at both counts the rounds are the units: Student's t over the
     per-round differences; with one round, the bootstrap of probes within
-    points (:func:`labkit.analysis.fit.bootstrap_cells`)."""
+    points (:func:`labkit.analysis.curves.bootstrap_cells`)."""
     target = target or an.headline_target
     level = an.settings["level"]
-    q = {stat: analysis.STATS[stat]}
+    q = {stat: STATS[stat]}
     rng = np.random.default_rng(seed)
     pts = an.points[an.points["used"] & (an.points["target"] == target)]
     smp = an.run.samples[an.run.samples["rtt_us"].notna()]
@@ -60,7 +62,8 @@ def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None
     rows = []
     for series in an.series:
         for probe in kind_order(probes):
-            sub = pts[(pts["series"] == series) & (pts["probe"] == probe)]
+            sub = pts[(pts["mode"] == series.mode) & (pts["kernel"] == series.kernel) & (pts["probe"] == probe)
+                      & (pts["pacing"] == 0)]
             if target != "none":   # from 1 service: the empty table is another path (no NAT)
                 sub = sub[sub["services"] > 0]
             counts = sorted(sub["services"].unique())
@@ -73,8 +76,8 @@ def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None
                 d = (r1[both] - r0[both]).to_numpy(dtype=float)
                 v0, v1 = float(r0.mean()), float(r1.mean())
                 reps = np.array([np.delete(d, i).mean() for i in range(len(d))])  # delete-one-round means
-                lo, hi = analysis.interval(d.mean(), reps, "rounds", level)
-                rows.append(dict(mode=series, probe=probe, target=target, statistic=stat,
+                lo, hi = interval(d.mean(), reps, "rounds", level)
+                rows.append(dict(mode=series.mode, kernel=series.kernel, probe=probe, target=target, statistic=stat,
                                  services_lo=int(counts[0]), services_hi=int(counts[-1]),
                                  value_lo_us=v0, value_hi_us=v1, penalty_us=v1 - v0,
                                  penalty_lo=float(lo), penalty_hi=float(hi),
@@ -85,12 +88,12 @@ def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None
             for n in (counts[0], counts[-1]):
                 ids = [int(i) for i in sub.loc[sub["services"] == n].sort_values("round")["point_id"]
                        if int(i) in by_point]
-                _, obs, boot = analysis.bootstrap_cells([(float(n), [by_point[i] for i in ids])],
-                                                        n_boot, rng, "hierarchical", q)
+                _, obs, boot = bootstrap_cells([(float(n), [by_point[i] for i in ids])],
+                                               n_boot, rng, "hierarchical", q)
                 ends.append((float(obs[stat].mean()), boot[stat].mean(axis=1), len(ids)))
             (v0, b0, k0), (v1, b1, k1) = ends
-            lo, hi = analysis.interval(v1 - v0, b1 - b0, "bootstrap", level)
-            rows.append(dict(mode=series, probe=probe, target=target, statistic=stat,
+            lo, hi = interval(v1 - v0, b1 - b0, "bootstrap", level)
+            rows.append(dict(mode=series.mode, kernel=series.kernel, probe=probe, target=target, statistic=stat,
                              services_lo=int(counts[0]), services_hi=int(counts[-1]),
                              value_lo_us=v0, value_hi_us=v1, penalty_us=v1 - v0,
                              penalty_lo=float(lo), penalty_hi=float(hi),
@@ -103,12 +106,12 @@ def own_budget(c: Curve, frac: float, level: float = 0.95) -> dict:
     """The smallest service count at which curve ``c`` exceeds its own value
     at its smallest count by ``frac`` of that value (NaN if never in range),
     with a bootstrap interval."""
-    x = np.unique(np.concatenate([np.linspace(c.xmin, c.xmax, analysis.GRID_POINTS), c.knots()]))
+    x = np.unique(np.concatenate([np.linspace(c.xmin, c.xmax, GRID_POINTS), c.knots()]))
     p = c.predict(x)
     b = c.boot_predict(x)
     base, bbase = p[0], b[:, :1]
-    n_star = float(analysis.first_exceed(x[1:], p[1:] - base - frac * base)) if len(x) > 1 else math.nan
-    bx = analysis.first_exceed(x[1:], b[:, 1:] - bbase - frac * bbase)
+    n_star = float(first_exceed(x[1:], p[1:] - base - frac * base)) if len(x) > 1 else math.nan
+    bx = first_exceed(x[1:], b[:, 1:] - bbase - frac * bbase)
     found = bx[~np.isnan(bx)]
     lo = hi = math.nan
     if np.isfinite(n_star) and len(found) and (c.method != "rounds" or len(found) == len(bx)):
@@ -125,34 +128,32 @@ def keepalive_budget(an: Analysis, probe: str, frac: float = KEEPALIVE_BUDGET,
     """Where does a mode's penalty exceed ``frac`` of a request's latency?
 
     Two readings: against each other mode (the budget is ``frac`` of that
-    mode's value at its smallest count: :func:`labkit.analysis.budget_row`),
+    mode's value at its smallest count: :func:`labkit.analysis.crossover.budget_row`),
     and against the mode's own value at its smallest count."""
     target = target or an.headline_target
     level = an.settings["level"]
-    present = [s for s in an.series if (s, target, probe, stat) in an.curves]
+    curves = {s: c for s in an.series if (c := an.curve(s, target, (probe, 0.0), stat)) is not None}
     rows = []
-    for a in present:
-        ca = an.curves[(a, target, probe, stat)]
+    for a, ca in curves.items():
         r = own_budget(ca, frac, level)
         txt = f"{frac:.0%} of its own {stat} at {ca.xmin:,.0f} services ({r['budget_us']:.2f} us)"
         if np.isfinite(r["n_star"]):
-            finding = f"{a} exceeds {txt} from {r['n_star']:,.0f} services"
+            finding = f"{ca.label} exceeds {txt} from {r['n_star']:,.0f} services"
             if np.isfinite(r["ci_low"]):
                 finding += f" ({level:.0%} CI {r['ci_low']:,.0f}\u2013{r['ci_high']:,.0f})"
         else:
-            finding = f"{a} never exceeds {txt} in {ca.xmin:,.0f}\u2013{ca.xmax:,.0f} services"
-        rows.append(dict(mode_a=a, mode_b="(itself)", probe=probe, target=target, statistic=stat,
-                         budget_us=r["budget_us"], n_star=r["n_star"], ci_low=r["ci_low"],
+            finding = f"{ca.label} never exceeds {txt} in {ca.xmin:,.0f}\u2013{ca.xmax:,.0f} services"
+        rows.append(dict(mode_a=a.mode, mode_b="(itself)", kernel=a.kernel, probe=probe, target=target,
+                         statistic=stat, budget_us=r["budget_us"], n_star=r["n_star"], ci_low=r["ci_low"],
                          ci_high=r["ci_high"], boot_frac=r["boot_frac"], finding=finding + f" ({probe})."))
-        for b in present:
-            if b == a:
+        for b, cb in curves.items():
+            if b == a or b.kernel != a.kernel:
                 continue
-            cb = an.curves[(b, target, probe, stat)]
             base = float(cb.predict([cb.xmin])[0])
-            row = analysis.budget_row(ca, cb, frac * base, "budget-rel",
-                                      f"{frac:.0%} of {b}'s {stat} at {cb.xmin:,.0f} services "
-                                      f"({frac * base:.2f} us)", level)
-            rows.append({k: row.get(k) for k in ("mode_a", "mode_b", "probe", "target", "statistic",
+            row = budget_row(ca, cb, frac * base, "budget-rel",
+                             f"{frac:.0%} of {cb.label}'s {stat} at {cb.xmin:,.0f} services "
+                             f"({frac * base:.2f} us)", level)
+            rows.append({k: row.get(k) for k in ("mode_a", "mode_b", "kernel", "probe", "target", "statistic",
                                                   "budget_us", "n_star", "ci_low", "ci_high",
                                                   "boot_frac", "finding")})
     return pd.DataFrame(rows)
@@ -161,7 +162,7 @@ def keepalive_budget(an: Analysis, probe: str, frac: float = KEEPALIVE_BUDGET,
 # ---------------------------------------------------------------------------
 # curves of per-row tables (CPU)
 
-def row_curve(key: tuple[str, str, str, str], x: np.ndarray, y: np.ndarray, n_boot: int,
+def row_curve(key: CurveKey, x: np.ndarray, y: np.ndarray, n_boot: int,
               rng: np.random.Generator, rounds: np.ndarray | None = None) -> Curve:
     """Fit :mod:`labkit.analysis` models to one observation per row: with
     ``rounds`` (two or more), delete-one-round refits; else a bootstrap that
@@ -169,13 +170,13 @@ def row_curve(key: tuple[str, str, str, str], x: np.ndarray, y: np.ndarray, n_bo
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if rounds is not None and len(np.unique(rounds)) >= 2:
-        return analysis.fit_curve(key, x, y, rounds=np.asarray(rounds),
+        return fit_curve(key, x, y, rounds=np.asarray(rounds),
                                   all_rounds=sorted(int(r) for r in np.unique(rounds)))
     Yb = np.empty((n_boot, len(x)))
     for n in np.unique(x):
         idx = np.flatnonzero(x == n)
         Yb[:, idx] = y[idx][rng.integers(0, len(idx), size=(n_boot, len(idx)))]
-    return analysis.fit_curve(key, x, y, Yb)
+    return fit_curve(key, x, y, Yb)
 
 
 @dataclass
@@ -196,7 +197,7 @@ def analyze_cpu(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: floa
     for (mode, target), g in v.groupby(["mode", "target"], sort=True):
         if g["services"].nunique() < 2:
             continue
-        curves[(mode, target)] = row_curve((mode, target, "cpu", "excess"), g["services"].to_numpy(),
+        curves[(mode, target)] = row_curve(CurveKey(mode, "", target, "cpu", 0.0, "excess"), g["services"].to_numpy(),
                                            g["excess_us"].to_numpy(), n_boot, rng,
                                            g["round"].to_numpy() if "round" in g else None)
     fits = []
@@ -213,8 +214,8 @@ def analyze_cpu(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: floa
         modes = [m for m, t in curves if t == target]
         for i, a in enumerate(modes):
             for b in modes[i + 1:]:
-                cross.append(analysis.crossing_row(curves[(a, target)], curves[(b, target)], level))
+                cross.append(crossing_row(curves[(a, target)], curves[(b, target)], level))
     return CpuAnalysis(df, cpu.summary(df), curves, pd.DataFrame(fits),
-                       pd.DataFrame(cross, columns=analysis.CROSSOVER_COLUMNS))
+                       pd.DataFrame(cross, columns=CROSSOVER_COLUMNS))
 
 

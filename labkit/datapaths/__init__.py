@@ -1,40 +1,44 @@
 """Registry of service datapaths ("modes").
 
-Add a mode by importing its class here and listing it in ``_ALL``.
+Add a mode by writing its row in :data:`labkit.core.modes.MODES`, importing
+its class here and listing it in ``_ALL``; the registry checks at import that
+its classes and the table's rows agree.
 """
 from __future__ import annotations
 
-from labkit.core.errors import Unavailable, UsageError
+from labkit.core import modes as table
+from labkit.core.errors import LabkitError
 from labkit.datapaths.base import Datapath, ProgramResult
 from labkit.datapaths.ebpf import Ebpf, EbpfXdp
 from labkit.datapaths.iptables import IptablesLegacy, IptablesNft
 from labkit.datapaths.ipvs import Ipvs
 from labkit.datapaths.nftables import Nftables
-from labkit.host.limits import check_memory
 
 _ALL: list[type[Datapath]] = [IptablesLegacy, IptablesNft, Nftables, Ipvs, Ebpf, EbpfXdp]
 
 MODES: dict[str, type[Datapath]] = {cls.name: cls for cls in _ALL}
 
 
+def disagreements(classes: dict[str, type[Datapath]]) -> list[str]:
+    """Where the registered ``classes`` and the table of modes disagree: a mode
+    in one and not the other, in another order, or with other change loaders."""
+    if tuple(classes) != table.NAMES:
+        return [f"registry {', '.join(classes)} != table {', '.join(table.NAMES)}"]
+    out = []
+    for name, cls in classes.items():
+        loaders = (cls.change_loader, *(lo for lo in cls.CHANGE_LOADERS if lo != cls.change_loader))
+        if loaders != table.get(name).change_loaders:
+            out.append(f"{name}: change loaders {loaders} != the table's {table.get(name).change_loaders}")
+    return out
+
+
+if disagreements(MODES):   # a mode added to one and not the other
+    raise LabkitError("labkit.datapaths and labkit.core.modes disagree: " + "; ".join(disagreements(MODES)))
+
+
 def get(name: str) -> type[Datapath]:
-    try:
-        return MODES[name]
-    except KeyError:
-        raise UsageError(f"unknown mode {name!r}; known modes: {', '.join(MODES)}") from None
+    """The datapath class of mode ``name``; UsageError naming the known modes."""
+    return MODES[table.get(name).name]
 
 
-def preflight(modes, services: int, endpoints: int, ports: int = 1) -> dict[str, type[Datapath]]:
-    """The classes of ``modes`` once each can run here and the machine has the
-    memory for its largest catalog (``services`` x ``endpoints`` x ``ports``);
-    raises :class:`Unavailable` naming the reason.  Touches no namespace."""
-    classes = {m: get(m) for m in modes}
-    for m, cls in classes.items():
-        why = cls.unavailable(None)
-        if why:
-            raise Unavailable(f"mode {m} cannot run here: {why}")
-    check_memory(classes.values(), services, endpoints, ports)
-    return classes
-
-
-__all__ = ["Datapath", "ProgramResult", "MODES", "get", "preflight"]
+__all__ = ["Datapath", "ProgramResult", "MODES", "get"]

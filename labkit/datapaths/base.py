@@ -1,12 +1,12 @@
 """The datapath interface every mode implements.
 
-A datapath turns a :class:`~labkit.catalog.ServiceCatalog` into kernel state
+A datapath turns a :class:`~labkit.core.catalog.ServiceCatalog` into kernel state
 in the lab's *node* namespace.  Following kube-proxy, the rules are rendered
 by a pure function (``render``: catalog -> text, unit-testable without root)
-and loaded atomically by the kernel's own loader (``apply``).  ``setup`` and
+and loaded atomically by the kernel's own loader (``load``).  ``setup`` and
 ``teardown`` come in pairs; ``teardown`` removes exactly what ``setup`` made.
 ``add_service`` / ``remove_service`` change one service of the loaded
-catalog (the control-plane experiment, :mod:`labkit.control`).
+catalog (the control-plane experiment, :mod:`labkit.runs.control`).
 """
 from __future__ import annotations
 
@@ -45,11 +45,9 @@ class Datapath(ABC):
     #: cost model, for the report
     lookup: ClassVar[str] = ""
     #: bytes of memory per service endpoint (per port) while the catalog loads: the
-    #: loader's peak resident set plus what the kernel holds (labkit.limits); measured
+    #: loader's peak resident set plus what the kernel holds (labkit.host.limits); measured
     #: with `labkit bench program` (loader_peak_mb + held_mb), with a 25% margin
     mem_per_endpoint: ClassVar[float] = 0.0
-    #: sweep parameters this mode takes, as {parameter name: constructor keyword}
-    OPTIONS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, lab: "Lab") -> None:
         self.lab = lab
@@ -86,7 +84,7 @@ class Datapath(ABC):
         self.clear()
         self.catalog = None
 
-    # ---- control-plane operations (labkit/control.py times them) -----------
+    # ---- control-plane operations (labkit/runs/control.py times them) -----------
     #: how add_service/remove_service change the datapath, for the report
     update: ClassVar[str] = "full re-render and reload (kube-proxy iptables full sync)"
     #: "full" when add_service/remove_service re-render and reload everything,
@@ -147,7 +145,8 @@ class Datapath(ABC):
 
     def render_for(self, catalog: "ServiceCatalog") -> str:
         """This instance's loader text for ``catalog``: :meth:`render`, unless the
-        instance has options of its own (:attr:`OPTIONS`) that shape the text."""
+        instance has options of its own (the table's ``options``,
+        :class:`labkit.core.modes.Mode`) that shape the text."""
         return self.render(catalog)
 
     def resync(self, catalog: "ServiceCatalog") -> ProgramResult:

@@ -14,24 +14,21 @@ route the rewritten packet themselves (``bpf_fib_lookup`` + ``bpf_redirect``)
 so netfilter never sees it.  ``ebpf-xdp``: the same lookups as XDP programs.
 See docs/ebpf.md for the hooks and why.
 
-Kernel-facing code stays thin: :func:`render_maps` (pure, unit-tested) turns
-a catalog into the maps' exact bytes; ``setup`` compiles ``lb.c`` once per
-lab, creates maps sized to the catalog, loads the programs with bpftool,
-fills the maps with ``BPF_MAP_UPDATE_BATCH`` and attaches.  Everything is
+Here: the map layout and :func:`render_maps` (pure, unit-tested), which
+turns a catalog into the maps' exact bytes, and the datapath classes.  The
+kernel-facing half is :mod:`labkit.host.bpf` (the ``bpf()`` system call,
+bpffs, clang and bpftool): ``setup`` compiles ``lb.c`` once per lab,
+creates maps sized to the catalog, loads the programs with bpftool, fills
+the maps with ``BPF_MAP_UPDATE_BATCH`` and attaches.  Everything is
 pinned under a private bpffs instance for the run, recorded in the run's
 state before it is made, and removed by ``clear`` / at lab close.
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import ipaddress
 import os
-import platform
 import socket
 import struct
-import subprocess
-import sysconfig
 import tempfile
 import time
 import weakref
@@ -43,13 +40,12 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from labkit.core.catalog import ServiceCatalog
-from labkit.core.errors import LabkitError, Unavailable
+from labkit.core.errors import LabkitError
 from labkit.datapaths.base import Datapath, ProgramResult
-from labkit.host import netns
+from labkit.host import bpf, netns
 from labkit.host.state import remove_path
 
 if TYPE_CHECKING:  # pragma: no cover
-    from labkit.core.catalog import ServiceCatalog
     from labkit.lab.lab import Lab
 
 # ---- map layouts: byte for byte as in labkit/datapaths/bpf/lb.h -----------------------
@@ -68,9 +64,6 @@ CT_ENTRIES = 262_144   # LRU: two entries per flow
 STATS = ("new", "established", "reply", "redirect", "redirect_neigh", "stack", "no_backend", "error")
 MAPS = ("lb_services", "lb_backends", "lb_ct", "lb_stats")
 PIN = "@PIN@"          # placeholder for the pin directory in rendered text
-BATCH = 1 << 18        # elements per BPF_MAP_UPDATE_BATCH call
-
-BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_HASH = 1, 2, 6, 9
 
 
 # ---- pure rendering ----------------------------------------------------------
@@ -176,141 +169,8 @@ def render_batch(catalog: "ServiceCatalog") -> str:
     return "\n".join(out) + "\n"
 
 
-# ---- the bpf() system call -----------------------------------------------------
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
-(BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_OBJ_PIN,
- BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD, BPF_MAP_UPDATE_BATCH) = 0, 1, 3, 4, 6, 7, 15, 26
-
-
-def _bpf(cmd: int, attr: ctypes.Array) -> int:
-    nr = _NR_BPF.get(platform.machine())
-    if nr is None:
-        raise Unavailable(f"bpf() system call number unknown on {platform.machine()}")
-    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
-    if ret < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return ret
-
-
-def _attr(fmt: str, *values) -> ctypes.Array:
-    buf = ctypes.create_string_buffer(128)
-    struct.pack_into(fmt, buf, 0, *values)
-    return buf
-
-
-def map_create(kind: int, key_size: int, value_size: int, entries: int, name: str) -> int:
-    return _bpf(BPF_MAP_CREATE, _attr("=IIIIIII16s", kind, key_size, value_size, entries, 0, 0, 0,
-                                      name.encode()))
-
-
-def obj_pin(fd: int, path: str) -> None:
-    p = ctypes.create_string_buffer(path.encode())
-    _bpf(BPF_OBJ_PIN, _attr("=QI", ctypes.addressof(p), fd))
-
-
-def obj_get(path: str) -> int:
-    p = ctypes.create_string_buffer(path.encode())
-    return _bpf(BPF_OBJ_GET, _attr("=QI", ctypes.addressof(p), 0))
-
-
-def obj_id(fd: int) -> int:
-    """The kernel's id of a program or map (second field of its info struct)."""
-    info = ctypes.create_string_buffer(64)
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, _attr("=IIQ", fd, len(info), ctypes.addressof(info)))
-    return struct.unpack_from("=I", info, 4)[0]
-
-
-def map_update_batch(fd: int, keys: np.ndarray, values: np.ndarray) -> None:
-    """Insert ``keys[n] -> values[n]`` in batches (BPF_MAP_UPDATE_BATCH)."""
-    keys, values = np.ascontiguousarray(keys), np.ascontiguousarray(values)
-    for lo in range(0, len(keys), BATCH):
-        k, v = keys[lo:lo + BATCH], values[lo:lo + BATCH]
-        attr = _attr("=QQQQII", 0, 0, k.ctypes.data, v.ctypes.data, len(k), fd)
-        _bpf(BPF_MAP_UPDATE_BATCH, attr)
-        done = struct.unpack_from("=I", attr, 32)[0]
-        if done != len(k):
-            raise LabkitError(f"BPF_MAP_UPDATE_BATCH stored {done} of {len(k)} entries")
-
-
-def map_delete(fd: int, keys: np.ndarray) -> None:
-    """Delete ``keys`` one by one (BPF_MAP_DELETE_ELEM), in the given order."""
-    keys = np.ascontiguousarray(keys)
-    for n in range(len(keys)):
-        _bpf(BPF_MAP_DELETE_ELEM, _attr("=I4xQ", fd, keys[n:n + 1].ctypes.data))
-
-
-def map_items(fd: int, key_size: int, value_size: int):
-    """Yield (key bytes, value bytes) of a map (BPF_MAP_GET_NEXT_KEY walk)."""
-    key = ctypes.create_string_buffer(key_size)
-    nxt = ctypes.create_string_buffer(key_size)
-    val = ctypes.create_string_buffer(value_size)
-    first = True
-    while True:
-        try:
-            _bpf(BPF_MAP_GET_NEXT_KEY, _attr("=I4xQQ", fd, 0 if first else ctypes.addressof(key),
-                                             ctypes.addressof(nxt)))
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return
-            raise
-        first = False
-        ctypes.memmove(key, nxt, key_size)
-        try:
-            _bpf(BPF_MAP_LOOKUP_ELEM, _attr("=I4xQQ", fd, ctypes.addressof(key), ctypes.addressof(val)))
-        except OSError as exc:  # deleted meanwhile
-            if exc.errno == errno.ENOENT:
-                continue
-            raise
-        yield key.raw, val.raw
-
-
-def possible_cpus() -> int:
-    with open("/sys/devices/system/cpu/possible") as f:
-        return max(int(part.split("-")[-1]) for part in f.read().strip().split(",")) + 1
-
-
-# ---- toolchain -------------------------------------------------------------------
-def _multiarch() -> str:
-    return sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
-
-
-def toolchain() -> dict[str, str]:
-    """Paths of clang and bpftool, after checking the headers lb.c needs.
-
-    Raises Unavailable naming the missing tool or Debian package.
-    """
-    tools = {"clang": netns.require_tool("clang", "clang"),
-             "bpftool": netns.require_tool("bpftool", "bpftool")}
-    for header, package in (("linux/bpf.h", "linux-libc-dev"),
-                            (f"{_multiarch()}/asm/types.h", "linux-libc-dev"),
-                            ("bpf/bpf_helpers.h", "libbpf-dev")):
-        if not os.path.exists(os.path.join("/usr/include", header)):
-            raise Unavailable(f"/usr/include/{header} not found (Debian package {package}; "
-                              "`sudo make setup` installs it)")
-    return tools
-
-
 def source_path() -> str:
     return str(resources.files("labkit.datapaths") / "bpf" / "lb.c")
-
-
-def compile_object(out_dir: str, source: str | None = None) -> tuple[str, str]:
-    """Compile lb.c for the BPF target; returns (object path, clang version)."""
-    clang = toolchain()["clang"]
-    src = source or source_path()
-    obj = os.path.join(out_dir, os.path.basename(src).rsplit(".", 1)[0] + ".o")
-    cmd = [clang, "-O2", "-g", "-Wall", "-target", "bpf", f"-I{os.path.dirname(src)}",
-           f"-I/usr/include/{_multiarch()}", "-c", src, "-o", obj]
-    cp = subprocess.run(cmd, capture_output=True, text=True)
-    if cp.returncode != 0:
-        errs = [ln for ln in cp.stderr.splitlines() if "error" in ln] or cp.stderr.splitlines()
-        raise LabkitError(f"clang could not compile {os.path.basename(src)}: "
-                          + " | ".join(errs[:3]))
-    version = subprocess.run([clang, "--version"], capture_output=True, text=True).stdout
-    return obj, version.splitlines()[0].strip()
 
 
 # ---- per-lab resources: the compiled object and the run's bpffs ---------------------
@@ -338,26 +198,16 @@ def _mount_bpffs(lab: "Lab") -> str:
         remove_path(path)  # unmounts first, never through a symlink
         lab.state.discard("mounts", path)
     lab.defer(f"unmount bpffs {path}", remove)
-    if _libc.mount(b"bpf", path.encode(), b"bpf", 0, None) != 0:
-        e = ctypes.get_errno()
-        raise Unavailable(f"cannot mount a bpffs instance at {path}: {os.strerror(e)} "
-                          "(needs CONFIG_BPF_SYSCALL and CAP_SYS_ADMIN)")
+    bpf.mount_bpffs(path)
     return path
 
 
 def _lab_bpf(lab: "Lab") -> _LabBpf:
     ctx = _per_lab.get(lab)
     if ctx is None:
-        obj, clang = compile_object(lab.mkdtemp("bpf"))
+        obj, clang = bpf.compile_object(lab.mkdtemp("bpf"), source_path())
         ctx = _per_lab[lab] = _LabBpf(obj, clang, _mount_bpffs(lab))
     return ctx
-
-
-def _version(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0].strip()
-    except (OSError, IndexError):
-        return ""
 
 
 @dataclass(frozen=True)
@@ -405,7 +255,7 @@ class Ebpf(Datapath):
         if os.geteuid() != 0:
             return "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
         try:
-            toolchain()
+            bpf.toolchain()
             if lab is not None:
                 dp = cls(lab)
                 try:
@@ -431,8 +281,8 @@ class Ebpf(Datapath):
         try:
             self._prepare(entries, catalog)
             t_fill = time.perf_counter()
-            map_update_batch(self._fds["lb_services"], entries.service_keys, entries.service_values)
-            map_update_batch(self._fds["lb_backends"], entries.backend_ids, entries.backends)
+            bpf.map_update_batch(self._fds["lb_services"], entries.service_keys, entries.service_values)
+            bpf.map_update_batch(self._fds["lb_backends"], entries.backend_ids, entries.backends)
             t_attach = time.perf_counter()
             self._attach()
         except BaseException as exc:
@@ -451,11 +301,7 @@ class Ebpf(Datapath):
         tests) to maps created by ``prepare`` / ``setup``, then attach."""
         if self._pin_dir is None:
             raise LabkitError("ebpf: load() fills maps made by prepare(); call prepare(catalog) first")
-        bpftool = toolchain()["bpftool"]
-        cp = subprocess.run([bpftool, "batch", "file", "-"], input=text.replace(PIN, self._pin_dir),
-                            capture_output=True, text=True)
-        if cp.returncode != 0:
-            raise LabkitError(f"bpftool batch failed: {' | '.join(cp.stderr.strip().splitlines()[-3:])}")
+        bpf.batch(text.replace(PIN, self._pin_dir))
         self._attach()
 
     # -- control-plane operations: one service in place ------------------------
@@ -474,9 +320,9 @@ class Ebpf(Datapath):
         master = e.service_keys["slot"] == 0
         t1 = time.perf_counter()
         try:
-            map_update_batch(self._fds["lb_backends"], e.backend_ids, e.backends)
-            map_update_batch(self._fds["lb_services"], e.service_keys[~master], e.service_values[~master])
-            map_update_batch(self._fds["lb_services"], e.service_keys[master], e.service_values[master])
+            bpf.map_update_batch(self._fds["lb_backends"], e.backend_ids, e.backends)
+            bpf.map_update_batch(self._fds["lb_services"], e.service_keys[~master], e.service_values[~master])
+            bpf.map_update_batch(self._fds["lb_services"], e.service_keys[master], e.service_values[master])
         except OSError as exc:
             raise LabkitError(f"{self.name}: adding a service to the maps failed: {exc}") from None
         t2 = time.perf_counter()
@@ -494,7 +340,7 @@ class Ebpf(Datapath):
         ids, backends = render_backends(new, services)
         t1 = time.perf_counter()
         try:
-            map_update_batch(self._fds["lb_backends"], ids, backends)
+            bpf.map_update_batch(self._fds["lb_backends"], ids, backends)
         except OSError as exc:
             raise LabkitError(f"{self.name}: changing endpoints in the maps failed: {exc}") from None
         t2 = time.perf_counter()
@@ -509,10 +355,10 @@ class Ebpf(Datapath):
         master = e.service_keys["slot"] == 0
         t1 = time.perf_counter()
         try:
-            map_delete(self._fds["lb_services"], e.service_keys[master])
-            map_delete(self._fds["lb_services"], e.service_keys[~master])
+            bpf.map_delete(self._fds["lb_services"], e.service_keys[master])
+            bpf.map_delete(self._fds["lb_services"], e.service_keys[~master])
             # an array map cannot delete: clear the backends instead
-            map_update_batch(self._fds["lb_backends"], e.backend_ids, np.zeros_like(e.backends))
+            bpf.map_update_batch(self._fds["lb_backends"], e.backend_ids, np.zeros_like(e.backends))
         except OSError as exc:
             raise LabkitError(f"{self.name}: removing a service from the maps failed: {exc}") from None
         t2 = time.perf_counter()
@@ -541,27 +387,21 @@ class Ebpf(Datapath):
         self._pin_dir = pin = tempfile.mkdtemp(prefix=f"{self.name}-", dir=ctx.pin_root)
         # room for one more service, so add_service can change the maps in place
         spare_keys, spare_ids = spare_entries(catalog)
-        sizes = {"lb_services": (BPF_MAP_TYPE_HASH, 12, 8, entries.service_max + spare_keys),
-                 "lb_backends": (BPF_MAP_TYPE_ARRAY, 4, 8, entries.backend_max + spare_ids),
-                 "lb_ct": (BPF_MAP_TYPE_LRU_HASH, 16, 24, CT_ENTRIES),
-                 "lb_stats": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(STATS))}
+        sizes = {"lb_services": (bpf.BPF_MAP_TYPE_HASH, 12, 8, entries.service_max + spare_keys),
+                 "lb_backends": (bpf.BPF_MAP_TYPE_ARRAY, 4, 8, entries.backend_max + spare_ids),
+                 "lb_ct": (bpf.BPF_MAP_TYPE_LRU_HASH, 16, 24, CT_ENTRIES),
+                 "lb_stats": (bpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, len(STATS))}
         t_maps = time.perf_counter()
         try:
             for m, (kind, ks, vs, n) in sizes.items():
-                self._fds[m] = map_create(kind, ks, vs, n, m)
-                obj_pin(self._fds[m], f"{pin}/{m}")
+                self._fds[m] = bpf.map_create(kind, ks, vs, n, m)
+                bpf.obj_pin(self._fds[m], f"{pin}/{m}")
         except OSError as exc:
             raise LabkitError(f"cannot create BPF map {m} ({n:,} entries): {exc}") from None
         t_load = time.perf_counter()
-        cmd = [toolchain()["bpftool"], "prog", "loadall", ctx.obj, f"{pin}/prog"]
-        for m in MAPS:
-            cmd += ["map", "name", m, "pinned", f"{pin}/{m}"]
-        cp = subprocess.run(cmd, capture_output=True, text=True)
-        if cp.returncode != 0:
-            tail = [ln for ln in cp.stderr.splitlines() if ln.strip()][-4:]
-            raise LabkitError(f"bpftool could not load {os.path.basename(ctx.obj)}: {' | '.join(tail)}")
+        bpf.load_programs(ctx.obj, f"{pin}/prog", MAPS, pin)
         for prog in self._all_programs():
-            self._fds[prog] = obj_get(f"{pin}/prog/{prog}")
+            self._fds[prog] = bpf.obj_get(f"{pin}/prog/{prog}")
         self._timing = {"maps_s": t_load - t_maps, "load_s": time.perf_counter() - t_load}
 
     def _all_programs(self) -> list[str]:
@@ -614,9 +454,9 @@ class Ebpf(Datapath):
         fd = self._fds.get("lb_stats")
         if fd is None:
             return {}
-        ncpu = possible_cpus()
+        ncpu = bpf.possible_cpus()
         out = {}
-        for key, val in map_items(fd, 4, 8 * ncpu):
+        for key, val in bpf.map_items(fd, 4, 8 * ncpu):
             (n,) = struct.unpack("=I", key)
             if n < len(STATS):
                 out[STATS[n]] = sum(struct.unpack(f"={ncpu}Q", val))
@@ -634,11 +474,11 @@ class Ebpf(Datapath):
         sizes = {"lb_services": (12, 8), "lb_backends": (4, 8), "lb_ct": (CT_KEY.size, CT_VAL.size)}
         if name not in sizes or name not in self._fds:
             raise LabkitError(f"no map {name!r} loaded (maps: {', '.join(sizes)})")
-        return list(map_items(self._fds[name], *sizes[name]))
+        return list(bpf.map_items(self._fds[name], *sizes[name]))
 
     def program_ids(self) -> dict[str, int]:
         """Kernel ids of the attached programs, by program name."""
-        return {p: obj_id(self._fds[p]) for p in self._all_programs() if p in self._fds}
+        return {p: bpf.obj_id(self._fds[p]) for p in self._all_programs() if p in self._fds}
 
     def ct_entries(self) -> list[CtEntry]:
         """The connection-tracking map, both directions."""
@@ -646,7 +486,7 @@ class Ebpf(Datapath):
         if fd is None:
             return []
         out = []
-        for k, v in map_items(fd, CT_KEY.size, CT_VAL.size):
+        for k, v in bpf.map_items(fd, CT_KEY.size, CT_VAL.size):
             sa, da, sp, dp, proto, d = CT_KEY.unpack(k)
             _exp, na, np_, closing, bid = CT_VAL.unpack(v)
             out.append(CtEntry(socket.inet_ntoa(sa), socket.inet_ntoa(da), socket.ntohs(sp),
@@ -656,8 +496,8 @@ class Ebpf(Datapath):
 
     def describe(self) -> dict:
         ctx = _per_lab.get(self.lab)
-        return {"clang_version": ctx.clang if ctx else _version(["clang", "--version"]),
-                "bpftool_version": _version(["bpftool", "version"]),
+        return {"clang_version": ctx.clang if ctx else bpf.tool_version(["clang", "--version"]),
+                "bpftool_version": bpf.tool_version(["bpftool", "version"]),
                 "hooks": {ifname: f"{self._hook_name()} {prog}" for ifname, prog in self.programs.items()},
                 "pin_dir": self._pin_dir,
                 "map_entries": dict(self._entries),
@@ -739,4 +579,4 @@ class EbpfXdp(Ebpf):
         return "XDP (native)"
 
 
-__all__ = ["Ebpf", "EbpfXdp", "render_maps", "render_batch", "MapEntries", "CtEntry", "compile_object", "toolchain"]
+__all__ = ["Ebpf", "EbpfXdp", "render_maps", "render_batch", "MapEntries", "CtEntry", "source_path"]

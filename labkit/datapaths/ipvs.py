@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError
+from labkit.core.modes import IPVS_SCHEDULERS as SCHEDULERS
 from labkit.datapaths.base import Datapath, ProgramResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,9 +79,9 @@ SYSCTLS = {
     "net.ipv4.ip_forward": 1,
 }
 
-#: schedulers labkit offers (kube-proxy's default is rr); sh and mh hash the source
-#: address *and port* (flags sh-port, mh-port), so every fresh probe tuple is a new draw
-SCHEDULERS = ("rr", "wrr", "lc", "sh", "mh")
+#: schedulers labkit offers: :data:`labkit.core.modes.IPVS_SCHEDULERS` (kube-proxy's
+#: default is rr); sh and mh hash the source address *and port* (flags sh-port,
+#: mh-port), so every fresh probe tuple is a new draw
 SCHEDULER_FLAGS = {"sh": "sh-port", "mh": "mh-port"}
 #: iptables backends for the helper rules, in the order tried; "none" when the kernel
 #: has neither NAT table (user-mode Linux 7.2): IPVS then runs without them
@@ -356,7 +357,6 @@ class Ipvs(Datapath):
     lookup = "hash lookup of the virtual service (ip_vs_service_find): O(1)"
 
     TOOLS = (("ipvsadm", "ipvsadm"), ("ipset", "ipset"), ("ip", "iproute2"), ("sysctl", "procps"))
-    OPTIONS = {"ipvs_scheduler": "scheduler"}
 
     def __init__(self, lab: "Lab", scheduler: str = SCHEDULER) -> None:
         super().__init__(lab)

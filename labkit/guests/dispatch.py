@@ -12,25 +12,26 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Sequence
+from typing import IO, Mapping, Sequence
 
-from labkit import datapaths
+from labkit.core import modes as table
 from labkit.core.errors import Unavailable, UsageError
+from labkit.core.kernel_kinds import KERNEL_KINDS, guest_kind
 from labkit.guests import uml, vm
 from labkit.guests.guest import GuestResult
 from labkit.rundir import schema, store
 from labkit.rundir.provenance import git_revision
 
-KERNELS = ("auto", "host", "uml", "vm")
+KERNELS = ("auto", *KERNEL_KINDS)
 RUN_TIMEOUT = 7 * 24 * 3600.0   # a run in the VM may take days under emulation
-#: modes labkit's user-mode Linux kernel cannot run, and why: none (its config,
-#: labkit/guests/uml.config, has what every mode needs)
-UML_CANNOT: dict[str, str] = {}
+#: modes labkit's user-mode Linux kernel cannot run, and why (the table of modes:
+#: none today)
+UML_CANNOT: dict[str, str] = table.cannot_run_in("uml")
 
 
 def in_guest() -> bool:
     """True inside a kernel labkit booted (labkit there stays there)."""
-    return bool(os.environ.get("LABKIT_GUEST"))
+    return guest_kind() is not None
 
 
 def _available(where: str) -> tuple[bool, str]:
@@ -68,9 +69,11 @@ def strip_options(args: Sequence[str], names: Sequence[str]) -> list[str]:
     return out
 
 
-def choose_kernel(kernel: str | None, modes: Sequence[str], out_dir: str | None = None,
+def choose_kernel(kernel: str | None, modes: Mapping[str, str | None], out_dir: str | None = None,
                   resume: bool = False) -> tuple[str, str]:
-    """("host"|"uml"|"vm", why) for ``--kernel host|uml|vm|auto``.
+    """("host"|"uml"|"vm", why) for ``--kernel host|uml|vm|auto``; ``modes`` maps
+    each of the run's modes to why the host cannot run it (None: it can; the
+    runner's pre-flight, :meth:`labkit.runs.runner.Runner.lacking`).
 
     ``auto``: the host when its kernel runs every mode; else user-mode Linux
     when it runs every mode (native speed); else the VM (emulated).  All modes
@@ -97,8 +100,7 @@ def choose_kernel(kernel: str | None, modes: Sequence[str], out_dir: str | None 
             if cannot:
                 raise Unavailable("--kernel uml cannot run " + "; ".join(cannot))
         return kernel, f"--kernel {kernel}"
-    missing = {m: datapaths.get(m).unavailable(None) for m in modes}
-    missing = {m: why for m, why in missing.items() if why}
+    missing = {m: why for m, why in modes.items() if why}
     if not missing:
         return "host", "the host kernel runs every mode"
     lacking = ", ".join(missing)

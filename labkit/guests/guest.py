@@ -13,12 +13,15 @@ is shared with the guest, which writes into it::
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
+import json
 import os
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Sequence
 
 from labkit.core.errors import LabkitError
+from labkit.core.kernel_kinds import GUEST_ENV
 from labkit.core.topology import new_run_id
 from labkit.host.state import RunState, remove_path
 
@@ -44,6 +48,18 @@ class GuestResult(subprocess.CompletedProcess):
         super().__init__(args, returncode, stdout, stderr)
         self.console = console
         self.facts = facts
+
+
+def run_command(ap: argparse.ArgumentParser, a: argparse.Namespace, run: Callable[..., Any]) -> int:
+    """The ``run -- CMD`` subcommand of ``python -m labkit.guests.uml|vm``: run CMD
+    with ``run`` (``run_in_uml``/``run_in_vm``), its output echoed, the guest's facts
+    on stderr; returns its exit status."""
+    cmd = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
+    if not cmd:
+        ap.error("run needs a command after --")
+    res = run(cmd, a.timeout, rw=a.rw, check=False, echo=sys.stdout)
+    print(json.dumps(res.facts), file=sys.stderr)
+    return res.returncode
 
 
 def default_memory() -> str:
@@ -66,8 +82,8 @@ def guest_env(env: Mapping[str, str] | None, backend: str, tmpdir: str = "/tmp")
     for extra in ("/usr/local/sbin", "/usr/sbin", "/sbin"):
         if extra not in path.split(":"):
             path += ":" + extra
-    keep.update(PATH=path, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", TMPDIR=tmpdir,
-                LABKIT_GUEST=backend)
+    keep.update(PATH=path, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", TMPDIR=tmpdir)
+    keep[GUEST_ENV] = backend
     keep.update(env or {})
     return keep
 

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import IO, Mapping, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.guests import cache, umlbuild
+from labkit.core.kernel_kinds import in_guest
+from labkit.guests import guest, umlbuild
 from labkit.guests.guest import (
     Exchange,
     GuestBootError,
@@ -45,14 +46,15 @@ from labkit.guests.guest import (
     guest_env,
     supervise,
 )
+from labkit.host import debcache
 
-LOCK_FILE = cache.HERE / "umlkernel.lock"
+LOCK_FILE = Path(__file__).resolve().with_name("umlkernel.lock")
 KIND = "uml"
 BOOT_TIMEOUT = 60.0
 
 
 def pin() -> umlbuild.SourcePin:
-    k = cache.read_pin(LOCK_FILE)
+    k = debcache.read_pin(LOCK_FILE)
     try:
         d = tomllib.loads(LOCK_FILE.read_text())
         return umlbuild.SourcePin(k, str(d["suite"]), str(d["tarball"]))
@@ -80,7 +82,7 @@ def uml_available() -> tuple[bool, str]:
         return False, f"labkit's user-mode Linux is built for Linux x86_64, not {platform.machine()}"
     if os.geteuid() != 0:
         return False, "running labs in user-mode Linux needs root (the guest mounts the run directory)"
-    if os.environ.get("LABKIT_GUEST"):
+    if in_guest():
         return False, "already inside a guest kernel"
     try:
         p = pin()
@@ -146,11 +148,11 @@ def run_in_uml(argv: Sequence[str], timeout: float, env: Mapping[str, str] | Non
         os.makedirs(d, exist_ok=True)
         rwdirs.append(d)
     memory = os.environ.get("LABKIT_UML_MEMORY") or default_memory()
-    ex = Exchange.make(cache.kind_dir(KIND) / "runs")
+    ex = Exchange.make(debcache.kind_dir(KIND) / "runs")
     try:
         xdir = ex.xdir
         # the guest reads labkit's cache (nginx) from the host, read-only
-        genv = guest_env({"HOME": "/run/tmp", "LABKIT_CACHE": str(cache.cache_base()), **(env or {})},
+        genv = guest_env({"HOME": "/run/tmp", "LABKIT_CACHE": str(debcache.cache_base()), **(env or {})},
                          KIND, "/run/tmp")
         (xdir / "run.sh").write_text(command_script(xdir, argv, cwd, genv, "labkit.guests.uml"))
         (xdir / "init.sh").write_text(init_script(xdir, rwdirs, f"/bin/sh {xdir}/run.sh"))
@@ -173,7 +175,7 @@ def run_in_uml(argv: Sequence[str], timeout: float, env: Mapping[str, str] | Non
     res = GuestResult(list(argv), s.returncode, s.stdout, s.stderr, s.console, facts)
     if check and res.returncode != 0:
         raise LabkitError(f"`{shlex.join(argv)}` failed in user-mode Linux {k.release} (exit "
-                          f"{res.returncode}): {cache.tail(res.stderr, 5) or '(no stderr)'}")
+                          f"{res.returncode}): {debcache.tail(res.stderr, 5) or '(no stderr)'}")
     return res
 
 
@@ -202,12 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif a.cmd in ("build", "fetch"):
             print(fetch(progress=True))
         else:
-            cmd = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
-            if not cmd:
-                ap.error("run needs a command after --")
-            res = run_in_uml(cmd, a.timeout, rw=a.rw, check=False, echo=sys.stdout)
-            print(json.dumps(res.facts), file=sys.stderr)
-            return res.returncode
+            return guest.run_command(ap, a, run_in_uml)
     except (LabkitError, GuestBootError) as exc:
         print(f"labkit.guests.uml: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -43,11 +43,12 @@ from typing import IO, Sequence
 from tqdm import tqdm
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.guests import cache
+from labkit.host import debcache
 from labkit.host.debcache import flock
 
-FRAGMENT = cache.HERE / "uml.config"
-PATCH_DIR = cache.HERE / "uml-patches"
+HERE = Path(__file__).resolve().parent
+FRAGMENT = HERE / "uml.config"
+PATCH_DIR = HERE / "uml-patches"
 #: compile steps of one build (``CC``/``AS``/``LD``... lines of make), for the
 #: progress bar's total; measured on the pinned source with the fragment
 EXPECTED_STEPS = 1700
@@ -61,7 +62,7 @@ _STEP = re.compile(r"^\s+(CC|AS|LD|AR|HOSTCC|HOSTLD|GEN|UPD|SYSHDR|SYSTBL|WRAP|C
 @dataclass(frozen=True)
 class SourcePin:
     """Debian's kernel source package, and the path of its tarball inside the .deb."""
-    pin: cache.KernelPin
+    pin: debcache.KernelPin
     suite: str
     tarball: str
 
@@ -110,7 +111,7 @@ def key_of(src: SourcePin) -> str:
 
 
 def root_dir(src: SourcePin) -> Path:
-    return cache.kind_dir("uml") / f"linux-{src.pin.release}-{key_of(src)}"
+    return debcache.kind_dir("uml") / f"linux-{src.pin.release}-{key_of(src)}"
 
 
 def complete(root: Path) -> bool:
@@ -158,13 +159,13 @@ def build(src: SourcePin, *, progress: bool = True, jobs: int | None = None) -> 
     missing = missing_tools()
     if missing:
         raise Unavailable("building user-mode Linux needs " + ", ".join(missing) + " (`make setup` installs them)")
-    kdir = cache.kind_dir("uml")
+    kdir = debcache.kind_dir("uml")
     kdir.mkdir(parents=True, exist_ok=True)
     with flock(kdir / ".build.lock"):
         if complete(root):
             return root
-        opts = cache.private_index(src.suite, kdir / "apt")
-        deb = cache.download(src.pin, kdir, "umlkernel.lock", opts)
+        opts = debcache.private_index(src.suite, kdir / "apt")
+        deb = debcache.download(src.pin, kdir, "umlkernel.lock", opts)
         # the build tree is kept when a build fails, so the next try goes on where it stopped
         work = kdir / f".build-{root.name}"
         work.mkdir(exist_ok=True)
@@ -204,9 +205,7 @@ def build(src: SourcePin, *, progress: bool = True, jobs: int | None = None) -> 
                     "jobs": jobs or os.cpu_count() or 1, "gcc": _gcc_version(),
                 }
                 (stage / "build.json").write_text(json.dumps(facts, indent=2) + "\n")
-            if root.exists():
-                shutil.rmtree(root)
-            os.rename(stage, root)
+            debcache.replace_tree(stage, root)
             ok = True
         finally:
             if ok:

@@ -37,13 +37,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
-from labkit.guests.cache import KernelPin, fetch, kind_dir, need, read_pin, ready, tail
+from labkit.core.files import sha256_file
+from labkit.guests import guest
 from labkit.guests.guest import (
     Exchange,
     GuestBootError,
@@ -56,7 +56,7 @@ from labkit.guests.guest import (
     guest_env,
     supervise,
 )
-from labkit.rundir.store import sha256_file
+from labkit.host.debcache import KernelPin, download_deb, fetch_pinned, kind_dir, need, read_pin, ready, tail
 
 LOCK_FILE = Path(__file__).with_name("vmkernel.lock")
 KVM_PROBE_TIMEOUT = 60.0                         # a KVM guest that works boots in seconds
@@ -112,7 +112,7 @@ def fetch_kernel(pin: KernelPin | None = None) -> Path:
     pin = pin or kernel_pin()
     need("depmod", "kmod")
     p = pin
-    return fetch(p, KIND, LOCK_FILE.name, lambda r: _complete(r, p),
+    return fetch_pinned(p, KIND, LOCK_FILE.name, lambda r: _complete(r, p),
                  after_unpack=(["depmod", "-b", "{root}", p.release],))
 
 
@@ -303,20 +303,10 @@ def _lock(spec: str) -> None:
     if not package or not version:
         raise LabkitError("usage: python -m labkit.guests.vm lock <package>=<version>")
     release = re.sub(r"^linux-image-", "", package).removesuffix("-unsigned")
-    pin = KernelPin(package, version, "0" * 64, release)
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".lock-", dir=cache))
-    try:
-        cp = subprocess.run(["apt-get", "download", "-o", "APT::Sandbox::User=root", spec],
-                            cwd=tmp, capture_output=True, text=True, timeout=1800)
-        debs = sorted(tmp.glob("*.deb"))
-        if cp.returncode != 0 or not debs:
-            raise LabkitError(f"`apt-get download {spec}` failed: {tail(cp.stderr, 2)}")
-        pin = KernelPin(package, version, sha256_file(debs[0]), release)
-        os.replace(debs[0], cache / f"{package}_{version}_amd64.deb")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    deb = download_deb(spec, cache / f"{package}_{version}_amd64.deb", LOCK_FILE.name)
+    pin = KernelPin(package, version, sha256_file(deb), release)
     text = LOCK_FILE.read_text()
     head = "".join(ln for ln in text.splitlines(keepends=True) if ln.startswith("#"))
     LOCK_FILE.write_text(head + "".join(f'{k} = "{v}"\n' for k, v in asdict(pin).items()))
@@ -345,12 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif a.cmd == "fetch":
             print(fetch_kernel())
         elif a.cmd == "run":
-            cmd = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
-            if not cmd:
-                p.error("run needs a command after --")
-            res = run_in_vm(cmd, a.timeout, rw=a.rw, check=False, echo=sys.stdout)
-            print(json.dumps(res.facts), file=sys.stderr)
-            return res.returncode
+            return guest.run_command(p, a, run_in_vm)
         elif a.cmd == "lock":
             _lock(a.spec)
     except LabkitError as exc:

@@ -127,8 +127,9 @@ def clean(force: bool = False, live: bool = False) -> CleanReport:
     return report
 
 
-#: a state file being written: ``<run id>.json.tmp<pid>`` (:meth:`RunState.save`)
-STATE_TMP_RE = re.compile(r"^(.+)\.json\.tmp(\d+)$")
+#: a state file being written: ``<run id>.json.tmp<pid>-<random>`` (:meth:`RunState.save`;
+#: labkit before the one atomic write left no ``-<random>``)
+STATE_TMP_RE = re.compile(r"^(.+)\.json\.tmp(\d+)(?:-[0-9a-f]+)?$")
 
 
 def _clean_state_dir(recorded: set[str], live: bool, report: CleanReport) -> None:

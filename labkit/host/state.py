@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import stat
 import time
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from labkit.core.errors import LabkitError
-from labkit.core.files import open_regular
+from labkit.core.files import atomic_write_bytes, open_regular
 
 STATE_DIR = os.environ.get("LABKIT_STATE_DIR", "/run/labkit")
 MNT_DETACH = 2
@@ -175,11 +176,10 @@ class RunState:
         self.save()
 
     def save(self) -> None:
-        tmp = f"{self.file}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f)
-        os.replace(tmp, self.file)
+        """Write the state file atomically, 0600; its temporary file is named
+        ``<run id>.json.tmp<pid>-<random>`` so `clean` knows when its writer is gone."""
+        atomic_write_bytes(self.file, json.dumps(asdict(self)).encode(), mode=0o600,
+                           temp=lambda name: f"{name}.tmp{os.getpid()}-{secrets.token_hex(6)}")
 
     def add(self, kind: str, value: Any) -> None:
         getattr(self, kind).append(value)

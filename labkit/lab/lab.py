@@ -1,6 +1,6 @@
 """The running lab: three namespaces, two veth pairs, a backend server.
 
-``Lab`` realizes a :class:`~labkit.topology.Topology`.  Every step that
+``Lab`` realizes a :class:`~labkit.core.topology.Topology`.  Every step that
 creates something registers its undo step first (kernel selftest style), and
 ``close()`` runs them in reverse, also after an exception or Ctrl-C.  Each
 resource is recorded in the run's state file so ``labkit clean`` can remove

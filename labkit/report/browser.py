@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 
 from labkit.core.errors import LabkitError
+from labkit.core.files import atomic_write_bytes
 
 BROWSERS = ("chromium", "chromium-browser")
 SCREEN = (1400, 1000)
@@ -71,13 +72,14 @@ def screenshot(html_path: str, png_path: str, size: tuple[int, int] = SCREEN, ti
     exe = browser()
     if exe is None:
         raise LabkitError("chromium is not installed (Debian package chromium; `make setup` installs it)")
-    tmp = png_path + ".tmp.png"
-    cp = _run([exe, f"--window-size={size[0]},{size[1]}", f"--screenshot={tmp}",
-               "file://" + os.path.abspath(html_path)], timeout)
-    if cp.returncode != 0 or not os.path.exists(tmp):
-        raise LabkitError(f"chromium could not take a screenshot: {(cp.stderr or cp.stdout).strip()[-300:]}")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, png_path)
+    with tempfile.TemporaryDirectory(prefix="labkit-screenshot-") as private:
+        tmp = os.path.join(private, "screen.png")
+        cp = _run([exe, f"--window-size={size[0]},{size[1]}", f"--screenshot={tmp}",
+                   "file://" + os.path.abspath(html_path)], timeout)
+        if cp.returncode != 0 or not os.path.exists(tmp):
+            raise LabkitError(f"chromium could not take a screenshot: {(cp.stderr or cp.stdout).strip()[-300:]}")
+        with open(tmp, "rb") as f:
+            atomic_write_bytes(png_path, f)
     return png_path
 
 

@@ -1,7 +1,7 @@
 """One report across runs: ``labkit compare RUN_A RUN_B ...`` (two kernels,
 two machines, before and after a change).
 
-Each run is analysed on its own (:func:`labkit.analysis.fit.analyze`); no
+Each run is analysed on its own (:func:`labkit.analysis.analyze`); no
 curve is ever fitted across runs.  For every mode measured in the first run
 and another, at every service count both measured, the fitted p50 and p99 of
 the headline target and probe kind in each, their difference (other minus
@@ -27,10 +27,12 @@ import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from labkit.analysis.fit import Analysis, analyze, load_run
+from labkit.analysis import Analysis, analyze, load_run
+from labkit.analysis.curves import Curve
+from labkit.analysis.run import probe_label
 from labkit.core.errors import UsageError
-from labkit.report.build import table_html
 from labkit.report.plots import mode_color, services_axis
+from labkit.report.sections import table_html
 from labkit.rundir import safepath, store
 
 COLUMNS = ["mode", "statistic", "services", "run", "other_run", "value_us", "ci_low", "ci_high",
@@ -44,11 +46,11 @@ class Side:
 
     @property
     def kernel(self) -> str:
-        return str(self.an.run.meta.get("kernel", ""))
+        return str(self.an.run.meta.get("kernel_release", ""))
 
 
 def _label(an: Analysis, used: set[str]) -> str:
-    base = f"{os.path.basename(an.run.path.rstrip('/'))} ({an.run.meta.get('kernel', '?')})"
+    base = f"{os.path.basename(an.run.path.rstrip('/'))} ({an.run.meta.get('kernel_release', '?')})"
     label, k = base, 2
     while label in used:
         label, k = f"{base} #{k}", k + 1
@@ -78,18 +80,17 @@ def compare_table(sides: list[Side], stats=("p50", "p99")) -> pd.DataFrame:
     level = float(first.an.settings["level"])
     rows = []
     for other in sides[1:]:
-        for (series, target, probe, stat), ca in first.an.curves.items():
-            if stat not in stats or target != first.an.headline_target or probe != first.an.headline_probe:
+        for key, ca in first.an.curves.items():
+            if key.statistic not in stats or key.target != first.an.headline_target \
+                    or (key.probe, key.pacing) != first.an.headline_probe:
                 continue
-            mode = series.split(" [")[0]
-            for (s2, t2, p2, st2), cb in other.an.curves.items():
-                if (s2.split(" [")[0], t2, p2, st2) != (mode, target, probe, stat):
-                    continue
-                rows += _rows(first, other, series, s2, stat, ca, cb, level)
+            for key2, cb in other.an.curves.items():
+                if key2._replace(kernel=key.kernel) == key:   # the same mode, in any kernel
+                    rows += _rows(first, other, ca, cb, level)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _rows(first: Side, other: Side, series: str, s2: str, stat: str, ca, cb, level: float) -> list[dict]:
+def _rows(first: Side, other: Side, ca: Curve, cb: Curve, level: float) -> list[dict]:
     rows = []
     for n in sorted(set(ca.x) & set(cb.x)):
         va, sa, da = _se_df(ca, n, level)
@@ -100,8 +101,8 @@ def _rows(first: Side, other: Side, series: str, s2: str, stat: str, ca, cb, lev
         half = q * math.hypot(sa, sb)
         alo, ahi = ca.band([n], level)
         blo, bhi = cb.band([n], level)
-        label = series if s2 == series else f"{series} vs {s2}"
-        rows.append(dict(mode=label, statistic=stat, services=n, run=first.label, other_run=other.label,
+        label = ca.label if cb.label == ca.label else f"{ca.label} vs {cb.label}"
+        rows.append(dict(mode=label, statistic=ca.stat, services=n, run=first.label, other_run=other.label,
                          value_us=va, ci_low=float(alo[0]), ci_high=float(ahi[0]), other_us=vb,
                          other_low=float(blo[0]), other_high=float(bhi[0]), diff_us=d,
                          diff_low=d - half, diff_high=d + half,
@@ -113,14 +114,15 @@ def _figure(sides: list[Side]) -> str:
     fig, ax = plt.subplots(figsize=(9, 4.2))
     styles = ["-", "--", ":", "-."]
     an0 = sides[0].an
-    names = sorted({k[0] for s in sides for k in s.an.curves})
+    names = sorted({k.series for s in sides for k in s.an.curves})
     for i, side in enumerate(sides):
-        for (series, target, probe, stat), c in side.an.curves.items():
-            if stat != "p50" or target != an0.headline_target or probe != an0.headline_probe:
+        for key, c in side.an.curves.items():
+            if key.statistic != "p50" or key.target != an0.headline_target \
+                    or (key.probe, key.pacing) != an0.headline_probe:
                 continue
             x = np.unique(np.geomspace(max(c.xmin, 1), c.xmax, 200))
-            ax.plot(x, c.predict(x), styles[i % len(styles)], color=mode_color(series, names), lw=1.6,
-                    label=f"{series}, {side.label}")
+            ax.plot(x, c.predict(x), styles[i % len(styles)], color=mode_color(key.series, names), lw=1.6,
+                    label=f"{c.label}, {side.label}")
     services_axis(ax, [1])
     ax.set_yscale("log")
     ax.set_xlabel("services (log scale)")
@@ -154,9 +156,10 @@ def build_compare(run_dirs: list[str], out_dir: str, n_boot: int = 1000, seed: i
     table = compare_table(sides)
     csv_text = table.to_csv(index=False, float_format="%.6g")
     level = f"{sides[0].an.settings['level']:.0%}"
+    probe = html.escape(probe_label(*sides[0].an.headline_probe))
     runs = pd.DataFrame([{"run": s.label, "directory": s.an.run.path, "run id": s.an.run.run_id,
                           "kernel": s.kernel, "host": (s.an.run.meta.get("host") or {}).get("hostname", ""),
-                          "modes": ", ".join(s.an.series), "intervals": s.an.settings["resample"],
+                          "modes": ", ".join(map(s.an.label, s.an.series)), "intervals": s.an.settings["resample"],
                           "rounds": s.an.settings.get("rounds", "")} for s in sides])
     shown = pd.DataFrame({
         "mode": table["mode"], "statistic": table["statistic"], "services": table["services"].map("{:,.0f}".format),
@@ -178,7 +181,7 @@ img {{ max-width: 100%; }}</style></head><body>
 <h1>labkit compare: {len(sides)} runs</h1>
 <p>Every run is analysed on its own; no curve is fitted across runs. For each mode measured in the first
 run and another: its fitted latency at every service count both measured ({html.escape(sides[0].an.headline_target)}
-target, {html.escape(sides[0].an.headline_probe)} probes), and the difference (other minus first) with a {level}
+target, {probe} probes), and the difference (other minus first) with a {level}
 interval (independent runs: Welch-Satterthwaite). The interval covers each run's round-to-round
 noise only: what differs between the runs' machines or days beyond the change you made (a neighbour's load,
 CPU frequency, caches) is in the difference too, so a small difference between runs made at different times is

@@ -24,7 +24,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import HTML, display
 
-from labkit.analysis import anchors, control, cpu
+from labkit.analysis import Analysis, anchors, control, cpu
 from labkit.analysis.experiments import (
     HTTP_KINDS,
     KEEPALIVE_BUDGET,
@@ -36,10 +36,9 @@ from labkit.analysis.experiments import (
     kind_order,
     penalty_table,
 )
-from labkit.analysis.fit import Analysis
-from labkit.datapaths import MODES
-from labkit.report.build import table_html
+from labkit.core import modes
 from labkit.report.plots import show
+from labkit.report.sections import table_html
 
 
 def control_published() -> pd.DataFrame:
@@ -64,16 +63,16 @@ def kinds_figure(an: Analysis, probes: Iterable[str], target: str | None = None,
     pal = _palette(probes)
     fig, axes = plt.subplots(1, len(an.series), figsize=(4.6 * len(an.series), 3.6), squeeze=False,
                              sharey=True)
-    pts = an.points[an.points["used"] & (an.points["target"] == target)]
+    pts = an.points[an.points["used"] & (an.points["target"] == target) & (an.points["pacing"] == 0)]
     for ax, series in zip(axes[0], an.series):
         for probe in probes:
-            sub = pts[(pts["series"] == series) & (pts["probe"] == probe)]
+            sub = pts[(pts["mode"] == series.mode) & (pts["kernel"] == series.kernel) & (pts["probe"] == probe)]
             ax.scatter(sub["services"], sub[stat], s=14, color=pal[probe], alpha=0.7)
-            c = an.curves.get((series, target, probe, stat))
+            c = an.curve(series, target, (probe, 0.0), stat)
             if c is not None:
                 x = np.linspace(c.xmin, c.xmax, 200)
                 ax.plot(x, c.predict(x), color=pal[probe], lw=1.6, label=probe)
-        ax.set_title(f"{series}: {stat}, target {target}")
+        ax.set_title(f"{an.label(series)}: {stat}, target {target}")
         ax.set_xlabel("services")
         ax.set_ylabel(f"{stat} latency (\u00b5s)")
         ax.set_ylim(bottom=0)
@@ -87,7 +86,7 @@ def reuse_figure(an: Analysis, target: str | None = None, stat: str = "p50"):
     """Mean per-request latency against requests per connection, one line
     per service count, one panel per mode."""
     target = target or an.headline_target
-    pts = an.points[an.points["used"] & (an.points["target"] == target)
+    pts = an.points[an.points["used"] & (an.points["target"] == target) & (an.points["pacing"] == 0)
                     & an.points["probe"].isin(REUSE_KINDS)].copy()
     pts["k"] = pts["probe"].str.split("-").str[1].astype(int)
     counts = sorted(pts["services"].unique())
@@ -95,14 +94,14 @@ def reuse_figure(an: Analysis, target: str | None = None, stat: str = "p50"):
     fig, axes = plt.subplots(1, len(an.series), figsize=(4.6 * len(an.series), 3.6), squeeze=False,
                              sharey=True)
     for ax, series in zip(axes[0], an.series):
-        sub = pts[pts["series"] == series]
+        sub = pts[(pts["mode"] == series.mode) & (pts["kernel"] == series.kernel)]
         for n in counts:
             g = sub[sub["services"] == n].groupby("k")[stat].median()
             if len(g):
                 ax.plot(g.index, g.values, marker="o", color=colors[n], label=f"{n:,} services")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(f"{series}, target {target}")
+        ax.set_title(f"{an.label(series)}, target {target}")
         ax.set_xlabel("requests per connection")
         ax.set_ylabel(f"per-request latency, {stat} (\u00b5s)")
         ax.grid(alpha=0.3, which="both")
@@ -153,7 +152,8 @@ def control_figure(df: pd.DataFrame):
             m = g.groupby("services")["seconds"].median()
             x = np.maximum(m.index.to_numpy(dtype=float), 1)
             # dashed: a full sync beside partial ones; dotted: a mode's second loader
-            other = loader != "" and loader != getattr(MODES.get(mode), "change_loader", loader)
+            own = modes.get(mode).change_loader if mode in modes.NAMES else loader
+            other = loader != "" and loader != own
             style = ":" if other and kind != "full" else "--" if two and kind == "full" else "-"
             what = ", ".join(w for w in (kind, loader if other else "") if w)
             ax.plot(x, m.values, marker="o", color=pal[mode], ls=style,
@@ -191,9 +191,10 @@ def _table(df: pd.DataFrame, fmt: str = "{:,.2f}") -> str:
     return table_html(df, fmt)
 
 
-def _penalty_html(t: pd.DataFrame, level: float) -> str:
+def _penalty_html(an: Analysis, t: pd.DataFrame, level: float) -> str:
     if not len(t):
         return '<p class="lk-note">too few service counts for a penalty</p>'
+    t = an.shown(t)
     st = t["statistic"].iloc[0]
     out = pd.DataFrame({
         "mode": t["mode"], "probe": t["probe"], "target": t["target"],
@@ -206,7 +207,8 @@ def _penalty_html(t: pd.DataFrame, level: float) -> str:
     return _table(out, "{:,.1f}")
 
 
-def _budget_html(t: pd.DataFrame) -> str:
+def _budget_html(an: Analysis, t: pd.DataFrame) -> str:
+    t = an.shown(t, "mode_a", "mode_b")
     out = pd.DataFrame({"mode": t["mode_a"], "against": t["mode_b"], "probe": t["probe"],
                         "budget \u00b5s": t["budget_us"],
                         "n* services [CI]": [ci_text(v, lo, hi, "{:,.0f}") if np.isfinite(v) else "not reached"
@@ -223,7 +225,7 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
     """The sections whose data exists in ``run_dir``, in report order."""
     out: list[Section] = []
     level = an.settings["level"] if an is not None else 0.95
-    probes = set(an.points["probe"]) if an is not None else set()
+    probes = set(an.points["probe"][an.points["pacing"] == 0]) if an is not None else set()
     if an is not None and "keepalive" in probes:
         kinds = [k for k in ("syn", "keepalive", *HTTP_KINDS, "reuse-100") if k in probes]
         s = Section("Established connections (keepalive)", (
@@ -235,7 +237,7 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
             "kind, with an interval over rounds (Student's t of the per-round differences). It starts "
             "at one service, never at 0: with an empty table the probes aim at an address that is no "
             "service (no DNAT, no masquerade), another path."))
-        s.parts.append(_penalty_html(penalty_table(an, kinds, n_boot=n_boot, seed=seed), level))
+        s.parts.append(_penalty_html(an, penalty_table(an, kinds, n_boot=n_boot, seed=seed), level))
         s.parts.append(kinds_figure(an, kinds))
         out.append(s)
     reuse = [k for k in REUSE_KINDS if k in probes]
@@ -245,12 +247,12 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
             "closes it; its figure is the mean cost of one request, (handshake + the k request round "
             "trips) / k, all timed on the wire. The service lookup is paid once per connection, so "
             "its share falls as 1/k. k = 100 is nginx's default <code>keepalive_requests</code>."))
-        s.parts.append(_penalty_html(penalty_table(an, reuse, n_boot=n_boot, seed=seed), level))
+        s.parts.append(_penalty_html(an, penalty_table(an, reuse, n_boot=n_boot, seed=seed), level))
         s.parts.append(reuse_figure(an))
         budgets = [keepalive_budget(an, k) for k in ("reuse-100", "keepalive") if k in probes]
         if budgets:
             s.parts.append(f"<h4>Where does a mode's penalty exceed {KEEPALIVE_BUDGET:.0%} of a "
-                           "keepalive request's latency?</h4>" + _budget_html(pd.concat(budgets)))
+                           "keepalive request's latency?</h4>" + _budget_html(an, pd.concat(budgets)))
         claims = [t for k, t in anchors.CLAIMS if k == "tigera"]
         s.parts.append("<p class='lk-note'>Published (Tigera, different setup): " +
                        html.escape(claims[0] if claims else "") + "</p>")
@@ -265,9 +267,10 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
             "ab (connect, request, response read), so they include ab's and nginx's own work; the "
             "SYN and keepalive probes are kernel timestamps on the wire. Compare penalties (growth "
             "with services), not absolute values."))
-        s.parts.append(_penalty_html(penalty_table(an, kinds, n_boot=n_boot, seed=seed), level))
-        summ = an.summary[(an.summary["probe"].isin(kinds)) & (an.summary["statistic"] == "p50")
-                          & (an.summary["target"] == an.headline_target)]
+        s.parts.append(_penalty_html(an, penalty_table(an, kinds, n_boot=n_boot, seed=seed), level))
+        summ = an.summary[(an.summary["probe"].isin(kinds)) & (an.summary["pacing"] == 0)
+                          & (an.summary["statistic"] == "p50") & (an.summary["target"] == an.headline_target)]
+        summ = an.shown(summ)
         if len(summ):
             s.parts.append("<h4>Slopes of a straight-line fit, ns per service (p50)</h4>" + _table(pd.DataFrame({
                 "mode": summ["mode"], "probe": summ["probe"],
@@ -281,7 +284,7 @@ def sections(run_dir: str, an: Analysis | None = None, *, n_boot: int = 1000, se
         s = Section("CPU per new connection", (
             f"New connections (SYNs for fresh 5-tuples) at {rate:,.0f}/s from a pinned thread in the "
             "client namespace; its CPU time (the node's softirq work runs in its context with veth on "
-            "this kernel: see <code>labkit/cpu.py</code>) divided by the connections, minus the same "
+            "this kernel: see <code>labkit/runs/cpu.py</code>) divided by the connections, minus the same "
             "with no datapath in the node, measured in the same block. <b>excess cores</b> = excess "
             "\u00d7 rate. Red crosses: rows whose rate was not reached or whose SYNs went unanswered."))
         sm = ca.summary.copy()

@@ -11,39 +11,40 @@ import seaborn as sns
 from IPython.display import display
 from matplotlib.artist import Artist
 
-from labkit.analysis import anchors
-from labkit.analysis.fit import Analysis
+from labkit.analysis import Analysis, anchors
+from labkit.analysis.curves import CurveKey
+from labkit.analysis.result import Probe, at_probe
+from labkit.analysis.run import Series, probe_label
+from labkit.core.modes import COLORS
 
 PANEL = (4.4, 3.4)
 INVALID = dict(marker="x", color="#d62728", s=40, linewidths=1.5, zorder=5)
 
 
-#: one colour per mode in every figure of every report (colour-blind safe, Okabe-Ito)
-MODE_COLORS: dict[str, str] = {
-    "iptables-legacy": "#0072B2", "iptables-nft": "#D55E00", "nftables": "#009E73",
-    "ipvs": "#CC79A7", "ebpf": "#E69F00", "ebpf-xdp": "#56B4E9", "none": "#777777",
-}
+#: one colour per mode in every figure of every report: the table of modes' (colour-blind
+#: safe, Okabe-Ito), and grey for the "none" target's series
+MODE_COLORS: dict[str, str] = {**COLORS, "none": "#777777"}
 
 
-def mode_color(series: str, others: list[str] | None = None) -> tuple:
-    """The mode's fixed colour; the same mode in a second kernel ("ebpf [7.2]")
-    gets a darker shade of it."""
-    mode = series.split(" [")[0]
+def mode_color(series: Series, others: list[Series] | None = None) -> tuple:
+    """The mode's fixed colour; the same mode in a second kernel (``others``
+    lists the series drawn together) gets a darker shade of it."""
+    mode = series.mode
     base = MODE_COLORS.get(mode)
     if base is None:
-        extra = sorted(set(others or []) - set(MODE_COLORS))
+        extra = sorted({o.mode for o in others or []} - set(MODE_COLORS))
         i = extra.index(mode) if mode in extra else 0
         return tuple(sns.color_palette("dark", max(len(extra), 3))[i])
     rgb = np.array(mcolors.to_rgb(base))
-    same = [o for o in (others or [series]) if o.split(" [")[0] == mode]
+    same = [o for o in (others or [series]) if o.mode == mode]
     k = same.index(series) if series in same else 0
     return tuple(rgb * (0.6 ** k))
 
 
 def palette(an: Analysis) -> dict[str, tuple]:
-    names = list(dict.fromkeys(an.run.series_order + sorted(an.points["series"].unique())))
-    modes = [n.split(" [")[0] for n in names]
-    return {n: mode_color(n, names if n in names else modes) for n in names}
+    """Each series' colour, by its label (the name figures show)."""
+    names = an.run.series_order
+    return {an.label(n): mode_color(n, names) for n in names}
 
 
 def services_axis(ax, xs) -> None:
@@ -61,7 +62,7 @@ def _ylabel(probe: str) -> str:
     return "first-packet RTT (\u00b5s)" if probe == "syn" else f"{probe} RTT (\u00b5s)"
 
 
-def curves(an: Analysis, target: str | None = None, probe: str = "syn",
+def curves(an: Analysis, target: str | None = None, probe: Probe = ("syn", 0.0),
            stats: list[str] | None = None) -> plt.Figure:
     """Per-point statistics against service count, one panel per statistic,
     with each mode's chosen fitted curve and its interval band.  Invalid
@@ -71,7 +72,8 @@ def curves(an: Analysis, target: str | None = None, probe: str = "syn",
     level = an.settings["level"]
     pal = palette(an)
     fig, axes = plt.subplots(1, len(stats), figsize=(PANEL[0] * len(stats), PANEL[1]), squeeze=False)
-    pts = an.points[(an.points["target"] == target) & (an.points["probe"] == probe)]
+    pts = an.points[(an.points["target"] == target) & at_probe(an.points, probe)]
+    pts = pts.assign(series=an.run.labels(pts))
     if target != "none":   # the empty table is no point of these curves (see the report's reference table)
         pts = pts[pts["services"] > 0]
     legend: dict[str, Artist] = {}
@@ -82,8 +84,8 @@ def curves(an: Analysis, target: str | None = None, probe: str = "syn",
         bad = pts[~pts["used"] & pts[stat].notna()]
         if len(bad):
             ax.scatter(bad["services"], bad[stat], label="invalid point (not fitted)", **INVALID)
-        for series in an.series:
-            c = an.curves.get((series, target, probe, stat))
+        for s in an.series:
+            c, series = an.curve(s, target, probe, stat), an.label(s)
             if c is None:
                 continue
             x = np.unique(np.concatenate([np.linspace(c.xmin, c.xmax, 300), c.knots()]))
@@ -93,15 +95,15 @@ def curves(an: Analysis, target: str | None = None, probe: str = "syn",
             legend.setdefault(series, ax.plot(x, y, color=pal[series], lw=1.8)[0])
         if len(bad):
             legend.setdefault("invalid point (not fitted)", ax.collections[-1])
-        ax.set_title(f"{stat}, target {target}, {probe}", fontsize=10)
+        ax.set_title(f"{stat}, target {target}, {probe_label(*probe)}", fontsize=10)
         services_axis(ax, pts["services"])
         ax.set_xlabel("services (log scale)")
-        ax.set_ylabel(_ylabel(probe))
+        ax.set_ylabel(_ylabel(probe_label(*probe)))
         # the data set the range, not a runaway band
         top = used[stat].max() if len(used) else 1.0
         ax.set_ylim(0, max(top * 1.08, 1.0))
         ax.grid(alpha=0.3, which="both")
-        if stat not in {k[3] for k in an.curves if k[1] == target and k[2] == probe}:
+        if stat not in {k.statistic for k in an.curves if k.target == target and (k.probe, k.pacing) == probe}:
             need = an.settings.get("min_tail_probes", {}).get(stat)
             ax.text(0.5, 0.5, f"not fitted: {stat} needs {need} answered probes per point" if need else
                     "not fitted", transform=ax.transAxes, ha="center", fontsize=8, color="0.35")
@@ -127,8 +129,9 @@ def headline(an: Analysis) -> plt.Figure:
     pal = palette(an)
     stats = [s for s in ("p50", "p99") if s in an.settings["stats"]]
     fig, axes = plt.subplots(1, len(stats), figsize=(6.2 * len(stats), 3.6), squeeze=False)
-    pts = an.points[an.points["used"] & (an.points["target"] == target) & (an.points["probe"] == probe)
+    pts = an.points[an.points["used"] & (an.points["target"] == target) & at_probe(an.points, probe)
                     & (an.points["services"] > 0)]
+    pts = pts.assign(series=an.run.labels(pts))
     legend: dict[str, Artist] = {}
     for ax, stat in zip(axes[0], stats):
         ax.axvspan(*SEED_BAND, color="0.85", alpha=0.6, lw=0, zorder=0)
@@ -136,8 +139,8 @@ def headline(an: Analysis) -> plt.Figure:
                 transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=7.5, color="0.3")
         tops: list[float] = []
         lows: list[float] = []
-        for series in an.series:
-            c = an.curves.get((series, target, probe, stat))
+        for s in an.series:
+            c, series = an.curve(s, target, probe, stat), an.label(s)
             med = pts[pts["series"] == series].groupby("services")[stat].median()
             if c is None or not len(med):
                 continue
@@ -151,9 +154,9 @@ def headline(an: Analysis) -> plt.Figure:
         cx = an.crossover
         located = np.isfinite(cx["ci_low"].astype(float))
         cx = cx[(cx["kind"] == "fit") & (cx["statistic"] == stat) & (cx["target"] == target)
-                & (cx["probe"] == probe) & located & (cx["resolved"] == True)]  # noqa: E712
+                & at_probe(cx, probe) & located & (cx["resolved"] == True)]  # noqa: E712
         for _, r in cx.iterrows():
-            c = an.curves[(r["mode_a"], target, probe, stat)]
+            c = an.curves[CurveKey(r["mode_a"], r["kernel"], target, probe[0], probe[1], stat)]
             y = float(c.predict([r["n_star"]])[0])
             h = ax.errorbar([r["n_star"]], [y], xerr=[[r["n_star"] - r["ci_low"]], [r["ci_high"] - r["n_star"]]],
                             fmt="D", ms=5, color="black", mfc="white", capsize=3, zorder=6)
@@ -187,12 +190,13 @@ def headline(an: Analysis) -> plt.Figure:
     return fig
 
 
-def ecdfs(an: Analysis, target: str | None = None, probe: str = "syn") -> plt.Figure:
+def ecdfs(an: Analysis, target: str | None = None, probe: Probe = ("syn", 0.0)) -> plt.Figure:
     """Per-point ECDFs of the probes' RTT: one panel per mode, one line per
     point, coloured by service count; invalid points dashed."""
     target = target or an.headline_target
-    pts = an.points[(an.points["target"] == target) & (an.points["probe"] == probe)]
-    series = [s for s in an.run.series_order if s in set(pts["series"])]
+    pts = an.points[(an.points["target"] == target) & at_probe(an.points, probe)]
+    pts = pts.assign(series=an.run.labels(pts))
+    series = [an.label(s) for s in an.run.series_order if an.label(s) in set(pts["series"])]
     counts = sorted(pts["services"].unique())
     colors = dict(zip(counts, sns.color_palette("viridis", len(counts))))
     smp = an.run.samples
@@ -212,7 +216,7 @@ def ecdfs(an: Analysis, target: str | None = None, probe: str = "syn") -> plt.Fi
         ax.xaxis.set_minor_formatter(mticker.FuncFormatter(
             lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
         ax.set_title(f"{s}, target {target}")
-        ax.set_xlabel(_ylabel(probe))
+        ax.set_xlabel(_ylabel(probe_label(*probe)))
         ax.set_ylabel("fraction of probes")
         ax.grid(alpha=0.3, which="both")
     handles = [plt.Line2D([], [], color=colors[n], lw=2) for n in counts]
@@ -226,7 +230,7 @@ def ecdfs(an: Analysis, target: str | None = None, probe: str = "syn") -> plt.Fi
     return fig
 
 
-def published(an: Analysis, target: str | None = None, probe: str = "syn") -> plt.Figure:
+def published(an: Analysis, target: str | None = None, probe: Probe = ("syn", 0.0)) -> plt.Figure:
     """Our fitted p50/p99 curves (solid, with bands, measured range only)
     beside the published first-packet figures (hollow markers, dashed), each
     labelled with its source."""
@@ -239,8 +243,8 @@ def published(an: Analysis, target: str | None = None, probe: str = "syn") -> pl
     pub_colors = {"iptables": "#7f7f7f", "nftables": "#bcbd22", "none": "#17becf",
                   "iptables-nft": "#8c564b", "iptables-legacy": "#e377c2"}
     for ax, stat in zip(axes[0], stats):
-        for series in an.series:
-            c = an.curves.get((series, target, probe, stat))
+        for s in an.series:
+            c, series = an.curve(s, target, probe, stat), an.label(s)
             if c is None:
                 continue
             x = np.linspace(c.xmin, c.xmax, 300)
@@ -273,10 +277,11 @@ def programming(an: Analysis) -> plt.Figure:
     """Time to load each mode's rules (one value per block) against service
     count, with the published iptables-restore figure."""
     pal = palette(an)
-    blocks = an.points.drop_duplicates(["series", "block"])
+    blocks = an.points.drop_duplicates(["mode", "kernel", "block"])
+    blocks = blocks.assign(series=an.run.labels(blocks))
     fig, ax = plt.subplots(figsize=(PANEL[0] * 1.4, PANEL[1]))
     sns.lineplot(data=blocks, x="services", y="load_s", hue="series", palette=pal, marker="o",
-                 hue_order=[s for s in an.run.series_order if s in set(blocks["series"])],
+                 hue_order=[an.label(s) for s in an.run.series_order if an.label(s) in set(blocks["series"])],
                  estimator="median", errorbar=None, ax=ax)
     pub = anchors.table("k8s-issues", "restore_s").dropna(subset=["services"])
     for _, r in pub.iterrows():

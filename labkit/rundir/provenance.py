@@ -93,7 +93,7 @@ def bpf_jit() -> str:
 def environment() -> dict[str, Any]:
     """The facts every meta file records."""
     return {
-        "kernel": platform.release(),
+        "kernel_release": platform.release(),
         "bpf_jit": bpf_jit(),
         "host": {"hostname": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
                  "python": platform.python_version(), "user": getpass.getuser()},

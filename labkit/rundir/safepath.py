@@ -36,16 +36,12 @@ import stat
 from typing import Any
 
 from labkit.core.errors import UsageError
-from labkit.core.files import open_regular
-from labkit.rundir.schema import LOCK, TMP_PREFIX
+from labkit.core.files import TMP_PREFIX, open_regular
+from labkit.core.kernel_kinds import in_guest
+from labkit.rundir.schema import LOCK
 
 _WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _HOLD = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def in_guest() -> bool:
-    """True inside a kernel labkit booted: the host process holds the run's lock."""
-    return bool(os.environ.get("LABKIT_GUEST"))
 
 
 # ---------------------------------------------------------------------------

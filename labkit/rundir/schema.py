@@ -13,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from labkit.core.files import TMP_PREFIX as TMP_PREFIX  # temporary files before the rename
 from labkit.core.validate import short
 
-#: bumped when a column changes meaning or a file changes name
-SCHEMA_VERSION = 5
+#: bumped when a column changes meaning or a file changes name (6: ``kernel`` -> ``kernel_release``,
+#: column and meta key; readers rename an older run's)
+SCHEMA_VERSION = 6
 
 SAMPLES = "samples.parquet"
 POINTS = "points.parquet"
@@ -29,8 +31,6 @@ CPU_META = "cpu.json"
 BENCH_META = "bench.json"
 VM_FACTS = "vm.json"        # written by labkit before the UML backend; read for old runs
 GUEST_FACTS = "guest.json"  # the other kernel a run was measured in (VM or user-mode Linux)
-#: prefix of the temporary files tables are written to before the rename
-TMP_PREFIX = ".tmp-"
 #: the run lock inside a run directory: flocked by the run writing there, holds its PID
 LOCK = ".labkit.lock"
 
@@ -40,7 +40,8 @@ _IDENT = {
     "run_id": "the run's id (also in its namespace names lk-<run id>-*)",
     "block": "index of the programming block: one mode at one service count in one round",
     "mode": "datapath mode (labkit doctor lists them)",
-    "kernel": "kernel release the block ran on",
+    "kernel_release": "kernel release the block ran on (platform.release() where it ran; "
+                      "named kernel before schema 6)",
     "services": "services in the catalog",
     "endpoints": "endpoints per service",
     "round": "repetition (rounds interleave every block)",
@@ -49,7 +50,8 @@ _IDENT = {
 SAMPLE_COLUMNS: dict[str, str] = {
     "run_id": _IDENT["run_id"],
     "point_id": "the point (block x target x probe kind) the probe belongs to",
-    "block": _IDENT["block"], "mode": _IDENT["mode"], "kernel": _IDENT["kernel"], "services": _IDENT["services"],
+    "block": _IDENT["block"], "mode": _IDENT["mode"], "kernel_release": _IDENT["kernel_release"],
+    "services": _IDENT["services"],
     "endpoints": _IDENT["endpoints"],
     "target": "first | middle | last | random | none",
     "probe": "probe kind (syn, keepalive, reuse-k, http-new, http-keepalive)",
@@ -69,7 +71,7 @@ SAMPLE_COLUMNS: dict[str, str] = {
 POINT_COLUMNS: dict[str, str] = {
     "run_id": _IDENT["run_id"],
     "point_id": SAMPLE_COLUMNS["point_id"],
-    "block": _IDENT["block"], "mode": _IDENT["mode"], "kernel": _IDENT["kernel"],
+    "block": _IDENT["block"], "mode": _IDENT["mode"], "kernel_release": _IDENT["kernel_release"],
     "services": _IDENT["services"], "endpoints": _IDENT["endpoints"],
     "target": SAMPLE_COLUMNS["target"], "probe": SAMPLE_COLUMNS["probe"], "round": _IDENT["round"],
     "pacing": SAMPLE_COLUMNS["pacing"],
@@ -91,7 +93,7 @@ POINT_COLUMNS: dict[str, str] = {
 
 CONTROL_COLUMNS: dict[str, str] = {
     "run_id": _IDENT["run_id"], "block": _IDENT["block"], "mode": _IDENT["mode"],
-    "kernel": _IDENT["kernel"], "services": "services loaded before the operation (N)",
+    "kernel_release": _IDENT["kernel_release"], "services": "services loaded before the operation (N)",
     "endpoints": _IDENT["endpoints"], "round": _IDENT["round"],
     "op": "program (from scratch) | add (one service) | remove (that service) | "
           "endpoints (one service's endpoints replaced) | burst (the last min(100, N) services' "
@@ -113,7 +115,7 @@ CONTROL_COLUMNS: dict[str, str] = {
 
 CPU_COLUMNS: dict[str, str] = {
     "run_id": _IDENT["run_id"], "block": _IDENT["block"], "round": _IDENT["round"],
-    "mode": _IDENT["mode"], "kernel": _IDENT["kernel"], "services": _IDENT["services"],
+    "mode": _IDENT["mode"], "kernel_release": _IDENT["kernel_release"], "services": _IDENT["services"],
     "endpoints": _IDENT["endpoints"], "target": SAMPLE_COLUMNS["target"],
     "rate": "new connections per second", "seconds": "seconds of sending",
     "sent": "SYNs sent", "answered": "SYN-ACKs seen on the client's veth",
@@ -132,7 +134,7 @@ CPU_COLUMNS: dict[str, str] = {
 
 BENCH_COLUMNS: dict[str, str] = {
     "run_id": _IDENT["run_id"], "block": _IDENT["block"], "round": "repetition",
-    "mode": _IDENT["mode"], "kernel": _IDENT["kernel"], "services": _IDENT["services"],
+    "mode": _IDENT["mode"], "kernel_release": _IDENT["kernel_release"], "services": _IDENT["services"],
     "endpoints": _IDENT["endpoints"],
     "render_s": POINT_COLUMNS["render_s"], "load_s": POINT_COLUMNS["load_s"],
     "program_s": POINT_COLUMNS["program_s"],
@@ -180,7 +182,7 @@ def columns(table: str) -> list[str]:
 #: meta fields and the types they must have when present (None allowed where listed)
 _META_TYPES: dict[str, tuple[type, ...]] = {
     "schema_version": (int,), "kind": (str,), "experiment": (str,), "run_id": (str,), "command": (str,),
-    "kernel": (str,), "labkit_version": (str,), "git_revision": (str,), "bpf_jit": (str,),
+    "kernel": (str,), "kernel_release": (str,), "labkit_version": (str,), "git_revision": (str,), "bpf_jit": (str,),
     "started": (int, float, type(None)), "finished": (int, float, type(None)), "complete": (bool,),
     "host": (dict,), "tools": (dict,), "packages": (dict,), "n_rows": (dict,), "guest": (dict,),
     "vm": (dict,), "n_points": (int,), "blocks_done": (list,), "resumed": (list,), "guests": (list,),

@@ -18,8 +18,9 @@ from typing import Any, Mapping
 import pandas as pd
 
 from labkit.core.catalog import ServiceCatalog
+from labkit.core.modes import NAMES as MODE_NAMES
 from labkit.core.validate import names, number, whole
-from labkit.datapaths import MODES, nftables
+from labkit.datapaths import nftables
 from labkit.host import netns, nfnetlink
 from labkit.host.limits import mem_available
 from labkit.lab.lab import Lab
@@ -44,7 +45,7 @@ class BenchProgram(Experiment):
 
     def __init__(self, modes: Any, services: Any, endpoints: Any = 10, repeat: Any = 3,
                  seed: Any = 1) -> None:
-        self.p = BenchParams(names(modes, "modes", tuple(MODES)), whole(services, "services", 0, 1_000_000),
+        self.p = BenchParams(names(modes, "modes", MODE_NAMES), whole(services, "services", 0, 1_000_000),
                              whole(endpoints, "endpoints", 1, 1000), whole(repeat, "repeat", 1, 100),
                              whole(seed, "seed", 0, 2**32 - 1))
 
@@ -61,8 +62,8 @@ class BenchProgram(Experiment):
     def largest_catalog(self) -> ServiceCatalog:
         return ServiceCatalog(self.p.services, self.p.endpoints)
 
-    def lab_options(self) -> dict[str, Any]:
-        return {**super().lab_options(), "server": False}
+    def lab_options(self, largest: ServiceCatalog) -> dict[str, Any]:
+        return {**super().lab_options(largest), "server": False}
 
     def run_block(self, ctx: BlockContext) -> None:
         cat = self.largest_catalog()

@@ -48,8 +48,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import UsageError
+from labkit.core.modes import NAMES as MODE_NAMES
 from labkit.core.validate import names, short, split, whole
-from labkit.datapaths import MODES
 from labkit.lab.lab import Lab
 from labkit.probes.syn import SynProber
 from labkit.rundir import schema
@@ -176,7 +176,7 @@ class ControlParams:
         if len(set(given)) != len(given):
             raise UsageError(f"services: a count is given twice in {short(given)}")
         svc = sorted(given)
-        return cls(names(modes, "modes", tuple(MODES)), svc, whole(endpoints, "endpoints", 1, 1000),
+        return cls(names(modes, "modes", MODE_NAMES), svc, whole(endpoints, "endpoints", 1, 1000),
                    whole(rounds, "rounds", 1, 100), whole(seed, "seed", 0, 2**32 - 1), bool(verify))
 
 
@@ -204,8 +204,8 @@ class Control(Experiment):
         # add_service grows the largest catalog by one
         return ServiceCatalog(max(self.p.services) + 1, self.p.endpoints)
 
-    def lab_options(self) -> dict[str, Any]:
-        return {**super().lab_options(), "server": self.p.verify}
+    def lab_options(self, largest: ServiceCatalog) -> dict[str, Any]:
+        return {**super().lab_options(largest), "server": self.p.verify}
 
     def run_block(self, ctx: BlockContext) -> None:
         cat = ServiceCatalog(ctx.block.services, self.p.endpoints)

@@ -200,12 +200,17 @@ class Cpu(Experiment):
     kind = "cpu"
 
     def __init__(self, params: SweepParams, *, rate: float = RATE, seconds: float = SECONDS) -> None:
-        self.params = params.validated()
+        self.p = params
         self.rate = number(rate, "rate (new connections/s)", 1, 20000)
         self.seconds = number(seconds, "seconds", 0.1, 600)
+        n = int(round(self.rate * self.seconds))
+        per_block = n * (1 + len(self.p.targets))
+        if per_block > SPORT_HI - SPORT_LO + 1:
+            raise UsageError(f"rate x seconds x (targets + 1) = {per_block:,} SYNs per block exceed "
+                             f"the {SPORT_HI - SPORT_LO + 1:,} fresh source ports; lower them")
 
     def params_dict(self) -> dict[str, Any]:
-        return {**self.params.to_dict(), "rate": self.rate, "seconds": self.seconds}
+        return {**self.p.to_dict(), "rate": self.rate, "seconds": self.seconds}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> "Cpu":
@@ -213,27 +218,20 @@ class Cpu(Experiment):
         rate, seconds = d.pop("rate", RATE), d.pop("seconds", SECONDS)
         return cls(SweepParams.from_dict(d), rate=rate, seconds=seconds)
 
-    def check(self) -> None:
-        n = int(round(self.rate * self.seconds))
-        per_block = n * (1 + len(self.params.targets))
-        if per_block > SPORT_HI - SPORT_LO + 1:
-            raise UsageError(f"rate x seconds x (targets + 1) = {per_block:,} SYNs per block exceed "
-                             f"the {SPORT_HI - SPORT_LO + 1:,} fresh source ports; lower them")
-
     def blocks(self) -> list[Block]:
-        p = self.params
+        p = self.p
         return plan(p.modes, p.services, p.rounds, p.seed, p.targets)
 
     def largest_catalog(self) -> ServiceCatalog:
-        return self.params.catalog(max(self.params.services), self.params)
+        return self.p.catalog(max(self.p.services))
 
     def meta_extra(self) -> dict[str, Any]:
         return {"rate": self.rate, "seconds": self.seconds,
                 "irq_time_accounting": irq_time_accounting()}
 
     def run_block(self, ctx: BlockContext) -> None:
-        p, b = self.params, ctx.block
-        catalog = p.catalog(b.services, p)
+        p, b = self.p, ctx.block
+        catalog = p.catalog(b.services)
         seed = p.seed * 1_000_003 + b.block
         base = measure(ctx.lab, catalog, "none", self.rate, self.seconds, seed)
         dp = ctx.mode(ctx.lab)

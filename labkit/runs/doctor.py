@@ -11,16 +11,17 @@ from __future__ import annotations
 import os
 
 from labkit import datapaths
+from labkit.core import modes
 from labkit.core.catalog import DEFAULT_ENDPOINT_CIDR
 from labkit.guests import uml, vm
-from labkit.guests.dispatch import UML_CANNOT
 from labkit.lab.lab import Lab
 
 
 def _guest_note(where: str, mode: str) -> tuple[bool, str]:
     """(runs there, why) for ``mode`` in the other kernel ``where``."""
-    if where == "uml" and mode in UML_CANNOT:
-        return False, UML_CANNOT[mode]
+    cannot = modes.get(mode).cannot_run_in(where)
+    if cannot:
+        return False, cannot
     try:
         ok, why = uml.uml_available() if where == "uml" else vm.vm_available()
     except Exception as exc:  # a broken set-up of another kernel must not break doctor

@@ -1,4 +1,4 @@
-"""Sweep parameters: one validated dataclass for the CLI, papermill and YAML files.
+"""Sweep parameters: one frozen, validated dataclass for the CLI, papermill and YAML files.
 
 Pure: validation never touches the kernel, so bad input is refused before
 anything is created.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import yaml
@@ -20,23 +21,29 @@ from labkit.core.catalog import (
 )
 from labkit.core.errors import UsageError
 from labkit.core.files import PARAMS_MAX, read_regular
+from labkit.core.kernel_kinds import KERNEL_KINDS
+from labkit.core.modes import IPVS_SCHEDULERS
+from labkit.core.modes import NAMES as MODE_NAMES
 from labkit.core.topology import Topology
 from labkit.core.validate import clip, names, number, short, split, whole
-from labkit.datapaths import MODES
-from labkit.datapaths.ipvs import SCHEDULERS
 from labkit.probes import PROBERS
 from labkit.probes.base import SPORT_HI, SPORT_LO
 
 TARGETS = ("first", "middle", "last", "random", "none")
-KERNELS = ("auto", "host", "uml", "vm", "host+uml")
+KERNELS = ("auto", *KERNEL_KINDS, "host+uml")
 #: the kernels of a host+uml run
 UML_KERNELS = ("host", "uml")
 MAX_PROBES = 1_000_000
 MIN_PACING, MAX_PACING = 1.0, 100_000.0   # probes per second (0 = back to back)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepParams:
+    """A sweep's parameters, valid once built: construction checks and
+    normalizes every value (UsageError naming the first bad one), and the
+    result is frozen.  Its defaults are the sweep's defaults everywhere: the
+    CLI's help and the sweep notebook's parameters cell are checked against
+    them (tests/test_params.py)."""
     modes: list[str] = field(default_factory=lambda: ["iptables-legacy", "iptables-nft"])
     services: list[int] = field(default_factory=lambda: [0, 1, 10, 30, 100, 300, 1000, 2000, 5000, 10000])
     endpoints: int = 10
@@ -63,14 +70,13 @@ class SweepParams:
     def from_dict(cls, d: dict[str, Any]) -> "SweepParams":
         if not isinstance(d, dict):
             raise UsageError(f"parameters must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = set(PARAMETERS)
         unknown = sorted((k for k in d if k not in known), key=str)
         if unknown:
             shown = ", ".join(short(u, 30) if not isinstance(u, str) or len(u) > 30 else u for u in unknown[:5])
             raise UsageError(f"unknown parameter(s): {shown}{' ...' if len(unknown) > 5 else ''}; "
                              f"known: {', '.join(sorted(known))}")
-        p = cls(**{k: v for k, v in d.items() if v is not None})
-        return p.validated()
+        return cls(**{k: v for k, v in d.items() if v is not None})
 
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> "SweepParams":
@@ -94,57 +100,60 @@ class SweepParams:
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
 
-    def validated(self) -> "SweepParams":
-        """A normalized copy; raises UsageError naming the first bad value."""
-        p = dataclasses.replace(self)
-        p.modes = names(p.modes, "modes", tuple(MODES))
-        p.targets = names(p.targets, "targets", TARGETS)
-        p.probe_kinds = names(p.probe_kinds, "probe_kinds", tuple(PROBERS))
-        svc = [whole(v, "services", 0, MAX_SERVICES) for v in split(p.services, "services")]
+    def __post_init__(self) -> None:
+        """Check and normalize every value, in the order the fields are listed."""
+        put = partial(object.__setattr__, self)
+        put("modes", names(self.modes, "modes", MODE_NAMES))
+        put("targets", names(self.targets, "targets", TARGETS))
+        put("probe_kinds", names(self.probe_kinds, "probe_kinds", tuple(PROBERS)))
+        svc = [whole(v, "services", 0, MAX_SERVICES) for v in split(self.services, "services")]
         if not svc:
             raise UsageError("services: at least one count is needed")
         if len(set(svc)) != len(svc):
             raise UsageError(f"services: a count is given twice in {short(svc)}")
-        p.services = sorted(svc)
-        p.endpoints = whole(p.endpoints, "endpoints", 1, MAX_ENDPOINTS)
-        p.ports = [whole(v, "ports", 1, 65535) for v in split(p.ports, "ports")]
-        p.probes = whole(p.probes, "probes", 1, MAX_PROBES)
-        p.rounds = whole(p.rounds, "rounds", 1, 1000)
-        p.warmup = whole(p.warmup, "warmup", 0, 100_000)
-        p.seed = whole(p.seed, "seed", 0, 2**32 - 1)
-        p.timeout = number(p.timeout, "timeout", 0, 10, lo_open=True)
-        if not isinstance(p.ipvs_scheduler, str) or p.ipvs_scheduler not in SCHEDULERS:
-            raise UsageError(f"ipvs_scheduler must be one of {', '.join(SCHEDULERS)}, got {short(p.ipvs_scheduler)}")
-        if not isinstance(p.kernel, str) or p.kernel not in KERNELS:
-            raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {short(p.kernel)}")
+        put("services", sorted(svc))
+        put("endpoints", whole(self.endpoints, "endpoints", 1, MAX_ENDPOINTS))
+        put("ports", [whole(v, "ports", 1, 65535) for v in split(self.ports, "ports")])
+        put("probes", whole(self.probes, "probes", 1, MAX_PROBES))
+        put("rounds", whole(self.rounds, "rounds", 1, 1000))
+        put("warmup", whole(self.warmup, "warmup", 0, 100_000))
+        put("seed", whole(self.seed, "seed", 0, 2**32 - 1))
+        put("timeout", number(self.timeout, "timeout", 0, 10, lo_open=True))
+        if not isinstance(self.ipvs_scheduler, str) or self.ipvs_scheduler not in IPVS_SCHEDULERS:
+            raise UsageError(f"ipvs_scheduler must be one of {', '.join(IPVS_SCHEDULERS)}, "
+                             f"got {short(self.ipvs_scheduler)}")
+        if not isinstance(self.kernel, str) or self.kernel not in KERNELS:
+            raise UsageError(f"kernel must be one of {', '.join(KERNELS)}, got {short(self.kernel)}")
         for name in ("service_cidr", "endpoint_cidr"):
-            if not isinstance(getattr(p, name), str):
-                raise UsageError(f"{name} must be an IPv4 network such as 10.96.0.0/12, got {short(getattr(p, name))}")
-        p.kernels_by_mode = _kernels_by_mode(p.kernels_by_mode, p.modes, p.kernel)
-        pacing = [_pacing(v) for v in split(p.pacing, "pacing")]
+            if not isinstance(getattr(self, name), str):
+                raise UsageError(f"{name} must be an IPv4 network such as 10.96.0.0/12, "
+                                 f"got {short(getattr(self, name))}")
+        put("kernels_by_mode", _kernels_by_mode(self.kernels_by_mode, self.modes, self.kernel))
+        pacing = [_pacing(v) for v in split(self.pacing, "pacing")]
         if not pacing:
             raise UsageError("pacing: at least one value is needed (0 = back to back)")
         if len(set(pacing)) != len(pacing):
             raise UsageError(f"pacing: a value is given twice in {short(pacing)}")
-        p.pacing = pacing
-        per_block = (p.warmup + p.probes * len(p.pacing)) * len(p.targets)
+        put("pacing", pacing)
+        per_block = (self.warmup + self.probes * len(self.pacing)) * len(self.targets)
         if per_block > SPORT_HI - SPORT_LO + 1:
             raise UsageError(f"(warmup + probes x pacings) x targets = {per_block:,} probes per block exceed the "
                              f"{SPORT_HI - SPORT_LO + 1:,} fresh source ports a block has: conntrack "
                              "would match reused 5-tuples; lower --probes")
-        # the largest catalog must fit the address ranges
-        ServiceCatalog(max(p.services), p.endpoints, tuple(p.ports), p.service_cidr, p.endpoint_cidr)
-        cat = self.catalog(max(p.services), p)
+        # the largest catalog must fit the address ranges, and not overlap the lab's
+        cat = self.catalog(max(self.services))
         Topology("aaaaaa").check_against(cat.service_net, cat.endpoint_net)
-        return p
 
-    @staticmethod
-    def catalog(services: int, p: "SweepParams") -> ServiceCatalog:
-        return ServiceCatalog(services, p.endpoints, tuple(p.ports), p.service_cidr, p.endpoint_cidr)
+    def catalog(self, services: int) -> ServiceCatalog:
+        """The catalog of ``services`` services of these parameters."""
+        return ServiceCatalog(services, self.endpoints, tuple(self.ports), self.service_cidr, self.endpoint_cidr)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+#: the names of the sweep's parameters
+PARAMETERS = tuple(f.name for f in dataclasses.fields(SweepParams))
 
 #: the deepest nesting a parameter file may have (a list of lists of ... is refused)
 YAML_MAX_DEPTH = 32
@@ -177,7 +186,7 @@ NOTEBOOK_NAMES = frozenset({"out_dir", "resume", "command"})
 def refuse_unknown(names_given: set[str]) -> None:
     """Refuse names that are neither sweep parameters nor the notebook's own
     (the papermill path: papermill only warns about them)."""
-    known = {f.name for f in dataclasses.fields(SweepParams)} | NOTEBOOK_NAMES
+    known = set(PARAMETERS) | NOTEBOOK_NAMES
     unknown = sorted(n for n in names_given if not n.startswith("_") and n not in known)
     if unknown:
         raise UsageError(f"unknown parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")

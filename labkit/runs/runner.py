@@ -5,9 +5,10 @@ service count in one round, in a brand-new node namespace, does its
 measurements and tears the datapath down again.  The runner owns everything
 around the blocks, once for every experiment:
 
-* **pre-flight**, before any namespace exists: root, the modes' tools and
-  kernel features, the machine's memory for the largest catalog, and the
-  output directory (see :func:`prepare_out`); a refused run leaves nothing;
+* **pre-flight**, before any namespace exists, each check once: the output
+  directory (see :func:`prepare_out`), root, the modes' tools and kernel
+  features (:meth:`Runner.lacking`, which ``--kernel auto`` also reads), the
+  machine's memory for the largest catalog; a refused run leaves nothing;
 * the **meta file** (parameters, command, provenance, start and end, the
   blocks done) and the experiment's **tables**, rewritten atomically after
   every block (:class:`Tables`), so a run that stops keeps what it measured;
@@ -41,9 +42,11 @@ from labkit import datapaths
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError, Unavailable, UsageError
 from labkit.core.files import META_MAX, check_regular
+from labkit.core.kernel_kinds import guest_kind
 from labkit.core.validate import clip
 from labkit.guests.dispatch import relaunch
 from labkit.host import netns
+from labkit.host.limits import check_memory
 from labkit.lab.lab import Lab
 from labkit.rundir import safepath, schema, store
 from labkit.rundir.provenance import environment
@@ -67,7 +70,7 @@ class Block:
 
 def here() -> str:
     """The kernel this process runs on, as blocks name it."""
-    return os.environ.get("LABKIT_GUEST") or "host"
+    return guest_kind() or "host"
 
 
 def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
@@ -183,23 +186,26 @@ class BlockContext:
     mode: "type[Datapath]"
     tables: Tables
     run_id: str
-    kernel: str
+    kernel_release: str
     bar: Any
 
     def ident(self) -> dict[str, Any]:
         """The columns every row of this block carries."""
         b = self.block
         return {"run_id": self.run_id, "block": b.block, "round": b.round, "mode": b.mode,
-                "kernel": self.kernel, "services": b.services}
+                "kernel_release": self.kernel_release, "services": b.services}
 
 
 class Experiment(ABC):
     """One kind of run.  Subclasses say what the blocks are and what one
-    block measures; the runner does the rest."""
+    block measures; the runner does the rest.  An experiment is valid once
+    built (its constructor checks its parameters)."""
     #: run kind (a key of :data:`labkit.rundir.schema.KINDS`)
     kind: ClassVar[str]
     #: the unit the progress bar counts
     unit: ClassVar[str] = "block"
+    #: the parameters (a frozen dataclass with at least ``modes``)
+    p: Any
 
     @abstractmethod
     def params_dict(self) -> dict[str, Any]:
@@ -222,17 +228,14 @@ class Experiment(ABC):
         """The largest catalog the run programs: the memory pre-flight checks
         the machine can hold it, and the lab's address ranges come from it."""
 
-    def catalog_size(self) -> tuple[int, int, int]:
-        c = self.largest_catalog()
-        return c.services, c.endpoints, len(c.ports)
+    def lab_options(self, largest: ServiceCatalog) -> dict[str, Any]:
+        """Keyword arguments of :class:`~labkit.lab.lab.Lab` for a run whose
+        largest catalog is ``largest``."""
+        return {"endpoint_cidr": largest.endpoint_cidr, "ports": tuple(largest.ports)}
 
-    def lab_options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`~labkit.lab.lab.Lab`."""
-        c = self.largest_catalog()
-        return {"endpoint_cidr": c.endpoint_cidr, "ports": tuple(c.ports)}
-
-    def check(self) -> None:  # noqa: B027  (optional hook, empty by default)
-        """Extra validation before anything exists (raise UsageError)."""
+    def place(self, lacking: Mapping[str, str | None]) -> None:  # noqa: B027  (optional hook)
+        """Plan which kernel each mode runs in from what this host lacks
+        (:meth:`Runner.lacking`), before :meth:`blocks` is first asked."""
 
     def units(self, block: Block) -> int:
         return 1
@@ -242,7 +245,7 @@ class Experiment(ABC):
 
     @property
     def modes(self) -> list[str]:
-        return list(dict.fromkeys(b.mode for b in self.blocks()))
+        return list(self.p.modes)
 
 
 # ---------------------------------------------------------------------------
@@ -336,33 +339,53 @@ def default_command(kind: str) -> str:
 
 
 class Runner:
-    """Runs ``experiment`` into ``out``; ``run()`` returns ``out``."""
+    """Runs ``experiment`` into ``out``; ``run()`` returns ``out``.
 
-    def __init__(self, experiment: Experiment, out: str | None, *, resume: bool = False,
+    With ``resume``, ``experiment`` may be the experiment's class: the run in
+    ``out`` continues with its stored parameters; an experiment given with
+    ``resume`` must have those very parameters."""
+
+    def __init__(self, experiment: Experiment | type[Experiment], out: str | None, *, resume: bool = False,
                  command: str | None = None, progress: bool = True, only: set[int] | None = None) -> None:
         self.only = only   # run just these blocks (a segment relaunched in another kernel)
-        self.exp = experiment
         self.kind = experiment.kind
-        self.out = prepare_out(out, self.kind, resume)
+        self.out = prepare_out(out, self.kind, resume)   # checked once, and again under its lock
         self.resume = resume
+        self.meta: dict[str, Any] = {}
+        if resume:
+            self.exp = self._stored(experiment)
+        elif isinstance(experiment, Experiment):
+            self.exp = experiment
+        else:
+            raise UsageError(f"a new {self.kind} needs parameters")
         self.command = command or default_command(self.kind)
         self.progress = progress
-        self.meta: dict[str, Any] = {}
         self.tables = Tables(self.out, schema.KINDS[self.kind].tables)
         self.dir: safepath.OutDir | None = None   # the run directory, held open while running
+        self._lacking: dict[str, str | None] | None = None
 
-    @classmethod
-    def resuming(cls, exp_cls: type[Experiment], out: str, **kw: Any) -> "Runner":
-        """A runner continuing the run in ``out`` with its stored parameters."""
-        out_abs = prepare_out(out, exp_cls.kind, True)
-        assert out_abs is not None
-        meta = read_meta(out_abs, exp_cls.kind)
+    def _stored(self, given: Experiment | type[Experiment]) -> Experiment:
+        """The experiment of the run being resumed, from its meta file."""
+        assert self.out is not None
+        self.meta = read_meta(self.out, self.kind)
+        cls = given if isinstance(given, type) else type(given)
         try:
-            exp = exp_cls.from_meta(meta)
+            exp = cls.from_meta(self.meta)
         except (UsageError, TypeError, ValueError, KeyError) as exc:   # stored parameters, checked again
-            raise UsageError(f"{out_abs} is not a valid labkit run: its params: "
+            raise UsageError(f"{self.out} is not a valid labkit run: its params: "
                              f"{clip(str(exc))}") from None
-        return cls(exp, out_abs, resume=True, **kw)
+        if isinstance(given, Experiment) and given.params_dict() != exp.params_dict():
+            raise UsageError(f"--resume: parameters differ from the run in {self.out}; "
+                             f"resume with the stored ones (omit the {self.kind} options)")
+        return exp
+
+    def lacking(self) -> dict[str, str | None]:
+        """Each of the run's modes: why this host cannot run it, from its tools
+        and kernel features (None: it can).  Asked once; ``--kernel auto``, the
+        plan of a host+uml sweep and the pre-flight read the same answer."""
+        if self._lacking is None:
+            self._lacking = {m: datapaths.get(m).unavailable(None) for m in self.exp.modes}
+        return self._lacking
 
     @property
     def meta_path(self) -> str:
@@ -376,19 +399,28 @@ class Runner:
                 raise LabkitError(f"{self.out}: the run directory is not open")
             store.write_json(schema.KINDS[self.kind].meta, self.meta, dir_fd=self.dir.fd)
 
+    def _preflight(self) -> tuple[list[Block], ServiceCatalog, dict[str, "type[Datapath]"]]:
+        """The run's blocks, its largest catalog and the classes of the modes run
+        here, once the host has each of those modes and the memory for the
+        largest catalog (:class:`Unavailable` otherwise).  Touches no namespace."""
+        exp, lacking = self.exp, self.lacking()
+        exp.place(lacking)
+        blocks = exp.blocks()
+        mine = dict.fromkeys(b.mode for b in blocks if self._local(b) and (self.only is None or b.block in self.only))
+        for m in mine:
+            if lacking[m]:
+                raise Unavailable(f"mode {m} cannot run here: {lacking[m]}")
+        largest = exp.largest_catalog()
+        classes = {m: datapaths.get(m) for m in mine}
+        check_memory(classes.values(), largest.services, largest.endpoints, len(largest.ports))
+        return blocks, largest, classes
+
     def run(self) -> str | None:
-        exp = self.exp
-        exp.check()
-        if self.resume:
-            self.meta = read_meta(self.out or "", self.kind)
-            if self.meta.get("complete"):
-                print(f"labkit: {self.out} holds a complete {self.kind} run; nothing to resume",
-                      file=sys.stderr)
-                return self.out
+        if self.resume and self.meta.get("complete"):
+            print(f"labkit: {self.out} holds a complete {self.kind} run; nothing to resume", file=sys.stderr)
+            return self.out
         netns.require_root()
-        services, endpoints, ports = exp.catalog_size()
-        mine = [b for b in exp.blocks() if self._local(b) and (self.only is None or b.block in self.only)]
-        classes = datapaths.preflight(list(dict.fromkeys(b.mode for b in mine)), services, endpoints, ports)
+        blocks, largest, classes = self._preflight()
         if self.out is not None:
             # held open and locked from here on: every file is written relative to it
             self.dir = open_out(self.out, self.kind, self.resume)
@@ -402,7 +434,7 @@ class Runner:
                           file=sys.stderr)
                     ok = True
                     return self.out
-            out = self._run(classes)
+            out = self._run(blocks, largest, classes)
             ok = True
             return out
         finally:
@@ -413,13 +445,14 @@ class Runner:
                 # a run refused before anything was measured leaves no directory behind
                 release_out(d, self.kind)
 
-    def _run(self, classes: Mapping[str, "type[Datapath]"]) -> str | None:
+    def _run(self, blocks: list[Block], largest: ServiceCatalog,
+             classes: Mapping[str, "type[Datapath]"]) -> str | None:
         exp = self.exp
         done: set[int] = set()
         if self.resume:
             assert self.out is not None and self.dir is not None
             store.remove_stale_temps(self.dir.fd)
-            ran_in = self.meta.get("kernel")
+            ran_in = self.meta.get("kernel_release", self.meta.get("kernel"))   # schema 5 and older: kernel
             if (self.only is None and ran_in and ran_in != platform.release()
                     and self.meta["params"].get("kernel") != "host+uml"):
                 # one run, one kernel (a host+uml run keeps each block's kernel in its plan)
@@ -433,13 +466,12 @@ class Runner:
                          "experiment": self.kind, "run_id": "", "params": exp.params_dict(),
                          "command": self.command, "started": time.time(), "finished": None,
                          "complete": False, "blocks_done": [], **exp.meta_extra(), **environment()}
-        blocks = exp.blocks()
         todo = [b for b in blocks if b.block not in done and (self.only is None or b.block in self.only)]
         total = sum(exp.units(b) for b in blocks)
         bar = tqdm(total=total, initial=total - sum(exp.units(b) for b in todo), unit=exp.unit,
                    desc=self.kind, disable=not self.progress, dynamic_ncols=True)
         try:
-            with Lab(**exp.lab_options()) as lab:
+            with Lab(**exp.lab_options(largest)) as lab:
                 if not self.meta["run_id"]:
                     self.meta["run_id"] = lab.run_id
                 self._write_meta()

@@ -19,6 +19,7 @@ remove it: :mod:`labkit.runs.control`) into ``control.parquet``.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Mapping
 
@@ -26,11 +27,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chisquare
 
-from labkit import datapaths
+from labkit.core import modes as table
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import UsageError
 from labkit.core.modes import CALIBRATORS
-from labkit.guests.dispatch import UML_CANNOT
 from labkit.host import netns
 from labkit.probes import PROBERS
 from labkit.probes.base import Paced
@@ -165,10 +165,14 @@ class Sweep(Experiment):
     unit = "point"
 
     def __init__(self, params: SweepParams, on_point: Callable[[dict], None] | None = None) -> None:
-        self.p = params.validated()
+        self.p = params
         self.on_point = on_point
+
+    def place(self, lacking: Mapping[str, str | None]) -> None:
+        """A host+uml run: the kernels each mode is measured in (once; stored
+        with the parameters, so a resumed run plans the same blocks)."""
         if self.p.kernel == "host+uml" and not self.p.kernels_by_mode:
-            self.p.kernels_by_mode = kernels_by_mode(self.p.modes)
+            self.p = dataclasses.replace(self.p, kernels_by_mode=kernels_by_mode(self.p.modes, lacking))
 
     def params_dict(self) -> dict[str, Any]:
         return self.p.to_dict()
@@ -195,15 +199,15 @@ class Sweep(Experiment):
         return out
 
     def largest_catalog(self) -> ServiceCatalog:
-        return self.p.catalog(max(self.p.services), self.p)
+        return self.p.catalog(max(self.p.services))
 
     def units(self, block: Block) -> int:
         return len(block.targets) * sum(len(pacings(self.p, k)) for k in self.p.probe_kinds)
 
     def run_block(self, ctx: BlockContext) -> None:
         p, b = self.p, ctx.block
-        catalog = p.catalog(b.services, p)
-        dp = ctx.mode(ctx.lab, **{kw: getattr(p, name) for name, kw in ctx.mode.OPTIONS.items()})
+        catalog = p.catalog(b.services)
+        dp = ctx.mode(ctx.lab, **{kw: getattr(p, name) for name, kw in table.get(b.mode).options})
         t0 = time.time()
         prog = dp.setup(catalog)
         try:
@@ -285,7 +289,7 @@ def summary_text(points: pd.DataFrame, stat: str = "p50_us") -> str:
         p = p[p["pacing"] == 0]
     p = p[p["probe"] == p["probe"].iloc[0]]
     lines = []
-    order = list(datapaths.MODES)
+    order = list(table.NAMES)
     for target in [t for t in ("last", "random", "middle", "first", "none") if t in set(p["target"])]:
         v = p[(p["target"] == target) & p["valid"]]
         if not len(v):
@@ -301,15 +305,16 @@ def summary_text(points: pd.DataFrame, stat: str = "p50_us") -> str:
     return "\n".join(lines)
 
 
-def kernels_by_mode(modes: list[str]) -> dict[str, list[str]]:
+def kernels_by_mode(modes: list[str], lacking: Mapping[str, str | None]) -> dict[str, list[str]]:
     """For a run on the host and in user-mode Linux: the kernels each mode is
-    measured in.  A calibrator (a mode whose code runs natively in both:
-    ``core.modes.CALIBRATORS``) is measured in both, to relate them; any other
-    mode on the host where it runs there, else in user-mode Linux."""
+    measured in, from why the host cannot run it (``lacking``, None: it can)
+    and the table of modes.  A calibrator (a mode whose code runs natively in
+    both: ``core.modes.CALIBRATORS``) is measured in both, to relate them; any
+    other mode on the host where it runs there, else in user-mode Linux."""
     out = {}
     for m in modes:
-        on_host = datapaths.get(m).unavailable(None) is None
-        in_uml = m not in UML_CANNOT
+        on_host = not lacking[m]
+        in_uml = not table.get(m).cannot_run_in("uml")
         if m in CALIBRATORS and on_host and in_uml:
             out[m] = ["host", "uml"]
         elif on_host or in_uml:
@@ -325,18 +330,10 @@ def run_sweep(params: SweepParams | None, out: str, *, resume: bool = False,
     """Measure ``params`` into directory ``out`` (or, with ``resume``, continue
     the run there with its stored parameters; ``params`` must then be None or
     equal to them); returns ``out``."""
-    if resume:
-        runner = Runner.resuming(Sweep, out, command=command, progress=progress, only=only)
-        stored = runner.exp.params_dict()
-        if params is not None and params.validated().to_dict() != stored:
-            raise UsageError(f"--resume: parameters differ from the run in {out}; "
-                             "resume with the stored ones (omit the sweep options)")
-        assert isinstance(runner.exp, Sweep)
-        runner.exp.on_point = on_point
-    else:
-        if params is None:
-            raise UsageError("a new sweep needs parameters")
-        runner = Runner(Sweep(params, on_point), out, command=command, progress=progress)
+    runner = Runner(Sweep if params is None else Sweep(params), out, resume=resume, command=command,
+                    progress=progress, only=only)
+    assert isinstance(runner.exp, Sweep)
+    runner.exp.on_point = on_point
     result = runner.run()
     assert result is not None
     return result

@@ -1,0 +1,212 @@
+"""Curves: one statistic of one series against the service count, fitted.
+
+The unit of observation is a *point* (one mode, kernel, service count,
+target, probe kind, pacing and round): its statistic (p50, p90, p99 of the
+probes' RTT) is one observation of the curve ``statistic(services)`` it
+belongs to, keyed by a :class:`CurveKey`.  :func:`fit_curve` fits the models
+of :mod:`labkit.analysis.models`, chooses one and refits the replicates
+(delete-one-round, or bootstrap replicates from :func:`bootstrap_cells`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from labkit.analysis.intervals import interval
+from labkit.analysis.models import Fit, eligible, fit_batch, fit_models, predict, select_model
+from labkit.analysis.run import Run, Series
+from labkit.core.errors import UsageError
+
+STATS: dict[str, float] = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
+#: answered probes a point needs for a statistic to be estimated from it: at
+#: least five probes beyond the quantile (p99 from 300 probes would be about
+#: the 3rd-largest value, an outlier's figure)
+MIN_TAIL_PROBES: dict[str, int] = {"p50": 1, "p90": 50, "p99": 500}
+#: the columns of a point that say which curve it belongs to (with the statistic)
+KEY_COLUMNS = ["mode", "kernel", "target", "probe", "pacing"]
+
+
+class CurveKey(NamedTuple):
+    """Which curve: a mode in a kernel (``host``, ``uml``, ``vm``), probed at
+    a target with a probe kind at a pacing (probes per second, 0 back to
+    back), one statistic.  Tables carry these as columns."""
+    mode: str
+    kernel: str
+    target: str
+    probe: str
+    pacing: float
+    statistic: str
+
+    @property
+    def series(self) -> Series:
+        return Series(self.mode, self.kernel)
+
+    @property
+    def group(self) -> tuple[str, str, float, str]:
+        """(target, probe, pacing, statistic): the curves compared with each other."""
+        return (self.target, self.probe, self.pacing, self.statistic)
+
+
+def point_table(run: Run) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    """Per point: its statistics recomputed from the samples (answered probes),
+    whether it is used in fits, and why not.  Also returns each point's
+    answered RTTs (for the bootstrap)."""
+    s = run.samples[run.samples["rtt_us"].notna()].sort_values(["point_id", "seq"])
+    pid = s["point_id"].to_numpy()
+    rtt = s["rtt_us"].to_numpy(dtype=float)
+    cut = np.flatnonzero(np.diff(pid)) + 1
+    rtts = {int(p[0]): r for p, r in zip(np.split(pid, cut), np.split(rtt, cut)) if len(p)}
+    pts = run.points.copy()
+    pts["n_answered"] = [len(rtts.get(int(p), ())) for p in pts["point_id"]]
+    for name, q in STATS.items():
+        pts[name] = [float(np.percentile(rtts[int(p)], q)) if int(p) in rtts else np.nan
+                     for p in pts["point_id"]]
+    pts["used"] = pts["valid"] & (pts["n_answered"] > 0)
+    pts["excluded"] = np.where(pts["valid"], np.where(pts["used"], "", "no answered probes"),
+                               pts["reason"].where(pts["reason"] != "", "marked invalid"))
+    return pts.sort_values([*KEY_COLUMNS, "services", "round"]).reset_index(drop=True), rtts
+
+
+def bootstrap_cells(cells: list[tuple[float, list[np.ndarray]]], n_boot: int,
+                    rng: np.random.Generator, resample: str = "hierarchical",
+                    stats: dict[str, float] = STATS):
+    """Observations and bootstrap replicates of one curve.
+
+    ``cells``: per service count, the answered RTTs of each of its points.
+    Returns x (N,), observed {stat: (N,)} and replicates {stat: (B, N)}; one
+    observation per point.  ``resample``: "probes" redraws probes within each
+    point; "hierarchical" first redraws the points of each count (rounds),
+    then probes within each drawn point.
+    """
+    if resample not in ("probes", "hierarchical"):
+        raise UsageError(f"resample must be probes or hierarchical, got {resample!r}")
+    q = np.array(list(stats.values())) / 100.0
+    xs, obs, boot = [], [], []
+    for n_services, arrays in cells:
+        R = len(arrays)
+        for r in range(R):
+            xs.append(n_services)
+            obs.append(np.quantile(arrays[r], q))
+            if resample == "hierarchical" and R > 1:
+                pick = rng.integers(0, R, size=n_boot)
+            else:
+                pick = np.full(n_boot, r)
+            col = np.empty((n_boot, len(q)))
+            for src in np.unique(pick):
+                rows = np.flatnonzero(pick == src)
+                a = arrays[src]
+                idx = rng.integers(0, len(a), size=(len(rows), len(a)))
+                col[rows] = np.quantile(a[idx], q, axis=1).T
+            boot.append(col)
+    x = np.array(xs, dtype=float)
+    obs_a = np.array(obs)
+    boot_a = np.stack(boot, axis=1)  # (B, N, S)
+    names = list(stats)
+    return x, {s: obs_a[:, i] for i, s in enumerate(names)}, {s: boot_a[:, :, i] for i, s in enumerate(names)}
+
+
+@dataclass
+class Curve:
+    """One statistic of one series against service count, fitted.  ``label``
+    names its series in sentences (:meth:`labkit.analysis.run.Run.label`)."""
+    key: CurveKey
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    point_ids: np.ndarray
+    fits: dict[str, Fit]
+    chosen: str
+    criterion: str
+    weights: dict[str, float]
+    #: replicates, model -> theta (R or B, p): delete-one-round fits (method
+    #: "rounds", one row per round of the run) or bootstrap fits
+    boot: dict[str, np.ndarray] = field(default_factory=dict)
+    method: str = "rounds"
+    rounds: np.ndarray = field(default_factory=lambda: np.array([]))
+
+    @property
+    def stat(self) -> str:
+        return self.key.statistic
+
+    @property
+    def fit(self) -> Fit:
+        return self.fits[self.chosen]
+
+    @property
+    def xmin(self) -> float:
+        return float(self.x.min())
+
+    @property
+    def xmax(self) -> float:
+        return float(self.x.max())
+
+    def knots(self) -> list[float]:
+        p = self.fit.params()
+        return [p["k"]] if "k" in p else []
+
+    def predict(self, x, model: str | None = None) -> np.ndarray:
+        return self.fits[model or self.chosen].predict(x)
+
+    def boot_predict(self, x, model: str | None = None) -> np.ndarray:
+        m = model or self.chosen
+        return predict(m, self.boot[m], np.asarray(x, dtype=float))
+
+    def band(self, x, level: float = 0.95, model: str | None = None):
+        return interval(self.predict(x, model), self.boot_predict(x, model), self.method, level)
+
+    def ci(self, est, reps, level: float = 0.95):
+        """Interval of a statistic of this curve from its replicates."""
+        return interval(est, reps, self.method, level)
+
+
+def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "aicc",
+              rounds=None, all_rounds=None, label: str | None = None) -> Curve:
+    """Fit all eligible models and choose one; then the replicates of the
+    chosen one and of the linear one (for the summary slope).
+
+    With ``rounds`` (each observation's round) and ``all_rounds`` (the run's,
+    at least two): delete-one-round refits, one per round of the run (a round
+    the curve lacks leaves it whole).  Otherwise ``Yb`` (B, N): bootstrap
+    replicates of the observations, each refitted.  ``label``: the series'
+    name in sentences (default: the mode)."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    fits = fit_models(x, y)
+    if "linear" not in fits and len(np.unique(x)) == 2:
+        # two observations: nothing to choose from; the line through them
+        # describes the data (a constant would claim "flat" without evidence)
+        theta, rss = fit_batch("linear", x, y[None, :])
+        fits["linear"] = Fit("linear", theta[0], float(rss[0]), len(x))
+        chosen, used, weights = "linear", "none", {m: math.nan for m in fits}
+    else:
+        chosen, used, weights = select_model(fits, criterion)
+    jack = rounds is not None and all_rounds is not None and len(all_rounds) >= 2
+    c = Curve(key, label if label is not None else key.mode, x=x, y=y,
+              point_ids=np.asarray(point_ids if point_ids is not None else []),
+              fits=fits, chosen=chosen, criterion=used, weights=weights,
+              method="rounds" if jack else "bootstrap",
+              rounds=np.asarray(all_rounds if jack else []))
+    for m in {chosen, "linear"} & set(fits):
+        if jack:
+            c.boot[m] = _jackknife(m, x, y, fits[m], np.asarray(rounds), all_rounds)
+        else:
+            if Yb is None:
+                raise UsageError("fit_curve: bootstrap replicates or rounds are needed")
+            c.boot[m] = fit_batch(m, x, Yb)[0]
+    return c
+
+
+def _jackknife(m: str, x: np.ndarray, y: np.ndarray, fit: Fit, r_obs: np.ndarray, all_rounds) -> np.ndarray:
+    """Model ``m`` refitted with each round of the run left out in turn."""
+    reps = []
+    for r in all_rounds:
+        keep = r_obs != r
+        if keep.all() or not eligible(m, x[keep]):
+            reps.append(fit.theta)
+        else:
+            reps.append(fit_batch(m, x[keep], y[keep][None, :], use_scipy=True)[0][0])
+    return np.array(reps)

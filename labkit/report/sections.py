@@ -1,0 +1,545 @@
+"""The sections of the published report, as HTML for notebooks/analysis.ipynb
+(``header``, ``answer``, ``ipvs_answer``, ``claims_table``, ``summary_table``...):
+each renders one piece from an :class:`labkit.analysis.Analysis` and holds no
+statistics of its own.  :mod:`labkit.report.build` runs the notebook and
+writes the HTML."""
+from __future__ import annotations
+
+import datetime as dt
+import html
+import math
+import os
+
+import numpy as np
+import pandas as pd
+from IPython.display import HTML
+
+from labkit.analysis import Analysis, anchors
+from labkit.analysis.claims import FLAT_US, pacing_effect
+from labkit.analysis.kernels import cross_kernel_growth, kernel_ratios
+from labkit.analysis.result import at_probe
+from labkit.analysis.run import probe_label
+from labkit.core import modes, topology
+from labkit.core.modes import CALIBRATORS
+
+
+def _html(s: str):
+    return HTML(s)
+
+
+def table_html(df: pd.DataFrame, floatfmt: str = "{:,.2f}", cls: str = "lk") -> str:
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else floatfmt.format(v)
+        return html.escape(str(v))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    labels = [html.escape(str(c), quote=True) for c in df.columns]   # for the stacked narrow layout
+    rows = "".join("<tr>" + "".join(f'<td data-label="{k}">{cell(v)}</td>' for k, v in zip(labels, r))
+                   + "</tr>" for r in df.itertuples(index=False))
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _ci(v, lo, hi, fmt="{:,.1f}") -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    s = fmt.format(v)
+    if not (np.isnan(lo) or np.isnan(hi)):
+        s += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return s
+
+
+def _crit(c: str) -> str:
+    return {"aicc": "AICc", "aic": "AIC", "bic": "BIC", "none": "none (two points)"}.get(c, c)
+
+
+def _when(t) -> str:
+    try:
+        return dt.datetime.fromtimestamp(float(t), dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (TypeError, ValueError):
+        return "unknown"
+
+
+def header(an: Analysis):
+    m = an.run.meta
+    c = an.checks
+    complete = "complete" if m.get("complete") else "INCOMPLETE (the sweep stopped early)"
+    rows = [("run", m.get("run_id", "")), ("kernel", m.get("kernel_release", "")),
+            ("modes", ", ".join(map(an.label, an.series))), ("targets", ", ".join(an.targets)),
+            ("probe kinds", ", ".join(probe_label(*p) for p in an.probes)),
+            ("measured", f"{_when(m.get('started'))} to {_when(m.get('finished'))}, {complete}"),
+            ("points", f"{c['points']} measured, {c['points_used']} used in fits, "
+                       f"{c['points_invalid']} invalid (shown, not fitted)"),
+            ("headline", f"{an.headline_target} target, {_headline_probe(an)} probes"),
+            ("budgets", f"{an.settings['budget_us']:g} us, and {an.settings['budget_frac']:.0%} of what one "
+                        "request costs on the other mode's path (its http-new median where the run has "
+                        "it, else its own p50 at the smallest count)"),
+            ("intervals", _interval_text(an))]
+    df = pd.DataFrame(rows, columns=["", ""])
+    return _html(table_html(df))
+
+
+def _interval_text(an: Analysis) -> str:
+    level = f"{an.settings['level']:.0%}"
+    r = an.settings.get("rounds", 0)
+    if an.settings["resample"] == "rounds":
+        return (f"{level}, rounds as the independent units: delete-one-round jackknife over {r} rounds, "
+                f"Student's t with {r - 1} degrees of freedom")
+    return (f"{level} percentile bootstrap, {an.settings['n_boot']} replicates "
+            f"({an.settings['resample']}): one round, so they cover probe noise only, not drift")
+
+
+VERDICT_MARK = {"holds": "\u2714 holds", "does not hold": "\u2718 does not hold",
+                "inconclusive": "? inconclusive", "not measured here": "\u2013 not measured here"}
+
+
+def claims_table(an: Analysis):
+    """The seed's claims with this run's verdicts (claims.csv)."""
+    c = an.shown(an.claims, "mode", "versus")
+    if not len(c):
+        return _html('<p class="lk-note">no claims could be evaluated</p>')
+    level = f"{an.settings['level']:.0%}"
+
+    def num(r) -> str:
+        if not np.isfinite(r["value"]):
+            return ""
+        fmt = "{:,.0f}" if r["unit"] == "services" else "{:+,.1f}"
+        return _ci(r["value"], r["ci_low"], r["ci_high"], fmt) + f" {r['unit']}"
+    out = pd.DataFrame({
+        "seed's claim": [t if i == 0 or t != prev else "" for i, (t, prev) in
+                         enumerate(zip(c["statement"], [""] + list(c["statement"][:-1])))],
+        "mode": [f"{m} vs {v}" if v else m for m, v in zip(c["mode"], c["versus"])],
+        "verdict": [VERDICT_MARK.get(v, v) for v in c["verdict"]],
+        f"figure [{level} CI]": [num(r) for _, r in c.iterrows()],
+        "evidence": c["evidence"]})
+    return _html(table_html(out, cls="lk lk-claims"))
+
+
+def answer(an: Analysis):
+    """The answer in a few sentences, from the claims (details in the claims table)."""
+    c = an.shown(an.claims, "mode", "versus")
+    parts = []
+    o_n = c[(c["claim"] == "o-n") & c["value"].notna()]
+    o_1 = c[(c["claim"] == "o-1") & c["value"].notna()]
+    head = (an.summary[(an.summary["target"] == an.headline_target) & at_probe(an.summary, an.headline_probe)]
+            if len(an.summary) else an.summary)
+    low = head["services_min"].min() if len(head) else math.nan
+    top = head["services_max"].max() if len(head) else math.nan
+    rng = f"from {low:,.0f} to {top:,.0f} services" if np.isfinite(top) and np.isfinite(low) else ""
+    if len(o_n):
+        parts.append(f"On kernel {an.run.meta.get('kernel_release', '?')}, {rng}, the first packet's p50 rises "
+                     + ", ".join(f"{r['value']:+.0f} us [{r['ci_low']:+.0f}, {r['ci_high']:+.0f}] with {r['mode']}"
+                                 for _, r in o_n.iterrows()) + ".")
+    def rise(r):
+        return f"{r['mode']} ({r['value']:+.1f} us [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}])"
+    flat = o_1[o_1["verdict"] == "holds"]
+    if len(flat):
+        parts.append("It stays flat with " + ", ".join(rise(r) for _, r in flat.iterrows()) + ".")
+    for verdict, what in (("inconclusive", f"it may or may not stay flat (the interval straddles the "
+                                           f"{FLAT_US:g} us bound for O(1))"),
+                          ("does not hold", "it does not stay flat")):
+        rows = o_1[o_1["verdict"] == verdict]
+        if len(rows):
+            parts.append("With " + ", ".join(rise(r) for _, r in rows.iterrows()) + f" {what}.")
+    k = c[(c["claim"] == "1k-5k") & c["verdict"].isin(["holds", "does not hold", "inconclusive"])]
+    for _, r in k.iterrows():
+        parts.append(f"The seed's \u201cnoticeable from 1,000\u20135,000 services\u201d for {r['mode']}: "
+                     f"{r['verdict']} (the penalty over {r['versus']} exceeds {an.settings['budget_frac']:.0%} "
+                     f"of a request from {r['value']:,.0f} services, [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]).")
+    if not parts:
+        return _html('<p class="lk-note">Too few modes or counts for an answer.</p>')
+    level = f"{an.settings['level']:.0%}"
+    return _html('<p class="lk-answer">' + " ".join(html.escape(p) for p in parts)
+                 + f' <span class="lk-note">({level} intervals; the claims table says how each verdict '
+                 "was reached.)</span></p>")
+
+
+def _headline_probe(an: Analysis) -> str:
+    return probe_label(*an.headline_probe)
+
+
+def _pacing_words(pacing: float) -> str:
+    return f"paced at {pacing:g}/s" if pacing > 0 else "back to back"
+
+
+#: a crossing is "located" only between measured counts at most this far apart
+LOCATED_RATIO = 1.5
+
+
+def _located_text(r: pd.Series, level: str) -> str:
+    """``N [lo, hi] services`` and where it lies among the measured counts:
+    located when they are at most :data:`LOCATED_RATIO` apart, else said not to be."""
+    txt = f"{r['n_star']:,.0f}"
+    if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]):
+        txt += f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
+    txt += " services"
+    lo, hi = r.get("bracket_lo", np.nan), r.get("bracket_hi", np.nan)
+    if np.isfinite(lo) and np.isfinite(hi) and lo > 0:
+        if hi / lo <= LOCATED_RATIO:
+            txt += f" (located between the measured {lo:,.0f} and {hi:,.0f})"
+        else:
+            txt += f" (not located: the measured counts around it, {lo:,.0f} and {hi:,.0f}, are {hi / lo:,.1f}x apart)"
+    return txt
+
+
+def _name(mode: str) -> str:
+    return modes.get(mode).label if mode in modes.NAMES else mode
+
+
+def ipvs_rows(an: Analysis) -> pd.DataFrame:
+    """The crossover rows of IPVS against each iptables backend and nftables, p50,
+    in one kernel: where the curves cross, and where the other mode costs the
+    absolute budget more than IPVS (both directions for nftables)."""
+    cx = an.crossover
+    if not len(cx):
+        return cx
+    a, b = cx["mode_a"], cx["mode_b"]
+    others = ("iptables-legacy", "iptables-nft", "nftables")
+    pair = ((a == "ipvs") & b.isin(others)) | ((b == "ipvs") & a.isin(others))
+    keep = pair & (cx["statistic"] == "p50") & (
+        (cx["kind"] == "fit") | ((cx["kind"] == "budget-abs") & (b == "ipvs")))
+    return cx[keep]
+
+
+def ipvs_answer(an: Analysis):
+    """Where IPVS beats each iptables backend (curve crossing, and the absolute
+    budget), per target and pacing, with intervals; and what moving from IPVS
+    to nftables changes (Kubernetes deprecated IPVS in 1.35 and points to
+    nftables).  Empty when the run has no IPVS beside an iptables mode."""
+    rows = ipvs_rows(an)
+    if not len(rows):
+        return _html("")
+    level = f"{an.settings['level']:.0%}"
+    budget = an.settings["budget_us"]
+    items = []
+    for (target, _, pacing), g in rows.groupby(["target", "probe", "pacing"], sort=False):
+        where = f"{target} target, {_pacing_words(pacing)}"
+        parts = []
+        for other in ("iptables-legacy", "iptables-nft"):
+            fit = g[(g["kind"] == "fit") & ((g["mode_a"] == other) | (g["mode_b"] == other))]
+            bud = g[(g["kind"] == "budget-abs") & (g["mode_a"] == other)]
+            if not len(fit):
+                continue
+            f = fit.iloc[0]
+            # the fitted difference (a - b) at the largest common count says who is faster there
+            ipvs_wins_at_end = (f["diff_hi_us"] < 0) == (f["mode_a"] == "ipvs")
+            if np.isfinite(f["n_star"]) and ipvs_wins_at_end:
+                txt = f"IPVS beats {other} from {_located_text(f, level)}"
+            elif np.isfinite(f["n_star"]):
+                txt = f"{other} is faster than IPVS above {_located_text(f, level)}"
+            elif ipvs_wins_at_end:
+                txt = f"IPVS is faster than {other} throughout"
+            else:
+                txt = f"{other} is faster than IPVS throughout"
+            if ipvs_wins_at_end and len(bud) and np.isfinite(bud.iloc[0]["n_star"]):
+                txt += f"; {other} costs {budget:g} us more than IPVS from {_located_text(bud.iloc[0], level)}"
+            elif ipvs_wins_at_end and len(bud):
+                txt += f"; {other} never costs {budget:g} us more than IPVS here"
+            parts.append(txt)
+        is_nft = (g["mode_a"] == "nftables") | (g["mode_b"] == "nftables")
+        nft = g[(g["kind"] == "fit") & is_nft]
+        if len(nft):
+            f = nft.iloc[0]
+            if np.isfinite(f["n_star"]):
+                parts.append(f"moving from IPVS to nftables: the curves cross at {_located_text(f, level)}, "
+                             f"{_name(str(f['faster_above']))} faster above")
+            else:
+                lo, hi = sorted([abs(f["diff_lo_us"]), abs(f["diff_hi_us"])])
+                parts.append(f"moving from IPVS to nftables: {_name(str(f['faster_below']))} is faster "
+                             f"throughout, by {lo:.1f} to {hi:.1f} us")
+        if parts:
+            items.append(f"<li><b>{html.escape(where)}</b>: " + "; ".join(html.escape(p) for p in parts) + ".</li>")
+    if not items:
+        return _html("")
+    note = (f'<span class="lk-note">(p50 of the first packet, one kernel, {level} intervals. Kubernetes '
+            "deprecated IPVS mode in 1.35 and points its users to nftables, which is why each line also "
+            "says what moving from IPVS to nftables changes.)</span>")
+    return _html("<p class=\"lk-answer\">Where IPVS beats iptables:</p><ul class=\"lk-answer\">"
+                 + "".join(items) + "</ul>" + note)
+
+
+def measured_table(an: Analysis, stats=("p50", "p99")):
+    """Measured medians over rounds per mode and service count (headline target and probe)."""
+    p = an.points[an.points["used"] & (an.points["target"] == an.headline_target)
+                  & at_probe(an.points, an.headline_probe)]
+    if not len(p):
+        return _html('<p class="lk-note">no valid points</p>')
+    p = p.assign(series=an.run.labels(p))
+    order = {an.label(m): i for i, m in enumerate(an.series)}
+    parts = []
+    for stat in stats:
+        t = p.pivot_table(index="services", columns="series", values=stat, aggfunc="median")
+        t = t[sorted(t.columns, key=lambda c: order.get(c, 99))]
+        t.insert(0, "services", [f"{int(n):,}" + (" (empty table)" if n == 0 else "") for n in t.index])
+        parts.append(f"<h4>{stat} \u00b5s, median over rounds ({an.headline_target} target, "
+                     f"{_headline_probe(an)})</h4>" + table_html(t.reset_index(drop=True), "{:,.1f}"))
+    return _html("".join(parts))
+
+
+def empty_table(an: Analysis):
+    """The 0-service reference per mode: an empty table, no NAT."""
+    e = an.shown(an.empty)
+    if not len(e):
+        return _html('<p class="lk-note">no 0-service points in this run</p>')
+    s = an.shown(an.summary[(an.summary["target"] == an.headline_target) & (an.summary["statistic"] == "p50")
+                            & at_probe(an.summary, an.headline_probe)]).set_index("mode")
+    out = pd.DataFrame({
+        "mode": e["mode"], "probe": e["probe"], "points": e["points"], "probes": e["probes"],
+        "p50 \u00b5s, empty table": e["p50_us"], "per-round p50 range": [
+            f"{a:.2f}\u2013{b:.2f}" for a, b in zip(e["p50_round_min"], e["p50_round_max"])],
+        "p50 \u00b5s at the curve's first count (fit)": [
+            _ci(s.loc[m, "baseline_us"], s.loc[m, "baseline_lo"], s.loc[m, "baseline_hi"], "{:,.2f}")
+            if m in s.index and p == _headline_probe(an) else "" for m, p in zip(e["mode"], e["probe"])]})
+    return _html(table_html(out))
+
+
+def pacing_table(an: Analysis):
+    """Back to back against paced probes: baseline and slope of each."""
+    p = pacing_effect(an)
+    p = an.shown(p) if len(p) else p
+    if not len(p):
+        return _html('<p class="lk-note">one pacing only in this run (`--pacing 0,1000` measures both)</p>')
+    level = f"{an.settings['level']:.0%}"
+    out = pd.DataFrame({
+        "mode": p["mode"], "target": p["target"], "paced": p["paced"],
+        f"p50 at first count, back to back [{level}]": [
+            _ci(v, lo, hi, "{:,.2f}") for v, lo, hi in zip(p["b2b_base_us"], p["b2b_base_lo"], p["b2b_base_hi"])],
+        f"p50 at first count, paced [{level}]": [
+            _ci(v, lo, hi, "{:,.2f}") for v, lo, hi in zip(p["paced_base_us"], p["paced_base_lo"], p["paced_base_hi"])],
+        "slope ns/svc, back to back": [
+            _ci(v, lo, hi, "{:,.2f}") for v, lo, hi in zip(p.get("b2b_slope_ns", []), p.get("b2b_slope_lo", []),
+                                                           p.get("b2b_slope_hi", []))],
+        "slope ns/svc, paced": [
+            _ci(v, lo, hi, "{:,.2f}") for v, lo, hi in zip(p.get("paced_slope_ns", []),
+                                                           p.get("paced_slope_lo", []), p.get("paced_slope_hi", []))]})
+    return _html(table_html(out))
+
+
+def summary_table(an: Analysis, stats=("p50", "p99"), target: str | None = None):
+    target = target or an.headline_target
+    s = an.shown(an.summary[(an.summary["target"] == target) & an.summary["statistic"].isin(stats)])
+    order = {an.label(m): i for i, m in enumerate(an.series)}
+    s = s.sort_values(["probe", "statistic", "mode"], key=lambda c: c.map(order) if c.name == "mode" else c)
+    level = f"{an.settings['level']:.0%}"
+    out = pd.DataFrame({
+        "mode": s["mode"], "probe": s["probe"], "statistic": s["statistic"],
+        f"baseline \u00b5s at {int(s['services_min'].min()):,} svc [{level} CI]": [
+            _ci(v, lo, hi) for v, lo, hi in zip(s["baseline_us"], s["baseline_lo"], s["baseline_hi"])],
+        f"slope ns/service, linear fit [{level} CI]": [
+            _ci(v, lo, hi, "{:,.2f}") for v, lo, hi in zip(s["slope_ns"], s["slope_lo"], s["slope_hi"])],
+        "chosen model": s["model"], "fitted curve": s["curve"],
+        "knot, services [CI]": [_ci(v, lo, hi, "{:,.0f}") for v, lo, hi in zip(s["knot"], s["knot_lo"], s["knot_hi"])],
+        "linear fit worse by": [f"{v:.1f} {_crit(c)}" if np.isfinite(v) and v > 0 else ""
+                                for v, c in zip(s["linear_delta"], s["criterion"])],
+        "points (invalid)": [f"{a} ({b})" for a, b in zip(s["n_points"], s["n_invalid"])],
+    })
+    return _html(table_html(out))
+
+
+def crossover_table(an: Analysis, target: str | None = None, stats=("p50", "p99"),
+                    kinds=("fit", "budget-abs", "budget-rel"), only_found_budgets: bool = True,
+                    collapsed: bool = False):
+    target = target or an.headline_target
+    cx = an.crossover[(an.crossover["target"] == target) & an.crossover["statistic"].isin(stats)
+                      & an.crossover["kind"].isin(kinds) & at_probe(an.crossover, an.headline_probe)]
+    if only_found_budgets:
+        cx = cx[(cx["kind"] == "fit") | (cx["n_star"] > cx["range_lo"])]
+    body = _crossover_html(an.shown(cx, "mode_a", "mode_b"), an.settings["level"])
+    if collapsed:
+        body = (f"<details><summary>the table behind these findings ({len(cx)} rows, {target} target, "
+                f"{_headline_probe(an)})</summary>{body}</details>")
+    return _html(body)
+
+
+def _crossover_html(cx: pd.DataFrame, level: float) -> str:
+    if not len(cx):
+        return '<p class="lk-note">none</p>'
+    out = pd.DataFrame({
+        "mode a": cx["mode_a"], "mode b": cx["mode_b"], "target": cx["target"], "probe": cx["probe"],
+        "statistic": cx["statistic"], "kind": cx["kind"],
+        "budget \u00b5s": cx["budget_us"],
+        f"n* services [{level:.0%} CI]": [_ci(v, lo, hi, "{:,.0f}") if np.isfinite(v) else "no crossing"
+                                          for v, lo, hi in zip(cx["n_star"], cx["ci_low"], cx["ci_high"])],
+        "replicates crossing": [f"{v:.0%}" if np.isfinite(v) else "" for v in cx["boot_frac"]],
+        "between measured counts": [
+            "" if not np.isfinite(lo)
+            else f"{lo:,.0f}\u2013{hi:,.0f}" + ("" if ok is not False else " (too far apart)")
+            for lo, hi, ok in zip(cx.get("bracket_lo", []), cx.get("bracket_hi", []), cx.get("resolved", []))],
+        "finding": cx["finding"]})
+    return table_html(out, "{:,.1f}")
+
+
+def all_crossovers(an: Analysis):
+    n = len(an.crossover)
+    body = _crossover_html(an.shown(an.crossover, "mode_a", "mode_b"), an.settings["level"])
+    return _html(f"<details><summary>all {n} rows of crossover.csv (every target, statistic and "
+                 f"ordered pair)</summary>{body}</details>")
+
+
+def findings(an: Analysis):
+    items = an.headline_findings()
+    if not items:
+        return _html('<p class="lk-note">Only one mode was measured: no crossovers.</p>')
+    return _html("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in items) + "</ul>")
+
+
+def fits_table(an: Analysis, target: str | None = None):
+    target = target or an.headline_target
+    f = an.shown(an.fits[an.fits["target"] == target])
+    order = {an.label(m): i for i, m in enumerate(an.series)}
+    f = f.assign(_o=f["mode"].map(order)).sort_values(["probe", "_o", "statistic"], kind="stable")
+    out = pd.DataFrame({"mode": f["mode"], "probe": f["probe"], "statistic": f["statistic"],
+                        "model": f["model"] + np.where(f["chosen"], " \u2714", ""),
+                        "observations": f["n_obs"], "criterion": f["criterion"].map(_crit),
+                        "\u0394 criterion": f["delta"], "weight": f["weight"], "fitted curve": f["curve"]})
+    return _html(table_html(out))
+
+
+def invalid_points(an: Analysis):
+    bad = an.shown(an.points[~an.points["used"]])
+    if not len(bad):
+        return _html('<p class="lk-note">All points are valid.</p>')
+    out = pd.DataFrame({"point": bad["point_id"], "mode": bad["mode"], "services": bad["services"],
+                        "target": bad["target"], "probe": bad["probe"], "round": bad["round"],
+                        "sent": bad["sent"], "answered": bad["answered"], "p50 \u00b5s": bad["p50"],
+                        "reason": bad["excluded"]})
+    return _html(table_html(out))
+
+
+def published_tables(an: Analysis, target: str | None = None):
+    """Published figures beside ours: the sources, their slopes and ours."""
+    target = target or an.headline_target
+    parts = ["<h4>Sources</h4>"]
+    src = pd.DataFrame([{"key": s.key, "source": s.cite(), "setup": s.setup}
+                        for s in anchors.SOURCES.values()])
+    parts.append(table_html(src))
+    parts.append("<h4>First-packet slopes, ns per service: published (between the published "
+                 "points) and ours (linear fit, chosen model)</h4>")
+    rows = []
+    for stat in ("p50", "p99"):
+        for _, r in anchors.segment_slopes("k8s-nft", stat).iterrows():
+            rows.append({"who": "published: Kubernetes blog 2025 (chart)", "series": r["series"],
+                         "statistic": stat, "range, services": f"{r['from_services']:,}\u2013{r['to_services']:,}",
+                         "slope ns/service": f"{r['slope']:.1f}", "curve": ""})
+        s = an.shown(an.summary[(an.summary["target"] == target) & (an.summary["statistic"] == stat)])
+        for _, r in s.iterrows():
+            rows.append({"who": f"ours (target {target}, {r['probe']})", "series": r["mode"],
+                         "statistic": stat,
+                         "range, services": f"{r['services_min']:,.0f}\u2013{r['services_max']:,.0f}",
+                         "slope ns/service": _ci(r["slope_ns"], r["slope_lo"], r["slope_hi"], "{:.1f}"),
+                         "curve": f"{r['model']}: {r['curve']}"})
+    parts.append(table_html(pd.DataFrame(rows)))
+    t = anchors.table()
+    t = t.assign(services=t["services"].astype("object").where(t["services"].notna(), ""))
+    parts.append(f"<details><summary>All {len(t)} published figures (tidy, from "
+                 "labkit/analysis/anchors.py)</summary>")
+    parts.append(table_html(t[["source", "series", "metric", "unit", "services", "value", "low",
+                               "high", "reading", "note"]], "{:,.4g}") + "</details>")
+    parts.append("<h4>Published statements</h4><ul>" + "".join(
+        f"<li>{html.escape(txt)} <span class='lk-note'>({html.escape(anchors.SOURCES[k].cite())})</span></li>"
+        for k, txt in anchors.CLAIMS) + "</ul>")
+    return _html("".join(parts))
+
+
+def kernels_table(an: Analysis, stats=("p50",)):
+    """A run over two kernels: how the other kernel's figures relate to the
+    host's, through the modes that run natively in both
+    (``analysis.kernels.kernel_ratios``: level and per-service slope ratios, never
+    eBPF), and the growth of every mode side by side
+    (``analysis.kernels.cross_kernel_growth``: rises, never levels, across kernels)."""
+    k = kernel_ratios(an, an.settings["level"])
+    k = k[k["stat"].isin(stats)]
+    level = f"{an.settings['level']:.0%}"
+    if not len(k):
+        return _html('<p class="lk-note">One kernel, or no mode measured natively in both '
+                     f'({", ".join(CALIBRATORS)}): nothing relates the kernels.</p>')
+    out = pd.DataFrame({"mode": k["mode"], "measure": k["measure"], "target": k["target"],
+                        "statistic": k["stat"], "kernels": k["other_release"] + " / " + k["release"],
+                        "services": [f"{v:,.0f}" if m == "level" else "per service"
+                                     for v, m in zip(k["services"], k["measure"])],
+                        f"ratio [{level} CI]": [_ci(v, lo, hi, "{:,.2f}")
+                                               for v, lo, hi in zip(k["ratio"], k["ci_lo"], k["ci_hi"])]})
+    note = ('<p class="lk-note">Only modes whose code runs natively in both kernels relate them '
+            f'({", ".join(CALIBRATORS)}). eBPF never does: user-mode Linux has no BPF JIT (arch um), '
+            'so eBPF is interpreted there and its ratio would measure the interpreter.</p>')
+    g = cross_kernel_growth(an, an.settings["level"])
+    g = g[g["stat"].isin(stats)] if len(g) else g
+    growth = ""
+    if len(g):
+        gt = pd.DataFrame({"series": an.shown(g)["mode"], "target": g["target"], "statistic": g["stat"],
+                           "from": g["from"].map(lambda v: f"{v:,.0f}"), "to": g["to"].map(lambda v: f"{v:,.0f}"),
+                           f"rise, us [{level} CI]": [_ci(v, lo, hi, "{:+,.1f}") for v, lo, hi in
+                                                      zip(g["rise_us"], g["ci_lo"], g["ci_hi"])]})
+        growth = ('<p>Across kernels, modes are compared by growth (the rise over their smallest '
+                  'count), never by level:</p>' + table_html(gt))
+    return _html(table_html(out) + note + growth)
+
+
+def programming_table(an: Analysis):
+    b = an.shown(an.points.drop_duplicates(["mode", "kernel", "block"]))
+    g = b.groupby(["mode", "services"])[["render_s", "load_s", "program_s"]].median().reset_index()
+    return _html(table_html(g.rename(columns={"render_s": "render s (median)",
+                                              "load_s": "load s (median)",
+                                              "program_s": "total s (median)"}), "{:,.3f}"))
+
+
+def methods(an: Analysis):
+    m = an.run.meta
+    doc = topology.__doc__ or ""
+    diagram = doc.split("::", 1)[1] if "::" in doc else doc
+    diagram = "\n".join(line for line in diagram.strip("\n").splitlines()
+                        if line.startswith("   ") or not line.strip()).rstrip()
+    parts = [f'<h4>Topology</h4><pre class="lk">{html.escape(diagram)}</pre>']
+    kv = lambda d: pd.DataFrame(sorted((str(k), str(v)) for k, v in (d or {}).items()),  # noqa: E731
+                                columns=["name", "value"])
+    parts.append(f"<h4>Kernel</h4><p>{html.escape(str(m.get('kernel_release', 'unknown')))} (kernels in the "
+                 f"data: {html.escape(', '.join(sorted(an.points['kernel_release'].unique())))})</p>")
+    parts.append("<h4>Sweep parameters (meta.json)</h4>" + table_html(kv(m.get("params"))))
+    a = dict(an.settings)
+    a["models"] = ", ".join(a["models"])
+    a["stats"] = ", ".join(a["stats"])
+    parts.append("<h4>Analysis parameters</h4>" + table_html(kv(a)))
+    parts.append("<h4>Tools</h4>" + table_html(kv(m.get("tools"))))
+    parts.append("<h4>Python packages</h4>" + table_html(kv(m.get("packages"))))
+    host = dict(m.get("host") or {})
+    host.update(labkit_version=m.get("labkit_version", ""), git_revision=m.get("git_revision", ""))
+    parts.append("<h4>Host and code</h4>" + table_html(kv(host)))
+    c = an.checks
+    parts.append(f"<p class='lk-note'>Check: per-point p50 recomputed from samples.parquet differs "
+                 f"from points.parquet by at most {c['max_abs_p50_diff_us']:.3g} \u00b5s.</p>")
+    return _html("".join(parts))
+
+
+def reproduce(an: Analysis):
+    m = an.run.meta
+    path = an.run.path.rstrip("/")
+    parts = path.split(os.sep)
+    # as typed from the repository: data/reference/<name> or runs/<name>, else the full path
+    for anchor in ("data", "runs"):
+        if anchor in parts:
+            path = os.path.join(*parts[len(parts) - 1 - parts[::-1].index(anchor):])
+            break
+    cmd = m.get("command") or "(not recorded)"
+    s = an.settings
+    rep = f"python -m labkit report {path}"
+    if path.startswith(os.path.join("data", "reference")):
+        # committed data stay as they are; the report goes under the clone's runs/ (git-ignored,
+        # the reader's own), never a predictable path in a shared directory such as /tmp
+        rep += f" --out-dir runs/{os.path.basename(path)}-report"
+    extra = []
+    if s["budget_us"] != 10.0:
+        extra.append(f"--budget-us {s['budget_us']:g}")
+    if s["budget_frac"] != 0.10:
+        extra.append(f"--budget-frac {s['budget_frac']:g}")
+    rep = " ".join([rep] + extra)
+    return _html(f"<p>Measure (as root, on a fresh clone at revision "
+                 f"<code>{html.escape(str(m.get('git_revision', 'unknown')))}</code>):</p>"
+                 f'<pre class="lk">{html.escape(cmd)}</pre>'
+                 f"<p>Rebuild this report from the data (no root needed):</p>"
+                 f'<pre class="lk">{html.escape(rep)}</pre>')
+
+
+def raw_files(an: Analysis):
+    f = an.run.files
+    return _html(table_html(f.rename(columns={"bytes": "bytes"}), "{:,.0f}")
+                 + "<p class='lk-note'>Verify with <code>sha256sum</code>; the raw files are never "
+                   "modified by the analysis.</p>")
