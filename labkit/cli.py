@@ -32,7 +32,7 @@ from labkit.guests.dispatch import KERNELS, choose_kernel, relaunch
 from labkit.host import netns
 from labkit.host.clean import clean
 from labkit.lab.lab import Lab
-from labkit.report.build import build_report, check_run_meta
+from labkit.report.build import build_report, check_run_meta, run_kind
 from labkit.report.compare import build_compare
 from labkit.rundir import safepath, schema
 from labkit.rundir.store import read_table
@@ -266,6 +266,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise UsageError(f"compare: {short(seen[key])} and {short(d)} are the same run directory; "
                              "compare different runs")
         seen[key] = d
+        kind = run_kind(d) if os.path.isdir(d) else "sweep"
+        if kind != "sweep":
+            raise UsageError(f"compare: {short(d)} is a {kind} run; compare takes sweep runs "
+                             f"(`labkit report {short(d)}` shows a {kind} run)")
         check_run_meta(os.path.abspath(d))
     path = build_compare(args.run_dirs, args.out_dir)
     print(f"wrote {path} and {os.path.join(os.path.dirname(path), 'compare.csv')}")

@@ -1,6 +1,7 @@
 """The built report in a real browser (Debian's headless Chromium, no root):
-it loads without console errors, every figure decodes, and the answer and
-the seed-claims table are on the first screen, above the first figure.
+it loads without console errors, every figure decodes, the answer and
+the seed-claims table are on the first screen, above the first figure, and
+code and diagrams are set in a monospace font.
 Leaves report.png (the first screen) beside report.html."""
 from __future__ import annotations
 
@@ -34,5 +35,7 @@ def test_report_in_headless_chromium(tmp_path):
     assert seen["answer_top"] is not None and seen["claims_top"] is not None, seen
     assert seen["answer_top"] < seen["claims_top"] < seen["first_image_top"]
     assert seen["claims_bottom"] <= h, f"the claims table ends at {seen['claims_bottom']:.0f} px"
+    # code and the topology diagram in a monospace font (nbconvert's own CSS sets `pre` to inherit)
+    assert seen["pre_fonts"] and all("mono" in f.lower() for f in seen["pre_fonts"]), seen["pre_fonts"]
     png = os.path.join(os.path.dirname(html_path), "report.png")
     assert _png_size(png) == (w, h)

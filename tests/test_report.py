@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -141,6 +142,28 @@ def test_report_into_another_directory_leaves_the_run_untouched(tmp_path):
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(UsageError, match="not a labkit run"):
         report.build_report(str(tmp_path))
+
+
+def test_a_control_run_gets_its_figures_and_tables(tmp_path):
+    """`labkit report` on a control run (the committed reference) builds the
+    experiments notebook's control-plane section, not "not a labkit run"."""
+    run = os.path.join(os.path.dirname(__file__), "..", "data", "reference", "control-host-6.18", "partial")
+    path = report.build_report(run, out_dir=str(tmp_path), n_boot=50, screenshot=False)
+    text = open(path, encoding="utf-8").read()
+    assert "Control plane: programming and changing services" in text and "<img" in text
+    assert not os.path.exists(tmp_path / "crossover.csv")
+
+
+def test_a_bench_run_and_a_compare_of_a_control_run_are_refused_naming_the_command(tmp_path):
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "bench.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"bench run: `labkit bench` prints its figures"):
+        report.build_report(str(tmp_path / "bench"))
+    run = os.path.join(os.path.dirname(__file__), "..", "data", "reference", "control-host-6.18", "partial")
+    cp = subprocess.run([sys.executable, "-m", "labkit", "compare", run, str(tmp_path / "bench"),
+                         "--out", str(tmp_path / "cmp")], capture_output=True, text=True)
+    assert cp.returncode == 2 and len(cp.stderr.strip().splitlines()) == 1
+    assert "is a control run; compare takes sweep runs (`labkit report" in cp.stderr
 
 
 def test_stored_notebook_is_thin_and_clean():

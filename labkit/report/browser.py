@@ -41,6 +41,8 @@ document.getElementById("f").addEventListener("load", function () {{
   out.claims_top = top(d.querySelector("table.lk-claims"));
   out.claims_bottom = bottom(d.querySelector("table.lk-claims"));
   out.first_image_top = top(d.images[0]);
+  out.pre_fonts = Array.prototype.map.call(d.querySelectorAll("pre.lk"), function (el) {{
+    return d.defaultView.getComputedStyle(el).fontFamily; }});
   out.height = d.documentElement.scrollHeight;
   out.title = d.title;
   document.getElementById("out").textContent = JSON.stringify(out);
@@ -86,7 +88,8 @@ def screenshot(html_path: str, png_path: str, size: tuple[int, int] = SCREEN, ti
 def check(html_path: str, size: tuple[int, int] = SCREEN, timeout: float = 120) -> dict:
     """Load the report in Chromium and return what the browser saw: images
     (natural sizes), positions of the answer, the claims table and the first
-    figure (pixels from the top), the page height and the console errors."""
+    figure (pixels from the top), the page height, the font of each code or
+    diagram block (``pre_fonts``) and the console errors."""
     exe = browser()
     if exe is None:
         raise LabkitError("chromium is not installed (Debian package chromium; `make setup` installs it)")

@@ -22,7 +22,9 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 from jinja2 import DictLoader
+from jupyter_client import AsyncKernelManager
 from nbconvert import HTMLExporter
+from traitlets import default
 
 from labkit.analysis import load_run
 from labkit.core.errors import LabkitError, UsageError
@@ -35,6 +37,10 @@ log = logging.getLogger(__name__)
 #: the analysis notebook, shipped as package data (``labkit/report/notebooks`` links
 #: to the repository's ``notebooks/``; a wheel holds copies)
 NOTEBOOK = Path(str(resources.files("labkit.report") / "notebooks" / "analysis.ipynb"))
+#: control and cpu runs: their sections (figures and tables) without the sweep's analysis
+EXPERIMENTS_NOTEBOOK = Path(str(resources.files("labkit.report") / "notebooks" / "experiments.ipynb"))
+#: the kinds of run ``report`` builds
+REPORTED = ("sweep", "control", "cpu")
 KERNEL = "python3"
 
 # the lab template without anything fetched from the network (require.js,
@@ -69,16 +75,43 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
  .lk-note { color: #555; font-size: 12px; }
  .lk-answer { font-size: 15px; line-height: 1.5; max-width: 60em; }
  pre.lk { font-size: 11px; background: #f7f7f7; padding: 8px; }
+ .jp-OutputArea-output pre, .jp-OutputArea-output pre.lk, .jp-RenderedHTMLCommon pre {
+   font-family: var(--jp-code-font-family, ui-monospace, "DejaVu Sans Mono", monospace); }
 </style>
 {%- endblock extra_css -%}
 """
 
 
-def default_notebook() -> str:
-    if not NOTEBOOK.is_file():
-        raise LabkitError(f"the analysis notebook {NOTEBOOK} is missing: reinstall labkit "
+class IpcKernelManager(AsyncKernelManager):
+    """The notebook's kernel talks to papermill over Unix sockets beside its
+    connection file in the user's private Jupyter runtime directory, not over
+    TCP on localhost (which ipykernel warns about at every start)."""
+
+    @default("transport")
+    def _transport_default(self) -> str:
+        return "ipc"
+
+
+def default_notebook(kind: str = "sweep") -> str:
+    """The notebook that reports a ``kind`` run: the analysis notebook for a
+    sweep, the experiments notebook for a control or cpu run."""
+    path = NOTEBOOK if kind == "sweep" else EXPERIMENTS_NOTEBOOK
+    if not path.is_file():
+        raise LabkitError(f"the notebook {path} is missing: reinstall labkit "
                           "(`pip install .` ships it as package data)")
-    return str(NOTEBOOK)
+    return str(path)
+
+
+def run_kind(run_dir: str) -> str:
+    """The kind of run in ``run_dir`` by its meta file (``sweep`` when it has
+    none: :func:`~labkit.analysis.run.load_run` then names what is missing).
+    A bench run is refused in one line: ``labkit bench`` prints its figures."""
+    kind = next((k for k, rk in schema.KINDS.items() if os.path.isfile(os.path.join(run_dir, rk.meta))),
+                "sweep")
+    if kind not in REPORTED:
+        raise UsageError(f"{run_dir} is a {kind} run: `labkit {kind}` prints its figures; `report` "
+                         f"builds {', '.join(REPORTED)} runs")
+    return kind
 
 
 def _writable_dir(path: str) -> bool:
@@ -88,13 +121,13 @@ def _writable_dir(path: str) -> bool:
     return os.path.isdir(probe or "/") and os.access(probe or "/", os.W_OK)
 
 
-def check_run_meta(run_dir: str) -> None:
+def check_run_meta(run_dir: str, kind: str = "sweep") -> None:
     """Refuse, in one line, a run directory whose ``meta.json`` is not a
     regular file of a sane size or not valid against the run schema
     (:func:`labkit.rundir.schema.meta_problem`), before anything uses it.  A
     missing or unparsable file is left to :func:`~labkit.analysis.run.load_run`,
     which names it."""
-    path = os.path.join(run_dir, schema.META)
+    path = os.path.join(run_dir, schema.KINDS[kind].meta)
     if not os.path.isdir(run_dir):
         return
     try:
@@ -105,7 +138,7 @@ def check_run_meta(run_dir: str) -> None:
         meta = json.loads(raw.decode("utf-8"))
     except ValueError:   # not JSON, not UTF-8
         return
-    problem = schema.meta_problem(meta, "sweep")
+    problem = schema.meta_problem(meta, kind)
     if problem:
         raise UsageError(f"{run_dir} is not a valid labkit run: {problem}")
 
@@ -115,7 +148,8 @@ def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 1
                  seed: int = 0, notebook: str | None = None, timeout: int = 1800,
                  screenshot: bool = True) -> str:
     """Build DIR/report.html (and crossover.csv, fits.csv, summary.csv, the
-    executed analysis.ipynb) for the run in ``run_dir``.
+    executed analysis.ipynb) for the run in ``run_dir``.  A control or cpu run
+    gets the experiments notebook's sections (figures and tables) instead.
 
     Outputs go to ``out_dir`` (default: the run directory itself); a
     read-only run directory, such as data/reference/<name>/, needs an
@@ -128,8 +162,10 @@ def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 1
     rename), so a symbolic link planted there under any name is never written
     through."""
     run_dir = os.path.abspath(run_dir)
-    check_run_meta(run_dir)
-    load_run(run_dir)  # refuse a directory that is not a run before starting a kernel
+    kind = run_kind(run_dir) if os.path.isdir(run_dir) else "sweep"
+    check_run_meta(run_dir, kind)
+    if kind == "sweep":
+        load_run(run_dir)  # refuse a directory that is not a run before starting a kernel
     if not (math.isfinite(budget_us) and math.isfinite(budget_frac)) or budget_us < 0 \
             or not 0 <= budget_frac < 10:
         raise UsageError(f"budgets must be finite and non-negative (the fraction below 10), got "
@@ -150,18 +186,20 @@ def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 1
         except FileNotFoundError:
             pass
         # the notebook writes its tables into its working directory, the private ``work``
-        params = dict(run_dir=run_dir, out_dir=".", budget_us=float(budget_us),
-                      budget_frac=float(budget_frac), n_boot=int(n_boot), seed=int(seed))
+        params = dict(run_dir=run_dir, n_boot=int(n_boot), seed=int(seed)) | (
+            dict(out_dir=".", budget_us=float(budget_us), budget_frac=float(budget_frac)) if kind == "sweep"
+            else {})
         executed = os.path.join(work, "analysis.ipynb")
         try:
-            pm.execute_notebook(notebook or default_notebook(), executed, parameters=params,
+            pm.execute_notebook(notebook or default_notebook(kind), executed, parameters=params,
                                 kernel_name=KERNEL, cwd=work, progress_bar=False,
-                                log_output=False, execution_timeout=timeout)
+                                log_output=False, execution_timeout=timeout,
+                                kernel_manager_class=IpcKernelManager)
         except pm.PapermillExecutionError as exc:
             _publish(work, out.fd, ["analysis.ipynb"])
             raise LabkitError(f"the analysis notebook failed: {exc.ename}: {exc.evalue} "
                               f"(executed copy: {os.path.join(out_dir, 'analysis.ipynb')})") from None
-        if not os.path.exists(os.path.join(work, "crossover.csv")):
+        if kind == "sweep" and not os.path.exists(os.path.join(work, "crossover.csv")):
             raise LabkitError(f"the analysis notebook did not write {os.path.join(out_dir, 'crossover.csv')}")
         body = notebook_html(executed)
         _publish(work, out.fd)

@@ -36,8 +36,9 @@ from labkit.analysis.experiments import (
     kind_order,
     penalty_table,
 )
+from labkit.analysis.run import Series
 from labkit.core import modes
-from labkit.report.plots import show
+from labkit.report.plots import mode_color, show
 from labkit.report.sections import table_html
 
 
@@ -51,8 +52,14 @@ def control_published() -> pd.DataFrame:
 # figures
 
 def _palette(names: Iterable[str]) -> dict:
+    """Probe kinds' colours (no table of them: the order they come in)."""
     names = list(dict.fromkeys(names))
     return dict(zip(names, sns.color_palette("colorblind", max(len(names), 3))))
+
+
+def _mode_palette(names: Iterable[str]) -> dict:
+    """Each mode's one fixed colour, the same as in every other figure."""
+    return {m: mode_color(Series(str(m), "")) for m in dict.fromkeys(names)}
 
 
 def kinds_figure(an: Analysis, probes: Iterable[str], target: str | None = None, stat: str = "p50"):
@@ -113,7 +120,7 @@ def reuse_figure(an: Analysis, target: str | None = None, stat: str = "p50"):
 def cpu_figure(ca: CpuAnalysis, level: float = 0.95):
     v = ca.table
     targets = sorted(v["target"].unique())
-    pal = _palette(v["mode"])
+    pal = _mode_palette(v["mode"])
     fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 3.8), squeeze=False)
     for ax, target in zip(axes[0], targets):
         for mode, g in v[v["target"] == target].groupby("mode", sort=False):
@@ -138,7 +145,7 @@ def cpu_figure(ca: CpuAnalysis, level: float = 0.95):
 
 
 def control_figure(df: pd.DataFrame):
-    pal = _palette(df["mode"])
+    pal = _mode_palette(df["mode"])
     ops = [o for o in control.OPS if o in set(df["op"])]
     cols = min(3, len(ops))
     rows = -(-len(ops) // cols)
