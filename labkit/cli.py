@@ -40,12 +40,15 @@ from labkit.runs.bench import BenchProgram, bench_nft_change, bench_send, summar
 from labkit.runs.control import Control
 from labkit.runs.cpu import Cpu
 from labkit.runs.doctor import doctor
+from labkit.runs.estimate import estimate_for, save_rates
 from labkit.runs.params import PARAMETERS, TARGETS, SweepParams
 from labkit.runs.runner import Experiment, Runner, open_out, release_out
 from labkit.runs.sweep import Sweep, summary_text
 
 #: the sweep's options: every parameter but the stored plan of a host+uml run
 SWEEP_OPTIONS = tuple(n for n in PARAMETERS if n != "kernels_by_mode")
+
+log = logging.getLogger("labkit")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,6 +183,13 @@ def _sweep_params(args: argparse.Namespace) -> SweepParams:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        if args.resume:
+            raise UsageError("sweep: --dry-run plans a new run; it does not take --resume")
+        print(estimate_for(_sweep_params(args)).text())
+        return 0
+    if not args.out:
+        raise UsageError("labkit sweep: the following arguments are required: --out (or --dry-run)")
     # --kernel says where to run, not what: a resumed run takes it without other options
     options_given = args.params is not None or any(getattr(args, k) is not None for k in SWEEP_OPTIONS
                                                    if k != "kernel")
@@ -196,13 +206,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if only is None:   # a segment run in another kernel reports to its parent instead
         with safepath.open_dir(out, "--out", create=False) as d:   # read back through a checked path
             print(summary_text(read_table(schema.POINTS, dir_fd=d.fd)))
+        # this machine's rates, for the next --dry-run (a cache file; never fatal)
+        try:
+            save_rates(out, runner.meta)
+        except (OSError, ValueError, KeyError) as exc:
+            log.info("rates not kept for --dry-run: %s", exc)
     print(f"wrote {out}/{schema.SAMPLES}, {schema.POINTS}, {schema.CONTROL}, {schema.META}")
     return 0
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    """Validate a parameter file exactly as ``sweep --params`` does."""
-    print(json.dumps(SweepParams.from_yaml(args.file).to_dict(), indent=2))
+    """Validate a parameter file exactly as ``sweep --params`` does; print it and
+    what a sweep of it would cost."""
+    p = SweepParams.from_yaml(args.file)
+    print(json.dumps(p.to_dict(), indent=2))
+    print(estimate_for(p).text())
     return 0
 
 
@@ -348,9 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--service-cidr", dest="service_cidr", help=f"VIP range (default {default('service_cidr')})")
     s.add_argument("--endpoint-cidr", dest="endpoint_cidr",
                    help=f"endpoint range (default {default('endpoint_cidr')})")
-    _run_options(s, "run directory to write")
+    _run_options(s, "run directory to write (required unless --dry-run)", out_required=False)
+    s.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="print the points, probes and estimated duration (from this machine's last sweep's "
+                        "rates, else the reference run's) and stop: nothing is measured or written")
 
-    pa = sub.add_parser("params", help="check a parameter file as sweep would; print the parameters")
+    pa = sub.add_parser("params", help="check a parameter file as sweep would; print the parameters, "
+                                       "the point count and the estimated duration")
     pa.add_argument("file", help="a YAML parameter file (params/*.yaml)")
     pa.set_defaults(fn=cmd_params)
     s.set_defaults(fn=cmd_sweep)

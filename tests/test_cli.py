@@ -51,7 +51,8 @@ BAD = [
     (["sweep", "--params", "{tmp}/missing.yaml", "--out", "{tmp}/o"], "does not exist"),
     (["sweep", "--params", "{tmp}/bad.yaml", "--out", "{tmp}/o"], "unknown parameter"),
     (["sweep", "--resume", "--out", "{tmp}/o"], "holds no sweep run to resume"),
-    (["sweep", "--services", "0"], "the following arguments are required: --out"),
+    (["sweep", "--services", "0"], "the following arguments are required: --out (or --dry-run)"),
+    (["sweep", "--dry-run", "--resume"], "--dry-run plans a new run"),
     (["frobnicate"], "invalid choice"),
 ]
 

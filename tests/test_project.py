@@ -2,12 +2,14 @@
 import json
 import os
 import re
+import shlex
 import subprocess
 import tomllib
 
 import pytest
 import yaml
 
+from labkit import cli
 from labkit.analysis import anchors
 from labkit.host import state
 
@@ -76,3 +78,38 @@ def test_unit_tests_pass_as_an_unprivileged_user(nobody_python):
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PATH": os.environ["PATH"], "HOME": "/tmp"})
     assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-2000:]
     assert " passed" in cp.stdout and "error" not in cp.stdout.splitlines()[-1]
+
+
+def _readme_commands() -> list[str]:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    return sorted(set(re.findall(r"`((?:\.venv/bin/)?python -m labkit [^`]*|make [a-z-]+[^`]*)`", text)))
+
+
+def test_every_command_of_the_readme_runs_as_far_as_it_can_without_measuring(capsys):
+    """Each `python -m labkit ...` line of the README parses with today's options;
+    a sweep runs with --dry-run (its plan and estimate), `params` runs whole; each
+    `make X` names a target of the Makefile."""
+    cmds = _readme_commands()
+    assert len(cmds) >= 10, cmds
+    with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as f:
+        targets = set(re.findall(r"^([a-z-]+):", f.read(), re.M))
+    for cmd in cmds:
+        argv = shlex.split(cmd)
+        if argv[0] == "make":
+            assert argv[1] in targets, f"README: `{cmd}`: no such Makefile target"
+            continue
+        argv = argv[argv.index("labkit") + 1:]
+        if argv[0] == "sweep":
+            argv = [a for a in argv if a != "--dry-run"] + ["--dry-run"]
+        if argv[0] in ("sweep", "params"):
+            old = os.getcwd()
+            os.chdir(ROOT)
+            try:
+                assert cli.main(argv) == 0, cmd
+            finally:
+                os.chdir(old)
+            assert "estimated" in capsys.readouterr().out, cmd
+        else:
+            ns = cli.build_parser().parse_args(argv)   # refuses an unknown option in one line
+            assert ns.cmd == argv[0], cmd

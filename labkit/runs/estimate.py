@@ -1,0 +1,206 @@
+"""How many points a sweep has and how long it will take, before it runs
+(``labkit sweep --dry-run``, ``labkit params FILE``).
+
+The duration is predicted from rates measured on a finished sweep
+(:func:`rates_of`): per probe kind and pacing, the seconds a point spends per
+probe and between two points of a block; per mode, the seconds a block spends
+outside its points (programming the datapath, a fresh node namespace,
+teardown) as a straight line in the service count; and the run's start-up.
+After every complete single-kernel sweep labkit keeps its rates in the cache
+(``<cache>/rates/<kernel>.json``, :func:`save_rates`), so the estimate comes
+from this machine's last sweep in that kernel; without one it comes from the
+reference run committed for that kernel (``data/reference``), and says so.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Collection
+
+import numpy as np
+import pandas as pd
+
+from labkit import datapaths
+from labkit.core import modes
+from labkit.core.files import atomic_write_bytes
+from labkit.host import debcache
+from labkit.rundir import schema
+from labkit.rundir.store import read_table
+from labkit.runs.params import SweepParams
+from labkit.runs.sweep import pacings
+
+ROOT = Path(__file__).resolve().parents[2]
+#: where each kernel's rates come from when this machine has measured none
+REFERENCE = {"host": ROOT / "data" / "reference" / "host-6.18",
+             "uml": ROOT / "data" / "reference" / "uml-7.2.13"}
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Seconds, measured on one sweep (``source``)."""
+    source: str
+    per_probe: dict[str, float]       # "kind@pacing" -> seconds per probe sent
+    per_point: dict[str, float]       # "kind@pacing" -> seconds between two points of a block
+    block: dict[str, list[float]]     # mode -> [seconds, seconds per service] outside the points
+    start_s: float                    # start of the run to its first point
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "per_probe": self.per_probe, "per_point": self.per_point,
+                "block": self.block, "start_s": self.start_s}
+
+
+def _key(kind: str, pacing: float) -> str:
+    return f"{kind}@{float(pacing):g}"
+
+
+def rates_of(points: pd.DataFrame, started: float, source: str) -> Rates:
+    """The rates of one finished sweep's points table (pure)."""
+    p = points.dropna(subset=["started", "finished"]).sort_values("started")
+    p = p.assign(dur=p["finished"] - p["started"], key=[_key(k, v) for k, v in zip(p["probe"], p["pacing"])])
+    p = p.assign(gap=(p["started"] - p.groupby("block")["finished"].shift()).clip(lower=0))
+    # a point's cost: its probes and what precedes it in the block (warmup, the previous point's
+    # checks), per probe sent; a kind only ever first in its blocks has its probes' time only
+    cost = (p["dur"] + p["gap"]) / p["sent"].clip(lower=1)
+    per_probe = {k: float(np.nanmedian(cost[g.index])) if cost[g.index].notna().any()
+                 else float(np.median(g["dur"] / g["sent"].clip(lower=1))) for k, g in p.groupby("key")}
+    per_point = {k: 0.0 for k in per_probe}
+    blocks = p.groupby("block").agg(mode=("mode", "first"), services=("services", "first"),
+                                    first=("started", "min"), last=("finished", "max"),
+                                    inside=("dur", "sum"), gaps=("gap", "sum")).sort_values("first")
+    # from the previous block's last point to this block's first: teardown, a fresh node, programming
+    blocks = blocks.assign(outside=(blocks["first"] - blocks["last"].shift()).clip(lower=0))
+    block: dict[str, list[float]] = {}
+    for mode, g in blocks.dropna(subset=["outside"]).groupby("mode"):
+        x, y = g["services"].to_numpy(float), g["outside"].to_numpy(float)
+        if len(np.unique(x)) >= 2:
+            b, a = np.polyfit(x, y, 1)
+            block[str(mode)] = [float(max(a, 0.0)), float(max(b, 0.0))]
+        else:
+            block[str(mode)] = [float(np.median(y)), 0.0]
+    start = float(blocks["first"].iloc[0] - started) if len(blocks) and math.isfinite(started) else 0.0
+    return Rates(source, per_probe, per_point, block, max(start, 0.0))
+
+
+def _kernel_of_run(meta: dict) -> str:
+    guests = [g for g in [meta.get("guest"), *(meta.get("guests") or [])] if isinstance(g, dict)]
+    kinds = {str(g.get("backend")) for g in guests}
+    return next(iter(kinds)) if len(kinds) == 1 else ("host" if not kinds else "")
+
+
+def rates_file(kernel: str) -> Path:
+    return debcache.cache_base() / "rates" / f"{kernel}.json"
+
+
+def save_rates(run_dir: str, meta: dict) -> Path | None:
+    """Keep a complete single-kernel sweep's rates for the next estimate."""
+    kernel = _kernel_of_run(meta)
+    if not meta.get("complete") or kernel not in ("host", "uml", "vm"):
+        return None
+    pts = read_table(os.path.join(run_dir, schema.POINTS))
+    r = rates_of(pts, float(meta.get("started") or math.nan), os.path.abspath(run_dir))
+    out = rates_file(kernel)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = r.to_dict() | {"host": socket.gethostname(), "saved": time.time()}
+    atomic_write_bytes(str(out), json.dumps(body, indent=1).encode())
+    return out
+
+
+def load_rates(kernel: str) -> tuple[Rates | None, str]:
+    """This machine's last rates in ``kernel``, else the reference run's; and
+    where they come from, in words."""
+    f = rates_file(kernel)
+    try:
+        d = json.loads(f.read_text())
+        if d.get("host") == socket.gethostname():
+            return Rates(d["source"], d["per_probe"], d["per_point"], d["block"], d["start_s"]), \
+                f"this machine's last {kernel} sweep ({d['source']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    ref = REFERENCE.get(kernel)
+    if ref is None or not (ref / schema.POINTS).is_file():
+        return None, f"no measured rates for {kernel}"
+    meta = json.loads((ref / schema.META).read_text())
+    r = rates_of(read_table(str(ref / schema.POINTS)), float(meta.get("started") or math.nan), str(ref))
+    return r, (f"the reference run {ref.relative_to(ROOT)} (another machine or day: run one sweep here "
+               "for this machine's rates)")
+
+
+def kernels_of(p: SweepParams, host_lacks: Collection[str] = ()) -> dict[str, list[str]]:
+    """Each mode -> the kernels a sweep of ``p`` measures it in, given the modes
+    this host cannot run (pure)."""
+    if p.kernel == "host+uml":
+        return {m: (["host", "uml"] if m in modes.CALIBRATORS else
+                    ["uml"] if m in host_lacks else ["host"]) for m in p.modes}
+    kernel = p.kernel if p.kernel in ("uml", "vm") else \
+        "uml" if p.kernel == "auto" and any(m in host_lacks for m in p.modes) else "host"
+    return {m: [kernel] for m in p.modes}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    points: int
+    blocks: int
+    probes: int
+    seconds: float
+    sources: dict[str, str]
+    assumed: list[str]
+
+    def text(self) -> str:
+        m, s = divmod(round(self.seconds), 60)
+        lines = [f"{self.points:,} points in {self.blocks:,} blocks, {self.probes:,} probes; "
+                 f"estimated {m} min {s:02d} s"]
+        lines += [f"  {k} rates from {v}" for k, v in self.sources.items()]
+        lines += [f"  assumed: {a}" for a in self.assumed]
+        return "\n".join(lines)
+
+
+def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, str] | None = None,
+             host_lacks: Collection[str] = ()) -> Estimate:
+    """Points, probes and seconds of a sweep of ``p`` with ``rates`` per kernel (pure)."""
+    where = kernels_of(p, host_lacks)
+    points = probes = blocks = 0
+    seconds = 0.0
+    assumed: list[str] = []
+    used = sorted({k for ks in where.values() for k in ks})
+    for kernel in used:
+        r = rates.get(kernel)
+        seconds += r.start_s if r else 0.0
+    for mode, kernels in where.items():
+        for kernel in kernels:
+            r = rates.get(kernel)
+            for n in p.services:
+                blocks += p.rounds
+                a, b = (r.block.get(mode) if r else None) or _assume(assumed, f"{mode} in {kernel}: no block rate, 2 s "
+                                                                      "+ 0.5 ms/service", [2.0, 5e-4])
+                seconds += p.rounds * (a + b * n)
+                for kind in p.probe_kinds:
+                    for pace in pacings(p, kind):
+                        key = _key(kind, pace)
+                        per = (r.per_probe.get(key) if r else None) or _assume(
+                            assumed, f"{key} in {kernel}: no probe rate, "
+                            f"{'1/pacing' if pace else '1 ms'} a probe", 1 / pace if pace else 1e-3)
+                        gap = (r.per_point.get(key) if r else None) or 0.0
+                        k = len(p.targets) * p.rounds
+                        points += k
+                        probes += k * (p.probes + p.warmup)
+                        seconds += k * (gap + p.probes * per)
+    return Estimate(points, blocks, probes, seconds, sources or {}, sorted(set(assumed)))
+
+
+def _assume(assumed: list[str], what: str, value: Any) -> Any:
+    assumed.append(what)
+    return value
+
+
+def estimate_for(p: SweepParams) -> Estimate:
+    """:func:`estimate` with the rates :func:`load_rates` finds and the modes
+    this host lacks (its tools and kernel features, as the runner asks)."""
+    lacks = [m for m in p.modes if datapaths.get(m).unavailable(None)]
+    kernels = sorted({k for ks in kernels_of(p, lacks).values() for k in ks})
+    found = {k: load_rates(k) for k in kernels}
+    return estimate(p, {k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()}, lacks)

@@ -1,0 +1,62 @@
+"""The estimate before a run (`sweep --dry-run`, `params FILE`): the points a
+plan has, and its duration from rates measured on a finished sweep (no root)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from labkit.rundir import schema
+from labkit.rundir.store import read_table
+from labkit.runs import estimate as est
+from labkit.runs.params import SweepParams
+
+REF = os.path.join(os.path.dirname(__file__), "..", "data", "reference")
+
+
+def _run(name):
+    d = os.path.join(REF, name)
+    with open(os.path.join(d, schema.META)) as f:
+        meta = json.load(f)
+    p = SweepParams.from_dict({k: v for k, v in meta["params"].items() if k in SweepParams.__dataclass_fields__})
+    return d, meta, p
+
+
+@pytest.mark.parametrize("name", ["host-6.18", "experiments-6.18", "budget-6.18"])
+def test_a_runs_own_rates_predict_its_duration_and_points(name):
+    d, meta, p = _run(name)
+    pts = read_table(os.path.join(d, schema.POINTS))
+    r = est.rates_of(pts, meta["started"], d)
+    e = est.estimate(p, {"host": r})
+    actual = meta["finished"] - meta["started"]
+    assert e.points == len(pts) and not e.assumed
+    assert abs(e.seconds / actual - 1) < 0.10, (e.seconds, actual)
+
+
+def test_each_mode_is_planned_in_the_kernel_it_runs_in():
+    p = SweepParams.from_dict({"modes": ["iptables-legacy", "ipvs", "ebpf"], "kernel": "host+uml"})
+    assert est.kernels_of(p, host_lacks=["ipvs"]) == {"iptables-legacy": ["host", "uml"], "ipvs": ["uml"],
+                                                       "ebpf": ["host"]}
+    auto = SweepParams.from_dict({"modes": ["iptables-legacy", "ipvs"], "kernel": "auto"})
+    assert set(sum(est.kernels_of(auto, host_lacks=["ipvs"]).values(), [])) == {"uml"}
+    assert set(sum(est.kernels_of(auto).values(), [])) == {"host"}
+
+
+def test_a_missing_rate_is_assumed_out_loud():
+    d, meta, _ = _run("budget-6.18")
+    r = est.rates_of(read_table(os.path.join(d, schema.POINTS)), meta["started"], d)
+    p = SweepParams.from_dict({"modes": ["nftables"], "services": [1, 100], "pacing": [0, 1000]})
+    e = est.estimate(p, {"host": r})
+    assert any("nftables in host: no block rate" in a for a in e.assumed)
+    assert any("syn@1000 in host: no probe rate, 1/pacing" in a for a in e.assumed)
+    assert "assumed: " in e.text()
+
+
+def test_dry_run_prints_the_estimate_and_measures_nothing(tmp_path):
+    cp = subprocess.run([sys.executable, "-m", "labkit", "sweep", "--dry-run", "--modes", "nftables",
+                         "--services", "1,1000", "--rounds", "2", "--targets", "last"],
+                        capture_output=True, text=True, cwd=tmp_path)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.startswith("4 points in 4 blocks") and "estimated" in cp.stdout
+    assert os.listdir(tmp_path) == []
