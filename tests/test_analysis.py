@@ -3,9 +3,9 @@ import json
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy.stats import gamma
+from synth import point_rows, write_run
 
 from labkit.analysis import analyze, anchors, load_run
 from labkit.analysis.crossover import budget_row, crossing_row, first_crossing, first_exceed
@@ -199,6 +199,7 @@ def test_round_jackknife_intervals_cover_the_truth_at_the_nominal_rate(rounds):
     rng = np.random.default_rng(2024 + rounds)
     draws = 300
     hits = dict(slope=0, intercept=0, n_star=0, budget=0)
+    unresolved = 0
     for _ in range(draws):
         ca, cb = _round_curves(rng, rounds)
         assert ca.method == "rounds" and ca.boot["linear"].shape == (rounds, 2)
@@ -211,8 +212,11 @@ def test_round_jackknife_intervals_cover_the_truth_at_the_nominal_rate(rounds):
                                 ("budget", budget_row(ca, cb, 10.0, "budget-abs", "10 us"), 2800)):
             assert np.isfinite(row["ci_low"]), row["finding"]
             assert row["ci_low"] <= row["n_star"] <= row["ci_high"]
-            assert row["resolved"], row
+            # unresolved only where a curve was (falsely) fitted with a bend next to the estimate
+            assert row["resolved"] or {ca.chosen, cb.chosen} & {"hinge", "segmented"}, row
             hits[key] += row["ci_low"] <= truth <= row["ci_high"]
+            unresolved += not row["resolved"]
+    assert unresolved <= 0.05 * 2 * draws
     for name, h in hits.items():
         assert 0.92 <= h / draws <= 0.985, f"{name}: coverage {h / draws:.3f} with {rounds} rounds"
 
@@ -289,7 +293,9 @@ def test_crossing_row_for_crossing_curves():
     assert row["n_star"] == pytest.approx(437.5, rel=0.15)
     assert row["ci_low"] <= row["n_star"] <= row["ci_high"]
     assert (row["faster_below"], row["faster_above"]) == ("iptables-nft", "nftables")
-    assert "cross at" in row["finding"] and "below it iptables-nft is faster" in row["finding"]
+    # 0 and 2,000 are too far apart: the crossing is located only to that gap
+    assert row["resolved"] is False and "cross between the measured counts 0 and 2,000" in row["finding"]
+    assert "below it iptables-nft is faster" in row["finding"]
     b = budget_row(ca, cb, 10.0, "budget-abs", "10 us")
     assert b["n_star"] == pytest.approx(17 / 0.016, rel=0.1)
     assert b["ci_low"] <= b["n_star"] <= b["ci_high"]
@@ -359,28 +365,15 @@ def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11, slope_ratio=1
                                            ("iptables-legacy", "7.2", 5.0 * ratio, 0.01 * slope_ratio)):
             for n in (1, 100, 300, 1000):
                 rtt = level + slope * n + rng.gamma(2.0, 0.1, probes)
-                samples.append(pd.DataFrame({
-                    "run_id": "x", "point_id": pid, "mode": mode, "kernel": kernel, "services": n,
-                    "endpoints": 10, "target": "last", "probe": "syn", "round": r, "seq": np.arange(probes),
-                    "service": n - 1, "dst": "10.96.0.1", "rtt_us": rtt, "ok": True, "error": "",
-                    "endpoint": "10.128.0.1:80"}))
-                q = np.percentile(rtt, [50, 90, 99])
-                points.append({
-                    "run_id": "x", "point_id": pid, "block": block, "mode": mode, "kernel": kernel,
-                    "services": n, "endpoints": 10, "target": "last", "probe": "syn", "round": r,
-                    "render_s": 0.0, "load_s": 0.1, "program_s": 0.1, "sent": probes, "answered": probes,
-                    "lost": 0, "valid": True, "reason": "", "p50_us": q[0], "p90_us": q[1], "p99_us": q[2],
-                    "mean_us": rtt.mean(), "min_us": rtt.min(), "started": 1.8e9 + pid,
-                    "finished": 1.8e9 + pid + 1})
+                smp, pt = point_rows(rtt, run_id="x", point_id=pid, block=block, mode=mode, kernel=kernel,
+                                     services=n, target="last", probe="syn", pacing=0.0, round=r)
+                samples.append(smp)
+                points.append(pt)
                 pid += 1
                 block += 1
-    pd.concat(samples).to_parquet(os.path.join(out, "samples.parquet"), index=False)
-    pd.DataFrame(points).to_parquet(os.path.join(out, "points.parquet"), index=False)
-    with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump({"run_id": "x", "params": {"modes": ["ebpf", "ipvs", "iptables-legacy"]}, "kernel": "6.18", "complete": True,
-                   "guests": [{"backend": "uml", "kernel_release": "7.2", "bpf_jit": "none"}],
-                   "started": 1.8e9, "finished": 1.8e9 + pid}, f)
-    return str(out)
+    return write_run(out, samples, points, {
+        "run_id": "x", "params": {"modes": ["ebpf", "ipvs", "iptables-legacy"]}, "kernel": "6.18",
+        "guests": [{"backend": "uml", "kernel_release": "7.2", "bpf_jit": "none"}]})
 
 
 def test_two_kernels_are_related_by_a_mode_in_both_and_never_crossed(tmp_path):

@@ -48,7 +48,8 @@ def test_a_missing_rate_is_assumed_out_loud():
     r = est.rates_of(read_table(os.path.join(d, schema.POINTS)), meta["started"], d)
     p = SweepParams.from_dict({"modes": ["nftables"], "services": [1, 100], "pacing": [0, 1000]})
     e = est.estimate(p, {"host": r})
-    assert any("nftables in host: no block rate" in a for a in e.assumed)
+    assert any("nftables in host: no block rate, the median of ebpf, iptables-legacy, iptables-nft" in a
+               for a in e.assumed)
     assert any("syn@1000 in host: no probe rate, 1/pacing" in a for a in e.assumed)
     assert "assumed: " in e.text()
 

@@ -65,16 +65,22 @@ from labkit.analysis.run import Run, Series, load_run, probe_label
 from labkit.core.errors import UsageError
 
 RESAMPLE = ("rounds", "hierarchical", "probes")
+#: a budget within this many standard deviations of the round-to-round
+#: difference (about 95% of single rounds' differences fall inside) is inside
+#: the spread: not published
+SPREAD_SDS = 2.0
 BASELINE_COLUMNS = ["mode", "kernel", "target", "probe", "pacing", "baseline_us", "baseline"]
 
 
 def analyze(run: Run | str, *, budget_us: float = 10.0, budget_frac: float = 0.10,
-            n_boot: int = 1000, level: float = 0.95, seed: int = 0, criterion: str = "aicc",
+            n_boot: int = 1000, level: float = 0.95, seed: int = 0, criterion: str = "rounds",
             resample: str = "rounds", stats: Iterable[str] = tuple(STATS)) -> Analysis:
     """Fit every curve (:class:`~labkit.analysis.curves.CurveKey`), find its
     intervals (delete-one-round jackknife, or the bootstrap with one round),
     the crossovers between every pair of series of one kernel, and the
-    seed's claims."""
+    seed's claims.  ``criterion``: ``rounds`` chooses each curve's model with
+    the rounds as clusters (AICc with one round); ``aicc``, ``aic``, ``bic``
+    count every point as independent (:func:`~labkit.analysis.curves.fit_curve`)."""
     if isinstance(run, str):
         run = load_run(run)
     stats = {s: STATS[s] for s in stats}
@@ -89,12 +95,12 @@ def analyze(run: Run | str, *, budget_us: float = 10.0, budget_frac: float = 0.1
     curves, skipped = fit_curves(run, pts, rtts, stats, criterion, all_rounds if jack else None,
                                  method, np.random.default_rng(seed), n_boot)
     summary, fits = curve_tables(curves, pts, level)
-    crossover, baselines = crossovers(run, curves, pts, rtts, budget_us, budget_frac, level)
+    crossover, baselines, dropped = crossovers(run, curves, pts, rtts, budget_us, budget_frac, level)
     # consistency of our per-point statistics with the sweep's
     both = pts[["p50", "p50_us"]].dropna()
     checks = {"max_abs_p50_diff_us": float((both["p50"] - both["p50_us"]).abs().max()) if len(both) else 0.0,
               "points": int(len(pts)), "points_used": int(pts["used"].sum()),
-              "points_invalid": int((~pts["valid"]).sum())}
+              "points_invalid": int((~pts["valid"]).sum()), **dropped}
     settings = dict(budget_us=budget_us, budget_frac=budget_frac, n_boot=n_boot, level=level,
                     seed=seed, criterion=criterion, resample=method, stats=list(stats),
                     models=list(MODELS), rounds=len(all_rounds), min_tail_probes=MIN_TAIL_PROBES,
@@ -146,24 +152,32 @@ def curve_tables(curves: dict[CurveKey, Curve], pts: pd.DataFrame, level: float)
     srows, frows = [], []
     for c in curves.values():
         srows.append(_summary_row(c, pts, level))
-        best = getattr(c.fits[c.chosen], c.criterion, math.nan)
         for m, f in c.fits.items():
             frows.append(dict(**c.key._asdict(), model=m, chosen=m == c.chosen, n_obs=f.n,
                               n_params=f.spec.n_params, rss=f.rss, aic=f.aic, aicc=f.aicc, bic=f.bic,
-                              criterion=c.criterion,
-                              delta=(getattr(f, c.criterion, math.nan) - best) if not math.isnan(c.weights[m])
-                              else math.nan, weight=c.weights[m],
+                              criterion=c.criterion, delta=c.deltas.get(m, math.nan), weight=c.weights[m],
                               curve=f.describe(), **{f"param_{k}": v for k, v in f.params().items()}))
     return pd.DataFrame(srows), pd.DataFrame(frows)
 
 
 def crossovers(run: Run, curves: dict[CurveKey, Curve], pts: pd.DataFrame, rtts: dict[int, np.ndarray],
-               budget_us: float, budget_frac: float, level: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+               budget_us: float, budget_frac: float,
+               level: float) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int | str]]:
     """Where the curves of every pair of series of one kernel cross, and where
     one exceeds the other by the absolute and the relative budget; and the
-    baseline each relative budget is a fraction of."""
+    baseline each relative budget is a fraction of.
+
+    A budget row is published only when its budget exceeds :data:`SPREAD_SDS`
+    times the round-to-round spread of the pair (:func:`round_spread`, in the
+    row as ``spread_us``): a smaller budget is inside the band in which single
+    rounds' differences scatter, and whether and where the difference exceeds
+    it is the noise's answer.  Such rows are
+    dropped; the third value counts them (``budget_rows_dropped`` and
+    ``budget_rows_dropped_why``, for the report's one note)."""
     order = {s: i for i, s in enumerate(run.series_order)}
+    rounds_of = dict(zip(pts["point_id"].astype(int), pts["round"].astype(int)))
     crows, brows = [], []
+    n_dropped = 0
     for group in sorted({k.group for k in curves}):
         present = sorted({k.series for k in curves if k.group == group}, key=order.__getitem__)
         if len(present) < 2:
@@ -175,19 +189,48 @@ def crossovers(run: Run, curves: dict[CurveKey, Curve], pts: pd.DataFrame, rtts:
             crows.append(crossing_row(of[a], of[b], level, grid))
         for a, b in _same_kernel(permutations(present, 2)):
             ca, cb = of[a], of[b]
-            crows.append(budget_row(ca, cb, budget_us, "budget-abs", f"{budget_us:g} us", level, grid))
+            spread = round_spread(ca, cb, rounds_of)
             base, how = _budget_baseline(pts, rtts, cb, curves)
             brows.append(dict(zip(BASELINE_COLUMNS, (b.mode, b.kernel, target, probe, pacing, base, how))))
             rel = budget_frac * base
-            crows.append(budget_row(ca, cb, rel, "budget-rel",
-                                    f"{budget_frac:.0%} of {cb.label}'s {how} ({rel:.1f} us)", level, grid))
-            crows[-1]["baseline"] = how
+            for budget, kind, text in ((budget_us, "budget-abs", f"{budget_us:g} us"),
+                                       (rel, "budget-rel", f"{budget_frac:.0%} of {cb.label}'s {how} ({rel:.1f} us)")):
+                if budget <= SPREAD_SDS * spread:   # inside the round-to-round spread (NaN: one round, kept)
+                    n_dropped += 1
+                    continue
+                crows.append(budget_row(ca, cb, budget, kind, text, level, grid))
+                crows[-1]["spread_us"] = spread
+                if kind == "budget-rel":
+                    crows[-1]["baseline"] = how
         del grid
     crossover = pd.DataFrame(crows, columns=CROSSOVER_COLUMNS)
     if not len(crossover):   # a run of one mode: numbers stay numbers in an empty table too
         crossover = crossover.astype({c: float for c in NUMERIC_CROSSOVER_COLUMNS})
     baselines = pd.DataFrame(brows, columns=BASELINE_COLUMNS).drop_duplicates()
-    return crossover, baselines
+    why = (f"their budget is inside the round-to-round spread: at most {SPREAD_SDS:g} standard deviations "
+           "across rounds of the per-round difference of the two series at their smallest common count")
+    return crossover, baselines, {"budget_rows_dropped": n_dropped, "budget_rows_dropped_why": why}
+
+
+def round_spread(ca: Curve, cb: Curve, rounds_of: dict[int, int]) -> float:
+    """The round-to-round spread of the difference of two curves: the
+    standard deviation across rounds (ddof 1) of ``ca - cb`` per round at
+    their smallest common measured count.  NaN with fewer than two rounds
+    measured by both there (or curves without point ids)."""
+    common = np.intersect1d(ca.x, cb.x)
+    if not len(common) or not len(ca.point_ids) or not len(cb.point_ids):
+        return math.nan
+    n0 = common.min()
+
+    def per_round(c: Curve) -> dict[int, float]:
+        at = c.x == n0
+        return {rounds_of[int(p)]: float(v) for p, v in zip(c.point_ids[at], c.y[at]) if int(p) in rounds_of}
+
+    va, vb = per_round(ca), per_round(cb)
+    both = sorted(set(va) & set(vb))
+    if len(both) < 2:
+        return math.nan
+    return float(np.std([va[r] - vb[r] for r in both], ddof=1))
 
 
 def _same_kernel(pairs: Iterable[tuple[Series, Series]]) -> list[tuple[Series, Series]]:
@@ -250,8 +293,7 @@ def _summary_row(c: Curve, pts: pd.DataFrame, level: float) -> dict:
         b = c.fits["linear"].params()["b"] * 1e3
         lo, hi = c.ci(b, c.boot["linear"][:, 1] * 1e3, level)
         row.update(slope_ns=b, slope_lo=float(lo), slope_hi=float(hi))
-        row["linear_delta"] = (getattr(c.fits["linear"], c.criterion, math.nan)
-                               - getattr(c.fit, c.criterion, math.nan))
+        row["linear_delta"] = c.deltas.get("linear", math.nan) - c.deltas.get(c.chosen, math.nan)
     else:
         row.update(slope_ns=np.nan, slope_lo=np.nan, slope_hi=np.nan, linear_delta=np.nan)
     p = c.fit.params()
@@ -265,4 +307,9 @@ def _summary_row(c: Curve, pts: pd.DataFrame, level: float) -> dict:
             row.update({name: p[col] * mul, f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
         else:
             row.update({name: np.nan, f"{name}_lo": np.nan, f"{name}_hi": np.nan})
+    # a knot strictly between two measured counts is located only to that gap
+    gap = c.fit.knot_gap()
+    row.update(knot_gap_lo=gap[0] if gap else np.nan, knot_gap_hi=gap[1] if gap else np.nan)
+    if gap:
+        row.update(knot=np.nan, knot_lo=np.nan, knot_hi=np.nan)
     return row

@@ -19,11 +19,12 @@ from labkit.analysis.intervals import bracket, interval, resolved
 from labkit.analysis.run import probe_label
 
 CROSSOVER_COLUMNS = ["mode_a", "mode_b", "kernel", "target", "probe", "pacing", "statistic", "kind",
-                     "budget_us", "n_star", "ci_low", "ci_high", "boot_frac", "n_crossings", "faster_below",
-                     "faster_above", "model_a", "model_b", "range_lo", "range_hi", "diff_lo_us",
+                     "budget_us", "spread_us", "n_star", "ci_low", "ci_high", "boot_frac", "n_crossings",
+                     "faster_below", "faster_above", "model_a", "model_b", "range_lo", "range_hi", "diff_lo_us",
                      "diff_hi_us", "method", "bracket_lo", "bracket_hi", "resolved", "baseline", "finding"]
-NUMERIC_CROSSOVER_COLUMNS = ("pacing", "budget_us", "n_star", "ci_low", "ci_high", "boot_frac", "n_crossings",
-                             "range_lo", "range_hi", "diff_lo_us", "diff_hi_us", "bracket_lo", "bracket_hi")
+NUMERIC_CROSSOVER_COLUMNS = ("pacing", "budget_us", "spread_us", "n_star", "ci_low", "ci_high", "boot_frac",
+                             "n_crossings", "range_lo", "range_hi", "diff_lo_us", "diff_hi_us", "bracket_lo",
+                             "bracket_hi")
 
 
 def first_crossing(x: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,7 +83,10 @@ def _on_grid(ca: Curve, cb: Curve, lo: float, hi: float, grid: "Grid | None"):
         (pa, ba), (pb, bb) = grid.of(ca), grid.of(cb)
         pa, pb, ba, bb = pa[m], pb[m], ba[:, m], bb[:, m]
     B = min(len(ba), len(bb))
-    return x, pa - pb, ba[:B] - bb[:B]
+    d = pa - pb
+    # rounding of the weighted fits: curves equal at a count (p50s on one clock step) stay equal
+    d = np.where(np.abs(d) <= 1e-12 * np.maximum(np.abs(pa), np.abs(pb)), 0.0, d)
+    return x, d, ba[:B] - bb[:B]
 
 
 class Grid:
@@ -116,6 +120,11 @@ def _fmt_n(v: float) -> str:
     return f"{v:,.0f}"
 
 
+def _services(v: float) -> str:
+    """``1 service``, ``1,000 services``."""
+    return f"{_fmt_n(v)} service" + ("" if _fmt_n(v) == "1" else "s")
+
+
 def _located(ca: Curve, cb: Curve, n_star: float, reps: np.ndarray, lo: float, hi: float,
              level: float) -> tuple[float, float, float, str]:
     """(ci_low, ci_high, fraction of replicates that found it, note) of a
@@ -139,13 +148,34 @@ def _located(ca: Curve, cb: Curve, n_star: float, reps: np.ndarray, lo: float, h
     return float(cl), float(ch), frac, note
 
 
-def _resolution(row: dict, ca: Curve, cb: Curve) -> None:
-    """Which measured counts bracket the estimate, and whether they are close
-    enough (:data:`MAX_BRACKET`) for it to rest on measurements."""
+#: a straight piece of a fitted curve rests on measurements across a gap only
+#: with at least this many measured counts on it (two: the line between them)
+MIN_PIECE_COUNTS = 3
+
+
+def _resolution(row: dict, ca: Curve, cb: Curve) -> str:
+    """Which measured counts bracket the estimate, and whether it rests on
+    measurements: the counts close enough (:data:`MAX_BRACKET`), and both
+    fitted curves straight across that gap on a piece with at least
+    :data:`MIN_PIECE_COUNTS` measured counts (a bend inside the gap, or a
+    piece through two counts only, puts the crossing on a fitted stretch
+    where nothing was measured).  Returns the reason it does not ("" if it
+    does or was measured at a count)."""
     if np.isnan(row["n_star"]):
-        return
+        return ""
     bl, bh = bracket(row["n_star"], np.union1d(ca.x, cb.x))
-    row.update(bracket_lo=bl, bracket_hi=bh, resolved=resolved(bl, bh))
+    ok = resolved(bl, bh)
+    why = "" if ok else "too far apart to locate it"
+    if ok and bl != bh:
+        for c in (ca, cb):
+            support = c.straight_support(bl, bh)
+            if support < MIN_PIECE_COUNTS:
+                why = (f"where {c.label}'s fitted curve bends" if support == 0 else
+                       f"where {c.label}'s fitted curve is the straight line through {support} measured counts")
+                ok = False
+                break
+    row.update(bracket_lo=bl, bracket_hi=bh, resolved=ok)
+    return why
 
 
 def _ci_text(row: dict, level: float, note: str) -> str:
@@ -155,11 +185,17 @@ def _ci_text(row: dict, level: float, note: str) -> str:
     return txt + (f", {note})" if note else ")")
 
 
-def _res_text(row: dict) -> str:
-    if row.get("resolved") is False:
-        return (f" It lies between the measured counts {_fmt_n(row['bracket_lo'])} and "
-                f"{_fmt_n(row['bracket_hi'])}, too far apart to locate it (an unmeasured stretch).")
-    return ""
+def _where(row: dict, prep: str, why: str, level: float, note: str) -> str:
+    """"at 1,234 services (95% CI ...)"; where the estimate rests on an
+    unmeasured stretch, the measured counts around it, and the fitted point
+    only as the fits' reading."""
+    at = f"{_fmt_n(row['n_star'])} services"
+    ci = _ci_text(row, level, note)   # " (95% CI a-b, note)" or ""
+    if row.get("resolved") is not False:
+        return f"{prep} {at}{ci}"
+    return (f"between the measured counts {_fmt_n(row['bracket_lo'])} and {_fmt_n(row['bracket_hi'])}, "
+            f"{why}: an unmeasured stretch, located only to that gap (the fits read {at}"
+            + (f"; {ci[2:-1]})" if ci else ")"))
 
 
 def crossing_row(ca: Curve, cb: Curve, level: float = 0.95, grid: Grid | None = None) -> dict:
@@ -190,12 +226,12 @@ def crossing_row(ca: Curve, cb: Curve, level: float = 0.95, grid: Grid | None = 
                    faster_above=above.key.mode)
         cl, ch, frac, note = _located(ca, cb, n_star, bx, lo, hi, level)
         row.update(ci_low=cl, ci_high=ch, boot_frac=frac)
-        _resolution(row, ca, cb)
-        txt = f"{who}: the curves cross at {_fmt_n(n_star)} services" + _ci_text(row, level, note)
+        why = _resolution(row, ca, cb)
+        txt = f"{who}: the curves cross " + _where(row, "at", why, level, note)
         txt += f": below it {below.label} is faster, above it {above.label}."
         if count > 1:
             txt += f" The fitted curves change order {count} times; the first is given."
-        row["finding"] = txt + _res_text(row)
+        row["finding"] = txt
         return row
     # no sign change: the side of the largest gap (d may touch 0 at an end: p50s that
     # fall on the same clock step)
@@ -248,13 +284,15 @@ def budget_row(ca: Curve, cb: Curve, budget_us: float, kind: str, budget_text: s
     at_start = d[0] >= budget_us
     cl, ch, frac, note = _located(ca, cb, n_star, bx, lo, hi, level)
     row.update(ci_low=cl, ci_high=ch, boot_frac=frac)
-    _resolution(row, ca, cb)
-    txt = (f"{ca.label} exceeds {cb.label} by {budget_text} "
-           + (f"already at {_fmt_n(lo)} services, the smallest measured count" if at_start
-              else f"from {_fmt_n(n_star)} services"))
-    if not at_start or (np.isfinite(ch) and ch > lo) or note:
-        txt += _ci_text(row, level, note)
-    row["finding"] = txt + f" ({who})." + _res_text(row)
+    why = _resolution(row, ca, cb)
+    txt = f"{ca.label} exceeds {cb.label} by {budget_text} "
+    if at_start:
+        txt += f"already at {_services(lo)}, the smallest measured count"
+        if (np.isfinite(ch) and ch > lo) or note:
+            txt += _ci_text(row, level, note)
+    else:
+        txt += _where(row, "from", why, level, note)
+    row["finding"] = txt + f" ({who})."
     return row
 
 
@@ -269,8 +307,8 @@ def _no_range(ca: Curve, cb: Curve, lo: float, hi: float) -> str:
 def _row_base(ca: Curve, cb: Curve, kind: str, lo: float, hi: float) -> dict:
     k = ca.key
     return dict(mode_a=k.mode, mode_b=cb.key.mode, kernel=k.kernel, target=k.target, probe=k.probe,
-                pacing=k.pacing, statistic=k.statistic, kind=kind, budget_us=np.nan, n_star=np.nan, ci_low=np.nan,
-                ci_high=np.nan, boot_frac=np.nan, n_crossings=np.nan, faster_below="",
+                pacing=k.pacing, statistic=k.statistic, kind=kind, budget_us=np.nan, spread_us=np.nan, n_star=np.nan,
+                ci_low=np.nan, ci_high=np.nan, boot_frac=np.nan, n_crossings=np.nan, faster_below="",
                 faster_above="", model_a=ca.chosen, model_b=cb.chosen, range_lo=lo, range_hi=hi,
                 diff_lo_us=np.nan, diff_hi_us=np.nan, method=ca.method, bracket_lo=np.nan,
                 bracket_hi=np.nan, resolved=np.nan, baseline="", finding="")

@@ -6,6 +6,11 @@ probes' RTT) is one observation of the curve ``statistic(services)`` it
 belongs to, keyed by a :class:`CurveKey`.  :func:`fit_curve` fits the models
 of :mod:`labkit.analysis.models`, chooses one and refits the replicates
 (delete-one-round, or bootstrap replicates from :func:`bootstrap_cells`).
+Each observation weighs by its count's measured spread: the variance
+function of the cells' variances across rounds
+(:func:`~labkit.analysis.models.spread_weights`, recomputed inside each
+delete-one-round refit), or with one round the variance of its bootstrap
+replicates.
 """
 from __future__ import annotations
 
@@ -17,7 +22,17 @@ import numpy as np
 import pandas as pd
 
 from labkit.analysis.intervals import interval
-from labkit.analysis.models import Fit, eligible, fit_batch, fit_models, predict, select_model
+from labkit.analysis.models import (
+    Fit,
+    eligible,
+    fit_batch,
+    fit_models,
+    predict,
+    select_by_rounds,
+    select_model,
+    spread_weights,
+    variance_weights,
+)
 from labkit.analysis.run import Run, Series
 from labkit.core.errors import UsageError
 
@@ -127,6 +142,11 @@ class Curve:
     boot: dict[str, np.ndarray] = field(default_factory=dict)
     method: str = "rounds"
     rounds: np.ndarray = field(default_factory=lambda: np.array([]))
+    #: per model: how much worse than the best it scored, in the criterion's
+    #: units (AICc points, or standard errors of leave-one-round-out error)
+    deltas: dict[str, float] = field(default_factory=dict)
+    #: each observation's weight in the fits (1/var of its count's cell)
+    w: np.ndarray = field(default_factory=lambda: np.array([]))
 
     @property
     def stat(self) -> str:
@@ -148,6 +168,19 @@ class Curve:
         p = self.fit.params()
         return [p["k"]] if "k" in p else []
 
+    def straight_support(self, lo: float, hi: float) -> int:
+        """How many distinct measured counts the chosen fit's straight piece
+        over [lo, hi] rests on (0 when a bend lies strictly inside it).  A
+        piece through two counts only is the line between them: what lies
+        between is not measured."""
+        counts = np.unique(self.x)
+        ks = self.knots()
+        if any(lo < k < hi for k in ks):
+            return 0
+        left = max([k for k in ks if k <= lo], default=-math.inf)
+        right = min([k for k in ks if k >= hi], default=math.inf)
+        return int(((counts >= left) & (counts <= right)).sum())
+
     def predict(self, x, model: str | None = None) -> np.ndarray:
         return self.fits[model or self.chosen].predict(x)
 
@@ -163,10 +196,16 @@ class Curve:
         return interval(est, reps, self.method, level)
 
 
-def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "aicc",
+def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "rounds",
               rounds=None, all_rounds=None, label: str | None = None) -> Curve:
-    """Fit all eligible models and choose one; then the replicates of the
-    chosen one and of the linear one (for the summary slope).
+    """Fit all eligible models (weighted by each count's spread) and choose
+    one; then the replicates of the chosen one and of the linear one (for
+    the summary slope: beside another chosen model it is the equal-weight
+    line, a summary of a curve it does not describe, which weights would
+    bend towards the quiet small counts).  ``criterion``: ``rounds`` (the default) chooses with
+    the rounds as clusters (:func:`~labkit.analysis.models.select_by_rounds`)
+    when there are rounds, else by AICc; ``aicc``, ``aic`` or ``bic`` choose
+    by that criterion, every observation counted as independent.
 
     With ``rounds`` (each observation's round) and ``all_rounds`` (the run's,
     at least two): delete-one-round refits, one per round of the run (a round
@@ -175,38 +214,55 @@ def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "ai
     name in sentences (default: the mode)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    fits = fit_models(x, y)
+    jack = rounds is not None and all_rounds is not None and len(all_rounds) >= 2
+    if not jack and Yb is None:
+        raise UsageError("fit_curve: bootstrap replicates or rounds are needed")
+    w = spread_weights(x, y) if jack else variance_weights(np.var(np.atleast_2d(Yb), axis=0, ddof=1))
+    fits = fit_models(x, y, w=w)
     if "linear" not in fits and len(np.unique(x)) == 2:
         # two observations: nothing to choose from; the line through them
         # describes the data (a constant would claim "flat" without evidence)
-        theta, rss = fit_batch("linear", x, y[None, :])
-        fits["linear"] = Fit("linear", theta[0], float(rss[0]), len(x))
+        theta, rss = fit_batch("linear", x, y[None, :], w=w)
+        fits["linear"] = Fit("linear", theta[0], float(rss[0]), len(x), tuple(np.unique(x)))
         chosen, used, weights = "linear", "none", {m: math.nan for m in fits}
-    else:
-        chosen, used, weights = select_model(fits, criterion)
-    jack = rounds is not None and all_rounds is not None and len(all_rounds) >= 2
+        deltas = dict(weights)
+    elif jack and criterion == "rounds":   # rounds as clusters
+        chosen, used, weights, deltas = select_by_rounds(fits, x, y, rounds)
+    else:   # one round: AICc of the weighted fit
+        chosen, used, weights = select_model(fits, "aicc" if criterion == "rounds" else criterion)
+        best = getattr(fits[chosen], used)
+        deltas = {m: getattr(f, used) - best if not math.isnan(weights[m]) else math.nan
+                  for m, f in fits.items()}
+    if chosen != "linear" and "linear" in fits:
+        # the line beside another chosen model summarizes a curve it does not describe:
+        # weighted, it would follow the quiet small counts (a jump at the noisy top end
+        # all but ignored), so the summary line weighs every point the same
+        fits["linear"] = fit_models(x, y, ("linear",))["linear"]
     c = Curve(key, label if label is not None else key.mode, x=x, y=y,
               point_ids=np.asarray(point_ids if point_ids is not None else []),
               fits=fits, chosen=chosen, criterion=used, weights=weights,
               method="rounds" if jack else "bootstrap",
-              rounds=np.asarray(all_rounds if jack else []))
+              rounds=np.asarray(all_rounds if jack else []), deltas=deltas, w=w)
     for m in {chosen, "linear"} & set(fits):
+        weighted = m == chosen
         if jack:
-            c.boot[m] = _jackknife(m, x, y, fits[m], np.asarray(rounds), all_rounds)
+            c.boot[m] = _jackknife(m, x, y, fits[m], np.asarray(rounds), all_rounds, weighted)
         else:
-            if Yb is None:
-                raise UsageError("fit_curve: bootstrap replicates or rounds are needed")
-            c.boot[m] = fit_batch(m, x, Yb)[0]
+            c.boot[m] = fit_batch(m, x, Yb, w=w if weighted else None)[0]
     return c
 
 
-def _jackknife(m: str, x: np.ndarray, y: np.ndarray, fit: Fit, r_obs: np.ndarray, all_rounds) -> np.ndarray:
-    """Model ``m`` refitted with each round of the run left out in turn."""
+def _jackknife(m: str, x: np.ndarray, y: np.ndarray, fit: Fit, r_obs: np.ndarray, all_rounds,
+               weighted: bool = True) -> np.ndarray:
+    """Model ``m`` refitted with each round of the run left out in turn (with
+    ``weighted``, its weights recomputed from the rounds kept: the whole
+    estimator is repeated)."""
     reps = []
     for r in all_rounds:
         keep = r_obs != r
         if keep.all() or not eligible(m, x[keep]):
             reps.append(fit.theta)
         else:
-            reps.append(fit_batch(m, x[keep], y[keep][None, :], use_scipy=True)[0][0])
+            w = spread_weights(x[keep], y[keep]) if weighted else None
+            reps.append(fit_batch(m, x[keep], y[keep][None, :], use_scipy=True, w=w)[0][0])
     return np.array(reps)

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 
 from labkit.analysis import cpu
-from labkit.analysis.crossover import CROSSOVER_COLUMNS, GRID_POINTS, budget_row, crossing_row, first_exceed
+from labkit.analysis.budget import penalty_crossings
+from labkit.analysis.crossover import CROSSOVER_COLUMNS, budget_row, crossing_row
 from labkit.analysis.curves import STATS, Curve, CurveKey, bootstrap_cells, fit_curve
 from labkit.analysis.intervals import interval
 from labkit.analysis.result import Analysis
 
-REUSE_KINDS = ["reuse-1", "reuse-2", "reuse-5", "reuse-10", "reuse-100"]
+REUSE_KINDS = ["reuse-1", "reuse-2", "reuse-3", "reuse-5", "reuse-10", "reuse-30", "reuse-100"]
 HTTP_KINDS = ["http-new", "http-keepalive"]
 KIND_ORDER = ["syn", "keepalive", *REUSE_KINDS, *HTTP_KINDS]
 KEEPALIVE_BUDGET = 0.01   # "1% of a keepalive request's latency"
@@ -105,22 +106,12 @@ def penalty_table(an: Analysis, probes: Iterable[str], target: str | None = None
 def own_budget(c: Curve, frac: float, level: float = 0.95) -> dict:
     """The smallest service count at which curve ``c`` exceeds its own value
     at its smallest count by ``frac`` of that value (NaN if never in range),
-    with a bootstrap interval."""
-    x = np.unique(np.concatenate([np.linspace(c.xmin, c.xmax, GRID_POINTS), c.knots()]))
-    p = c.predict(x)
-    b = c.boot_predict(x)
-    base, bbase = p[0], b[:, :1]
-    n_star = float(first_exceed(x[1:], p[1:] - base - frac * base)) if len(x) > 1 else math.nan
-    bx = first_exceed(x[1:], b[:, 1:] - bbase - frac * bbase)
-    found = bx[~np.isnan(bx)]
-    lo = hi = math.nan
-    if np.isfinite(n_star) and len(found) and (c.method != "rounds" or len(found) == len(bx)):
-        lo, hi = c.ci(n_star, found, level)
-        if c.method == "rounds":
-            lo, hi = max(lo, c.xmin), min(hi, c.xmax)
-    return dict(n_star=n_star, ci_low=float(lo), ci_high=float(hi),
-                boot_frac=float(len(found) / len(bx)) if len(bx) else math.nan,
-                budget_us=float(frac * base), baseline_us=float(base))
+    with its interval (:func:`labkit.analysis.budget.penalty_crossings` of
+    the curve against itself)."""
+    r = penalty_crossings(c, c, [frac], level).iloc[0]
+    return dict(n_star=float(r["n_star"]), ci_low=float(r["ci_low"]), ci_high=float(r["ci_high"]),
+                boot_frac=float(r["boot_frac"]), budget_us=float(r["budget_us"]),
+                baseline_us=float(c.predict([c.xmin])[0]))
 
 
 def keepalive_budget(an: Analysis, probe: str, frac: float = KEEPALIVE_BUDGET,

@@ -45,6 +45,12 @@ class Analysis:
     skipped: list[str] = field(default_factory=list)
 
     @property
+    def remeasured(self) -> pd.DataFrame:
+        """Disturbed points: re-measured in the same round (the fits use the
+        re-measurement), or flagged only (:attr:`labkit.analysis.run.Run.remeasured`)."""
+        return self.run.remeasured
+
+    @property
     def series(self) -> list[Series]:
         have = {k.series for k in self.curves}
         return [s for s in self.run.series_order if s in have]

@@ -9,6 +9,17 @@ second, 0 back to back).  Runs of schema 5 and older name the release
 ``kernel`` (column and meta key); the loader renames it.  A figure's or a
 sentence's name for a series is :meth:`Run.label`, derived from the identity
 and never parsed back.
+
+Disturbed blocks (:mod:`labkit.core.disturbed`).  A sweep measures a block
+with a point outside what its cell's other rounds allow once more, in the
+same round (``remeasure_of``), and flags the point (``disturbed``).  The
+loader puts the re-measurement in the old block's place: the old block's
+points are read as invalid ("disturbed: re-measured as block N"), so fits,
+jackknife and bootstrap see one block per cell and round, the new one.
+:attr:`Run.remeasured` lists what was re-measured.  A run older than the flag
+cannot have re-measured anything: the same rule flags its points, listed
+"flagged, not re-measured (an older run)" and kept in the fits, so an older
+run's figures are what they were.
 """
 from __future__ import annotations
 
@@ -18,6 +29,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from labkit.core.disturbed import flag_cells
 from labkit.core.errors import UsageError
 from labkit.core.modes import INTERPRETED_TAG, interpreted
 from labkit.rundir import schema
@@ -26,13 +38,19 @@ from labkit.rundir.store import read_json, read_table, sha256_file
 #: the columns the analysis needs: all but those added since schema 1 (a run of
 #: schema 1, like the reference runs, lacks them); the release is checked after
 #: the rename of schema 5's ``kernel``
-LATER_COLUMNS = {"block", "ct_new", "variant", "pacing", "stack_pkts", "redirected_pkts", "kernel_release"}
+LATER_COLUMNS = {"block", "ct_new", "variant", "pacing", "stack_pkts", "redirected_pkts", "kernel_release",
+                 "remeasure_of", "disturbed"}
 SAMPLE_COLUMNS = [c for c in schema.SAMPLE_COLUMNS if c not in LATER_COLUMNS]
 POINT_COLUMNS = [c for c in schema.POINT_COLUMNS if c not in LATER_COLUMNS]
 RAW_FILES = (schema.META, schema.SAMPLES, schema.POINTS)
 OUTPUT_FILES = schema.OUTPUT_FILES
 #: the kernels a guest backend names (anything else ran on the host)
 GUEST_KERNELS = ("uml", "vm")
+#: a point's cell: measured once per round (the disturbance rule compares its rounds)
+CELL_COLUMNS = ["mode", "kernel_release", "services", "target", "probe", "pacing"]
+#: :attr:`Run.remeasured`: one row per disturbed point
+REMEASURED_COLUMNS = ["mode", "kernel", "services", "round", "target", "probe", "pacing", "block",
+                      "remeasured_as", "old_p50_us", "new_p50_us", "status"]
 
 
 class Series(NamedTuple):
@@ -68,6 +86,8 @@ class Run:
     files: pd.DataFrame
     series_order: list[Series]
     releases: dict[str, str] = field(default_factory=dict)
+    #: disturbed points: re-measured, or flagged only (:func:`remeasured_table`)
+    remeasured: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REMEASURED_COLUMNS))
 
     @property
     def run_id(self) -> str:
@@ -176,7 +196,63 @@ def load_run(run_dir: str) -> Run:
         df["kernel_release"] = df["kernel_release"].astype(str)
         df["kernel"] = df["kernel_release"].map(kernel_of)
     releases = {k: r for r, k in kernel_of.items()}
-    return Run(run_dir, meta, samples, points, _files(run_dir), _series_order(meta, points), releases)
+    points, remeasured = use_remeasured(points)
+    return Run(run_dir, meta, samples, points, _files(run_dir), _series_order(meta, points), releases,
+               remeasured)
+
+
+def use_remeasured(points: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``points`` with each re-measured block's points read as invalid (the
+    re-measurement takes their place), and :func:`remeasured_table`.  A run
+    without the ``disturbed`` column (older than the flag) is flagged here by
+    the same rule, its points left as they are."""
+    pts = points.copy()
+    older, blockless = "disturbed" not in pts.columns, "block" not in pts.columns
+    if blockless:   # schema 1 had no blocks: each point stands alone here
+        pts["block"] = -1 - pts["point_id"]
+    if older:
+        pts["disturbed"] = False
+        ok = pts["valid"] & pts["p50_us"].notna()
+        cells = pts.loc[ok, CELL_COLUMNS].astype(str).itertuples(index=False, name=None)
+        pts.loc[ok, "disturbed"] = flag_cells(cells, pts.loc[ok, "p50_us"].astype(float))
+    pts["disturbed"] = pts["disturbed"].astype(object).where(pts["disturbed"].notna(), False).astype(bool)
+    of = pts["remeasure_of"] if "remeasure_of" in pts.columns else pd.Series(-1, index=pts.index)
+    pts["remeasure_of"] = of.fillna(-1).astype("int64")
+    again = pts[pts["remeasure_of"] >= 0].groupby("remeasure_of")["block"].first()
+    gone = pts["block"].isin(again.index)
+    why = "disturbed: re-measured as block " + pts.loc[gone, "block"].map(again).astype(int).astype(str)
+    pts.loc[gone, "reason"] = why + pts.loc[gone, "reason"].where(pts.loc[gone, "reason"] == "",
+                                                                  "; " + pts.loc[gone, "reason"])
+    pts.loc[gone, "valid"] = False
+    table = remeasured_table(pts, again, older)
+    return (pts.drop(columns="block") if blockless else pts), table
+
+
+def remeasured_table(pts: pd.DataFrame, again: pd.Series, older: bool) -> pd.DataFrame:
+    """One row per disturbed point (:data:`REMEASURED_COLUMNS`): a planned
+    point flagged, beside the same point of its block's re-measurement
+    (``again``: old block -> new block), or a re-measurement's point flagged
+    itself; ``status`` says which."""
+    key = ["block", "target", "probe", "pacing"]
+    new = pts[pts["remeasure_of"] >= 0].set_index(["remeasure_of", "target", "probe", "pacing"])
+    rows = []
+    for k, r in pts[pts["disturbed"] | pts["block"].isin(again.index)].set_index(key).iterrows():
+        if r["remeasure_of"] >= 0:
+            continue
+        twin = new.loc[k] if k in new.index else None
+        if not r["disturbed"] and (twin is None or not bool(twin["disturbed"])):
+            continue   # re-measured with its block, inside both times
+        status = ("flagged, not re-measured (an older run)" if older else "flagged, not re-measured"
+                  if twin is None else "re-measured" if not bool(twin["disturbed"]) else
+                  "re-measured, outside again (both kept, flagged)" if r["disturbed"] else
+                  "re-measured with its block, outside there")
+        rows.append(dict(mode=r["mode"], kernel=r["kernel"], services=int(r["services"]), round=int(r["round"]),
+                         target=k[1], probe=k[2], pacing=float(k[3]), block=int(k[0]),
+                         remeasured_as=int(again[k[0]]) if k[0] in again.index else -1,
+                         old_p50_us=float(r["p50_us"]),
+                         new_p50_us=float(twin["p50_us"]) if twin is not None else float("nan"), status=status))
+    return pd.DataFrame(rows, columns=REMEASURED_COLUMNS).sort_values(
+        ["mode", "kernel", "services", "round", "target", "probe", "pacing"], ignore_index=True)
 
 
 def kernel_names(meta: dict, run_dir: str, releases) -> dict[str, str]:

@@ -21,7 +21,7 @@ Two probe kinds, timed on the wire like the SYN probes (kernel
     open sockets small.  With 0 services, or target ``none``, the connection
     goes to the catalog's none address (no service: no DNAT).
 
-``reuse-<k>`` (k = 1, 2, 5, 10, 100)
+``reuse-<k>`` (k = 1, 2, 3, 5, 10, 30, 100)
     Each probe is a *new* connection carrying k requests, then closed.  Its
     figure is the mean cost of one request when a connection carries k of
     them: ``(handshake RTT + sum of the k request RTTs) / k``, all measured on
@@ -92,7 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TOKEN_BYTES = 64
 RANDOM_SERVICES = 16
-REUSE_COUNTS = (1, 2, 5, 10, 100)
+REUSE_COUNTS = (1, 2, 3, 5, 10, 30, 100)
 _primed: "weakref.WeakSet[Lab]" = weakref.WeakSet()
 
 

@@ -303,3 +303,68 @@ def show(fig: plt.Figure) -> None:
     alt = "; ".join(t for t in (ax.get_title() for ax in fig.axes) if t) or "figure"
     display(fig, metadata={"image/png": {"alt": alt}})
     plt.close(fig)
+
+
+def budget_fractions(an: Analysis, table) -> plt.Figure:
+    """The 1,000-5,000 claim's crossing against the budget fraction
+    (:func:`labkit.analysis.claims.budget_fractions`): per iptables mode, where
+    its own penalty reaches the fraction of its http-new request (solid:
+    http-new, which decides; dashed: the SYNs' penalty, beside), with
+    intervals; the seed's 1,000-5,000 shaded, the report's fraction marked."""
+    targets = list(dict.fromkeys(table["target"]))
+    fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 3.0), squeeze=False)
+    pal = palette(an)
+    styles = {("http-new", 0.0): ("-", "o"), ("syn", 0.0): ("--", "s"), ("syn", 1000.0): (":", "^")}
+    for ax, target in zip(axes[0], targets):
+        ax.axhspan(*SEED_BAND, color="0.85", alpha=0.6, lw=0, zorder=0)
+        ax.axvline(an.settings["budget_frac"] * 100, color="0.4", lw=0.8, ls="--")
+        for (mode, kernel, probe, pacing, role), g in table[table["target"] == target].groupby(
+                ["mode", "kernel", "probe", "pacing", "role"], sort=False):
+            label = an.label(Series(mode, kernel))
+            ls, marker = styles.get((probe, float(pacing)), ("-.", "x"))
+            g = g[np.isfinite(g["n_star"])]
+            yerr = np.array([g["n_star"] - g["ci_low"], g["ci_high"] - g["n_star"]])
+            ax.errorbar(g["fraction"] * 100, g["n_star"], yerr=np.where(np.isfinite(yerr), yerr, 0), ls=ls,
+                        marker=marker, ms=3.5, capsize=2, color=pal.get(label), lw=1.2,
+                        label=f"{label}, {probe_label(probe, pacing)} ({role})")
+        ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}%"))
+        ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        _log_x_panel(ax, f"{target} target: crossing against the budget",
+                     "budget: fraction of the mode's own http-new request at 1 service",
+                     "services where the penalty reaches it")
+    fig.tight_layout()
+    return fig
+
+
+def _log_x_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """A small panel's log x axis, labels, title, grid and legend."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+
+
+def amortization(an: Analysis, table) -> plt.Figure:
+    """The keepalive claim: per-request penalty of reuse-k against k (at the
+    largest count all its curves share), with 1/k of the new-connection
+    penalty (the line the claim allows), one panel per target and pacing."""
+    groups = list(dict.fromkeys(zip(table["target"], table["pacing"])))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.0), squeeze=False)
+    pal = palette(an)
+    for ax, (target, pacing) in zip(axes[0], groups):
+        for (mode, kernel), g in table[(table["target"] == target) & (table["pacing"] == pacing)].groupby(
+                ["mode", "kernel"], sort=False):
+            label, g = an.label(Series(mode, kernel)), g.sort_values("k")
+            ax.errorbar(g["k"], g["penalty_us"], yerr=[g["penalty_us"] - g["penalty_lo"],
+                                                       g["penalty_hi"] - g["penalty_us"]],
+                        marker="o", ms=4, capsize=2, color=pal.get(label), lw=1.2, label=f"{label}: per request")
+            k = np.geomspace(1, max(float(g["k"].max()), 2), 50)
+            ax.plot(k, g["new_us"].iloc[0] / k, ls="--", color=pal.get(label), lw=0.9,
+                    label=f"{label}: new connection / k ({g['new'].iloc[0]})")
+        _log_x_panel(ax, f"{target} target, {probe_label('reuse-k', pacing)}", "requests per connection, k",
+                     "penalty per request (\u00b5s)")
+    fig.tight_layout()
+    return fig

@@ -1,5 +1,6 @@
 """The sections of the published report, as HTML for notebooks/analysis.ipynb
-(``header``, ``answer``, ``ipvs_answer``, ``claims_table``, ``summary_table``...):
+(``header``, ``ipvs_answer``, ``summary_table``...; the answer and the claims table, the
+first screen, are :mod:`labkit.report.verdicts`'):
 each renders one piece from an :class:`labkit.analysis.Analysis` and holds no
 statistics of its own.  :mod:`labkit.report.build` runs the notebook and
 writes the HTML."""
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import math
 import os
 
 import numpy as np
@@ -15,7 +15,7 @@ import pandas as pd
 from IPython.display import HTML
 
 from labkit.analysis import Analysis, anchors
-from labkit.analysis.claims import FLAT_US, pacing_effect
+from labkit.analysis.claims import pacing_effect
 from labkit.analysis.kernels import cross_kernel_growth, kernel_ratios
 from labkit.analysis.result import at_probe
 from labkit.analysis.run import probe_label
@@ -86,71 +86,6 @@ def _interval_text(an: Analysis) -> str:
                 f"Student's t with {r - 1} degrees of freedom")
     return (f"{level} percentile bootstrap, {an.settings['n_boot']} replicates "
             f"({an.settings['resample']}): one round, so they cover probe noise only, not drift")
-
-
-VERDICT_MARK = {"holds": "\u2714 holds", "does not hold": "\u2718 does not hold",
-                "inconclusive": "? inconclusive", "not measured here": "\u2013 not measured here"}
-
-
-def claims_table(an: Analysis):
-    """The seed's claims with this run's verdicts (claims.csv)."""
-    c = an.shown(an.claims, "mode", "versus")
-    if not len(c):
-        return _html('<p class="lk-note">no claims could be evaluated</p>')
-    level = f"{an.settings['level']:.0%}"
-
-    def num(r) -> str:
-        if not np.isfinite(r["value"]):
-            return ""
-        fmt = "{:,.0f}" if r["unit"] == "services" else "{:+,.1f}"
-        return _ci(r["value"], r["ci_low"], r["ci_high"], fmt) + f" {r['unit']}"
-    out = pd.DataFrame({
-        "seed's claim": [t if i == 0 or t != prev else "" for i, (t, prev) in
-                         enumerate(zip(c["statement"], [""] + list(c["statement"][:-1])))],
-        "mode": [f"{m} vs {v}" if v else m for m, v in zip(c["mode"], c["versus"])],
-        "verdict": [VERDICT_MARK.get(v, v) for v in c["verdict"]],
-        f"figure [{level} CI]": [num(r) for _, r in c.iterrows()],
-        "evidence": c["evidence"]})
-    return _html(table_html(out, cls="lk lk-claims"))
-
-
-def answer(an: Analysis):
-    """The answer in a few sentences, from the claims (details in the claims table)."""
-    c = an.shown(an.claims, "mode", "versus")
-    parts = []
-    o_n = c[(c["claim"] == "o-n") & c["value"].notna()]
-    o_1 = c[(c["claim"] == "o-1") & c["value"].notna()]
-    head = (an.summary[(an.summary["target"] == an.headline_target) & at_probe(an.summary, an.headline_probe)]
-            if len(an.summary) else an.summary)
-    low = head["services_min"].min() if len(head) else math.nan
-    top = head["services_max"].max() if len(head) else math.nan
-    rng = f"from {low:,.0f} to {top:,.0f} services" if np.isfinite(top) and np.isfinite(low) else ""
-    if len(o_n):
-        parts.append(f"On kernel {an.run.meta.get('kernel_release', '?')}, {rng}, the first packet's p50 rises "
-                     + ", ".join(f"{r['value']:+.0f} us [{r['ci_low']:+.0f}, {r['ci_high']:+.0f}] with {r['mode']}"
-                                 for _, r in o_n.iterrows()) + ".")
-    def rise(r):
-        return f"{r['mode']} ({r['value']:+.1f} us [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}])"
-    flat = o_1[o_1["verdict"] == "holds"]
-    if len(flat):
-        parts.append("It stays flat with " + ", ".join(rise(r) for _, r in flat.iterrows()) + ".")
-    for verdict, what in (("inconclusive", f"it may or may not stay flat (the interval straddles the "
-                                           f"{FLAT_US:g} us bound for O(1))"),
-                          ("does not hold", "it does not stay flat")):
-        rows = o_1[o_1["verdict"] == verdict]
-        if len(rows):
-            parts.append("With " + ", ".join(rise(r) for _, r in rows.iterrows()) + f" {what}.")
-    k = c[(c["claim"] == "1k-5k") & c["verdict"].isin(["holds", "does not hold", "inconclusive"])]
-    for _, r in k.iterrows():
-        parts.append(f"The seed's \u201cnoticeable from 1,000\u20135,000 services\u201d for {r['mode']}: "
-                     f"{r['verdict']} (the penalty over {r['versus']} exceeds {an.settings['budget_frac']:.0%} "
-                     f"of a request from {r['value']:,.0f} services, [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]).")
-    if not parts:
-        return _html('<p class="lk-note">Too few modes or counts for an answer.</p>')
-    level = f"{an.settings['level']:.0%}"
-    return _html('<p class="lk-answer">' + " ".join(html.escape(p) for p in parts)
-                 + f' <span class="lk-note">({level} intervals; the claims table says how each verdict '
-                 "was reached.)</span></p>")
 
 
 def _headline_probe(an: Analysis) -> str:
@@ -244,8 +179,9 @@ def ipvs_answer(an: Analysis):
                              f"{_name(str(f['faster_above']))} faster above")
             else:
                 lo, hi = sorted([abs(f["diff_lo_us"]), abs(f["diff_hi_us"])])
+                by = f"{lo:.1f} us" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f} to {hi:.1f} us"
                 parts.append(f"moving from IPVS to nftables: {_name(str(f['faster_below']))} is faster "
-                             f"throughout, by {lo:.1f} to {hi:.1f} us")
+                             f"throughout, by {by}")
         if parts:
             items.append(f"<li><b>{html.escape(where)}</b>: " + "; ".join(html.escape(p) for p in parts) + ".</li>")
     if not items:
@@ -379,7 +315,14 @@ def findings(an: Analysis):
     items = an.headline_findings()
     if not items:
         return _html('<p class="lk-note">Only one mode was measured: no crossovers.</p>')
-    return _html("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in items) + "</ul>")
+    return _html("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in items) + "</ul>" + _dropped_note(an))
+
+
+def _dropped_note(an: Analysis) -> str:
+    """The one note on budget rows left out of crossover.csv (analysis.analyze.crossovers)."""
+    n = int(an.checks.get("budget_rows_dropped", 0))
+    return (f'<p class="lk-note">{n} budget rows are not published: '
+            f'{html.escape(str(an.checks.get("budget_rows_dropped_why", "")))}.</p>' if n else "")
 
 
 def fits_table(an: Analysis, target: str | None = None):
@@ -403,6 +346,24 @@ def invalid_points(an: Analysis):
                         "sent": bad["sent"], "answered": bad["answered"], "p50 \u00b5s": bad["p50"],
                         "reason": bad["excluded"]})
     return _html(table_html(out))
+
+
+def remeasured_blocks(an: Analysis):
+    """The disturbed points (:mod:`labkit.core.disturbed`): each old p50 beside
+    its re-measurement's, or flagged only; or a line saying there were none."""
+    r = an.shown(an.remeasured)
+    if not len(r):
+        return _html('<p class="lk-note">No block was disturbed: every point lies within what its '
+                     "other rounds allow.</p>")
+    out = pd.DataFrame({"mode": r["mode"], "services": r["services"], "round": r["round"],
+                        "target": r["target"], "probe": r["probe"], "block": r["block"],
+                        "re-measured as": r["remeasured_as"].map(lambda b: str(b) if b >= 0 else "\u2013"),
+                        "old p50 \u00b5s": r["old_p50_us"], "new p50 \u00b5s": r["new_p50_us"],
+                        "status": r["status"]})
+    kept = int(r["status"].str.startswith("flagged").sum())
+    note = (f'<p class="lk-note">{kept} flagged point(s) were not re-measured and stay in the fits.</p>'
+            if kept else "")
+    return _html(table_html(out) + note)
 
 
 def published_tables(an: Analysis, target: str | None = None):

@@ -45,6 +45,8 @@ _IDENT = {
     "services": "services in the catalog",
     "endpoints": "endpoints per service",
     "round": "repetition (rounds interleave every block)",
+    "remeasure_of": "the block this block measures again, in the same round, because a point of it "
+                    "was disturbed (-1: a planned block); missing before it existed (read as -1)",
 }
 
 SAMPLE_COLUMNS: dict[str, str] = {
@@ -89,6 +91,11 @@ POINT_COLUMNS: dict[str, str] = {
     "redirected_pkts": "packets the eBPF program forwarded itself during the point (-1: no counter)",
     "variant": "the mode's choices for this block ('' if none): IPVS scheduler and helper-rule backend",
     "started": "Unix time the point's probes started", "finished": "Unix time they ended",
+    "remeasure_of": _IDENT["remeasure_of"],
+    "disturbed": "the point's p50 lies outside what the other rounds of its cell allow "
+                 "(labkit.core.disturbed); set on a planned block's points when the block is "
+                 "re-measured, on a re-measurement's when it is outside too; missing before it "
+                 "existed (read as False)",
 }
 
 CONTROL_COLUMNS: dict[str, str] = {
@@ -111,6 +118,7 @@ CONTROL_COLUMNS: dict[str, str] = {
     "loader": "what sent it to the kernel: iptables-*-restore, nft, netlink (one nf_tables batch "
               "of labkit's), bpf(), ipset/ip/ipvsadm; missing before schema 5",
     "started": "Unix time the operation started",
+    "remeasure_of": _IDENT["remeasure_of"],
 }
 
 CPU_COLUMNS: dict[str, str] = {
@@ -186,6 +194,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "started": (int, float, type(None)), "finished": (int, float, type(None)), "complete": (bool,),
     "host": (dict,), "tools": (dict,), "packages": (dict,), "n_rows": (dict,), "guest": (dict,),
     "vm": (dict,), "n_points": (int,), "blocks_done": (list,), "resumed": (list,), "guests": (list,),
+    "remeasured": (list,),
 }
 _TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
                dict: "a mapping", list: "a list", type(None): "null"}
@@ -224,6 +233,9 @@ def meta_problem(meta: Any, kind: str, *, resume: bool = False) -> str | None:
             return f"{name}: {key} must be a list of block numbers, got {short(meta[key])}"
     if "resumed" in meta and not all(_is(t, (int, float)) for t in meta["resumed"]):
         return f"{name}: resumed must be a list of times, got {short(meta['resumed'])}"
+    if "remeasured" in meta and not all(isinstance(e, dict) and all(
+            _is(e.get(k), (int,)) and 0 <= e[k] < MAX_BLOCK for k in ("block", "of")) for e in meta["remeasured"]):
+        return f"{name}: remeasured must be a list of {{block, of}} block numbers, got {short(meta['remeasured'])}"
     if "guests" in meta and not all(isinstance(g, dict) for g in meta["guests"]):
         return f"{name}: guests must be a list of mappings, got {short(meta['guests'])}"
     modes = params.get("modes")

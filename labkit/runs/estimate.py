@@ -175,8 +175,7 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
             r = rates.get(kernel)
             for n in p.services:
                 blocks += p.rounds
-                a, b = (r.block.get(mode) if r else None) or _assume(assumed, f"{mode} in {kernel}: no block rate, 2 s "
-                                                                      "+ 0.5 ms/service", [2.0, 5e-4])
+                a, b = (r.block.get(mode) if r else None) or _other_modes(r, mode, kernel, assumed)
                 seconds += p.rounds * (a + b * n)
                 for kind in p.probe_kinds:
                     for pace in pacings(p, kind):
@@ -190,6 +189,16 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
                         probes += k * (p.probes + p.warmup)
                         seconds += k * (gap + p.probes * per)
     return Estimate(points, blocks, probes, seconds, sources or {}, sorted(set(assumed)))
+
+
+def _other_modes(r: Rates | None, mode: str, kernel: str, assumed: list[str]) -> list[float]:
+    """A block rate for a mode the rates' sweep did not measure: the median of
+    the modes it did, else 2 s + 0.5 ms per service; said in ``assumed``."""
+    if r and r.block:
+        a, b = np.median(np.array(list(r.block.values())), axis=0)
+        return _assume(assumed, f"{mode} in {kernel}: no block rate, the median of "
+                                f"{', '.join(sorted(r.block))}'s", [float(a), float(b)])
+    return _assume(assumed, f"{mode} in {kernel}: no block rate, 2 s + 0.5 ms/service", [2.0, 5e-4])
 
 
 def _assume(assumed: list[str], what: str, value: Any) -> Any:

@@ -17,7 +17,13 @@ around the blocks, once for every experiment:
 * **resume**: a block is done when the meta file lists it; a resumed run
   drops the rows of blocks that were not done (a kill mid-block), removes the
   temporary files a killed writer left, and runs the remaining blocks.  A
-  finished run is never touched again.
+  finished run is never touched again;
+* **disturbed blocks**: once every planned block is done, a block with a point
+  outside what its cell's other rounds allow (:meth:`Experiment.mark_disturbed`,
+  :mod:`labkit.core.disturbed`) is measured once more in its round, as a block
+  of its own (``remeasure_of``; in the meta file's ``remeasured`` before it runs,
+  so a resume runs it too).  Both are kept, flags in the data; once only: one
+  outside too is flagged and recorded (``still_disturbed``).
 
 Blocks run in a randomized order within each round (:func:`plan`), so the
 slow drift of a shared machine spreads over all modes and counts.
@@ -27,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import random
 import shlex
 import sys
 import time
@@ -50,6 +55,9 @@ from labkit.host.limits import check_memory
 from labkit.lab.lab import Lab
 from labkit.rundir import safepath, schema, store
 from labkit.rundir.provenance import environment
+from labkit.runs.blocks import Block as Block  # the experiments import it from here
+from labkit.runs.blocks import new_remeasures, remeasure_blocks
+from labkit.runs.blocks import plan as plan
 
 if TYPE_CHECKING:  # pragma: no cover
     from labkit.datapaths.base import Datapath
@@ -57,39 +65,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Block:
-    block: int
-    round: int
-    mode: str
-    services: int
-    targets: tuple[str, ...] = ()
-    #: the kernel the block runs in ("" = wherever the run runs; "host", "uml", "vm")
-    kernel: str = ""
-
-
 def here() -> str:
     """The kernel this process runs on, as blocks name it."""
     return guest_kind() or "host"
-
-
-def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
-         targets: Sequence[str] = ()) -> list[Block]:
-    """Blocks in execution order: rounds in sequence, (mode, count) shuffled
-    within each round, targets shuffled within each block.  Pure and
-    deterministic from the seed; a block's id depends only on its round,
-    mode and count."""
-    rng = random.Random(seed)
-    out = []
-    for r in range(rounds):
-        cells = [((r * len(modes) + m) * len(services) + s, mode, n)
-                 for m, mode in enumerate(modes) for s, n in enumerate(services)]
-        rng.shuffle(cells)
-        for bid, mode, n in cells:
-            ts = list(targets)
-            rng.shuffle(ts)
-            out.append(Block(bid, r, mode, n, tuple(ts)))
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -174,6 +152,11 @@ class Tables:
             if len(kept) != len(df):
                 self.flush(name)
 
+    def replace(self, name: str, df: pd.DataFrame) -> None:
+        """Table ``name`` becomes ``df`` (rows changed in place), written at the next flush."""
+        self.chunks[name] = [df]
+        self.dirty.add(name)
+
 
 # ---------------------------------------------------------------------------
 # experiments
@@ -193,7 +176,7 @@ class BlockContext:
         """The columns every row of this block carries."""
         b = self.block
         return {"run_id": self.run_id, "block": b.block, "round": b.round, "mode": b.mode,
-                "kernel_release": self.kernel_release, "services": b.services}
+                "kernel_release": self.kernel_release, "services": b.services, "remeasure_of": b.remeasure_of}
 
 
 class Experiment(ABC):
@@ -239,6 +222,13 @@ class Experiment(ABC):
 
     def units(self, block: Block) -> int:
         return 1
+
+    def mark_disturbed(self, tables: Tables, use: set[int], judge: set[int]) -> set[int]:
+        """Among the points of blocks ``use`` (one per cell and round), flag
+        those of blocks ``judge`` outside what their cell's other rounds allow,
+        in ``tables``; return the judged blocks with a flagged point.  The
+        default: an experiment without such points flags nothing."""
+        return set()
 
     def meta_extra(self) -> dict[str, Any]:
         return {}
@@ -406,6 +396,7 @@ class Runner:
         exp, lacking = self.exp, self.lacking()
         exp.place(lacking)
         blocks = exp.blocks()
+        blocks += remeasure_blocks(blocks, self.meta.get("remeasured", []))   # resume: already planned
         mine = dict.fromkeys(b.mode for b in blocks if self._local(b) and (self.only is None or b.block in self.only))
         for m in mine:
             if lacking[m]:
@@ -476,34 +467,12 @@ class Runner:
                     self.meta["run_id"] = lab.run_id
                 self._write_meta()
                 tried: set[str] = set()
-                k = 0
-                while k < len(todo):
-                    b = todo[k]
-                    if not self._local(b):   # a segment of blocks for another kernel
-                        seg = [b]
-                        while k + len(seg) < len(todo) and todo[k + len(seg)].kernel == b.kernel:
-                            seg.append(todo[k + len(seg)])
-                        bar.set_postfix_str(f"{len(seg)} blocks in {b.kernel}")
-                        self._elsewhere(b.kernel, seg)
-                        bar.update(sum(exp.units(x) for x in seg))
-                        k += len(seg)
-                        continue
-                    k += 1
-                    bar.set_postfix_str(f"{b.mode} {b.services:,} svc r{b.round}")
-                    log.info("block %d: %s at %s services, round %d", b.block, b.mode, f"{b.services:,}", b.round)
-                    cls = classes[b.mode]
-                    lab.reset_node()
-                    if b.mode not in tried:
-                        why = cls.unavailable(lab)
-                        if why:
-                            raise Unavailable(f"mode {b.mode} cannot run here: {why}")
-                        tried.add(b.mode)
-                        lab.reset_node()
-                    exp.run_block(BlockContext(lab, b, cls, self.tables, self.meta["run_id"],
-                                               platform.release(), bar))
-                    self.tables.flush_all()
-                    self.meta["blocks_done"].append(b.block)
-                    self._write_meta()
+                self._blocks(todo, lab, classes, bar, tried)
+                if self.only is None:   # every planned block done: the disturbed ones once more
+                    again = self._plan_remeasure(blocks)
+                    bar.total += sum(exp.units(b) for b in again)
+                    self._blocks(again, lab, classes, bar, tried)
+                    self._recheck(blocks + again)
         finally:
             self.tables.flush_all()  # what an interrupted block measured, for a look (resume drops it)
             bar.close()
@@ -511,6 +480,65 @@ class Runner:
             self._write_meta(finished=time.time(), complete=True,
                              n_rows={t: len(self.tables.frame(t)) for t in self.tables.chunks})
         return self.out
+
+    def _blocks(self, todo: list[Block], lab: Lab, classes: Mapping[str, "type[Datapath]"], bar: Any,
+                tried: set[str]) -> None:
+        """Run ``todo`` in order, each recorded done as it ends."""
+        exp, k = self.exp, 0
+        while k < len(todo):
+            b = todo[k]
+            if not self._local(b):   # a segment of blocks for another kernel
+                seg = [b]
+                while k + len(seg) < len(todo) and todo[k + len(seg)].kernel == b.kernel:
+                    seg.append(todo[k + len(seg)])
+                bar.set_postfix_str(f"{len(seg)} blocks in {b.kernel}")
+                self._elsewhere(b.kernel, seg)
+                bar.update(sum(exp.units(x) for x in seg))
+                k += len(seg)
+                continue
+            k += 1
+            bar.set_postfix_str(f"{b.mode} {b.services:,} svc r{b.round}")
+            log.info("block %d: %s at %s services, round %d", b.block, b.mode, f"{b.services:,}", b.round)
+            cls = classes[b.mode]
+            lab.reset_node()
+            if b.mode not in tried:
+                why = cls.unavailable(lab)
+                if why:
+                    raise Unavailable(f"mode {b.mode} cannot run here: {why}")
+                tried.add(b.mode)
+                lab.reset_node()
+            exp.run_block(BlockContext(lab, b, cls, self.tables, self.meta["run_id"], platform.release(), bar))
+            self.tables.flush_all()
+            self.meta["blocks_done"].append(b.block)
+            self._write_meta()
+
+    def _plan_remeasure(self, blocks: list[Block]) -> list[Block]:
+        """Every planned block done: the blocks with a point outside what its
+        other rounds allow (flagged in the tables), each planned once more in
+        its round with an id of its own (after every planned id), recorded in
+        the meta file before it runs.  On a resume the blocks already planned
+        keep their flags and are not planned twice."""
+        planned = [b for b in blocks if b.remeasure_of < 0]
+        ids, entries = {b.block for b in planned}, self.meta.setdefault("remeasured", [])
+        judge = ids - {int(e["of"]) for e in entries}
+        new = new_remeasures(planned, self.exp.mark_disturbed(self.tables, ids, judge), entries)
+        self.tables.flush_all()
+        if new:
+            log.warning("disturbed blocks, measured again: %s", ", ".join(f"{e['of']} as {e['block']}" for e in new))
+        entries.extend(new)
+        self._write_meta()
+        return remeasure_blocks(planned, new)
+
+    def _recheck(self, blocks: list[Block]) -> None:
+        """Judge each re-measurement against the other rounds (the old block
+        replaced by it); one outside too is flagged and recorded, not measured again."""
+        entries = self.meta.get("remeasured", [])
+        again = {int(e["block"]) for e in entries}
+        use = {b.block for b in blocks if b.remeasure_of < 0} - {int(e["of"]) for e in entries} | again
+        still = self.exp.mark_disturbed(self.tables, use, again)
+        entries[:] = [{**e, "still_disturbed": int(e["block"]) in still} for e in entries]
+        self.tables.flush_all()
+        self._write_meta()
 
     def _local(self, b: Block) -> bool:
         return not b.kernel or b.kernel == here()

@@ -16,6 +16,13 @@ that are not (see :mod:`labkit.runs.runner`).
 
 After its probes every block also times the control plane (add one service,
 remove it: :mod:`labkit.runs.control`) into ``control.parquet``.
+
+Disturbed blocks.  Once every planned block is done, :meth:`Sweep.mark_disturbed`
+flags each valid point whose p50 lies outside what its cell's other rounds
+allow (cell: mode, kernel release, count, target, probe kind, pacing; the
+rule of :mod:`labkit.core.disturbed`); the runner measures each such block
+once more in its round and the re-measurement is judged the same way
+(``disturbed`` and ``remeasure_of`` in ``points.parquet``).
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from scipy.stats import chisquare
 
 from labkit.core import modes as table
 from labkit.core.catalog import ServiceCatalog
+from labkit.core.disturbed import flag_cells
 from labkit.core.errors import UsageError
 from labkit.core.modes import CALIBRATORS
 from labkit.host import netns
@@ -37,10 +45,12 @@ from labkit.probes.base import Paced
 from labkit.rundir import schema
 from labkit.runs.control import measure_ops, program_row
 from labkit.runs.params import SweepParams
-from labkit.runs.runner import Block, BlockContext, Experiment, Runner, plan
+from labkit.runs.runner import Block, BlockContext, Experiment, Runner, Tables, plan
 
 SPREAD_P_MIN = 1e-3  # below this the endpoint spread is called uneven
 CT_JUDGE_MAX_S = 8.0  # conntrack entries die 10 s after the client's RST: judge shorter points only
+#: the columns of a point that name its cell (measured once per round)
+CELL_COLUMNS = ["mode", "kernel_release", "services", "target", "probe", "pacing"]
 
 
 def point_id(p: SweepParams, block: Block, target: str, kind: str = "syn", pacing: float = 0.0) -> int:
@@ -204,6 +214,21 @@ class Sweep(Experiment):
     def units(self, block: Block) -> int:
         return len(block.targets) * sum(len(pacings(self.p, k)) for k in self.p.probe_kinds)
 
+    def mark_disturbed(self, tables: Tables, use: set[int], judge: set[int]) -> set[int]:
+        """Flag (column ``disturbed``) the valid points of blocks ``judge`` whose
+        p50 lies outside what the other rounds of their cell allow, among the
+        valid points of blocks ``use``; return the judged blocks so flagged."""
+        pts = disturbed_column(tables.frame(schema.POINTS))
+        mine = pts.index[pts["block"].isin(judge)]
+        pts.loc[mine, "disturbed"] = False
+        peers = pts[pts["block"].isin(use) & pts["valid"].astype(bool)]
+        if len(peers):
+            flags = flag_cells(peers[CELL_COLUMNS].itertuples(index=False, name=None), peers["p50_us"])
+            hit = peers.index[flags & peers["block"].isin(judge).to_numpy()]
+            pts.loc[hit, "disturbed"] = True
+        tables.replace(schema.POINTS, pts)
+        return set(int(b) for b in pts.loc[pts["disturbed"] & pts["block"].isin(judge), "block"])
+
     def run_block(self, ctx: BlockContext) -> None:
         p, b = self.p, ctx.block
         catalog = p.catalog(b.services)
@@ -270,7 +295,7 @@ class Sweep(Experiment):
             "ct_new": -1 if ct_new is None else ct_new, "variant": variant,
             "stack_pkts": -1 if path is None else path["stack"],
             "redirected_pkts": -1 if path is None else path["redirected"],
-            "started": started, "finished": finished,
+            "started": started, "finished": finished, "disturbed": False,
         }
         ctx.tables.add(schema.SAMPLES, df[schema.columns(schema.SAMPLES)])
         ctx.tables.add(schema.POINTS, [point])
@@ -278,13 +303,26 @@ class Sweep(Experiment):
             self.on_point(point)
 
 
+def disturbed_column(points: pd.DataFrame) -> pd.DataFrame:
+    """``points`` (a copy) with ``disturbed`` and ``remeasure_of`` filled in
+    where a run resumed from an older labkit's lacks them (False, -1)."""
+    out = points.copy()
+    for col, none in (("disturbed", False), ("remeasure_of", -1)):
+        have = out[col] if col in out.columns else pd.Series(none, index=out.index)
+        out[col] = have.astype(object).where(have.notna(), none).astype(type(none))
+    return out
+
+
 def summary_text(points: pd.DataFrame, stat: str = "p50_us") -> str:
     """What a sweep prints when it ends: per target, the median over rounds
-    of each point's ``stat`` (valid back-to-back SYN points) by mode and
-    service count, and how many points were invalid."""
+    of each point's ``stat`` (valid back-to-back SYN points; a disturbed
+    block's re-measurement in its place) by mode and service count, and how
+    many points were invalid."""
     if not len(points):
         return "no points measured"
     p = points
+    if "remeasure_of" in p.columns:   # a disturbed block counts by its re-measurement
+        p = p[~p["block"].isin(p["remeasure_of"])]
     if "pacing" in p.columns:
         p = p[p["pacing"] == 0]
     p = p[p["probe"] == p["probe"].iloc[0]]
@@ -302,6 +340,9 @@ def summary_text(points: pd.DataFrame, stat: str = "p50_us") -> str:
         lines.append("")
     bad = int((~points["valid"]).sum())
     lines.append(f"{len(points)} points, {bad} invalid" + (" (see reason in points.parquet)" if bad else ""))
+    again = points.loc[points["remeasure_of"] >= 0, "block"].nunique() if "remeasure_of" in points.columns else 0
+    if again:
+        lines.append(f"{again} disturbed block(s) measured again (disturbed, remeasure_of in points.parquet)")
     return "\n".join(lines)
 
 

@@ -1,0 +1,173 @@
+"""Penalties, budgets and amortization of one series, each on one instrument.
+
+Pure: :class:`~labkit.analysis.curves.Curve` objects in, figures with
+intervals out (:mod:`~labkit.analysis.claims` turns them into verdicts).
+Every figure here is of *one* series and *one* probe kind, never a
+difference of two instruments:
+
+* a **penalty** is a mode's own rise over its value at its smallest count
+  (1 service in a default sweep), ``c(n) - c(xmin)``, on one curve;
+* a **budget** is a stated fraction of a request's cost at the smallest
+  count, read from a curve of the same series (``http-new`` in the claims);
+* the **crossing** is the smallest count at which the penalty reaches the
+  budget (:func:`penalty_crossings`, for any list of fractions);
+* **amortization** (:func:`amortization`): a ``reuse-<k>`` probe's figure is
+  already the mean cost of one request on a connection carrying k requests
+  (``(handshake + k request RTTs) / k``, :mod:`labkit.probes.conn`), so its
+  per-request penalty is its own rise; a connection amortizes the
+  new-connection penalty when that is at most 1/k of the new-connection
+  penalty (``reuse-1``'s where measured, else the SYN's).
+
+Replicates of two curves of one run are paired by index (delete-one-round
+fits share the run's rounds); intervals come from
+:func:`labkit.analysis.intervals.interval` and always hold their estimate.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+
+from labkit.analysis.crossover import GRID_POINTS, first_exceed
+from labkit.analysis.curves import Curve
+from labkit.analysis.intervals import bracket, interval, resolved
+
+#: the budget fractions of the crossing-against-fraction figure
+FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+#: the seed's "1,000 to 5,000 services"
+SPAN = (1000.0, 5000.0)
+CROSSING_COLUMNS = ["fraction", "budget_us", "budget_lo", "budget_hi", "n_star", "ci_low", "ci_high",
+                    "boot_frac", "bracket_lo", "bracket_hi", "resolved"]
+
+
+class Est(NamedTuple):
+    """An estimate, its interval and its replicates."""
+    value: float
+    lo: float
+    hi: float
+    reps: np.ndarray
+
+
+def _est(c: Curve, value: float, reps: np.ndarray, level: float) -> Est:
+    lo, hi = interval(value, reps, c.method, level)
+    return Est(float(value), float(lo), float(hi), np.asarray(reps, dtype=float))
+
+
+def rise(c: Curve, n: float, level: float = 0.95) -> Est:
+    """The penalty: ``c(n) - c(xmin)``, with the curve's replicates."""
+    p = c.predict([c.xmin, n])
+    b = c.boot_predict([c.xmin, n])
+    return _est(c, p[1] - p[0], b[:, 1] - b[:, 0], level)
+
+
+def base(c: Curve, level: float = 0.95) -> Est:
+    """The curve's fitted value at its smallest count."""
+    return _est(c, float(c.predict([c.xmin])[0]), c.boot_predict([c.xmin])[:, 0], level)
+
+
+def combine(c: Curve, a: Est, b: Est, wa: float, wb: float, level: float = 0.95) -> Est:
+    """``wa * a + wb * b`` with paired replicates (the shorter set decides)."""
+    B = min(len(a.reps), len(b.reps))
+    return _est(c, wa * a.value + wb * b.value, wa * a.reps[:B] + wb * b.reps[:B], level)
+
+
+def _grid(c: Curve) -> np.ndarray:
+    extra = [v for v in (*c.knots(), *np.unique(c.x)) if c.xmin <= v <= c.xmax]
+    return np.unique(np.concatenate([np.linspace(c.xmin, c.xmax, GRID_POINTS), extra]))
+
+
+def _located(c: Curve, n_star: float, reps: np.ndarray, level: float) -> tuple[float, float, float]:
+    """(ci_low, ci_high, fraction of replicates that found it).  Delete-one-round
+    replicates: an interval only when every one finds it, clipped to the
+    measured range; bootstrap: the interval of those that found it."""
+    found = ~np.isnan(reps)
+    frac = float(found.mean()) if len(reps) else math.nan
+    if not np.isfinite(n_star) or not found.any() or (c.method == "rounds" and not found.all()):
+        return math.nan, math.nan, frac
+    lo, hi = interval(n_star, reps[found], c.method, level)
+    if c.method == "rounds":
+        lo, hi = max(lo, c.xmin), min(hi, c.xmax)
+    return float(lo), float(hi), frac
+
+
+def penalty_crossings(pen: Curve, budget_of: Curve, fractions: Sequence[float] = FRACTIONS,
+                      level: float = 0.95) -> pd.DataFrame:
+    """Where ``pen``'s own rise first reaches ``fraction`` of ``budget_of``'s
+    value at its smallest count, per fraction (:data:`CROSSING_COLUMNS`).
+
+    ``n_star`` is NaN where the penalty never reaches the budget in
+    ``pen``'s measured range; ``resolved`` says whether the measured counts
+    around it are close enough for it to rest on them
+    (:data:`labkit.analysis.intervals.MAX_BRACKET`)."""
+    x = _grid(pen)
+    p, bp = pen.predict(x), pen.boot_predict(x)
+    b0 = base(budget_of, level)
+    B = min(len(bp), len(b0.reps))
+    rows = []
+    for f in fractions:
+        n_star = float(first_exceed(x, p - p[0] - f * b0.value))
+        reps = first_exceed(x, bp[:B] - bp[:B, :1] - f * b0.reps[:B, None])
+        lo, hi, frac = _located(pen, n_star, np.asarray(reps, dtype=float), level)
+        bl, bh = bracket(n_star, pen.x) if np.isfinite(n_star) else (math.nan, math.nan)
+        rows.append(dict(fraction=float(f), budget_us=f * b0.value, budget_lo=f * b0.lo, budget_hi=f * b0.hi,
+                         n_star=n_star, ci_low=lo, ci_high=hi, boot_frac=frac, bracket_lo=bl, bracket_hi=bh,
+                         resolved=resolved(bl, bh) if np.isfinite(n_star) else math.nan))
+    return pd.DataFrame(rows, columns=CROSSING_COLUMNS)
+
+
+def span_excess(pen: Curve, budget_of: Curve, fraction: float, span: tuple[float, float] = SPAN,
+                level: float = 0.95) -> tuple[Est, Est] | None:
+    """The penalty minus the budget at both ends of ``span`` (None when
+    ``pen`` does not cover it): the seed's claim holds when the first is
+    below 0 and the second above."""
+    if pen.xmin > span[0] or pen.xmax < span[1]:
+        return None
+    b0 = base(budget_of, level)
+    return tuple(combine(pen, rise(pen, n, level), b0, 1.0, -fraction, level)   # type: ignore[return-value]
+                 for n in span)
+
+
+def span_verdict(e_lo: Est, e_hi: Est) -> str:
+    """holds: the penalty is below the budget at the span's start and above
+    it at its end (both intervals clear of 0)."""
+    if e_lo.hi < 0 < e_hi.lo:
+        return "holds"
+    if e_lo.lo > 0 or e_hi.hi < 0:
+        return "does not hold"
+    return "inconclusive"
+
+
+AMORTIZATION_COLUMNS = ["k", "n", "penalty_us", "penalty_lo", "penalty_hi", "base_us", "expected_us",
+                        "expected_lo", "expected_hi", "excess_us", "excess_lo", "excess_hi", "new_us",
+                        "verdict"]
+
+
+def amortization(reuse: dict[int, Curve], new: Curve, level: float = 0.95) -> pd.DataFrame:
+    """Per k: the per-request penalty of ``reuse-<k>`` (its own rise from its
+    smallest to the largest count all curves share), against 1/k of the
+    new-connection penalty of ``new`` over the same counts
+    (:data:`AMORTIZATION_COLUMNS`).
+
+    Verdict per k: *does not hold* when the per-request penalty exceeds 1/k
+    of the new-connection penalty (the interval of their difference lies
+    above 0); *holds* when it does not and the per-request penalty is
+    clearly below the whole new-connection penalty (its interval's top under
+    it: the data tell amortization from none); else *inconclusive*."""
+    curves = [new, *reuse.values()]
+    n = min(c.xmax for c in curves)
+    p_new = rise(new, n, level)
+    rows = []
+    for k, c in sorted(reuse.items()):
+        if c is new:
+            continue
+        pk = rise(c, n, level)
+        exp = _est(new, p_new.value / k, p_new.reps / k, level)
+        ex = combine(c, pk, p_new, 1.0, -1.0 / k, level)
+        verdict = ("does not hold" if ex.lo > 0 else "holds" if pk.hi < p_new.value else "inconclusive")
+        rows.append(dict(k=int(k), n=n, penalty_us=pk.value, penalty_lo=pk.lo, penalty_hi=pk.hi,
+                         base_us=float(c.predict([c.xmin])[0]), expected_us=exp.value, expected_lo=exp.lo,
+                         expected_hi=exp.hi, excess_us=ex.value, excess_lo=ex.lo, excess_hi=ex.hi,
+                         new_us=p_new.value, verdict=verdict))
+    return pd.DataFrame(rows, columns=AMORTIZATION_COLUMNS)

@@ -1,0 +1,195 @@
+"""The report's first screen, as HTML for notebooks/analysis.ipynb: the
+answer (``answer``), the seed's claims with this run's verdicts
+(``claims_table``, from ``claims.csv``) and the 1,000-5,000 crossing against
+the budget fraction (``budget_table``; its figure is
+:func:`labkit.report.plots.budget_fractions`).  Each verdict is shown with
+the instrument that decides it (the seed's load where the run has it) and,
+in brackets, what the run's other instruments say; no statistics here."""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+
+from labkit.analysis import Analysis
+from labkit.analysis.claims import COLD_ENTRY, FLAT_US, SEED_PACING, budget_fractions
+from labkit.analysis.run import probe_label
+from labkit.report.sections import _ci, _html, table_html
+
+VERDICT_MARK = {"holds": "\u2714 holds", "does not hold": "\u2718 does not hold",
+                "inconclusive": "? inconclusive", "not measured here": "\u2013 not measured here"}
+
+
+CLAIM_NAMES = {"o-n": "O(n)", "o-1": "O(1)", "1k-5k": "hurts from 1,000\u20135,000",
+               "keepalive": "reuse amortizes", "ebpf-beats": "eBPF beats iptables and IPVS"}
+
+
+def _figure(r) -> str:
+    """A claims row's figure with its interval and unit ("" when it has none)."""
+    if not np.isfinite(r["value"]):
+        return ""
+    fmt = "{:,.0f}" if r["unit"] == "services" else "{:+,.1f}"
+    return _ci(r["value"], r["ci_low"], r["ci_high"], fmt) + f" {r['unit']}"
+
+
+def _shown(an: Analysis) -> pd.DataFrame:
+    """claims.csv with the series' labels, the probe kind kept bare (the pacing is its own column)."""
+    return an.shown(an.claims, "mode", "versus").assign(probe=an.claims["probe"])
+
+
+def _short_instrument(probe: str, pacing: float) -> str:
+    return probe_label(probe, pacing) if pacing > 0 else f"{probe} b2b"
+
+
+def _cell(rows: pd.DataFrame) -> str:
+    """One claim, mode and target: the deciding verdict and figure, then each
+    figure beside it (another instrument of the run, which decides nothing)."""
+    dec = rows[rows["role"] == "decides"]
+    beside = rows[rows["role"] == "beside"]
+    parts = [f"{VERDICT_MARK.get(r['verdict'], r['verdict'])} {_figure(r)}".strip() for _, r in dec.iterrows()]
+    if not len(beside) and len(dec) and (dec["verdict"] == "not measured here").all():
+        parts[-1] += f": {dec['evidence'].iloc[0]}"
+    for _, r in beside.iterrows():
+        mark = VERDICT_MARK.get(r["verdict"], r["verdict"]).split(" ")[0]
+        parts.append(f"({_short_instrument(r['probe'], r['pacing'])}: {mark} {_figure(r)})")
+    return " ".join(parts)
+
+
+def _claim_groups(c: pd.DataFrame):
+    """The claims rows grouped by claim, mode, versus and k (in the table's order)."""
+    keys = ["claim", "mode", "versus", "kernel", "k"]
+    c = c.assign(k=c["k"].fillna(0))
+    return c.groupby(keys, sort=False, dropna=False)
+
+
+def claims_table(an: Analysis):
+    """The seed's claims with this run's verdicts (claims.csv): one line per
+    claim and mode (and k), a column per target; each cell the deciding
+    verdict and figure, what the other instruments say in brackets; the
+    instrument that decides in the last column.  Every row of claims.csv,
+    with its evidence, in a collapsed table below."""
+    c = _shown(an)
+    if not len(c):
+        return _html('<p class="lk-note">no claims could be evaluated</p>')
+    level = f"{an.settings['level']:.0%}"
+    targets = [t for t in ("last", "random") if (c["target"] == t).any()]
+    lines = []
+    for (claim, mode, versus, _, k), g in _claim_groups(c):
+        dec = g[g["role"] == "decides"]
+        line = {"seed's claim": CLAIM_NAMES.get(claim, claim),
+                "mode": (f"{mode} vs {versus}" if versus else mode) + (f", k = {k:.0f}" if k else "")}
+        for t in targets:
+            # a row of no target (a mode the run lacks) speaks in the first column
+            line[f"{t} target [{level} CI]"] = _cell(g[g["target"] == t] if (g["target"] != "").any()
+                                                     or t != targets[0] else g)
+        if not targets:
+            line["verdict"] = _cell(g)
+        first = dec[dec["instrument"] != ""]
+        line["decided on"] = (_short_instrument(first["probe"].iloc[0], first["pacing"].iloc[0])
+                              if len(first) else "")
+        lines.append(line)
+    out = pd.DataFrame(lines)
+    out["seed's claim"] = [t if i == 0 or t != p else "" for i, (t, p) in
+                           enumerate(zip(out["seed's claim"], [""] + list(out["seed's claim"][:-1])))]
+    every = pd.DataFrame({"claim": c["claim"],
+                          "mode": [f"{m} vs {v}" if v else m for m, v in zip(c["mode"], c["versus"])],
+                          "target": c["target"], "instrument": c["instrument"], "role": c["role"],
+                          "verdict": c["verdict"], f"figure [{level} CI]": [_figure(r) for _, r in c.iterrows()],
+                          "evidence": c["evidence"]})
+    return _html(table_html(out, cls="lk lk-claims")
+                 + f"<details><summary>how each verdict was reached: the {len(c)} rows of claims.csv, with "
+                   "their evidence</summary>" + table_html(every) + "</details>")
+
+
+def _decided(c: pd.DataFrame, claim: str) -> pd.DataFrame:
+    return c[(c["claim"] == claim) & (c["role"] == "decides")]
+
+
+def _pacing_sentence(c: pd.DataFrame) -> str:
+    syn = c[(c["probe"] == "syn") & (c["role"] == "decides")]
+    if (syn["verdict"] != "not measured here").any():
+        return (f"At the seed's load (SYN probes paced at {SEED_PACING:,.0f}/s; back to back, the best case, "
+                "is in the table):")
+    return (f"This run has no probes at the seed's load (paced at {SEED_PACING:,.0f}/s; `--pacing "
+            f"0,{SEED_PACING:g}`): its SYN verdicts are open. Back to back (b2b: hot caches, the best case), "
+            "deciding nothing:")
+
+
+def _per_target(g: pd.DataFrame) -> str:
+    """"last holds +27.0 [+26.1, +28.0] us, random ..." for one claim and mode;
+    where the seed's load is not measured, the back-to-back figure, marked b2b."""
+    out = []
+    for t in ("last", "random"):
+        rows = g[g["target"] == t]
+        dec = rows[rows["role"] == "decides"]
+        if not len(dec):
+            continue
+        r = dec.iloc[0]
+        b = rows[(rows["role"] == "beside") & (rows["probe"] == r["probe"]) & rows["value"].notna()]
+        if r["verdict"] != "not measured here":
+            out.append(f"{t} {r['verdict']} {_figure(r)}")
+        elif len(b):
+            out.append(f"{t} b2b {_figure(b.iloc[0])}")
+    return ", ".join(out)
+
+
+def _budget_sentence(c: pd.DataFrame, frac: float) -> list[str]:
+    """The 1,000-5,000 verdicts per target, decided on http-new; or what is missing."""
+    k = _decided(c, "1k-5k")
+    http = k[(k["probe"] == "http-new") & (k["verdict"] != "not measured here")]
+    if not len(http):
+        return ["Hurts from 1,000\u20135,000: not measured here (no http-new requests to set the budget: "
+                "`--probe-kinds syn,http-new`)."] if len(k) else []
+    out = []
+    for target, g in http.groupby("target", sort=False):
+        out.append(f"Hurts from 1,000\u20135,000 (http-new, back to back, {target} target; where a mode's own rise "
+                   f"reaches {frac:.0%} of its own request at 1 service): "
+                   + "; ".join(f"{r['mode']} {r['verdict']}, {_figure(r)}" for _, r in g.iterrows()) + ".")
+    return out
+
+
+def answer(an: Analysis):
+    """The answer in a few sentences, from the claims (details in the claims
+    table): the pacing that decides, and each growth verdict on both targets."""
+    c = _shown(an)
+    if not len(c):
+        return _html('<p class="lk-note">Too few modes or counts for an answer.</p>')
+    parts = [_pacing_sentence(c)]
+    for claim, what in (("o-n", "O(n), the first packet's rise"), ("o-1", f"O(1), under {FLAT_US:g} us of rise")):
+        d = _decided(c, claim)
+        per = [f"{m}: {t}" for m in dict.fromkeys(d["mode"])
+               if (t := _per_target(c[(c["claim"] == claim) & (c["mode"] == m)]))]
+        if per:
+            parts.append(f"{what}: " + "; ".join(per) + ".")
+        if d["evidence"].str.contains(COLD_ENTRY, regex=False).any():
+            parts.append("Where the random target breaks O(1): " + COLD_ENTRY + ".")
+    parts += _budget_sentence(c, an.settings["budget_frac"])
+    a = _decided(c, "keepalive")
+    a = a[a["k"].notna()]
+    if len(a):
+        parts.append("Reuse amortizes (per-request penalty at most 1/k of a new connection's): " + "; ".join(
+            f"{r['mode']} k = {r['k']:.0f}: {r['verdict']}" for _, r in a.iterrows()) + ".")
+    level = f"{an.settings['level']:.0%}"
+    return _html('<p class="lk-answer">' + " ".join(html.escape(p) for p in parts)
+                 + f' <span class="lk-note">({level} intervals; the claims table says how each verdict '
+                 "was reached.)</span></p>")
+
+
+def budget_table(an: Analysis, table: pd.DataFrame | None = None):
+    """The 1,000-5,000 crossing against the budget fraction (the figure's
+    numbers; ``table``: :func:`labkit.analysis.claims.budget_fractions` of ``an``)."""
+    t = budget_fractions(an) if table is None else table
+    if not len(t):
+        return _html('<p class="lk-note">No http-new requests in this run (`--probe-kinds syn,http-new`): '
+                     "no budget, no crossing against it.</p>")
+    t = an.shown(t)
+    level = f"{an.settings['level']:.0%}"
+    t = t.assign(col=[f"{m}, {p} ({'decides' if r == 'decides' else 'beside'})"
+                      for m, p, r in zip(t["mode"], t["probe"], t["role"])],
+                 cell=[_ci(v, lo, hi, "{:,.0f}") if np.isfinite(v) else "beyond the range"
+                       for v, lo, hi in zip(t["n_star"], t["ci_low"], t["ci_high"])])
+    w = t.pivot_table(index="fraction", columns="col", values="cell", aggfunc="first", sort=False).reset_index()
+    w["fraction"] = [f"{f:.0%}" for f in w["fraction"]]
+    return _html(f"<details><summary>the crossing against the budget fraction (services, {level} CI)</summary>"
+                 + table_html(w) + "</details>")

@@ -1,0 +1,66 @@
+"""Blocks: what an experiment's runner runs, one at a time (pure).
+
+A block programs one mode at one service count in one round.  :func:`plan`
+orders a run's planned blocks; :func:`new_remeasures` and
+:func:`remeasure_blocks` add a disturbed block's re-measurement (see
+:mod:`labkit.runs.runner` and :mod:`labkit.core.disturbed`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class Block:
+    block: int
+    round: int
+    mode: str
+    services: int
+    targets: tuple[str, ...] = ()
+    #: the kernel the block runs in ("" = wherever the run runs; "host", "uml", "vm")
+    kernel: str = ""
+    #: the block this one measures again (a disturbed one), -1 for a planned block
+    remeasure_of: int = -1
+
+
+def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
+         targets: Sequence[str] = ()) -> list[Block]:
+    """Blocks in execution order: rounds in sequence, (mode, count) shuffled
+    within each round, targets shuffled within each block.  Pure and
+    deterministic from the seed; a block's id depends only on its round,
+    mode and count."""
+    rng = random.Random(seed)
+    out = []
+    for r in range(rounds):
+        cells = [((r * len(modes) + m) * len(services) + s, mode, n)
+                 for m, mode in enumerate(modes) for s, n in enumerate(services)]
+        rng.shuffle(cells)
+        for bid, mode, n in cells:
+            ts = list(targets)
+            rng.shuffle(ts)
+            out.append(Block(bid, r, mode, n, tuple(ts)))
+    return out
+
+
+def new_remeasures(planned: Sequence[Block], flagged: Iterable[int],
+                   entries: Iterable[Mapping[str, Any]]) -> list[dict[str, int]]:
+    """The meta file's ``remeasured`` entries ({block, of}) to add for the
+    disturbed planned blocks ``flagged``: one per block not already in
+    ``entries`` (once only), its id after every planned id (the planned
+    block's id plus the number of ids planned), so the same flags give the
+    same ids."""
+    base = max((b.block for b in planned), default=-1) + 1
+    had = {int(e["of"]) for e in entries}
+    return [{"block": base + old, "of": old} for old in sorted(set(flagged) - had)]
+
+
+def remeasure_blocks(blocks: Sequence[Block], entries: Iterable[Mapping[str, Any]]) -> list[Block]:
+    """The re-measurements ``remeasured`` entries ({block, of}) name: each a
+    copy of the planned block ``of`` (its round, mode, count, targets and
+    kernel) with the id ``block``."""
+    by_id = {b.block: b for b in blocks}
+    return [dataclasses.replace(by_id[int(e["of"])], block=int(e["block"]), remeasure_of=int(e["of"]))
+            for e in entries if int(e["of"]) in by_id]

@@ -1,0 +1,248 @@
+"""Fits and crossovers only where measured (no root): weights from the measured
+spread, the model chosen with rounds as clusters, bends only between measured
+counts with two on each side, crossovers on unmeasured stretches said to be so,
+budget rows inside the round-to-round spread dropped, and the sweep grids."""
+import collections
+
+import numpy as np
+import pytest
+import yaml
+from test_report import make_run
+
+from labkit.analysis import analyze
+from labkit.analysis.analyze import SPREAD_SDS, round_spread
+from labkit.analysis.crossover import budget_row, crossing_row
+from labkit.analysis.curves import CurveKey, fit_curve
+from labkit.analysis.models import (
+    _fixed_knot,
+    _knot_range,
+    fit_batch,
+    fit_models,
+    select_by_rounds,
+    spread_weights,
+    variance_weights,
+)
+from labkit.report import sections
+
+COUNTS = np.array([1, 10, 30, 100, 300, 1000, 2000, 5000, 10000], float)
+BENDS = {"hinge", "segmented"}
+
+
+def _key(mode: str) -> CurveKey:
+    return CurveKey(mode, "host", "last", "syn", 0.0, "p50")
+
+
+def _rounds(rng, truth, rounds, sd, offset_sd=0.0, counts=COUNTS):
+    """One observation per count and round: truth + a round's offset + noise of sd(n)."""
+    x = np.tile(counts, rounds)
+    r = np.repeat(np.arange(rounds), len(counts))
+    y = truth(x) + rng.normal(0, offset_sd, rounds)[r] + rng.normal(0, 1, len(x)) * sd(x)
+    return x, y, r
+
+
+# --- weights --------------------------------------------------------------------
+
+def _cells(x_counts, var, mean=lambda n: 5 + 0.004 * n):
+    """Three observations per count, mean on a line, variance exactly ``var``."""
+    d = np.sqrt(np.asarray(var, float))
+    x = np.repeat(np.asarray(x_counts, float), 3)
+    y = mean(x) + (np.array([-1.0, 0.0, 1.0])[None, :] * d[:, None]).ravel()
+    return x, y
+
+
+def test_spread_weights_follow_the_variance_function_with_a_median_floor():
+    counts = np.array([1.0, 10, 100, 1000, 10000])
+    var = 0.01 * (1 + counts)            # log variance linear in log(1 + count)
+    x, y = _cells(counts, var)
+    w = spread_weights(x, y)
+    expect = np.repeat(1 / np.maximum(var, var[2]), 3)   # floored at the median (count 100)
+    np.testing.assert_allclose(w, expect / expect.mean(), rtol=1e-9)
+    # a cell whose rounds happen to agree takes the variance function's value, not 0
+    var0 = var.copy()
+    var0[3] = 0.0
+    np.testing.assert_allclose(spread_weights(*_cells(counts, var0)), w, rtol=1e-9)
+    np.testing.assert_allclose(spread_weights([1.0, 2, 3], [5.0, 6, 7]), 1.0)   # one observation per cell
+    np.testing.assert_allclose(variance_weights([0.0, 0.0]), 1.0)
+
+
+def test_weighted_fit_is_exact_on_a_line():
+    x, y = _cells([1.0, 1000, 2000, 5000, 10000], [0.01, 0.01, 0.1, 1.0, 900.0])
+    theta, _ = fit_batch("linear", x, y[None, :], w=spread_weights(x, y))
+    assert theta[0][1] == pytest.approx(0.004, rel=1e-9) and theta[0][0] == pytest.approx(5, abs=1e-9)
+
+
+@pytest.mark.parametrize("rounds", [3, 5])
+def test_weighted_slope_interval_covers_the_truth_on_heteroscedastic_data(rounds):
+    """200 synthetic curves whose spread grows with the count (sd 0.16 us at 1
+    service to 11 us at 10,000, like iptables-legacy's), slope 5 ns/service:
+    the 95% delete-one-round interval of the weighted slope covers the truth in
+    90-99% of them, and the weighted slope errs less than the equal-weights one."""
+    rng = np.random.default_rng(100 + rounds)
+    truth, draws, hits = 0.005, 200, 0
+    err_w, err_eq = [], []
+    for _ in range(draws):
+        x, y, r = _rounds(rng, lambda n: 5 + truth * n, rounds, lambda n: 0.16 + 0.0011 * n)
+        c = fit_curve(_key("a"), x, y, rounds=r, all_rounds=list(range(rounds)))
+        b = c.fits["linear"].params()["b"]
+        lo, hi = c.ci(b, c.boot["linear"][:, 1])
+        assert lo <= b <= hi
+        hits += lo <= truth <= hi
+        err_w.append(abs(b - truth))
+        err_eq.append(abs(fit_batch("linear", x, y[None, :])[0][0][1] - truth))
+    assert 0.90 <= hits / draws <= 0.99, f"coverage {hits / draws:.3f} with {rounds} rounds"
+    assert np.median(err_w) < 0.8 * np.median(err_eq)
+
+
+def test_weights_estimated_from_equal_spreads_keep_the_slope_interval_nominal():
+    """Equal spread at every count (the weights are then pure estimation noise)
+    and a drift per round: the 95% interval of the slope still covers the
+    truth (2 ns/service) in 90-99% of 200 runs of 3 rounds."""
+    rng = np.random.default_rng(41)
+    counts = np.array([1, 300, 1000, 2000, 5000, 10000], float)
+    hits, draws = 0, 200
+    for _ in range(draws):
+        x, y, r = _rounds(rng, lambda n: 10 + 0.002 * n, 3, lambda n: 0.3 + 0 * n, 0.5, counts)
+        c = fit_curve(_key("a"), x, y, rounds=r, all_rounds=[0, 1, 2])
+        b = c.fits["linear"].params()["b"]
+        lo, hi = c.ci(b, c.boot["linear"][:, 1])
+        hits += lo <= 0.002 <= hi
+    assert 0.90 <= hits / draws <= 0.99, hits / draws
+
+
+# --- model choice with rounds as clusters ----------------------------------------
+
+def _choices(rng, truth, rounds, n=100, offset_sd=2.0):
+    out = collections.Counter()
+    for _ in range(n):
+        x, y, r = _rounds(rng, truth, rounds, lambda n: 0.3 + 0.0003 * n, offset_sd)
+        fits = fit_models(x, y, w=spread_weights(x, y))
+        out[select_by_rounds(fits, x, y, r)[0]] += 1
+    return out
+
+
+@pytest.mark.parametrize("rounds", [3, 5])
+def test_a_line_with_round_offsets_is_not_fitted_with_a_bend(rounds):
+    """A straight line (5 ns/service), each round shifted by its own offset (sd
+    2 us, far above the point noise) and noise growing with the count: the
+    choice by rounds takes the line, a bend in at most 10% of 100 curves."""
+    got = _choices(np.random.default_rng(7 + rounds), lambda n: 10 + 0.005 * n, rounds)
+    assert sum(got[m] for m in BENDS) <= 10, got
+    assert got["linear"] >= 85, got
+
+
+@pytest.mark.parametrize("rounds", [3, 5])
+def test_a_flat_curve_with_round_offsets_is_reported_flat(rounds):
+    got = _choices(np.random.default_rng(17 + rounds), lambda n: 14 + 0 * n, rounds)
+    assert got["constant"] >= 85, got
+
+
+@pytest.mark.parametrize("rounds", [3, 5])
+def test_a_real_bend_is_chosen(rounds):
+    """1 ns/service, then 21 from 3,000 services: a bend is chosen in at least
+    95 of 100 curves, despite round offsets."""
+    got = _choices(np.random.default_rng(27 + rounds),
+                   lambda n: 10 + 0.001 * n + 0.02 * np.maximum(n - 3000, 0), rounds)
+    assert sum(got[m] for m in BENDS) >= 95, got
+
+
+# --- bends only between measured counts ------------------------------------------
+
+def test_a_knot_with_one_count_beyond_it_is_not_identified():
+    """With one measured count beyond the knot, every knot in that gap fits
+    equally well (the fit error is flat): no bend may sit there."""
+    u = COUNTS / COUNTS.max()
+    y = np.where(COUNTS < 10000, 5 + 0.004 * COUNTS, 180.0)[None, :]
+    ks = np.linspace(5000, 9900, 50) / COUNTS.max()
+    rss = _fixed_knot("hinge", u, np.repeat(y, len(ks), 0), ks, np.ones(len(u)))[1]
+    assert np.ptp(rss) < 1e-9 * rss.mean()
+    for model in ("hinge", "segmented"):
+        assert _knot_range(model, np.unique(COUNTS)) == (10.0, 5000.0)
+
+
+def test_a_jump_between_the_last_two_counts_is_named_by_its_gap():
+    """iptables-legacy-like: a few ns/service, then a jump to ~180 us at 10,000:
+    the bend lies between measured counts with two on each side, and it is
+    described by the gap it lies in, never as a point inside it."""
+    rng = np.random.default_rng(3)
+    x, y, r = _rounds(rng, lambda n: np.where(n < 10000, 5.6 + 0.0036 * n + 0.004 * np.maximum(n - 2000, 0),
+                                              180.0), 5, lambda n: 0.2 + 0.001 * n)
+    c = fit_curve(_key("iptables-legacy"), x, y, rounds=r, all_rounds=list(range(5)))
+    assert c.chosen in BENDS
+    k = c.knots()[0]
+    assert 10 <= k <= 5000
+    gap = c.fit.knot_gap()
+    text = c.fit.describe()
+    if gap is not None:
+        assert gap[0] < k < gap[1] and f"between {gap[0]:,.0f} and {gap[1]:,.0f} services" in text
+        assert f"{k:,.0f}" not in text
+    # its last straight piece is the line through 5,000 and 10,000 only
+    assert c.straight_support(5000, 10000) == 2
+
+
+def test_a_crossover_on_a_two_count_piece_is_located_only_to_its_gap():
+    """A curve that jumps between 5,000 and 10,000 crosses a steady line there:
+    the crossing is reported as lying between 5,000 and 10,000, unresolved; the
+    steady line's crossing with a flat curve at 500 is located."""
+    rng = np.random.default_rng(11)
+    rounds = list(range(5))
+    x, y, r = _rounds(rng, lambda n: np.where(n <= 5000, 5 + 0.004 * n, 5 + 0.004 * n + 0.03 * (n - 5000)), 5,
+                      lambda n: 0.2 + 0.0002 * n)
+    jump = fit_curve(_key("legacy"), x, y, rounds=r, all_rounds=rounds)
+    x, y, r = _rounds(rng, lambda n: 6 + 0.01 * n, 5, lambda n: 0.2 + 0.0002 * n)
+    line = fit_curve(_key("nft"), x, y, rounds=r, all_rounds=rounds)
+    x, y, r = _rounds(rng, lambda n: 11 + 0 * n, 5, lambda n: 0.2 + 0 * n)
+    flat = fit_curve(_key("nftables"), x, y, rounds=r, all_rounds=rounds)
+    assert jump.chosen in BENDS and line.chosen == "linear" and flat.chosen == "constant"
+    row = crossing_row(jump, line)
+    assert 5000 < row["n_star"] < 10000 and row["resolved"] is False
+    assert "cross between the measured counts 5,000 and 10,000" in row["finding"]
+    assert "unmeasured stretch" in row["finding"]
+    ok = crossing_row(line, flat)
+    assert ok["resolved"] is True and 300 < ok["n_star"] < 1000
+    assert ok["ci_low"] <= 500 <= ok["ci_high"]
+    b = budget_row(jump, flat, 100.0, "budget-abs", "100 us")   # beyond 5,000: on the jump's two-count piece
+    assert b["resolved"] is False and "between the measured counts 5,000 and 10,000" in b["finding"]
+
+
+# --- budget rows inside the round-to-round spread ---------------------------------
+
+def test_round_spread_is_the_sd_of_the_per_round_difference_at_the_smallest_count():
+    x = np.tile([1.0, 100, 1000], 3)
+    r = np.repeat([0, 1, 2], 3)
+    ya = 10 + 0.01 * x + np.array([0.0, 1.0, 2.0])[r]   # per-round offsets 0, 1, 2
+    yb = 5 + 0 * x
+    pa, pb = np.arange(9), np.arange(9, 18)
+    rounds_of = {int(p): int(v) for p, v in zip(np.concatenate([pa, pb]), np.concatenate([r, r]))}
+    ca = fit_curve(_key("a"), x, ya, point_ids=pa, rounds=r, all_rounds=[0, 1, 2])
+    cb = fit_curve(_key("b"), x, yb, point_ids=pb, rounds=r, all_rounds=[0, 1, 2])
+    assert round_spread(ca, cb, rounds_of) == pytest.approx(1.0)   # sd of 5, 6, 7
+    assert np.isnan(round_spread(ca, cb, {}))                      # no rounds: not judged
+
+
+def test_budget_rows_inside_the_spread_are_dropped_and_counted(tmp_path):
+    run = make_run(tmp_path / "run", rounds=3, targets=("last",))
+    big = analyze(run, budget_us=10.0, budget_frac=0.10, stats=("p50",))
+    tiny = analyze(run, budget_us=1e-3, budget_frac=1e-4, stats=("p50",))
+    n_budget = int((big.crossover["kind"] != "fit").sum())
+    assert n_budget == 6 * 2          # 6 ordered pairs of 3 modes, absolute and relative
+    assert big.checks["budget_rows_dropped"] == 0
+    kept = big.crossover[big.crossover["kind"] != "fit"]
+    assert (kept["budget_us"] > SPREAD_SDS * kept["spread_us"]).all() and kept["spread_us"].gt(0).all()
+    assert tiny.checks["budget_rows_dropped"] == n_budget
+    assert set(tiny.crossover["kind"]) == {"fit"}
+    assert "round-to-round spread" in tiny.checks["budget_rows_dropped_why"]
+    note = str(sections.findings(tiny).data)
+    assert note.count(f"{n_budget} budget rows are not published") == 1
+    assert "not published" not in str(sections.findings(big).data)
+
+
+# --- the sweep grids ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name, above", [("default", 0), ("full", 1)])
+def test_grids_are_at_most_1_5x_apart_from_1000_to_10000(name, above):
+    counts = yaml.safe_load(open(f"params/{name}.yaml"))["services"]
+    mid = [c for c in counts if 1000 <= c <= 10000]
+    assert mid[0] == 1000 and mid[-1] == 10000
+    assert max(b / a for a, b in zip(mid, mid[1:])) <= 1.5
+    beyond = [c for c in counts if c > 10000]
+    assert not above or beyond[0] <= 15000
