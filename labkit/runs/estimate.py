@@ -2,8 +2,8 @@
 (``labkit sweep --dry-run``, ``labkit params FILE``).
 
 The duration is predicted from rates measured on a finished sweep
-(:func:`rates_of`): per probe kind and pacing, the seconds a point spends per
-probe and between two points of a block; per mode, the seconds a block spends
+(:func:`rates_of`): per probe kind and pacing, the seconds a point costs per
+probe (its probes and what precedes it in the block); per mode, the seconds a block spends
 outside its points (programming the datapath, a fresh node namespace,
 teardown) as a straight line in the service count; and the run's start-up.
 After every complete single-kernel sweep labkit keeps its rates in the cache
@@ -45,12 +45,11 @@ class Rates:
     """Seconds, measured on one sweep (``source``)."""
     source: str
     per_probe: dict[str, float]       # "kind@pacing" -> seconds per probe sent
-    per_point: dict[str, float]       # "kind@pacing" -> seconds between two points of a block
     block: dict[str, list[float]]     # mode -> [seconds, seconds per service] outside the points
     start_s: float                    # start of the run to its first point
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "per_probe": self.per_probe, "per_point": self.per_point,
+        return {"source": self.source, "per_probe": self.per_probe,
                 "block": self.block, "start_s": self.start_s}
 
 
@@ -68,10 +67,9 @@ def rates_of(points: pd.DataFrame, started: float, source: str) -> Rates:
     cost = (p["dur"] + p["gap"]) / p["sent"].clip(lower=1)
     per_probe = {k: float(np.nanmedian(cost[g.index])) if cost[g.index].notna().any()
                  else float(np.median(g["dur"] / g["sent"].clip(lower=1))) for k, g in p.groupby("key")}
-    per_point = {k: 0.0 for k in per_probe}
     blocks = p.groupby("block").agg(mode=("mode", "first"), services=("services", "first"),
                                     first=("started", "min"), last=("finished", "max"),
-                                    inside=("dur", "sum"), gaps=("gap", "sum")).sort_values("first")
+                                    ).sort_values("first")
     # from the previous block's last point to this block's first: teardown, a fresh node, programming
     blocks = blocks.assign(outside=(blocks["first"] - blocks["last"].shift()).clip(lower=0))
     block: dict[str, list[float]] = {}
@@ -83,7 +81,7 @@ def rates_of(points: pd.DataFrame, started: float, source: str) -> Rates:
         else:
             block[str(mode)] = [float(np.median(y)), 0.0]
     start = float(blocks["first"].iloc[0] - started) if len(blocks) and math.isfinite(started) else 0.0
-    return Rates(source, per_probe, per_point, block, max(start, 0.0))
+    return Rates(source, per_probe, block, max(start, 0.0))
 
 
 def _kernel_of_run(meta: dict) -> str:
@@ -117,7 +115,7 @@ def load_rates(kernel: str) -> tuple[Rates | None, str]:
     try:
         d = json.loads(f.read_text())
         if d.get("host") == socket.gethostname():
-            return Rates(d["source"], d["per_probe"], d["per_point"], d["block"], d["start_s"]), \
+            return Rates(d["source"], d["per_probe"], d["block"], d["start_s"]), \
                 f"this machine's last {kernel} sweep ({d['source']})"
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -183,11 +181,10 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
                         per = (r.per_probe.get(key) if r else None) or _assume(
                             assumed, f"{key} in {kernel}: no probe rate, "
                             f"{'1/pacing' if pace else '1 ms'} a probe", 1 / pace if pace else 1e-3)
-                        gap = (r.per_point.get(key) if r else None) or 0.0
                         k = len(p.targets) * p.rounds
                         points += k
                         probes += k * (p.probes + p.warmup)
-                        seconds += k * (gap + p.probes * per)
+                        seconds += k * p.probes * per
     return Estimate(points, blocks, probes, seconds, sources or {}, sorted(set(assumed)))
 
 
