@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PARAMS ?= params/default.yaml
 RUN ?= runs/$(basename $(notdir $(PARAMS)))-$(shell date +%Y%m%d-%H%M%S)
-REFERENCE ?= data/reference/host-6.18
+REFERENCE ?= data/reference/default-6.18
 PUBLISH_DIR ?= build/publish
 # Debian packages the lab needs (see README "Dependencies" for why each is there)
 APT_PACKAGES := iproute2 iptables nftables procps kmod conntrack \
@@ -49,7 +49,7 @@ $(STAMP): pyproject.toml
 # the Python environment alone (no root, no Debian packages): enough for `make publish`
 venv: $(STAMP)
 
-# the default sweep (about 14 minutes on 2 cores) and its report
+# the default sweep (about 25 minutes on 2 cores: README) and its report
 report: setup
 	$(BIN)/python -m labkit sweep --params $(PARAMS) --out $(RUN)
 	$(BIN)/python -m labkit report $(RUN)

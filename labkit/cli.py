@@ -41,12 +41,12 @@ from labkit.runs.control import Control
 from labkit.runs.cpu import Cpu
 from labkit.runs.doctor import doctor
 from labkit.runs.estimate import estimate_for, save_rates
-from labkit.runs.params import PARAMETERS, TARGETS, SweepParams
+from labkit.runs.params import FILE_ONLY, PARAMETERS, TARGETS, SweepParams
 from labkit.runs.runner import Experiment, Runner, open_out, release_out
 from labkit.runs.sweep import Sweep, summary_text
 
-#: the sweep's options: every parameter but the stored plan of a host+uml run
-SWEEP_OPTIONS = tuple(n for n in PARAMETERS if n != "kernels_by_mode")
+#: the sweep's options: every parameter but those given in a parameter file only
+SWEEP_OPTIONS = tuple(n for n in PARAMETERS if n not in FILE_ONLY)
 
 log = logging.getLogger("labkit")
 
@@ -209,7 +209,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         # this machine's rates, for the next --dry-run (a cache file; never fatal)
         try:
             save_rates(out, runner.meta)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, UsageError) as exc:
             log.info("rates not kept for --dry-run: %s", exc)
     print(f"wrote {out}/{schema.SAMPLES}, {schema.POINTS}, {schema.CONTROL}, {schema.META}")
     return 0

@@ -61,3 +61,30 @@ def test_dry_run_prints_the_estimate_and_measures_nothing(tmp_path):
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.startswith("4 points in 4 blocks") and "estimated" in cp.stdout
     assert os.listdir(tmp_path) == []
+
+
+def test_a_host_and_uml_runs_rates_per_kernel_predict_its_duration():
+    d, meta, p = _run("default-6.18")
+    pts = est._with_kernel(read_table(os.path.join(d, schema.POINTS)), meta)
+    assert set(pts["kernel"]) == {"host", "uml"}
+    rates = {k: est.rates_of(pts, meta["started"], d, k) for k in ("host", "uml")}
+    e = est.estimate(p, rates)
+    actual = meta["finished"] - meta["started"]
+    planned = pts[pts["remeasure_of"] < 0] if "remeasure_of" in pts.columns else pts
+    assert e.points == len(planned) and not e.assumed
+    # the re-measured blocks are not planned, so the estimate may fall short by their time
+    assert -0.15 < e.seconds / actual - 1 < 0.10, (e.seconds, actual)
+
+
+def test_save_rates_keeps_each_kernel_of_a_host_and_uml_run_and_no_smoke_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    d, meta, _ = _run("default-6.18")
+    written = est.save_rates(d, meta)
+    assert sorted(os.path.basename(f) for f in written) == ["host.json", "uml.json"]
+    r, src = est.load_rates("uml")
+    assert r is not None and "ipvs" in r.block and "this machine's last uml sweep" in src
+    small = tmp_path / "small"
+    small.mkdir()
+    pts = read_table(os.path.join(d, schema.POINTS)).head(est.MIN_POINTS - 1)
+    pts.to_parquet(small / schema.POINTS)
+    assert est.save_rates(str(small), meta) == []

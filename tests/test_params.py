@@ -9,7 +9,9 @@ import pytest
 
 from labkit import cli
 from labkit.core.errors import UsageError
-from labkit.runs.params import NOTEBOOK_NAMES, PARAMETERS, SweepParams
+from labkit.runs.estimate import estimate
+from labkit.runs.params import FILE_ONLY, NOTEBOOK_NAMES, PARAMETERS, SweepParams
+from labkit.runs.sweep import Sweep
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -42,7 +44,7 @@ def _notebook_parameters() -> dict:
 def test_the_notebooks_parameters_cell_holds_sweepparams_defaults():
     given = _notebook_parameters()
     sweep = {k: v for k, v in given.items() if k not in NOTEBOOK_NAMES}
-    assert set(sweep) == set(PARAMETERS) - {"kernels_by_mode"}
+    assert set(sweep) == set(PARAMETERS) - set(FILE_ONLY)
     assert SweepParams.from_dict(sweep) == SweepParams()
 
 
@@ -55,3 +57,48 @@ def test_the_cli_help_names_sweepparams_defaults():
         assert f"default {cli.default(name)}" in helps[name], (name, helps[name])
     assert cli.default("services") == "0,1,10,30,100,300,1000,2000,5000,10000"
     assert cli.default("pacing") == "0" and cli.default("timeout") == "0.5"
+
+
+def test_kind_modes_and_the_uml_subsets_shape_the_plan():
+    p = SweepParams.from_dict({"modes": ["iptables-legacy", "nftables", "ipvs"], "kernel": "host+uml",
+                               "services": [1, 100, 1000], "probe_kinds": ["syn", "http-new"],
+                               "kind_modes": {"http-new": "iptables-legacy"},
+                               "uml_services": [1000, 1], "uml_probe_kinds": ["syn"],
+                               "kernels_by_mode": {"iptables-legacy": ["host", "uml"], "nftables": ["host"],
+                                                   "ipvs": ["uml"]}})
+    assert p.uml_services == [1, 1000] and p.services_in("uml") == [1, 1000]
+    assert p.services_in("host") == p.services_in("") == [1, 100, 1000]
+    assert p.kinds_for("iptables-legacy", "host") == ["syn", "http-new"]
+    assert p.kinds_for("nftables", "host") == ["syn"]
+    assert p.kinds_for("iptables-legacy", "uml") == ["syn"]
+    sweep = Sweep(p)
+    blocks = sweep.blocks()
+    assert {b.services for b in blocks if b.kernel == "uml"} == {1, 1000}
+    assert {b.services for b in blocks if b.kernel == "host"} == {1, 100, 1000}
+    assert len({b.block for b in blocks}) == len(blocks)
+    legacy_host = next(b for b in blocks if b.kernel == "host" and b.mode == "iptables-legacy")
+    legacy_uml = next(b for b in blocks if b.kernel == "uml" and b.mode == "iptables-legacy")
+    assert sweep.units(legacy_host) == 3 * (1 + 1) and sweep.units(legacy_uml) == 3 * 1   # 3 targets
+
+
+@pytest.mark.parametrize("extra,msg", [
+    ({"kind_modes": {"http-new": ["ipvs"]}}, "unknown kind_modes\\[http-new\\]"),
+    ({"kind_modes": {"reuse-3": ["nftables"]}}, "kind_modes: 'reuse-3' is not one of the run's probe kinds"),
+    ({"kind_modes": ["http-new"]}, "kind_modes must be a mapping"),
+    ({"uml_services": [5]}, "uml_services: 5 is not one of the run's services"),
+    ({"uml_probe_kinds": ["reuse-3"]}, "uml_probe_kinds: 'reuse-3' is not one of the run's probe_kinds"),
+    ({"uml_services": [1], "kernel": "host"}, "uml_services is only for kernel host\\+uml"),
+])
+def test_kind_modes_and_the_uml_subsets_are_checked(extra, msg):
+    base = {"modes": ["iptables-legacy", "nftables"], "kernel": "host+uml", "services": [1, 100],
+            "probe_kinds": ["syn", "http-new"]}
+    with pytest.raises(UsageError, match=msg):
+        SweepParams.from_dict(base | extra)
+
+
+def test_the_estimate_follows_the_plan_of_a_host_and_uml_run():
+    p = SweepParams.from_yaml(os.path.join(ROOT, "params", "default.yaml"))
+    est = estimate(p, {"host": None, "uml": None})
+    blocks = Sweep(p).blocks()
+    assert est.blocks == len(blocks)
+    assert est.points == sum(Sweep(p).units(b) for b in blocks)

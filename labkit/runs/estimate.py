@@ -32,12 +32,12 @@ from labkit.host import debcache
 from labkit.rundir import schema
 from labkit.rundir.store import read_table
 from labkit.runs.params import SweepParams
-from labkit.runs.sweep import pacings
+from labkit.runs.sweep import Sweep, pacings
 
 ROOT = Path(__file__).resolve().parents[2]
 #: where each kernel's rates come from when this machine has measured none
-REFERENCE = {"host": ROOT / "data" / "reference" / "host-6.18",
-             "uml": ROOT / "data" / "reference" / "uml-7.2.13"}
+REFERENCE = {"host": ROOT / "data" / "reference" / "default-6.18",
+             "uml": ROOT / "data" / "reference" / "default-6.18"}
 
 
 @dataclass(frozen=True)
@@ -57,21 +57,27 @@ def _key(kind: str, pacing: float) -> str:
     return f"{kind}@{float(pacing):g}"
 
 
-def rates_of(points: pd.DataFrame, started: float, source: str) -> Rates:
-    """The rates of one finished sweep's points table (pure)."""
+def rates_of(points: pd.DataFrame, started: float, source: str, kernel: str | None = None) -> Rates:
+    """The rates of one finished sweep's points table (pure); with ``kernel``,
+    of its points in that kernel only (a host+uml run: what precedes each
+    point and block is still taken from the whole run)."""
     p = points.dropna(subset=["started", "finished"]).sort_values("started")
     p = p.assign(dur=p["finished"] - p["started"], key=[_key(k, v) for k, v in zip(p["probe"], p["pacing"])])
     p = p.assign(gap=(p["started"] - p.groupby("block")["finished"].shift()).clip(lower=0))
     # a point's cost: its probes and what precedes it in the block (warmup, the previous point's
     # checks), per probe sent; a kind only ever first in its blocks has its probes' time only
     cost = (p["dur"] + p["gap"]) / p["sent"].clip(lower=1)
-    per_probe = {k: float(np.nanmedian(cost[g.index])) if cost[g.index].notna().any()
-                 else float(np.median(g["dur"] / g["sent"].clip(lower=1))) for k, g in p.groupby("key")}
     blocks = p.groupby("block").agg(mode=("mode", "first"), services=("services", "first"),
                                     first=("started", "min"), last=("finished", "max"),
                                     ).sort_values("first")
     # from the previous block's last point to this block's first: teardown, a fresh node, programming
     blocks = blocks.assign(outside=(blocks["first"] - blocks["last"].shift()).clip(lower=0))
+    if kernel is not None and "kernel" in p.columns:
+        p = p[p["kernel"] == kernel]
+        cost = cost[p.index]
+        blocks = blocks[blocks.index.isin(p["block"])]
+    per_probe = {k: float(np.nanmedian(cost[g.index])) if cost[g.index].notna().any()
+                 else float(np.median(g["dur"] / g["sent"].clip(lower=1))) for k, g in p.groupby("key")}
     block: dict[str, list[float]] = {}
     for mode, g in blocks.dropna(subset=["outside"]).groupby("mode"):
         x, y = g["services"].to_numpy(float), g["outside"].to_numpy(float)
@@ -80,7 +86,8 @@ def rates_of(points: pd.DataFrame, started: float, source: str) -> Rates:
             block[str(mode)] = [float(max(a, 0.0)), float(max(b, 0.0))]
         else:
             block[str(mode)] = [float(np.median(y)), 0.0]
-    start = float(blocks["first"].iloc[0] - started) if len(blocks) and math.isfinite(started) else 0.0
+    start = float(blocks["first"].iloc[0] - started) if len(blocks) and math.isfinite(started) \
+        and kernel in (None, "host") else 0.0
     return Rates(source, per_probe, block, max(start, 0.0))
 
 
@@ -94,18 +101,42 @@ def rates_file(kernel: str) -> Path:
     return debcache.cache_base() / "rates" / f"{kernel}.json"
 
 
-def save_rates(run_dir: str, meta: dict) -> Path | None:
-    """Keep a complete single-kernel sweep's rates for the next estimate."""
-    kernel = _kernel_of_run(meta)
-    if not meta.get("complete") or kernel not in ("host", "uml", "vm"):
-        return None
+#: a complete sweep of fewer points than this (a smoke test's) keeps no rates
+MIN_POINTS = 100
+
+
+def save_rates(run_dir: str, meta: dict) -> list[Path]:
+    """Keep a complete sweep's rates for the next estimate, per kernel it ran
+    in (a host+uml run: both); a smoke run of fewer than :data:`MIN_POINTS`
+    points keeps none.  The written files."""
+    params = meta.get("params") or {}
+    kernels = ["host", "uml"] if params.get("kernel") == "host+uml" else [_kernel_of_run(meta)]
+    if not meta.get("complete") or not all(k in ("host", "uml", "vm") for k in kernels):
+        return []
     pts = read_table(os.path.join(run_dir, schema.POINTS))
-    r = rates_of(pts, float(meta.get("started") or math.nan), os.path.abspath(run_dir))
-    out = rates_file(kernel)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    body = r.to_dict() | {"host": socket.gethostname(), "saved": time.time()}
-    atomic_write_bytes(str(out), json.dumps(body, indent=1).encode())
+    if len(pts) < MIN_POINTS:
+        return []
+    if len(kernels) > 1:
+        pts = _with_kernel(pts, meta)
+    out = []
+    for kernel in kernels:
+        r = rates_of(pts, float(meta.get("started") or math.nan), os.path.abspath(run_dir),
+                     kernel if len(kernels) > 1 else None)
+        f = rates_file(kernel)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        body = r.to_dict() | {"host": socket.gethostname(), "saved": time.time()}
+        atomic_write_bytes(str(f), json.dumps(body, indent=1).encode())
+        out.append(f)
     return out
+
+
+def _with_kernel(pts: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """A host+uml run's points with each block's kernel (host, uml), from the
+    run's plan (a re-measurement: its block's)."""
+    plan = Sweep(SweepParams.from_dict(dict(meta.get("params") or {}))).blocks()
+    where = {b.block: b.kernel for b in plan}
+    where |= {int(e["block"]): where.get(int(e["of"]), "") for e in meta.get("remeasured") or []}
+    return pts.assign(kernel=pts["block"].map(where))
 
 
 def load_rates(kernel: str) -> tuple[Rates | None, str]:
@@ -123,7 +154,10 @@ def load_rates(kernel: str) -> tuple[Rates | None, str]:
     if ref is None or not (ref / schema.POINTS).is_file():
         return None, f"no measured rates for {kernel}"
     meta = json.loads((ref / schema.META).read_text())
-    r = rates_of(read_table(str(ref / schema.POINTS)), float(meta.get("started") or math.nan), str(ref))
+    pts = read_table(str(ref / schema.POINTS))
+    mixed = (meta.get("params") or {}).get("kernel") == "host+uml"
+    r = rates_of(_with_kernel(pts, meta) if mixed else pts, float(meta.get("started") or math.nan), str(ref),
+                 kernel if mixed else None)
     return r, (f"the reference run {ref.relative_to(ROOT)} (another machine or day: run one sweep here "
                "for this machine's rates)")
 
@@ -131,6 +165,8 @@ def load_rates(kernel: str) -> tuple[Rates | None, str]:
 def kernels_of(p: SweepParams, host_lacks: Collection[str] = ()) -> dict[str, list[str]]:
     """Each mode -> the kernels a sweep of ``p`` measures it in, given the modes
     this host cannot run (pure)."""
+    if p.kernel == "host+uml" and p.kernels_by_mode:
+        return {m: list(ks) for m, ks in p.kernels_by_mode.items()}
     if p.kernel == "host+uml":
         return {m: (["host", "uml"] if m in modes.CALIBRATORS else
                     ["uml"] if m in host_lacks else ["host"]) for m in p.modes}
@@ -171,11 +207,11 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
     for mode, kernels in where.items():
         for kernel in kernels:
             r = rates.get(kernel)
-            for n in p.services:
+            for n in p.services_in(kernel if p.kernel == "host+uml" else ""):
                 blocks += p.rounds
                 a, b = (r.block.get(mode) if r else None) or _other_modes(r, mode, kernel, assumed)
                 seconds += p.rounds * (a + b * n)
-                for kind in p.probe_kinds:
+                for kind in p.kinds_for(mode, kernel if p.kernel == "host+uml" else ""):
                     for pace in pacings(p, kind):
                         key = _key(kind, pace)
                         per = (r.per_probe.get(key) if r else None) or _assume(

@@ -65,6 +65,15 @@ class SweepParams:
     #: with kernel "host+uml": the kernels each mode runs in (filled in once, from what
     #: each kernel runs, and stored, so a resumed run plans the same blocks)
     kernels_by_mode: dict[str, list[str]] = field(default_factory=dict)
+    #: probe kinds measured in some modes only: kind -> modes (a kind not named here is
+    #: measured in every mode); e.g. the request probes only where the claims need them
+    kind_modes: dict[str, list[str]] = field(default_factory=dict)
+    #: with kernel host+uml: the service counts measured in user-mode Linux (a subset of
+    #: ``services``; empty: all of them), where programming a large table is slow
+    uml_services: list[int] = field(default_factory=list)
+    #: with kernel host+uml: the probe kinds measured in user-mode Linux (a subset of
+    #: ``probe_kinds``; empty: all of them)
+    uml_probe_kinds: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepParams":
@@ -129,6 +138,10 @@ class SweepParams:
                 raise UsageError(f"{name} must be an IPv4 network such as 10.96.0.0/12, "
                                  f"got {short(getattr(self, name))}")
         put("kernels_by_mode", _kernels_by_mode(self.kernels_by_mode, self.modes, self.kernel))
+        put("kind_modes", _kind_modes(self.kind_modes, self.probe_kinds, self.modes))
+        put("uml_services", _uml_subset(self.uml_services, "uml_services", self.services, self.kernel))
+        put("uml_probe_kinds", _uml_subset(self.uml_probe_kinds, "uml_probe_kinds", self.probe_kinds,
+                                           self.kernel))
         pacing = [_pacing(v) for v in split(self.pacing, "pacing")]
         if not pacing:
             raise UsageError("pacing: at least one value is needed (0 = back to back)")
@@ -151,9 +164,21 @@ class SweepParams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def services_in(self, kernel: str) -> list[int]:
+        """The service counts measured in ``kernel`` ("" = the run's one kernel)."""
+        return list(self.uml_services) if kernel == "uml" and self.uml_services else list(self.services)
+
+    def kinds_for(self, mode: str, kernel: str) -> list[str]:
+        """The probe kinds measured for ``mode`` in ``kernel``, in ``probe_kinds`` order."""
+        kinds = self.uml_probe_kinds if kernel == "uml" and self.uml_probe_kinds else self.probe_kinds
+        return [k for k in kinds if mode in self.kind_modes.get(k, self.modes)]
+
 
 #: the names of the sweep's parameters
 PARAMETERS = tuple(f.name for f in dataclasses.fields(SweepParams))
+#: parameters given in a parameter file (or papermill) only: mappings and the plan of a
+#: host+uml run, not command-line options
+FILE_ONLY = ("kernels_by_mode", "kind_modes", "uml_services", "uml_probe_kinds")
 
 #: the deepest nesting a parameter file may have (a list of lists of ... is refused)
 YAML_MAX_DEPTH = 32
@@ -213,6 +238,37 @@ def _kernels_by_mode(value: Any, modes: list[str], kernel: str) -> dict[str, lis
         raise UsageError(f"kernels_by_mode names no kernel for mode(s) {', '.join(missing)}: "
                          "give every mode, or leave kernels_by_mode out")
     return {m: names(value[m], f"kernels_by_mode[{m}]", UML_KERNELS) for m in modes}
+
+
+def _kind_modes(value: Any, kinds: list[str], modes: list[str]) -> dict[str, list[str]]:
+    """``kind_modes`` checked: each key one of the run's probe kinds, each value
+    some of its modes (in the modes' order)."""
+    if not isinstance(value, dict):
+        raise UsageError(f"kind_modes must be a mapping of probe kind: [modes], got {short(value)}")
+    out = {}
+    for kind, ms in value.items():
+        if kind not in kinds:
+            raise UsageError(f"kind_modes: {short(kind)} is not one of the run's probe kinds ({', '.join(kinds)})")
+        given = names(ms, f"kind_modes[{kind}]", tuple(modes))
+        out[kind] = [m for m in modes if m in given]
+    return out
+
+
+def _uml_subset(value: Any, what: str, of: list, kernel: str) -> list:
+    """``uml_services`` / ``uml_probe_kinds`` checked: a subset of the run's
+    ``services`` / ``probe_kinds`` (in their order), given only with host+uml."""
+    items = split(value, what)
+    if not items:
+        return []
+    if kernel != "host+uml":
+        raise UsageError(f"{what} is only for kernel host+uml (kernel is {kernel}); remove it, or set "
+                         "kernel: host+uml")
+    if what == "uml_services":
+        items = [whole(v, what, 0, MAX_SERVICES) for v in items]
+    for v in items:
+        if v not in of:
+            raise UsageError(f"{what}: {short(v)} is not one of the run's {what[4:]} ({short(of)})")
+    return [v for v in of if v in items]
 
 
 def _pacing(v: Any) -> float:

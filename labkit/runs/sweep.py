@@ -196,13 +196,14 @@ class Sweep(Experiment):
         if not p.kernels_by_mode:
             return plan(p.modes, p.services, p.rounds, p.seed, p.targets)
         # two kernels: per round, the host's blocks, then user-mode Linux's (one boot
-        # per round); the same modes, counts and targets, shuffled within each part
+        # per round); the same targets, the counts of each kernel (uml_services),
+        # shuffled within each part
         out: list[Block] = []
         kernels = ("host", "uml")
         for r in range(p.rounds):
             for ki, kernel in enumerate(kernels):
                 modes = [m for m in p.modes if kernel in p.kernels_by_mode.get(m, [])]
-                for b in plan(modes, p.services, 1, p.seed * 1009 + r * 2 + ki, p.targets):
+                for b in plan(modes, p.services_in(kernel), 1, p.seed * 1009 + r * 2 + ki, p.targets):
                     m, s_ = p.modes.index(b.mode), p.services.index(b.services)
                     bid = ((r * len(kernels) + ki) * len(p.modes) + m) * len(p.services) + s_
                     out.append(Block(bid, r, b.mode, b.services, b.targets, kernel))
@@ -212,7 +213,7 @@ class Sweep(Experiment):
         return self.p.catalog(max(self.p.services))
 
     def units(self, block: Block) -> int:
-        return len(block.targets) * sum(len(pacings(self.p, k)) for k in self.p.probe_kinds)
+        return len(block.targets) * sum(len(pacings(self.p, k)) for k in self.p.kinds_for(block.mode, block.kernel))
 
     def mark_disturbed(self, tables: Tables, use: set[int], judge: set[int]) -> set[int]:
         """Flag (column ``disturbed``) the valid points of blocks ``judge`` whose
@@ -236,7 +237,7 @@ class Sweep(Experiment):
         t0 = time.time()
         prog = dp.setup(catalog)
         try:
-            for kind in p.probe_kinds:
+            for kind in p.kinds_for(b.mode, b.kernel):
                 seed = (p.seed * 1_000_003 + b.block) * 7 + p.probe_kinds.index(kind)
                 with PROBERS[kind](ctx.lab, timeout=p.timeout, seed=seed) as prober:
                     for t in b.targets:
@@ -332,8 +333,13 @@ def summary_text(points: pd.DataFrame, stat: str = "p50_us") -> str:
         v = p[(p["target"] == target) & p["valid"]]
         if not len(v):
             continue
-        t = v.pivot_table(index="services", columns="mode", values=stat, aggfunc="median")
-        t = t[sorted(t.columns, key=lambda m: order.index(m) if m in order else len(order))]
+        # one column per mode, and per kernel where the run measured in two (host+uml)
+        two = "kernel_release" in v.columns and v["kernel_release"].nunique() > 1
+        v = v.assign(column=[f"{m} [{str(r).split('-')[0]}]" for m, r in zip(v["mode"], v["kernel_release"])]
+                     if two else v["mode"])
+        t = v.pivot_table(index="services", columns="column", values=stat, aggfunc="median")
+        t = t[sorted(t.columns, key=lambda m: (order.index(m.split(" ")[0]) if m.split(" ")[0] in order
+                                               else len(order), m))]
         lines.append(f"{stat.replace('_us', '')} us, median over rounds, target {target}, "
                      f"{p['probe'].iloc[0]} probes:")
         lines.append(t.to_string(float_format=lambda x: f"{x:.1f}"))
