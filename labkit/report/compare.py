@@ -27,7 +27,7 @@ import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from labkit.analysis import Analysis, analyze, load_run
+from labkit.analysis import Analysis, analyze, load_run, noise
 from labkit.analysis.curves import Curve
 from labkit.analysis.run import probe_label
 from labkit.core.errors import UsageError
@@ -137,6 +137,24 @@ def _figure(sides: list[Side]) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _noise(side: Side, first: Side) -> str:
+    """A run's noise gauge in a few words: its machine's load while measuring,
+    its reference point's drift, and its speed against the first run's
+    (:mod:`labkit.analysis.noise`)."""
+    load = noise.summarize(noise.read_load(side.an.run.path))
+    parts = ["load not recorded" if load is None else
+             f"others {load.others_median:.0f}% of a CPU, steal {load.steal_median:.1f}%"
+             + (" (disturbed)" if load.disturbed else "")]
+    d = noise.drift(side.an.run.points)
+    if np.isfinite(d):
+        parts.append(f"drift {d:.2f}x")
+    if side is not first:
+        sp = noise.speed_ratio(side.an.run.points, first.an.run.points)
+        if sp is not None:
+            parts.append(f"reference point {sp[2] / sp[3]:.2f}x the first run's ({sp[0]}, {sp[1]:,} svc)")
+    return "; ".join(parts)
+
+
 def _fmt(v, lo, hi, f="{:,.1f}") -> str:
     if not np.isfinite(v):
         return ""
@@ -160,7 +178,7 @@ def build_compare(run_dirs: list[str], out_dir: str, n_boot: int = 1000, seed: i
     runs = pd.DataFrame([{"run": s.label, "directory": s.an.run.path, "run id": s.an.run.run_id,
                           "kernel": s.kernel, "host": (s.an.run.meta.get("host") or {}).get("hostname", ""),
                           "modes": ", ".join(map(s.an.label, s.an.series)), "intervals": s.an.settings["resample"],
-                          "rounds": s.an.settings.get("rounds", "")} for s in sides])
+                          "rounds": s.an.settings.get("rounds", ""), "noise": _noise(s, sides[0])} for s in sides])
     shown = pd.DataFrame({
         "mode": table["mode"], "statistic": table["statistic"], "services": table["services"].map("{:,.0f}".format),
         "runs": [f"{b} vs {a}" for a, b in zip(table["run"], table["other_run"])],

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML
 
-from labkit.analysis import Analysis, anchors
+from labkit.analysis import Analysis, anchors, noise
 from labkit.analysis.claims import pacing_effect
 from labkit.analysis.kernels import cross_kernel_growth, kernel_ratios
 from labkit.analysis.result import at_probe
@@ -76,6 +76,23 @@ def header(an: Analysis):
             ("intervals", _interval_text(an))]
     df = pd.DataFrame(rows, columns=["", ""])
     return _html(table_html(df))
+
+
+def noise_note(an: Analysis, reference: str = noise.REFERENCE_RUN):
+    """The noise gauge (:mod:`labkit.analysis.noise`): one warning line when
+    the run was disturbed, then the machine's load and its speed against the
+    reference run (not against itself)."""
+    load = noise.summarize(noise.read_load(an.run.path))
+    ref = None
+    if os.path.realpath(reference) != os.path.realpath(an.run.path):
+        ref = noise.read_points(reference)
+    speed = noise.speed_ratio(an.run.points, ref) if ref is not None else None
+    lines = noise.lines(load, noise.drift(an.run.points), speed,
+                        f"the reference run data/reference/{os.path.basename(reference)}")
+    warn = [x for x in lines if x.startswith("Warning")]
+    rest = [x for x in lines if not x.startswith("Warning")]
+    return _html("".join(f'<p class="lk-warn">{html.escape(x)}</p>' for x in warn)
+                 + f'<p class="lk-note">{html.escape(" ".join(rest))}</p>')
 
 
 def _interval_text(an: Analysis) -> str:

@@ -31,6 +31,8 @@ CPU_META = "cpu.json"
 BENCH_META = "bench.json"
 VM_FACTS = "vm.json"        # written by labkit before the UML backend; read for old runs
 GUEST_FACTS = "guest.json"  # the other kernel a run was measured in (VM or user-mode Linux)
+#: the noise gauge's samples (labkit.host.load): the machine's load while the run measured
+LOAD = "load.json"
 #: the run lock inside a run directory: flocked by the run writing there, holds its PID
 LOCK = ".labkit.lock"
 
@@ -172,7 +174,7 @@ KINDS: dict[str, RunKind] = {
 OUTPUT_FILES = frozenset({"report.html", "report.png", "crossover.csv", "fits.csv", "summary.csv",
                           "analysis.ipynb", "sweep.ipynb", "claims.csv"})
 #: every file name a run directory may hold
-KNOWN_FILES = frozenset({VM_FACTS, GUEST_FACTS, LOCK, *OUTPUT_FILES,
+KNOWN_FILES = frozenset({VM_FACTS, GUEST_FACTS, LOAD, LOCK, *OUTPUT_FILES,
                          *(k.meta for k in KINDS.values()),
                          *(t for k in KINDS.values() for t in k.tables)})
 

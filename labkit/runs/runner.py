@@ -30,6 +30,7 @@ slow drift of a shared machine spreads over all modes and counts.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -50,7 +51,7 @@ from labkit.core.files import META_MAX, check_regular
 from labkit.core.kernel_kinds import guest_kind
 from labkit.core.validate import clip
 from labkit.guests.dispatch import relaunch
-from labkit.host import netns
+from labkit.host import load, netns
 from labkit.host.limits import check_memory
 from labkit.lab.lab import Lab
 from labkit.rundir import safepath, schema, store
@@ -461,8 +462,9 @@ class Runner:
         total = sum(exp.units(b) for b in blocks)
         bar = tqdm(total=total, initial=total - sum(exp.units(b) for b in todo), unit=exp.unit,
                    desc=self.kind, disable=not self.progress, dynamic_ncols=True)
+        gauge = self._gauge()
         try:
-            with Lab(**exp.lab_options(largest)) as lab:
+            with gauge, Lab(**exp.lab_options(largest)) as lab:
                 if not self.meta["run_id"]:
                     self.meta["run_id"] = lab.run_id
                 self._write_meta()
@@ -480,6 +482,27 @@ class Runner:
             self._write_meta(finished=time.time(), complete=True,
                              n_rows={t: len(self.tables.frame(t)) for t in self.tables.chunks})
         return self.out
+
+    def _gauge(self) -> Any:
+        """The noise gauge of a run started here (not of a segment run in a
+        guest: the run on the host gauges it), its samples kept in the run
+        directory's ``load.json`` as they come (a resumed run's added to the
+        earlier ones)."""
+        if self.only is not None or self.out is None or self.dir is None:
+            return contextlib.nullcontext()
+        fd = self.dir.fd
+        try:
+            before = list(store.read_json(schema.LOAD, dir_fd=fd).get("samples", [])) if self.resume else []
+        except (OSError, ValueError, AttributeError):
+            before = []
+
+        def keep(samples: list[dict]) -> None:
+            try:
+                store.write_json(schema.LOAD, {"interval_s": load.INTERVAL_S, "samples": before + samples},
+                                 dir_fd=fd)
+            except OSError as exc:   # the gauge never stops a run
+                log.info("load.json not written: %s", exc)
+        return load.Gauge(on_sample=keep)
 
     def _blocks(self, todo: list[Block], lab: Lab, classes: Mapping[str, "type[Datapath]"], bar: Any,
                 tried: set[str]) -> None:
