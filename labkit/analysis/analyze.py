@@ -135,14 +135,17 @@ def fit_curves(run: Run, pts: pd.DataFrame, rtts: dict[int, np.ndarray], stats: 
             if gs["services"].nunique() < 2:
                 continue
             pids = gs["point_id"].astype(int).to_numpy()
-            if all_rounds is not None:
+            # a curve measured in one round only (an interrupted run) has no rounds to
+            # delete: its interval is the probes' bootstrap (probe noise only)
+            if all_rounds is not None and gs["round"].nunique() >= 2:
                 curves[key] = fit_curve(key, gs["services"].to_numpy(float), gs[s].to_numpy(float),
                                         point_ids=pids, criterion=criterion, rounds=gs["round"].to_numpy(int),
                                         all_rounds=all_rounds, label=label)
                 continue
             cells = [(float(n), [rtts[int(p)] for p in gg["point_id"]])
                      for n, gg in gs.groupby("services", sort=True)]
-            x, obs, boot = bootstrap_cells(cells, n_boot, rng, method, {s: stats[s]})
+            x, obs, boot = bootstrap_cells(cells, n_boot, rng, method if all_rounds is None else "probes",
+                                           {s: stats[s]})
             curves[key] = fit_curve(key, x, obs[s], boot[s], pids, criterion, label=label)
     return curves, skipped
 

@@ -9,6 +9,7 @@ a few percent of reading error.  Transcribed from the project's design notes
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pandas as pd
@@ -156,8 +157,39 @@ SERIES_FOR_MODE = {
 }
 
 
+#: the reference run whose verdicts docs/anchors.md sets beside the seed's claims
+REFERENCE_CLAIMS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "data", "reference", "default-6.18", "claims.csv")
+
+
+def claims_markdown(path: str = REFERENCE_CLAIMS) -> list[str]:
+    """The seed's claims against the reference run's verdicts: every deciding
+    row of its ``claims.csv`` (claim, mode, target, instrument, verdict,
+    figure); nothing when the file is not there."""
+    if not os.path.isfile(path):
+        return []
+    c = pd.read_csv(path)
+    c = c[c["role"] == "decides"]
+    rel = os.path.relpath(path, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    lines = ["", "## The seed's claims against the reference run", "",
+             f"Every deciding row of `{rel}` (the default sweep, `make report`'s; regenerate with "
+             "`make publish`). The seed's load (SYN probes paced at 1,000/s) decides; back to back is "
+             "beside it in the run's report. `kernel`: where the mode ran (IPVS in labkit's user-mode Linux).",
+             "", "| claim | mode | versus | kernel | target | instrument | verdict | figure |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in c.itertuples(index=False):
+        fmt = "{:,.0f}" if r.unit == "services" else "{:+,.1f}"
+        fig = (f"{fmt.format(r.value)} [{fmt.format(r.ci_low)}, {fmt.format(r.ci_high)}] {r.unit}"
+               if pd.notna(r.value) else "")
+        k = "" if pd.isna(r.k) else f", k = {r.k:g}"
+        lines.append(f"| {r.claim} | {r.mode} | {'' if pd.isna(r.versus) else r.versus} | {r.kernel} | {r.target} | "
+                     f"{'' if pd.isna(r.instrument) else r.instrument}{k} | {r.verdict} | {fig} |")
+    return lines
+
+
 def markdown() -> str:
-    """docs/anchors.md: every source and every published figure labkit compares with."""
+    """docs/anchors.md: every source and every published figure labkit compares
+    with, and the seed's claims against the reference run's verdicts."""
     lines = ["# Published figures labkit compares with", "",
              "Generated from `labkit/analysis/anchors.py` (`python -c 'from labkit.analysis import anchors; "
              "print(anchors.markdown())'`). Other people's numbers from other setups: reports show them "
@@ -172,4 +204,5 @@ def markdown() -> str:
         n = "" if pd.isna(r.services) else f"{int(r.services):,}"
         lines.append(f"| {r.source} | {r.series} | {r.metric} | {r.unit} | {n} | {r.value:g} | {r.low:g} | "
                      f"{r.high:g} | {r.reading} |")
+    lines += claims_markdown()
     return "\n".join(lines) + "\n"

@@ -56,9 +56,14 @@ def _est(c: Curve, value: float, reps: np.ndarray, level: float) -> Est:
 
 
 def rise(c: Curve, n: float, level: float = 0.95) -> Est:
-    """The penalty: ``c(n) - c(xmin)``, with the curve's replicates."""
-    p = c.predict([c.xmin, n])
-    b = c.boot_predict([c.xmin, n])
+    """The penalty: ``c(n) - c(xmin)``, with the curve's replicates.  Where
+    the chosen model is flat (a rise no model could tell from the noise) the
+    straight line's rise and interval: the flat model's rise is 0 in every
+    replicate, an interval of width 0 that would claim a certainty the data
+    do not give."""
+    m = "linear" if c.chosen == "constant" and "linear" in c.boot else None
+    p = c.predict([c.xmin, n], m)
+    b = c.boot_predict([c.xmin, n], m)
     return _est(c, p[1] - p[0], b[:, 1] - b[:, 0], level)
 
 

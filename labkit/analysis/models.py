@@ -426,10 +426,11 @@ def select_by_rounds(fits: dict[str, Fit], x, y, rounds,
     A round's points share its drift (the machine, its caches, a neighbour),
     so they are one cluster, not independent observations: every model is
     fitted with one round left out in turn and scored on predicting that
-    round (:func:`round_cv_errors`).  Forward selection on those scores:
-    start from the constant; take the line if its log error is lower than
-    the constant's in a one-sided paired t-test over the rounds at ``level``
-    (rounds - 1 degrees of freedom); then a bend (hinge or segmented, the
+    round (:func:`round_cv_errors`).  Forward selection: start from the
+    constant; take the line if the rounds' own slopes (:func:`round_slopes`)
+    differ from 0 in a two-sided t-test at ``level`` (rounds - 1 degrees of
+    freedom), or if its log error is lower than the constant's in a one-sided
+    paired t-test over the rounds; then a bend (hinge or segmented, the
     lower of those that pass) if it beats the model chosen so far the same
     way.  A shape is kept only when it predicts unseen rounds better in a way
     the rounds agree on; log errors make the test scale-free (a round with
@@ -450,8 +451,13 @@ def select_by_rounds(fits: dict[str, Fit], x, y, rounds,
     logs = {m: np.log(np.maximum(e, tiny)) for m, e in cands.items()}
     df = len(logs["constant"]) - 1
     chosen = "constant"
+    # the line against the constant: the rounds' own slopes agree on a slope other than 0
+    slopes = round_slopes(x, y, rounds)
+    if "linear" in logs and len(slopes) >= 2 and \
+            abs(_paired_t(slopes)) > float(student_t.ppf(1 - (1 - level) / 2, len(slopes) - 1)):
+        chosen = "linear"
     for step in (("linear",), ("hinge", "segmented")):
-        tried = [m for m in step if m in logs]
+        tried = [m for m in step if m in logs and m != chosen]
         crit = float(student_t.ppf(1 - (1 - level) / max(len(tried), 1), df))   # Bonferroni over a step's models
         better = [m for m in tried if _paired_t(logs[chosen] - logs[m]) > crit]
         if better:
@@ -464,3 +470,15 @@ def _paired_t(d: np.ndarray) -> float:
     """Student's t of the mean of paired differences (inf when they agree exactly and are positive)."""
     se = float(np.std(d, ddof=1) / math.sqrt(len(d)))
     return float(d.mean() / se) if se > 0 else (math.inf if d.mean() > 0 else 0.0)
+
+
+def round_slopes(x, y, rounds) -> np.ndarray:
+    """Each round's own least-squares slope of y on x (rounds with at least
+    two counts): the rounds as clusters, one slope each."""
+    x, y, rounds = (np.asarray(a) for a in (x, y, rounds))
+    out = []
+    for r in np.unique(rounds):
+        m = rounds == r
+        if len(np.unique(x[m])) >= 2:
+            out.append(float(np.polyfit(x[m].astype(float), y[m].astype(float), 1)[0]))
+    return np.asarray(out)

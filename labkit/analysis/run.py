@@ -59,12 +59,12 @@ class Series(NamedTuple):
     kernel: str
 
 
-def series_label(mode: str, kernel: str, release: str = "") -> str:
-    """The name of a series in tables, figures and sentences: the mode, the
-    kernel release where a run mixes kernels (``release``), and
+def series_label(mode: str, kernel: str, tag: str = "") -> str:
+    """The name of a series in tables, figures and sentences: the mode, a
+    short kernel tag where a run mixes kernels (``tag``: host, uml, vm), and
     :data:`~labkit.core.modes.INTERPRETED_TAG` where eBPF ran in the BPF
-    interpreter: "ebpf [7.2.7, interpreted]".  Never parsed back."""
-    tags = ([release] if release else []) + ([INTERPRETED_TAG] if interpreted(mode, kernel) else [])
+    interpreter: "ebpf [uml, interpreted]".  Never parsed back."""
+    tags = ([tag] if tag else []) + ([INTERPRETED_TAG] if interpreted(mode, kernel) else [])
     return mode + (f" [{', '.join(tags)}]" if tags else "")
 
 
@@ -94,9 +94,8 @@ class Run:
         return str(self.meta.get("run_id", ""))
 
     def label(self, s: Series) -> str:
-        """:func:`series_label` of ``s`` (the release only when the run mixes kernels)."""
-        release = self.releases.get(s.kernel, "") if len(self.releases) > 1 else ""
-        return series_label(s.mode, s.kernel, release)
+        """:func:`series_label` of ``s`` (the kernel, host or uml, only when the run mixes kernels)."""
+        return series_label(s.mode, s.kernel, s.kernel if len(self.releases) > 1 else "")
 
     def labels(self, df: pd.DataFrame) -> pd.Series:
         """The label of each row of ``df`` (with mode and kernel columns)."""
@@ -275,9 +274,8 @@ def _series_order(meta: dict, points: pd.DataFrame) -> list[Series]:
                .drop_duplicates().itertuples(index=False)]
     order = [s for m in wanted for s in present if s.mode == m]
     several = len({s.kernel for s in present}) > 1
-    releases = dict(zip(points["kernel"], points["kernel_release"]))
     rest = [s for s in present if s not in order]
-    return order + sorted(rest, key=lambda s: series_label(s.mode, s.kernel, releases[s.kernel] if several else ""))
+    return order + sorted(rest, key=lambda s: series_label(s.mode, s.kernel, s.kernel if several else ""))
 
 
 def _files(run_dir: str) -> pd.DataFrame:

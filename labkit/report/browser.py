@@ -85,6 +85,26 @@ def screenshot(html_path: str, png_path: str, size: tuple[int, int] = SCREEN, ti
     return png_path
 
 
+#: a page object of a PDF (not the /Pages tree)
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+
+
+def pdf_pages(html_path: str, timeout: float = 180) -> int:
+    """How many pages ``html_path`` prints to in Chromium (print to PDF; the
+    report's CSS asks for A4), details collapsed as a reader gets them."""
+    exe = browser()
+    if exe is None:
+        raise LabkitError("chromium is not installed (Debian package chromium; `make setup` installs it)")
+    with tempfile.TemporaryDirectory(prefix="labkit-pdf-") as private:
+        pdf = os.path.join(private, "report.pdf")
+        cp = _run([exe, "--no-pdf-header-footer", "--virtual-time-budget=15000", f"--print-to-pdf={pdf}",
+                   "file://" + os.path.abspath(html_path)], timeout)
+        if cp.returncode != 0 or not os.path.exists(pdf):
+            raise LabkitError(f"chromium could not print the report: {(cp.stderr or cp.stdout).strip()[-300:]}")
+        with open(pdf, "rb") as f:
+            return len(_PDF_PAGE.findall(f.read()))
+
+
 def check(html_path: str, size: tuple[int, int] = SCREEN, timeout: float = 120) -> dict:
     """Load the report in Chromium and return what the browser saw: images
     (natural sizes), positions of the answer, the claims table and the first

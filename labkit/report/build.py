@@ -73,6 +73,8 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
    vertical-align: top; }
  table.lk th { background: #f3f3f3; }
  .lk-note { color: #555; font-size: 12px; }
+ @page { size: A4; margin: 12mm; }
+ .lk-warn { color: #8a1c00; background: #fff3e0; border-left: 4px solid #d55e00; padding: 4px 8px; font-weight: 600; }
  .lk-answer { font-size: 15px; line-height: 1.5; max-width: 60em; }
  pre.lk { font-size: 11px; background: #f7f7f7; padding: 8px; }
  .jp-OutputArea-output pre, .jp-OutputArea-output pre.lk, .jp-RenderedHTMLCommon pre {

@@ -224,9 +224,14 @@ def ecdfs(an: Analysis, target: str | None = None, probe: Probe = ("syn", 0.0)) 
     if (~pts["used"]).any():
         handles.append(plt.Line2D([], [], color="0.3", ls="--"))
         labels.append("invalid point")
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False,
-               bbox_to_anchor=(0.5, 1.08))
+    lo, hi = axes[0][0].get_xlim()
+    if hi / max(lo, 1e-9) > 30:   # more than about a decade and a half: the 2s and 5s would collide
+        for ax in axes[0]:
+            ax.xaxis.set_minor_formatter(mticker.NullFormatter())
     fig.tight_layout()
+    # below the panels (above them it sat on the panel titles)
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
     return fig
 
 
@@ -296,6 +301,44 @@ def programming(an: Analysis) -> plt.Figure:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def overlaps(fig: plt.Figure) -> list[str]:
+    """What collides in a drawn figure, by the bounding boxes matplotlib laid
+    out (a figure is an image in the report, so the browser cannot see
+    inside it): a legend over a title or a tick label, and two tick labels
+    of one axis over each other.  Empty when nothing does."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()   # type: ignore[attr-defined]
+
+    def box(a):
+        return a.get_window_extent(r)
+
+    def ticks(axis) -> list:
+        # the ticks matplotlib draws: those inside the view limits (get_ticklabels also
+        # returns labels of ticks beyond them, never drawn)
+        drawn = axis._update_ticks()
+        return [lab for t in drawn for lab in (t.label1, t.label2) if lab.get_visible() and lab.get_text()]
+
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+    titles = [t for ax in fig.axes for t in (ax.title, getattr(ax, "_left_title", ax.title),
+                                              getattr(ax, "_right_title", ax.title)) if t.get_text()]
+    sup = getattr(fig, "_suptitle", None)
+    if sup is not None and sup.get_text():
+        titles.append(sup)
+    labels = [t for ax in fig.axes for axis in (ax.xaxis, ax.yaxis) for t in ticks(axis)]
+    out = []
+    for lg in legends:
+        lb = box(lg)
+        out += [f"legend over title {t.get_text()!r}" for t in titles if lb.overlaps(box(t))]
+        out += [f"legend over tick label {t.get_text()!r}" for t in labels if lb.overlaps(box(t))]
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            tl = ticks(axis)
+            bs = [box(t).shrunk(0.95, 0.95) for t in tl]
+            out += [f"tick labels {tl[i].get_text()!r} and {tl[j].get_text()!r} collide"
+                    for i in range(len(tl)) for j in range(i + 1, len(tl)) if bs[i].overlaps(bs[j])]
+    return out
 
 
 def show(fig: plt.Figure) -> None:

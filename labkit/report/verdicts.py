@@ -116,10 +116,16 @@ def _pacing_sentence(c: pd.DataFrame) -> str:
             "deciding nothing:")
 
 
+def _mark(verdict: str) -> str:
+    return VERDICT_MARK.get(verdict, verdict).split(" ")[0]
+
+
 def _per_target(g: pd.DataFrame) -> str:
-    """"last holds +27.0 [+26.1, +28.0] us, random ..." for one claim and mode;
-    where the seed's load is not measured, the back-to-back figure, marked b2b."""
+    """"last \u2714 +27.0, random \u2718 +3.1 us" for one claim and mode (the
+    intervals are in the claims table); where the seed's load is not
+    measured, the back-to-back figure, marked b2b."""
     out = []
+    unit = ""
     for t in ("last", "random"):
         rows = g[g["target"] == t]
         dec = rows[rows["role"] == "decides"]
@@ -127,53 +133,77 @@ def _per_target(g: pd.DataFrame) -> str:
             continue
         r = dec.iloc[0]
         b = rows[(rows["role"] == "beside") & (rows["probe"] == r["probe"]) & rows["value"].notna()]
-        if r["verdict"] != "not measured here":
-            out.append(f"{t} {r['verdict']} {_figure(r)}")
-        elif len(b):
-            out.append(f"{t} b2b {_figure(b.iloc[0])}")
-    return ", ".join(out)
+        use, tag = (b.iloc[0], "b2b") if r["verdict"] == "not measured here" and len(b) else (r, _mark(r["verdict"]))
+        if np.isfinite(use["value"]):
+            out.append(f"{t} {tag} {use['value']:+,.1f}")
+            unit = use["unit"]
+        else:
+            out.append(f"{t} {tag}")
+    return ", ".join(out) + (f" {unit}" if unit else "")
 
 
-def _budget_sentence(c: pd.DataFrame, frac: float) -> list[str]:
-    """The 1,000-5,000 verdicts per target, decided on http-new; or what is missing."""
+def _hurts_from(r) -> str:
+    """One iptables backend's 1,000-5,000 row in words: from how many services
+    its own penalty costs more than the budget, and the claim's verdict."""
+    if r["unit"] == "services" and np.isfinite(r["value"]):
+        where = f"from {_figure(r)}"
+    elif np.isfinite(r["value"]):
+        where = f"not within the measured range (its penalty at the largest count: {_figure(r)})"
+    else:
+        where = "not located"
+    return f"{r['mode']} {where} (1,000\u20135,000: {_mark(r['verdict'])} {r['verdict']})"
+
+
+def _budget_items(c: pd.DataFrame, frac: float) -> list[str]:
+    """Where each iptables backend starts to hurt, per target, decided on
+    http-new; or what is missing."""
     k = _decided(c, "1k-5k")
     http = k[(k["probe"] == "http-new") & (k["verdict"] != "not measured here")]
     if not len(http):
-        return ["Hurts from 1,000\u20135,000: not measured here (no http-new requests to set the budget: "
-                "`--probe-kinds syn,http-new`)."] if len(k) else []
+        return ["<b>Where iptables starts to hurt</b>: not measured here (no http-new requests to set the "
+                "budget: <code>--probe-kinds syn,http-new</code>)."] if len(k) else []
     out = []
     for target, g in http.groupby("target", sort=False):
-        out.append(f"Hurts from 1,000\u20135,000 (http-new, back to back, {target} target; where a mode's own rise "
-                   f"reaches {frac:.0%} of its own request at 1 service): "
-                   + "; ".join(f"{r['mode']} {r['verdict']}, {_figure(r)}" for _, r in g.iterrows()) + ".")
+        out.append(f"<b>Where iptables starts to hurt</b> ({html.escape(target)} target; where a backend's own "
+                   f"rise on a new request, http-new, exceeds {frac:.0%} of that request at 1 service): "
+                   + "; ".join(html.escape(_hurts_from(r)) for _, r in g.iterrows()) + ".")
     return out
 
 
 def answer(an: Analysis):
-    """The answer in a few sentences, from the claims (details in the claims
-    table): the pacing that decides, and each growth verdict on both targets."""
+    """The answer as a short list, from the claims (figures with intervals
+    and the instruments in the claims table below it): where each iptables
+    backend starts to hurt, then each growth verdict on both targets at the
+    seed's load, amortization and eBPF's claim."""
     c = _shown(an)
     if not len(c):
         return _html('<p class="lk-note">Too few modes or counts for an answer.</p>')
-    parts = [_pacing_sentence(c)]
-    for claim, what in (("o-n", "O(n), the first packet's rise"), ("o-1", f"O(1), under {FLAT_US:g} us of rise")):
-        d = _decided(c, claim)
-        per = [f"{m}: {t}" for m in dict.fromkeys(d["mode"])
-               if (t := _per_target(c[(c["claim"] == claim) & (c["mode"] == m)]))]
-        if per:
-            parts.append(f"{what}: " + "; ".join(per) + ".")
-        if d["evidence"].str.contains(COLD_ENTRY, regex=False).any():
-            parts.append("Where the random target breaks O(1): " + COLD_ENTRY + ".")
-    parts += _budget_sentence(c, an.settings["budget_frac"])
+    items = _budget_items(c, an.settings["budget_frac"])
+    for claim, what in (("o-n", "O(n)"), ("o-1", "O(1)"), ("ebpf-beats", "eBPF beats")):
+        g = c[c["claim"] == claim]
+        keys = list(dict.fromkeys(zip(g["mode"], g["versus"].fillna(""))))
+        per = [f"{m}{f' vs {v}' if v else ''}: {t}" for m, v in keys
+               if (t := _per_target(g[(g["mode"] == m) & (g["versus"].fillna("") == v)]))]
+        if not per:
+            continue
+        how = {"o-n": "the first packet's rise over the range", "o-1": f"under {FLAT_US:g} us of rise",
+               "ebpf-beats": "its lead at the largest common count"}[claim]
+        items.append(f"<b>{what}</b> ({how}): " + html.escape("; ".join(per)) + ".")
+        if claim == "o-1" and _decided(c, claim)["evidence"].str.contains(COLD_ENTRY, regex=False).any():
+            items.append("Where the random target breaks O(1): " + html.escape(COLD_ENTRY) + ".")
     a = _decided(c, "keepalive")
     a = a[a["k"].notna()]
     if len(a):
-        parts.append("Reuse amortizes (per-request penalty at most 1/k of a new connection's): " + "; ".join(
-            f"{r['mode']} k = {r['k']:.0f}: {r['verdict']}" for _, r in a.iterrows()) + ".")
+        byk: dict[tuple[str, str], list[str]] = {}
+        for _, r in a.iterrows():
+            byk.setdefault((r["mode"], r["target"]), []).append(f"k = {r['k']:.0f} {_mark(r['verdict'])}")
+        items.append("<b>Reuse amortizes</b> (per-request penalty at most 1/k of a new connection's): "
+                     + html.escape("; ".join(f"{m} ({t}): {', '.join(v)}" for (m, t), v in byk.items())) + ".")
     level = f"{an.settings['level']:.0%}"
-    return _html('<p class="lk-answer">' + " ".join(html.escape(p) for p in parts)
-                 + f' <span class="lk-note">({level} intervals; the claims table says how each verdict '
-                 "was reached.)</span></p>")
+    return _html(f'<p class="lk-answer">{html.escape(_pacing_sentence(c))}</p><ul class="lk-answer">'
+                 + "".join(f"<li>{x}</li>" for x in items)
+                 + f'</ul><p class="lk-note">(\u2714 holds, \u2718 does not hold, ? inconclusive; {level} '
+                 "intervals and how each verdict was reached: the claims table.)</p>")
 
 
 def budget_table(an: Analysis, table: pd.DataFrame | None = None):
