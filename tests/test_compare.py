@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from test_report import make_run
 
+from labkit.analysis import analyze, load_run
 from labkit.core.errors import UsageError
-from labkit.report.compare import build_compare
+from labkit.report.compare import Side, build_compare, verdict_table
 
 
 def _shifted(src: str, dst: str, mode: str, by_us: float, kernel: str) -> str:
@@ -49,6 +50,21 @@ def test_compare_two_runs_finds_the_difference(tmp_path):
     assert set(t["services"]) <= {1, 300, 1000, 2500, 5000, 10000}   # only counts both measured
     body = open(tmp_path / "cmp" / "compare.html", encoding="utf-8").read()
     assert "6.19.0-test" in body and "data:image/png;base64," in body
+    # the verdicts side by side, and how many agree; the noise gauge of each run
+    assert "<h2>Verdicts</h2>" in body and "deciding claim rows have the same verdict" in body
+    assert "load not recorded" in body
+
+
+def test_verdicts_of_two_runs_are_set_side_by_side(tmp_path):
+    a = make_run(tmp_path / "a", rounds=3, invalid_point=-1)
+    an = analyze(load_run(a), n_boot=50)
+    other = analyze(load_run(a), n_boot=50)
+    other.claims = other.claims.copy()
+    first = other.claims.index[other.claims["role"] == "decides"][0]
+    other.claims.loc[first, "verdict"] = "flipped"
+    t = verdict_table([Side("a", an), Side("b", other)])
+    assert len(t) == int((an.claims["role"] == "decides").sum())
+    assert int((~t["agree"]).sum()) == 1 and set(t.loc[~t["agree"], "b"]) == {"flipped"}
 
 
 def test_compare_needs_two_runs(tmp_path):

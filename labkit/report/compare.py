@@ -137,6 +137,28 @@ def _figure(sides: list[Side]) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+VERDICT_KEYS = ["claim", "mode", "versus", "kernel", "target", "probe", "pacing", "k"]
+
+
+def verdict_table(sides: list[Side]) -> pd.DataFrame:
+    """The deciding verdict of every claim row in each run, side by side, and
+    whether the runs agree (``agree``): the stability of the answer across
+    runs (two default runs on one machine should agree on every verdict)."""
+    parts = []
+    for s in sides:
+        c = s.an.claims
+        c = c[c["role"] == "decides"].copy()
+        c["k"] = c["k"].fillna(0)
+        c["versus"] = c["versus"].fillna("")
+        parts.append(c.set_index(VERDICT_KEYS)["verdict"].rename(s.label))
+    if not parts:
+        return pd.DataFrame()
+    t = pd.concat(parts, axis=1).reset_index()
+    runs = [s.label for s in sides]
+    t["agree"] = t[runs].nunique(axis=1, dropna=False) == 1
+    return t
+
+
 def _noise(side: Side, first: Side) -> str:
     """A run's noise gauge in a few words: its machine's load while measuring,
     its reference point's drift, and its speed against the first run's
@@ -190,6 +212,16 @@ def build_compare(run_dirs: list[str], out_dir: str, n_boot: int = 1000, seed: i
         "ratio": table["ratio"]}) if len(table) else pd.DataFrame()
     body = (table_html(shown, "{:,.2f}") if len(shown) else
             '<p class="lk-note">no mode was measured in the first run and another at a common count</p>')
+    verdicts = verdict_table(sides)
+    if len(verdicts):
+        differ = verdicts[~verdicts["agree"]]
+        shown_v = verdicts.assign(k=verdicts["k"].map(lambda k: f"{k:g}" if k else ""))
+        body = (f"<h2>Verdicts</h2><p>{int(verdicts['agree'].sum())} of {len(verdicts)} deciding claim rows "
+                f"have the same verdict in every run"
+                + (f"; they differ in {len(differ)}: the rows marked agree = False.</p>" if len(differ) else ".</p>")
+                + table_html(shown_v.drop(columns=["probe"])) + "<h2>Differences</h2>" + body)
+    else:
+        body = "<h2>Differences</h2>" + body
     page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>labkit compare</title>
 <style>body {{ font-family: sans-serif; max-width: 1250px; margin: auto; padding: 0 12px; }}
 table.lk {{ border-collapse: collapse; font-size: 12px; margin: 6px 0 14px 0; }}
@@ -206,7 +238,7 @@ CPU frequency, caches) is in the difference too, so a small difference between r
 weak evidence; compare like with like (same machine, same grid, interleaved where you can).</p>
 {table_html(runs)}
 <img src="data:image/png;base64,{_figure(sides)}" alt="p50 of every mode in every run">
-<h2>Differences</h2>{body}
+{body}
 <p class="lk-note">Also in compare.csv. Built by
 <code>python -m labkit compare {html.escape(' '.join(run_dirs))} --out-dir {html.escape(out_dir)}</code>.</p>
 </body></html>"""

@@ -3,12 +3,16 @@ matplotlib Figure; nothing is saved or shown here (``show`` displays one in a
 notebook and closes it)."""
 from __future__ import annotations
 
+import base64
+import html
+import io
+
 import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
 import seaborn as sns
-from IPython.display import display
+from IPython.display import HTML, display
 from matplotlib.artist import Artist
 
 from labkit.analysis import Analysis, anchors
@@ -339,6 +343,27 @@ def overlaps(fig: plt.Figure) -> list[str]:
             out += [f"tick labels {tl[i].get_text()!r} and {tl[j].get_text()!r} collide"
                     for i in range(len(tl)) for j in range(i + 1, len(tl)) if bs[i].overlaps(bs[j])]
     return out
+
+
+def show_collapsed(figs, summary: str, open_first: bool = True) -> None:
+    """Figures in one collapsed block (``<details>``): the report prints and
+    opens short, a reader unfolds what they want; the first figure stays
+    visible above the block when ``open_first``.  ``figs``: figures (each
+    freed once drawn)."""
+    parts = []
+    for i, fig in enumerate(figs):
+        alt = "; ".join(t for t in (ax.get_title() for ax in fig.axes) if t) or "figure"
+        if i == 0 and open_first:
+            show(fig)
+            continue
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight", dpi=fig.dpi)
+        plt.close(fig)
+        parts.append(f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
+                     f'alt="{html.escape(alt)}" style="max-width:100%">')
+    if parts:
+        display(HTML(f"<details><summary>{html.escape(summary)} ({len(parts)} figures)</summary>"
+                     + "".join(parts) + "</details>"))
 
 
 def show(fig: plt.Figure) -> None:
