@@ -21,7 +21,7 @@ from labkit.host import netns
 from labkit.report import build as report
 from labkit.rundir import schema
 from labkit.runs.params import SweepParams
-from labkit.runs.runner import prepare_out
+from labkit.runs.outdir import prepare_out
 
 
 def labkit(*args, **kw):

@@ -157,9 +157,11 @@ SERIES_FOR_MODE = {
 }
 
 
-#: the reference run whose verdicts docs/anchors.md sets beside the seed's claims
-REFERENCE_CLAIMS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "data", "reference", "default-6.18", "claims.csv")
+#: the repository (a source checkout) and its committed default reference run: docs/anchors.md
+#: sets its verdicts beside the seed's claims, reports compare this machine's speed with it
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REFERENCE_RUN = os.path.join(ROOT, "data", "reference", "default-6.18")
+REFERENCE_CLAIMS = os.path.join(REFERENCE_RUN, "claims.csv")
 
 
 def claims_markdown(path: str = REFERENCE_CLAIMS) -> list[str]:
@@ -170,7 +172,7 @@ def claims_markdown(path: str = REFERENCE_CLAIMS) -> list[str]:
         return []
     c = pd.read_csv(path)
     c = c[c["role"] == "decides"]
-    rel = os.path.relpath(path, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    rel = os.path.relpath(path, ROOT)
     lines = ["", "## The seed's claims against the reference run", "",
              f"Every deciding row of `{rel}` (the default sweep, `make report`'s; regenerate with "
              "`make publish`). The seed's load (SYN probes paced at 1,000/s) decides; back to back is "

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from labkit.analysis import anchors
 from labkit.analysis.run import kernel_names
 from labkit.core.modes import CALIBRATORS
 from labkit.rundir import schema
 
 #: the run a report compares this machine's speed with: the committed default reference run
-REFERENCE_RUN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                             "data", "reference", "default-6.18")
+REFERENCE_RUN = anchors.REFERENCE_RUN
 
 #: the run is called disturbed when other processes used this much of one CPU (median over samples) ...
 OTHERS_PCT = 25.0
