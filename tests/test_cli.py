@@ -20,8 +20,8 @@ from labkit.core.errors import UsageError
 from labkit.host import netns
 from labkit.report import build as report
 from labkit.rundir import schema
-from labkit.runs.params import SweepParams
 from labkit.runs.outdir import prepare_out
+from labkit.runs.params import SweepParams
 
 
 def labkit(*args, **kw):
