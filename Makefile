@@ -84,7 +84,7 @@ lab: $(STAMP)
 
 # rebuild the published report from the committed reference run (no root needed)
 publish: $(STAMP)
-	$(BIN)/python -m labkit report $(REFERENCE) --out-dir $(PUBLISH_DIR)
+	$(BIN)/python -m labkit report $(REFERENCE) --out $(PUBLISH_DIR)
 	@echo "published: $(PUBLISH_DIR)/report.html"
 
 clean:

@@ -39,3 +39,13 @@ def test_report_in_headless_chromium(tmp_path):
     assert seen["pre_fonts"] and all("mono" in f.lower() for f in seen["pre_fonts"]), seen["pre_fonts"]
     png = os.path.join(os.path.dirname(html_path), "report.png")
     assert _png_size(png) == (w, h)
+
+
+def test_the_default_reference_report_prints_to_at_most_12_a4_pages(tmp_path):
+    """Issue 25: the default run's report (data/reference/default-6.18, built
+    anew from its data) prints to at most 12 A4 pages in Chromium, its details
+    folded as a reader gets them."""
+    ref = os.path.join(os.path.dirname(__file__), "..", "data", "reference", "default-6.18")
+    html_path = report.build_report(ref, out_dir=str(tmp_path / "out"))
+    pages = browser.pdf_pages(html_path)
+    assert 1 <= pages <= 12, f"the default report prints to {pages} A4 pages"

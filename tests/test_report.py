@@ -15,6 +15,8 @@ import pytest
 
 from labkit.core.errors import UsageError
 from labkit.report import build as report
+from labkit.report.experiments import _first_sentence, _fold_summary
+from labkit.report.sections import fold
 from labkit.rundir.store import sha256_file
 
 # true first-packet curves (us) before probe noise; Gamma(2, 2 us) noise on top
@@ -194,7 +196,7 @@ def test_analysis_notebook_without_run_dir_says_to_set_it(tmp_path):
 def test_a_user_reports_on_a_run_made_by_root(nobody_python):
     """A run made as root (0755 directory, 0644 files) is reported on by
     another user: into a directory of theirs; without one, one line that says
-    to pass --out-dir."""
+    to pass --out."""
     base = tempfile.mkdtemp(prefix="lk-report-")
     try:
         os.chmod(base, 0o755)
@@ -213,12 +215,26 @@ def test_a_user_reports_on_a_run_made_by_root(nobody_python):
                                   capture_output=True, text=True, timeout=600, cwd=home,
                                   env={"PATH": os.environ["PATH"], "HOME": home})
         cp = as_nobody("report", run)
-        assert cp.returncode == 2 and "--out-dir" in cp.stderr, cp.stderr
+        assert cp.returncode == 2 and "--out" in cp.stderr, cp.stderr
         assert len(cp.stderr.strip().splitlines()) == 1, cp.stderr
-        cp = as_nobody("report", run, "--out-dir", os.path.join(home, "out"))
+        cp = as_nobody("report", run, "--out", os.path.join(home, "out"))
         assert cp.returncode == 0, cp.stderr[-2000:]
         assert os.path.getsize(os.path.join(home, "out", "report.html")) > 10_000
         assert not os.path.exists(os.path.join(run, "report.html"))
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
+
+
+def test_fold_closes_tables_lists_and_figures_and_leaves_a_note_open():
+    folded = fold("<table><tr><td>1</td></tr></table>", "the <table>").data
+    assert folded.startswith('<details class="lk-fold"><summary>the &lt;table&gt;</summary><table>')
+    assert folded.endswith("</table></details>")
+    assert fold("<ul><li>a</li></ul>", "x").data.startswith("<details")
+    assert fold('<p class="lk-note">All points are valid.</p>', "x").data == \
+        '<p class="lk-note">All points are valid.</p>'
+    assert fold("", "x").data == ""
+    assert _first_sentence("A <b>x. y</b> is. The rest. More.") == ("A <b>x. y</b> is.", "The rest. More.")
+    assert _first_sentence("One only.") == ("One only.", "")
+    assert _fold_summary("<h4>Slopes, <i>ns</i> &amp; more</h4><table></table>") == "Slopes, ns & more"
+    assert _fold_summary("<table></table>") == "the table"

@@ -251,7 +251,7 @@ def test_the_reproduce_line_suggests_no_shared_directory():
     an = types.SimpleNamespace(run=types.SimpleNamespace(meta={}, path="/x/data/reference/host-6.18"),
                                settings={"budget_us": 10.0, "budget_frac": 0.10})
     text = sections.reproduce(an).data
-    assert "--out-dir runs/host-6.18-report" in text and "/tmp" not in text
+    assert "--out runs/host-6.18-report" in text and "/tmp" not in text
 
 
 # ---- 1b: an --out swapped for a symlink while the run writes -------------------------------

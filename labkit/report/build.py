@@ -62,7 +62,13 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
  table.lk { border-collapse: collapse; font-size: 12px; margin: 6px 0 14px 0; display: block;
    overflow-x: auto; max-width: 100%; }
  img { max-width: 100%; height: auto; }
- @media print { table.lk { display: table; overflow: visible; } details { display: block; } }
+ @media print { table.lk { display: table; overflow: visible; font-size: 9.5px; } details { display: block; }
+   body { font-size: 12px; } .lk-answer { font-size: 12.5px; line-height: 1.35; }
+   table.lk th, table.lk td { padding: 1px 5px; }
+   /* JupyterLab keeps each output whole on a page (a long list or table then leaves the page
+      before it half empty): let text and tables run on, keep figures and table rows whole */
+   .jp-OutputArea-child { break-inside: auto !important; }
+   .jp-RenderedImage, table.lk tr { break-inside: avoid; } }
  @media (max-width: 640px) {
    table.lk-claims thead { display: none; }
    table.lk-claims tr { display: block; border-bottom: 1px solid #ccc; padding: 4px 0; }
@@ -73,6 +79,7 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
    vertical-align: top; }
  table.lk th { background: #f3f3f3; }
  .lk-note { color: #555; font-size: 12px; }
+ details.lk-fold > summary { color: #444; font-size: 13px; cursor: pointer; margin: 2px 0 10px 0; }
  @page { size: A4; margin: 12mm; }
  .lk-warn { color: #8a1c00; background: #fff3e0; border-left: 4px solid #d55e00; padding: 4px 8px; font-weight: 600; }
  .lk-answer { font-size: 15px; line-height: 1.5; max-width: 60em; }
@@ -172,15 +179,15 @@ def build_report(run_dir: str, out_html: str | None = None, budget_us: float = 1
             or not 0 <= budget_frac < 10:
         raise UsageError(f"budgets must be finite and non-negative (the fraction below 10), got "
                          f"{budget_us:g} us and {budget_frac:g}")
-    out_dir = safepath.check(out_dir or run_dir, "--out-dir")
+    out_dir = safepath.check(out_dir or run_dir, "--out")
     html_dir, html_name = os.path.split(safepath.resolve(out_html, "out_html")) if out_html \
         else (out_dir, "report.html")
     for d in dict.fromkeys((out_dir, html_dir)):
         if not _writable_dir(d):
-            raise UsageError(f"{d} is not writable; pass out_dir= (--out-dir) to write the "
+            raise UsageError(f"{d} is not writable; pass --out to write the "
                              "report elsewhere")
     with contextlib.ExitStack() as stack:
-        out = stack.enter_context(safepath.open_dir(out_dir, "--out-dir"))
+        out = stack.enter_context(safepath.open_dir(out_dir, "--out"))
         hdir = out if html_dir == out_dir else stack.enter_context(safepath.open_dir(html_dir, "out_html"))
         work = stack.enter_context(tempfile.TemporaryDirectory(prefix="lkreport."))
         try:

@@ -187,7 +187,7 @@ def build_compare(run_dirs: list[str], out_dir: str, n_boot: int = 1000, seed: i
     """compare.html and compare.csv in ``out_dir`` for two or more runs; returns the HTML path."""
     if len(run_dirs) < 2:
         raise UsageError("compare needs at least two run directories")
-    out_dir = safepath.check(out_dir, "--out-dir")   # before the analysis: a refused path costs nothing
+    out_dir = safepath.check(out_dir, "--out")   # before the analysis: a refused path costs nothing
     used: set[str] = set()
     sides = []
     for d in run_dirs:
@@ -240,11 +240,11 @@ weak evidence; compare like with like (same machine, same grid, interleaved wher
 <img src="data:image/png;base64,{_figure(sides)}" alt="p50 of every mode in every run">
 {body}
 <p class="lk-note">Also in compare.csv. Built by
-<code>python -m labkit compare {html.escape(' '.join(run_dirs))} --out-dir {html.escape(out_dir)}</code>.</p>
+<code>python -m labkit compare {html.escape(' '.join(run_dirs))} --out {html.escape(out_dir)}</code>.</p>
 </body></html>"""
     # written relative to the directory held open: a symbolic link planted there under any
     # name (compare.csv, compare.html.tmp, ...) is never written through
-    with safepath.open_dir(out_dir, "--out-dir") as held:
+    with safepath.open_dir(out_dir, "--out") as held:
         store.atomic_write_at(held.fd, "compare.csv", csv_text.encode("utf-8"))
         store.atomic_write_at(held.fd, "compare.html", page.encode("utf-8"))
     return os.path.join(out_dir, "compare.html")

@@ -15,6 +15,7 @@ this module renders them.  Pure: reads, computes, returns tables and figures.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -39,7 +40,7 @@ from labkit.analysis.experiments import (
 from labkit.analysis.run import Series
 from labkit.core import modes
 from labkit.report.plots import mode_color, show
-from labkit.report.sections import table_html
+from labkit.report.sections import fold, table_html
 
 
 def control_published() -> pd.DataFrame:
@@ -348,10 +349,32 @@ def display_sections(run_dir: str, an: Analysis | None = None, **kw) -> int:
     """Display every section that has data (in a notebook); returns how many."""
     secs = sections(run_dir, an, **kw)
     for s in secs:
-        display(HTML(f"<h2>{html.escape(s.title)}</h2><p>{s.intro}</p>"))
+        first, rest = _first_sentence(s.intro)
+        display(HTML(f"<h2>{html.escape(s.title)}</h2><p>{first}</p>"
+                     + (f'<details class="lk-fold"><summary>How it is measured</summary><p>{rest}</p></details>'
+                        if rest else "")))
         for p in s.parts:
             if isinstance(p, str):
-                display(HTML(p))
+                display(fold(p, _fold_summary(p)))
             else:
                 show(p)
     return len(secs)
+
+
+def _first_sentence(intro: str) -> tuple[str, str]:
+    """An intro's first sentence and the rest: split at the first ". " that lies
+    outside every tag and element (``<b>x. y</b>`` is never cut)."""
+    depth = 0
+    for m in re.finditer(r"<(/?)[^>]*>|\. ", intro):
+        if m.group(0) == ". ":
+            if depth == 0:
+                return intro[:m.start() + 1], intro[m.end():]
+        elif not m.group(0).endswith("/>"):
+            depth += -1 if m.group(1) else 1
+    return intro, ""
+
+
+def _fold_summary(part: str) -> str:
+    """A folded table's one line: its own ``<h4>`` title, else "the table"."""
+    m = re.match(r"\s*<h4>(.*?)</h4>", part, re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "", m.group(1))) if m else "the table"

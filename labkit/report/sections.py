@@ -27,6 +27,18 @@ def _html(s: str):
     return HTML(s)
 
 
+def fold(body, summary: str):
+    """``body`` (HTML, or an object with ``.data`` such as IPython's HTML) under a
+    one-line ``summary`` in a ``<details>`` element: closed on the page and in
+    print, one click away in the browser and in JupyterLab.  A body with no
+    table, list or figure (a one-line note such as "All points are valid.") is
+    shown as it is: there is nothing to fold."""
+    text = str(getattr(body, "data", body) or "")
+    if not any(tag in text for tag in ("<table", "<img", "<li")):
+        return _html(text)
+    return _html(f'<details class="lk-fold"><summary>{html.escape(summary)}</summary>{text}</details>')
+
+
 def table_html(df: pd.DataFrame, floatfmt: str = "{:,.2f}", cls: str = "lk") -> str:
     def cell(v):
         if isinstance(v, (float, np.floating)):
@@ -502,7 +514,7 @@ def reproduce(an: Analysis):
     if path.startswith(os.path.join("data", "reference")):
         # committed data stay as they are; the report goes under the clone's runs/ (git-ignored,
         # the reader's own), never a predictable path in a shared directory such as /tmp
-        rep += f" --out-dir runs/{os.path.basename(path)}-report"
+        rep += f" --out runs/{os.path.basename(path)}-report"
     extra = []
     if s["budget_us"] != 10.0:
         extra.append(f"--budget-us {s['budget_us']:g}")
