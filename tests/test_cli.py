@@ -273,7 +273,7 @@ def test_a_negative_count_list_is_named_not_taken_for_an_option(tmp_path, capsys
 def test_an_os_error_in_a_command_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch, err):
     def full(*a, **kw):
         raise OSError(err, os.strerror(err), str(tmp_path / "report.html"))
-    monkeypatch.setattr(cli, "build_report", full)
+    monkeypatch.setattr(report, "build_report", full)
     code, lines = _main(capsys, "report", str(tmp_path))
     assert code == 1 and len(lines) == 1, lines
     assert os.strerror(err) in lines[0] and errno.errorcode[err] in lines[0] and "report.html" in lines[0]
@@ -282,7 +282,7 @@ def test_an_os_error_in_a_command_is_one_line_and_exit_1(tmp_path, capsys, monke
 def test_an_interrupted_report_says_interrupted_not_torn_down(tmp_path, capsys, monkeypatch):
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli, "build_report", interrupted)
+    monkeypatch.setattr(report, "build_report", interrupted)
     monkeypatch.setattr(cli.Lab, "opened", 3)      # labs of earlier commands in this process
     monkeypatch.setattr(cli.Lab, "torn_down", 3)
     code, lines = _main(capsys, "report", str(tmp_path))
