@@ -5,10 +5,12 @@ import subprocess
 import sys
 import time
 
+import nbformat
 import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
+import yaml
 
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import UsageError
@@ -209,3 +211,24 @@ def test_make_sweep_refuses_an_unknown_parameter_like_the_cli(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "labkit", "sweep", "--params", str(bad), "--out", str(run)],
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 2 and cli.stderr.strip() == msg[0] and not run.exists()
+
+
+def test_the_default_run_is_reachable_through_the_sweep_notebook(tmp_path):
+    """Issue 23: papermill runs notebooks/sweep.ipynb with params/default.yaml
+    (its parameter-file-only keys included) to the same plan as
+    `labkit sweep --params params/default.yaml --dry-run` (no root: a dry run
+    measures nothing and creates nothing)."""
+    with open(os.path.join(ROOT, "params", "default.yaml")) as f:
+        params = yaml.safe_load(f)
+    out = tmp_path / "nb.ipynb"
+    pm.execute_notebook(os.path.join(ROOT, "notebooks", "sweep.ipynb"), str(out),
+                        parameters={**params, "dry_run": True, "out_dir": str(tmp_path / "o")},
+                        kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    text = "".join(o.get("text", "") for c in nbformat.read(str(out), as_version=4).cells
+                   if c.cell_type == "code" for o in c.get("outputs", []))
+    cp = subprocess.run([sys.executable, "-m", "labkit", "sweep", "--params", "params/default.yaml", "--dry-run"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    plan = cp.stdout.splitlines()[0].split("; estimated")[0]    # "1,440 points in ... blocks, ... probes"
+    assert plan in text, (plan, text[-2000:])
+    assert not (tmp_path / "o").exists()

@@ -205,7 +205,7 @@ def load_yaml(text: str) -> Any:
 
 
 #: names a sweep notebook may be given besides the parameters (papermill -p)
-NOTEBOOK_NAMES = frozenset({"out_dir", "resume", "command"})
+NOTEBOOK_NAMES = frozenset({"out_dir", "resume", "command", "dry_run"})
 
 
 def refuse_unknown(names_given: set[str]) -> None:
