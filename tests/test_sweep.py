@@ -1,9 +1,11 @@
 """The sweep: pure planning and validity (no root), real sweeps through the CLI and notebook (root)."""
 import json
 import os
+import random
 import subprocess
 import sys
 import time
+import types
 
 import nbformat
 import numpy as np
@@ -15,6 +17,7 @@ import yaml
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import UsageError
 from labkit.probes.base import Paced
+from labkit.probes.syn import SynProber
 from labkit.runs.params import SweepParams
 from labkit.runs.sweep import Sweep, check_samples, judge_point, point_id
 
@@ -232,3 +235,22 @@ def test_the_default_run_is_reachable_through_the_sweep_notebook(tmp_path):
     plan = cp.stdout.splitlines()[0].split("; estimated")[0]    # "1,440 points in ... blocks, ... probes"
     assert plan in text, (plan, text[-2000:])
     assert not (tmp_path / "o").exists()
+
+
+def test_a_patched_syn_frame_is_byte_for_byte_scapys_own():
+    """SynProber.frame writes each probe's IP id, source port and sequence number
+    into a frame scapy built once and recomputes both checksums; every frame must
+    equal scapy's full build of the same probe (no root: nothing is sent)."""
+    topo = types.SimpleNamespace(client_if="lkc0", node_client_if="lkn0", client_ip="10.255.0.2")
+    lab = types.SimpleNamespace(topo=topo, macs={"lkc0": "02:00:00:00:00:01", "lkn0": "02:00:00:00:00:02"})
+    pr = SynProber(lab, seed=7)     # type: ignore[arg-type]
+    rng = random.Random(3)
+    for k in range(400):
+        dst = f"10.96.{rng.randrange(256)}.{rng.randrange(1, 255)}" if k % 4 else "10.96.0.1"
+        args = (dst, rng.choice([80, 8080, 443]), rng.randrange(1024, 65536), rng.getrandbits(32),
+                rng.getrandbits(16))
+        assert pr.frame(*args) == pr.scapy_frame(*args), args
+    lab.macs["lkn0"] = "02:00:00:00:00:03"          # a new node: its veth has a new MAC
+    assert pr.frame("10.96.0.1", 80, 2000, 5, 6) == pr.scapy_frame("10.96.0.1", 80, 2000, 5, 6)
+    p = pr.craft(4, "10.96.0.5", 80)
+    assert p.frame == pr.scapy_frame("10.96.0.5", 80, p.sport, p.seq, int.from_bytes(p.frame[18:20], "big"))

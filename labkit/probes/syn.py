@@ -5,7 +5,10 @@ Method:
 * Each probe is a TCP SYN for a fresh 5-tuple (new source port, random
   sequence number), so the node's conntrack misses and the datapath's full
   service lookup runs.  Frames are crafted with scapy *before* the timed loop
-  and sent as prebuilt bytes from one reused scapy L2 socket.
+  (scapy builds one frame per destination; each probe's id, port and sequence
+  number are written into a copy, checksums by scapy's ``checksum``: the same
+  bytes, ``tests/test_sweep.py`` checks) and sent as prebuilt bytes from one
+  reused scapy L2 socket.
 * Both timestamps come from the kernel at the same tap: a separate packet
   socket on the client's veth (``SO_TIMESTAMPNS``) sees the outgoing SYN
   (``PACKET_OUTGOING``) and the incoming SYN-ACK.  Python's own delays are not
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import random
 import socket
+import struct
 import time
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
@@ -52,6 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
 #: buffer (RCVBUF) holds a limited number of SYNs, and SYNs beyond it would be lost
 #: and their probes judged "unseen at backend"
 BACKEND_DRAIN_EVERY = 1000
+#: header lengths of a probe frame: Ethernet, IPv4 without options (TCP follows)
+_ETH, _IP = 14, 20
 
 class SynProber:
     """Sends SYN probes from the lab's client namespace and times them.
@@ -74,6 +80,7 @@ class SynProber:
         self.sender: SuperSocket | None = None
         self.tap: socket.socket | None = None
         self.btap: socket.socket | None = None
+        self._templates: dict[tuple[str, str, str, int], bytes] = {}
 
     # -- sockets -----------------------------------------------------------
     def __enter__(self) -> "SynProber":
@@ -103,16 +110,44 @@ class SynProber:
         return p
 
     def craft(self, service: int, dst: str, dport: int) -> Probe:
+        sport = self.next_sport()
+        seq = self.rng.getrandbits(32)
+        ip_id = self.rng.getrandbits(16)
+        return Probe(service, dst, dport, sport, seq, self.frame(dst, dport, sport, seq, ip_id))
+
+    def scapy_frame(self, dst: str, dport: int, sport: int, seq: int, ip_id: int) -> bytes:
+        """The SYN frame as scapy builds it (Ethernet, IPv4, TCP with an MSS option)."""
         from scapy.layers.inet import IP, TCP  # noqa: PLC0415  (heavy: see __enter__)
         from scapy.layers.l2 import Ether  # noqa: PLC0415
         t = self.lab.topo
-        sport = self.next_sport()
-        seq = self.rng.getrandbits(32)
-        pkt = (Ether(src=self.lab.macs[t.client_if], dst=self.lab.macs[t.node_client_if])
-               / IP(src=t.client_ip, dst=dst, ttl=64, id=self.rng.getrandbits(16))
-               / TCP(sport=sport, dport=dport, flags="S", seq=seq, window=64240,
-                     options=[("MSS", 1460)]))
-        return Probe(service, dst, dport, sport, seq, bytes(pkt))
+        return bytes(Ether(src=self.lab.macs[t.client_if], dst=self.lab.macs[t.node_client_if])
+                     / IP(src=t.client_ip, dst=dst, ttl=64, id=ip_id)
+                     / TCP(sport=sport, dport=dport, flags="S", seq=seq, window=64240,
+                           options=[("MSS", 1460)]))
+
+    def frame(self, dst: str, dport: int, sport: int, seq: int, ip_id: int) -> bytes:
+        """:meth:`scapy_frame`, byte for byte, at a fraction of its cost: scapy builds
+        one frame per destination (and the node's MAC, new with every node), then
+        each probe's IP id, source port and sequence number are written into a copy
+        and both checksums recomputed with scapy's own ``checksum`` (a full build
+        took 0.7 ms a probe here, about 5% of the default run's time)."""
+        from scapy.utils import checksum  # noqa: PLC0415  (heavy: see __enter__)
+        t = self.lab.topo
+        key = (self.lab.macs[t.client_if], self.lab.macs[t.node_client_if], dst, dport)
+        tpl = self._templates.get(key)
+        if tpl is None:
+            tpl = self._templates[key] = self.scapy_frame(dst, dport, 0, 0, 0)
+        f = bytearray(tpl)
+        ip, tcp = _ETH, _ETH + _IP
+        struct.pack_into("!H", f, ip + 4, ip_id)
+        struct.pack_into("!H", f, ip + 10, 0)
+        struct.pack_into("!H", f, ip + 10, checksum(bytes(f[ip:tcp])))
+        struct.pack_into("!HHI", f, tcp, sport, dport, seq)
+        struct.pack_into("!H", f, tcp + 16, 0)
+        segment = bytes(f[tcp:])
+        pseudo = bytes(f[ip + 12:ip + 20]) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(segment))
+        struct.pack_into("!H", f, tcp + 16, checksum(pseudo + segment))
+        return bytes(f)
 
     def craft_for(self, catalog: "ServiceCatalog", target: str, n: int) -> list[Probe]:
         """``n`` probes aimed at ``target`` (first|middle|last|random|none).
