@@ -1,6 +1,7 @@
 """build_report on a synthetic run directory in the sweep's exact schema (no root)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,13 @@ import pandas as pd
 import papermill as pm
 import pytest
 
+from labkit.analysis import analyze, load_run
+from labkit.analysis.claims import SEED_PACING
 from labkit.core.errors import UsageError
 from labkit.report import build as report
+from labkit.report import verdicts
 from labkit.report.experiments import _first_sentence, _fold_summary
-from labkit.report.sections import fold
+from labkit.report.sections import fold, ipvs_item
 from labkit.rundir.store import sha256_file
 
 # true first-packet curves (us) before probe noise; Gamma(2, 2 us) noise on top
@@ -24,6 +28,7 @@ TRUTH = {
     "iptables-nft": lambda n: 35 + 0.016 * n,
     "nftables": lambda n: 42 + 0.0 * n,
     "iptables-legacy": lambda n: 36 + 0.010 * np.maximum(n - 3000, 0),
+    "ipvs": lambda n: 40 + 0.002 * n,
 }
 
 
@@ -238,3 +243,22 @@ def test_fold_closes_tables_lists_and_figures_and_leaves_a_note_open():
     assert _first_sentence("One only.") == ("One only.", "")
     assert _fold_summary("<h4>Slopes, <i>ns</i> &amp; more</h4><table></table>") == "Slopes, ns & more"
     assert _fold_summary("<table></table>") == "the table"
+
+
+def test_the_answer_says_where_ipvs_beats_each_iptables_backend(tmp_path):
+    """Issue 25: the first screen's list names where IPVS beats each iptables backend
+    (curves crossing, with an interval) and what moving from IPVS to nftables changes.
+    Synthetic truth: IPVS (40 us + 2 ns/service) meets iptables-nft (35 + 16 ns) at
+    357 services and iptables-legacy (flat to 3,000, then 10 ns) near 3,500;
+    nftables (42, flat) is faster above 1,000."""
+    run = make_run(tmp_path / "run", modes=("iptables-legacy", "iptables-nft", "nftables", "ipvs"),
+                   services=(1, 200, 300, 450, 700, 1000, 1500, 2250, 3350, 5000, 7500, 10000), rounds=3,
+                   probes=200, targets=("last",), invalid_point=-1)
+    an = analyze(load_run(run), n_boot=50)
+    item = ipvs_item(an, SEED_PACING)           # the run is back to back only: that pacing is used
+    assert item.startswith("<b>Where IPVS beats iptables</b>") and "back to back" in item, item
+    m = re.search(r"IPVS beats iptables-nft from ([\d,]+) \[([\d,]+), ([\d,]+)\]", item)
+    assert m and int(m.group(2).replace(",", "")) <= 357 <= int(m.group(3).replace(",", "")), item
+    assert re.search(r"IPVS beats iptables-legacy from [\d,]+", item), item
+    assert "moving from IPVS to nftables" in item
+    assert item in verdicts.answer(an).data

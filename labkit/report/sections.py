@@ -122,7 +122,7 @@ def _headline_probe(an: Analysis) -> str:
 
 
 def _pacing_words(pacing: float) -> str:
-    return f"paced at {pacing:g}/s" if pacing > 0 else "back to back"
+    return f"paced at {pacing:,.0f}/s" if pacing > 0 else "back to back"
 
 
 #: a crossing is "located" only between measured counts at most this far apart
@@ -164,6 +164,80 @@ def ipvs_rows(an: Analysis) -> pd.DataFrame:
     return cx[keep]
 
 
+def _ipvs_parts(g: pd.DataFrame, budget: float, level: str, short: bool = False) -> list[str]:
+    """The phrases for one target and pacing of :func:`ipvs_rows`: where IPVS beats
+    each iptables backend (and, unless ``short``, where the backend costs the
+    budget more), then what moving from IPVS to nftables changes."""
+    def at(r: pd.Series) -> str:
+        if short:
+            ci = (f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
+                  if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]) else "")
+            return f"{r['n_star']:,.0f}{ci}"
+        return _located_text(r, level)
+    parts = []
+    for other in ("iptables-legacy", "iptables-nft"):
+        fit = g[(g["kind"] == "fit") & ((g["mode_a"] == other) | (g["mode_b"] == other))]
+        bud = g[(g["kind"] == "budget-abs") & (g["mode_a"] == other)]
+        if not len(fit):
+            continue
+        f = fit.iloc[0]
+        # the fitted difference (a - b) at the largest common count says who is faster there
+        ipvs_wins_at_end = (f["diff_hi_us"] < 0) == (f["mode_a"] == "ipvs")
+        if np.isfinite(f["n_star"]) and ipvs_wins_at_end:
+            txt = f"IPVS beats {other} from {at(f)}"
+        elif np.isfinite(f["n_star"]):
+            txt = f"{other} is faster than IPVS above {at(f)}"
+        elif ipvs_wins_at_end:
+            txt = f"IPVS is faster than {other} throughout"
+        else:
+            txt = f"{other} is faster than IPVS throughout"
+        if not short and ipvs_wins_at_end and len(bud) and np.isfinite(bud.iloc[0]["n_star"]):
+            txt += f"; {other} costs {budget:g} us more than IPVS from {_located_text(bud.iloc[0], level)}"
+        elif not short and ipvs_wins_at_end and len(bud):
+            txt += f"; {other} never costs {budget:g} us more than IPVS here"
+        parts.append(txt)
+    is_nft = (g["mode_a"] == "nftables") | (g["mode_b"] == "nftables")
+    nft = g[(g["kind"] == "fit") & is_nft]
+    if len(nft):
+        f = nft.iloc[0]
+        if np.isfinite(f["n_star"]):
+            parts.append(f"moving from IPVS to nftables: the curves cross at {at(f)}, "
+                         f"{_name(str(f['faster_above']))} faster above")
+        else:
+            lo, hi = sorted([abs(f["diff_lo_us"]), abs(f["diff_hi_us"])])
+            by = f"{lo:.1f} us" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f} to {hi:.1f} us"
+            parts.append(f"moving from IPVS to nftables: {_name(str(f['faster_below']))} is faster "
+                         f"throughout, by {by}")
+    return parts
+
+
+def ipvs_item(an: Analysis, pacing: float) -> str:
+    """The answer's one line on IPVS (HTML, or "" when the run has no IPVS beside an
+    iptables mode): per target at ``pacing`` (the seed's load; back to back when the
+    run has only that), where IPVS beats each iptables backend, p50 curves crossing
+    with intervals, and what moving from IPVS to nftables changes."""
+    rows = ipvs_rows(an)
+    if not len(rows):
+        return ""
+    if not (rows["pacing"] == pacing).any():
+        pacing = float(rows["pacing"].min())
+    rows = rows[rows["pacing"] == pacing]
+    level = f"{an.settings['level']:.0%}"
+    per = []
+    for (target, _), g in rows.groupby(["target", "probe"], sort=False):
+        parts = _ipvs_parts(g, an.settings["budget_us"], level, short=True)
+        if parts:
+            per.append(f"{target} target: " + "; ".join(parts))
+    if not per:
+        return ""
+    kernels = sorted(set(rows["kernel"].dropna().astype(str))) if "kernel" in rows else []
+    where = f"in one kernel ({', '.join(kernels)})" if len(set(an.points["kernel"])) > 1 and kernels \
+        else "in one kernel"
+    return (f"<b>Where IPVS beats iptables</b> (p50 curves crossing, {level} intervals, "
+            f"{html.escape(_pacing_words(pacing))}, {html.escape(where)}; the budget and the other pacing "
+            "below the claims table): " + html.escape(". ".join(per)) + ".")
+
+
 def ipvs_answer(an: Analysis):
     """Where IPVS beats each iptables backend (curve crossing, and the absolute
     budget), per target and pacing, with intervals; and what moving from IPVS
@@ -173,44 +247,10 @@ def ipvs_answer(an: Analysis):
     if not len(rows):
         return _html("")
     level = f"{an.settings['level']:.0%}"
-    budget = an.settings["budget_us"]
     items = []
     for (target, _, pacing), g in rows.groupby(["target", "probe", "pacing"], sort=False):
         where = f"{target} target, {_pacing_words(pacing)}"
-        parts = []
-        for other in ("iptables-legacy", "iptables-nft"):
-            fit = g[(g["kind"] == "fit") & ((g["mode_a"] == other) | (g["mode_b"] == other))]
-            bud = g[(g["kind"] == "budget-abs") & (g["mode_a"] == other)]
-            if not len(fit):
-                continue
-            f = fit.iloc[0]
-            # the fitted difference (a - b) at the largest common count says who is faster there
-            ipvs_wins_at_end = (f["diff_hi_us"] < 0) == (f["mode_a"] == "ipvs")
-            if np.isfinite(f["n_star"]) and ipvs_wins_at_end:
-                txt = f"IPVS beats {other} from {_located_text(f, level)}"
-            elif np.isfinite(f["n_star"]):
-                txt = f"{other} is faster than IPVS above {_located_text(f, level)}"
-            elif ipvs_wins_at_end:
-                txt = f"IPVS is faster than {other} throughout"
-            else:
-                txt = f"{other} is faster than IPVS throughout"
-            if ipvs_wins_at_end and len(bud) and np.isfinite(bud.iloc[0]["n_star"]):
-                txt += f"; {other} costs {budget:g} us more than IPVS from {_located_text(bud.iloc[0], level)}"
-            elif ipvs_wins_at_end and len(bud):
-                txt += f"; {other} never costs {budget:g} us more than IPVS here"
-            parts.append(txt)
-        is_nft = (g["mode_a"] == "nftables") | (g["mode_b"] == "nftables")
-        nft = g[(g["kind"] == "fit") & is_nft]
-        if len(nft):
-            f = nft.iloc[0]
-            if np.isfinite(f["n_star"]):
-                parts.append(f"moving from IPVS to nftables: the curves cross at {_located_text(f, level)}, "
-                             f"{_name(str(f['faster_above']))} faster above")
-            else:
-                lo, hi = sorted([abs(f["diff_lo_us"]), abs(f["diff_hi_us"])])
-                by = f"{lo:.1f} us" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f} to {hi:.1f} us"
-                parts.append(f"moving from IPVS to nftables: {_name(str(f['faster_below']))} is faster "
-                             f"throughout, by {by}")
+        parts = _ipvs_parts(g, an.settings["budget_us"], level)
         if parts:
             items.append(f"<li><b>{html.escape(where)}</b>: " + "; ".join(html.escape(p) for p in parts) + ".</li>")
     if not items:

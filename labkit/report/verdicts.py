@@ -15,7 +15,7 @@ import pandas as pd
 from labkit.analysis import Analysis
 from labkit.analysis.claims import COLD_ENTRY, FLAT_US, SEED_PACING, budget_fractions
 from labkit.analysis.run import probe_label
-from labkit.report.sections import _ci, _html, table_html
+from labkit.report.sections import _ci, _html, ipvs_item, table_html
 
 VERDICT_MARK = {"holds": "\u2714 holds", "does not hold": "\u2718 does not hold",
                 "inconclusive": "? inconclusive", "not measured here": "\u2013 not measured here"}
@@ -174,7 +174,8 @@ def answer(an: Analysis):
     """The answer as a short list, from the claims (figures with intervals
     and the instruments in the claims table below it): where each iptables
     backend starts to hurt, then each growth verdict on both targets at the
-    seed's load, amortization and eBPF's claim."""
+    seed's load, eBPF's claim, where IPVS beats iptables (and what moving to
+    nftables changes) and amortization."""
     c = _shown(an)
     if not len(c):
         return _html('<p class="lk-note">Too few modes or counts for an answer.</p>')
@@ -191,6 +192,9 @@ def answer(an: Analysis):
         items.append(f"<b>{what}</b> ({how}): " + html.escape("; ".join(per)) + ".")
         if claim == "o-1" and _decided(c, claim)["evidence"].str.contains(COLD_ENTRY, regex=False).any():
             items.append("Where the random target breaks O(1): " + html.escape(COLD_ENTRY) + ".")
+    ipvs = ipvs_item(an, SEED_PACING)
+    if ipvs:
+        items.append(ipvs)
     a = _decided(c, "keepalive")
     a = a[a["k"].notna()]
     if len(a):
