@@ -27,15 +27,27 @@ def test_the_fragment_sets_options_to_y_each_with_the_reason():
             assert "#" in line and line.split("#", 1)[1].strip(), f"no reason given: {line}"
 
 
-@pytest.mark.parametrize("bad", ["CONFIG_X=m", "IP_VS=y", "CONFIG_X=y junk", "CONFIG_X=n"])
-def test_a_fragment_line_that_is_not_an_option_set_to_y_is_refused(bad):
-    with pytest.raises(LabkitError, match=":2: expected `CONFIG_NAME=y`"):
+@pytest.mark.parametrize("bad", ["CONFIG_X=m", "IP_VS=y", "CONFIG_X=y junk", "CONFIG_X=no"])
+def test_a_fragment_line_that_is_not_an_option_set_to_y_or_n_is_refused(bad):
+    with pytest.raises(LabkitError, match=":2: expected `CONFIG_NAME=y` or `CONFIG_NAME=n`"):
         umlbuild.fragment_options(f"# comment\n{bad}\n")
+
+
+def test_an_option_turned_off_is_applied_with_d_and_checked():
+    text = "CONFIG_A=y\nCONFIG_B=n  # off\n"
+    assert umlbuild.fragment_options(text) == ["CONFIG_A"] and umlbuild.fragment_unset(text) == ["CONFIG_B"]
+    config = "CONFIG_A=y\nCONFIG_B=y\nCONFIG_C=m\n# CONFIG_D is not set\n"
+    assert umlbuild.unwanted_options(config, ["CONFIG_B", "CONFIG_C", "CONFIG_D"]) == ["CONFIG_B", "CONFIG_C"]
+    # the debug-info choice: defconfig's DWARF member off, no debug info
+    unset = umlbuild.fragment_unset(umlbuild.FRAGMENT.read_text())
+    assert "CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT" in unset
 
 
 def test_an_option_set_twice_is_refused():
     with pytest.raises(LabkitError, match="set twice: CONFIG_A"):
         umlbuild.fragment_options("CONFIG_A=y\nCONFIG_B=y # b\nCONFIG_A=y\n")
+    with pytest.raises(LabkitError, match="set twice: CONFIG_A"):
+        umlbuild.fragment_options("CONFIG_A=y\nCONFIG_A=n\n")
 
 
 def test_missing_options_names_what_olddefconfig_dropped():
@@ -49,6 +61,7 @@ def test_the_build_key_changes_with_the_source_the_options_and_the_patches():
     assert k != umlbuild.build_key("b" * 64, "CONFIG_A=y\n")
     assert k != umlbuild.build_key("a" * 64, "CONFIG_A=y\nCONFIG_B=y\n")
     assert k != umlbuild.build_key("a" * 64, "CONFIG_A=y\n", [b"--- a\n+++ b\n"])
+    assert k != umlbuild.build_key("a" * 64, "CONFIG_A=y\nCONFIG_B=n\n")
     # a comment or the order of the options does not rebuild
     assert umlbuild.build_key("a" * 64, "CONFIG_B=y\nCONFIG_A=y  # why\n") == \
         umlbuild.build_key("a" * 64, "# header\nCONFIG_A=y\nCONFIG_B=y\n")
@@ -74,6 +87,7 @@ def test_the_built_kernel_has_every_fragment_option_and_runs_every_mode():
     assert facts["source_sha256"] == uml.pin().pin.sha256 and facts["kernel_release"] == uml.guest_kernel_release()
     config = (root / "config").read_text()
     assert umlbuild.missing_options(config, umlbuild.fragment_options(umlbuild.FRAGMENT.read_text())) == []
+    assert umlbuild.unwanted_options(config, umlbuild.fragment_unset(umlbuild.FRAGMENT.read_text())) == []
     res = uml.run_in_uml([sys.executable, "-m", "labkit", "doctor", "--json"], timeout=300, check=False)
     assert res.returncode == 0, res.stderr
     assert res.facts["config_sha256"] == facts["config_sha256"] and res.facts["kernel_release"] == facts[

@@ -10,10 +10,11 @@ runs:
    ``apt-get download`` through labkit's private apt index (the host's apt
    configuration is not touched) and its tarball unpacked in the cache;
 2. ``make ARCH=um defconfig``, then every option of the fragment
-   ``labkit/guests/uml.config`` set to ``y`` (``scripts/config -e``), then
+   ``labkit/guests/uml.config`` set to ``y`` (``scripts/config -e``) or off
+   (``=n``, ``scripts/config -d``), then
    ``make ARCH=um olddefconfig``;
 3. the resulting ``.config`` is checked against the fragment: an option that
-   olddefconfig dropped fails the build and is named;
+   olddefconfig dropped, or turned back on, fails the build and is named;
 4. ``make ARCH=um vmlinux`` (all cores), everything built in: no modules, no
    modprobe in the guest.
 
@@ -56,6 +57,7 @@ EXPECTED_STEPS = 1700
 BUILD_TOOLS = (("gcc", "gcc"), ("make", "make"), ("flex", "flex"), ("bison", "bison"), ("bc", "bc"),
                ("xz", "xz-utils"), ("perl", "perl"), ("dpkg-deb", "dpkg"))
 _OPTION = re.compile(r"^(CONFIG_[A-Z0-9_]+)=y\b")
+_SETTING = re.compile(r"^(CONFIG_[A-Z0-9_]+)=([yn])\b")
 _STEP = re.compile(r"^\s+(CC|AS|LD|AR|HOSTCC|HOSTLD|GEN|UPD|SYSHDR|SYSTBL|WRAP|CPP|MKCAP|OBJCOPY)\s")
 
 
@@ -67,22 +69,42 @@ class SourcePin:
     tarball: str
 
 
-def fragment_options(text: str) -> list[str]:
-    """The ``CONFIG_X`` names a fragment sets to ``y`` (comments and blank
-    lines skipped; any other line is an error that names it)."""
-    out: list[str] = []
+def fragment_settings(text: str) -> dict[str, str]:
+    """What a fragment sets: ``CONFIG_X`` -> ``"y"`` (built in) or ``"n"``
+    (off; for a choice, the member defconfig picks, such as the debug-info
+    format), in the fragment's order (comments and blank lines skipped; any
+    other line, or an option set twice, is an error that names it)."""
+    out: dict[str, str] = {}
+    dup: list[str] = []
     for n, line in enumerate(text.splitlines(), 1):
         body = line.split("#", 1)[0].strip()
         if not body:
             continue
-        m = _OPTION.match(body)
+        m = _SETTING.match(body)
         if not m or body != m.group(0):
-            raise LabkitError(f"{FRAGMENT.name}:{n}: expected `CONFIG_NAME=y`, got {body[:60]!r}")
-        out.append(m.group(1))
-    if len(set(out)) != len(out):
-        dup = sorted({o for o in out if out.count(o) > 1})
-        raise LabkitError(f"{FRAGMENT.name}: options set twice: {', '.join(dup)}")
+            raise LabkitError(f"{FRAGMENT.name}:{n}: expected `CONFIG_NAME=y` or `CONFIG_NAME=n`, got {body[:60]!r}")
+        if m.group(1) in out:
+            dup.append(m.group(1))
+        out[m.group(1)] = m.group(2)
+    if dup:
+        raise LabkitError(f"{FRAGMENT.name}: options set twice: {', '.join(sorted(set(dup)))}")
     return out
+
+
+def fragment_options(text: str) -> list[str]:
+    """The ``CONFIG_X`` names a fragment sets to ``y``."""
+    return [k for k, v in fragment_settings(text).items() if v == "y"]
+
+
+def fragment_unset(text: str) -> list[str]:
+    """The ``CONFIG_X`` names a fragment turns off (``=n``)."""
+    return [k for k, v in fragment_settings(text).items() if v == "n"]
+
+
+def unwanted_options(config_text: str, options: Sequence[str]) -> list[str]:
+    """The options of ``options`` (to be off) that a ``.config`` sets, to ``y`` or ``m``."""
+    have = {ln.split("=", 1)[0] for ln in config_text.splitlines() if re.match(r"^CONFIG_[A-Z0-9_]+=[ym]$", ln)}
+    return [o for o in options if o in have]
 
 
 def missing_options(config_text: str, options: Sequence[str]) -> list[str]:
@@ -99,7 +121,8 @@ def build_key(source_sha256: str, fragment: str, patch_texts: Sequence[bytes] = 
     """The cache key of a build: what goes into it, hashed (16 hex digits).
     The fragment counts by its options, sorted, so a changed comment reuses
     the build and a changed option builds anew."""
-    options = "\n".join(sorted(fragment_options(fragment))).encode()
+    options = "\n".join(sorted(f"{k}={v}" if v == "n" else k
+                                for k, v in fragment_settings(fragment).items())).encode()
     h = hashlib.sha256(source_sha256.encode() + b"\0" + hashlib.sha256(options).hexdigest().encode())
     for p in patch_texts:
         h.update(b"\0" + hashlib.sha256(p).hexdigest().encode())
@@ -156,6 +179,7 @@ def build(src: SourcePin, *, progress: bool = True, jobs: int | None = None) -> 
     if complete(root):
         return root
     options = fragment_options(FRAGMENT.read_text())
+    unset = fragment_unset(FRAGMENT.read_text())
     missing = missing_tools()
     if missing:
         raise Unavailable("building user-mode Linux needs " + ", ".join(missing) + " (`make setup` installs them)")
@@ -176,7 +200,8 @@ def build(src: SourcePin, *, progress: bool = True, jobs: int | None = None) -> 
             with open(logpath, "a") as log:
                 tree = _source_tree(work, deb, src, log)
                 _run(["make", "ARCH=um", "defconfig"], tree, log, "make defconfig")
-                args = [a for o in options for a in ("-e", o.removeprefix("CONFIG_"))]
+                args = [a for o in options for a in ("-e", o.removeprefix("CONFIG_"))] + \
+                    [a for o in unset for a in ("-d", o.removeprefix("CONFIG_"))]
                 _run(["scripts/config", "--file", ".config", *args], tree, log, "scripts/config")
                 _run(["make", "ARCH=um", "olddefconfig"], tree, log, "make olddefconfig")
                 config = (tree / ".config").read_text()
@@ -184,6 +209,10 @@ def build(src: SourcePin, *, progress: bool = True, jobs: int | None = None) -> 
                 if lost:
                     raise LabkitError(f"building user-mode Linux: olddefconfig dropped {', '.join(lost)} "
                                       f"(their dependencies are unmet in this source); fix {FRAGMENT.name}")
+                kept = unwanted_options(config, unset)
+                if kept:
+                    raise LabkitError(f"building user-mode Linux: olddefconfig turned {', '.join(kept)} "
+                                      f"back on (another option selects them); fix {FRAGMENT.name}")
                 _make_vmlinux(tree, log, jobs or os.cpu_count() or 1, progress)
                 release = subprocess.run(["make", "-s", "ARCH=um", "kernelrelease"], cwd=tree,
                                          capture_output=True, text=True, timeout=120).stdout.strip()
