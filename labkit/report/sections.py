@@ -483,6 +483,7 @@ def kernels_table(an: Analysis, stats=("p50",)):
         return _html('<p class="lk-note">One kernel, or no mode measured natively in both '
                      f'({", ".join(CALIBRATORS)}): nothing relates the kernels.</p>')
     out = pd.DataFrame({"mode": k["mode"], "measure": k["measure"], "target": k["target"],
+                        "pacing": [_pacing_words(float(v)) for v in k["pacing"]],
                         "statistic": k["stat"], "kernels": k["other_release"] + " / " + k["release"],
                         "services": [f"{v:,.0f}" if m == "level" else "per service"
                                      for v, m in zip(k["services"], k["measure"])],
@@ -495,7 +496,8 @@ def kernels_table(an: Analysis, stats=("p50",)):
     g = g[g["stat"].isin(stats)] if len(g) else g
     growth = ""
     if len(g):
-        gt = pd.DataFrame({"series": an.shown(g)["mode"], "target": g["target"], "statistic": g["stat"],
+        gt = pd.DataFrame({"series": an.shown(g)["mode"], "target": g["target"],
+                           "pacing": [_pacing_words(float(v)) for v in g["pacing"]], "statistic": g["stat"],
                            "from": g["from"].map(lambda v: f"{v:,.0f}"), "to": g["to"].map(lambda v: f"{v:,.0f}"),
                            f"rise, us [{level} CI]": [_ci(v, lo, hi, "{:+,.1f}") for v, lo, hi in
                                                       zip(g["rise_us"], g["ci_lo"], g["ci_hi"])]})
