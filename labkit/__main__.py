@@ -8,6 +8,8 @@ try:
     from labkit.cli import main
 
     code = main()
+    # done: a Ctrl-C while the interpreter shuts down prints nothing ("Exception ignored ...")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 except KeyboardInterrupt:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C: no traceback either
     sys.stderr.write("labkit: interrupted\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 
 import pytest
 
@@ -39,6 +40,13 @@ def _labkit_pins() -> set[str]:
         mounts = {line.split()[1] for line in f if line.split()[2] == "bpf"}
     pins |= {m for m in mounts if "/labkit-" in m}
     return {p for p in pins if p.split("labkit-")[1][:6] not in others}
+
+
+# A suite started in the background of a shell without job control (`cmd &`) inherits SIGINT
+# ignored, and so would every labkit the tests start: the tests that send SIGINT (Ctrl-C at
+# start-up, a sweep interrupted mid-run) need it delivered, as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
