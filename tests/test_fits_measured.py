@@ -14,6 +14,7 @@ from labkit.analysis.analyze import SPREAD_SDS, round_spread
 from labkit.analysis.crossover import budget_row, crossing_row
 from labkit.analysis.curves import CurveKey, fit_curve
 from labkit.analysis.models import (
+    RISE_ROUNDS,
     _fixed_knot,
     _knot_range,
     fit_batch,
@@ -163,6 +164,44 @@ def test_a_real_bend_is_chosen(rounds):
 
 
 # --- bends only between measured counts ------------------------------------------
+
+UML_COUNTS = np.array([1, 100, 147, 215, 316, 464, 681, 1000, 1468, 2154, 3162, 4642, 6813, 10000], float)
+
+
+def _slowed_round(rng, truth, rounds, slow=3.0):
+    """Round 2 on a machine that slowed down: each of its points up to ``1 + slow``
+    times the truth (as iptables-legacy's paced curve in data/reference/uml-7.2.13,
+    203 us at 4,642 services in round 2 against 48-58 us in rounds 0-1)."""
+    x = np.tile(UML_COUNTS, rounds)
+    r = np.repeat(np.arange(rounds), len(UML_COUNTS))
+    y = truth(x) * (1 + slow * (r == 2) * rng.uniform(0, 1, len(x))) + rng.normal(0, 1, len(x)) * (3 + 0.002 * x)
+    return x, y, r
+
+
+@pytest.mark.parametrize("rounds", [3, 4, 5])
+def test_a_curve_reported_flat_never_rises_by_its_own_line(rounds):
+    """A slowed round scatters the rounds' own slopes, so the cross-validated
+    choice can keep the constant while the straight line's rise over the range
+    (the O(n) claim's instrument) is clear: :func:`fit_curve` then takes the
+    line.  Over 100 rising and 100 flat curves, none is reported flat with a
+    rise whose interval excludes 0; with 5 rounds the rise (25 to 105 us) is
+    reported rising in at least 85; a flat curve stays flat in at least 85."""
+    rng = np.random.default_rng(53 + rounds)
+    got = {"rising": collections.Counter(), "flat": collections.Counter()}
+    for name, truth in (("rising", lambda n: 25 + 0.008 * n), ("flat", lambda n: 25 + 0 * n)):
+        for _ in range(100):
+            x, y, r = _slowed_round(rng, truth, rounds)
+            c = fit_curve(_key("a"), x, y, rounds=r, all_rounds=list(range(rounds)))
+            got[name][c.chosen] += 1
+            if c.chosen == "constant":
+                lo, hi = c.ci(c.fits["linear"].params()["b"], c.boot["linear"][:, 1])
+                assert lo <= 0 <= hi, (name, lo, hi)
+            else:
+                assert c.criterion != RISE_ROUNDS or c.chosen == "linear"
+    assert got["flat"]["constant"] >= 85, got
+    if rounds == 5:
+        assert got["rising"]["constant"] <= 15, got
+
 
 def test_a_knot_with_one_count_beyond_it_is_not_identified():
     """With one measured count beyond the knot, every knot in that gap fits

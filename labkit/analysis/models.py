@@ -390,6 +390,9 @@ def select_model(fits: dict[str, Fit], criterion: str = "aicc") -> tuple[str, st
 
 #: the criterion named in tables when the model is chosen with rounds as clusters
 CV_ROUNDS = "cv-rounds"
+#: ... and when the line replaces a constant so chosen because its rise is
+#: significant (:func:`labkit.analysis.curves.fit_curve`)
+RISE_ROUNDS = "rise-rounds"
 
 
 def round_cv_errors(x, y, rounds, models: Iterable[str]) -> dict[str, np.ndarray]:
