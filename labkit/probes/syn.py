@@ -130,7 +130,7 @@ class SynProber:
         one frame per destination (and the node's MAC, new with every node), then
         each probe's IP id, source port and sequence number are written into a copy
         and both checksums recomputed with scapy's own ``checksum`` (a full build
-        took 0.7 ms a probe here, about 5% of the default run's time)."""
+        took 0.7 ms a probe here, and the default run sends about 200,000)."""
         from scapy.utils import checksum  # noqa: PLC0415  (heavy: see __enter__)
         t = self.lab.topo
         key = (self.lab.macs[t.client_if], self.lab.macs[t.node_client_if], dst, dport)

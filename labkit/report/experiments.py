@@ -39,6 +39,7 @@ from labkit.analysis.experiments import (
 )
 from labkit.analysis.run import Series
 from labkit.core import modes
+from labkit.report.markup import details
 from labkit.report.plots import mode_color, show
 from labkit.report.sections import fold, table_html
 
@@ -351,8 +352,7 @@ def display_sections(run_dir: str, an: Analysis | None = None, **kw) -> int:
     for s in secs:
         first, rest = _first_sentence(s.intro)
         display(HTML(f"<h2>{html.escape(s.title)}</h2><p>{first}</p>"
-                     + (f'<details class="lk-fold"><summary>How it is measured</summary><p>{rest}</p></details>'
-                        if rest else "")))
+                     + (details("How it is measured", f"<p>{rest}</p>") if rest else "")))
         for p in s.parts:
             if isinstance(p, str):
                 display(fold(p, _fold_summary(p)))

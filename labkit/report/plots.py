@@ -20,6 +20,7 @@ from labkit.analysis.curves import CurveKey
 from labkit.analysis.result import Probe, at_probe
 from labkit.analysis.run import Series, probe_label
 from labkit.core.modes import COLORS
+from labkit.report.markup import details
 
 PANEL = (4.4, 3.4)
 INVALID = dict(marker="x", color="#d62728", s=40, linewidths=1.5, zorder=5)
@@ -362,8 +363,7 @@ def show_collapsed(figs, summary: str, open_first: bool = True) -> None:
         parts.append(f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
                      f'alt="{html.escape(alt)}" style="max-width:100%">')
     if parts:
-        display(HTML(f"<details><summary>{html.escape(summary)} ({len(parts)} figures)</summary>"
-                     + "".join(parts) + "</details>"))
+        display(HTML(details(f"{summary} ({len(parts)} figures)", "".join(parts))))
 
 
 def show(fig: plt.Figure) -> None:

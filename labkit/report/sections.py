@@ -21,6 +21,7 @@ from labkit.analysis.result import at_probe
 from labkit.analysis.run import probe_label
 from labkit.core import modes, topology
 from labkit.core.modes import CALIBRATORS
+from labkit.report.markup import details
 
 
 def _html(s: str):
@@ -36,7 +37,7 @@ def fold(body, summary: str):
     text = str(getattr(body, "data", body) or "")
     if not any(tag in text for tag in ("<table", "<img", "<li")):
         return _html(text)
-    return _html(f'<details class="lk-fold"><summary>{html.escape(summary)}</summary>{text}</details>')
+    return _html(details(summary, text))
 
 
 def table_html(df: pd.DataFrame, floatfmt: str = "{:,.2f}", cls: str = "lk") -> str:
@@ -230,7 +231,7 @@ def ipvs_item(an: Analysis, pacing: float) -> str:
             per.append(f"{target} target: " + "; ".join(parts))
     if not per:
         return ""
-    kernels = sorted(set(rows["kernel"].dropna().astype(str))) if "kernel" in rows else []
+    kernels = sorted(set(rows["kernel"].dropna().astype(str)))
     where = f"in one kernel ({', '.join(kernels)})" if len(set(an.points["kernel"])) > 1 and kernels \
         else "in one kernel"
     return (f"<b>Where IPVS beats iptables</b> (p50 curves crossing, {level} intervals, "
@@ -350,8 +351,8 @@ def crossover_table(an: Analysis, target: str | None = None, stats=("p50", "p99"
         cx = cx[(cx["kind"] == "fit") | (cx["n_star"] > cx["range_lo"])]
     body = _crossover_html(an.shown(cx, "mode_a", "mode_b"), an.settings["level"])
     if collapsed:
-        body = (f"<details><summary>the table behind these findings ({len(cx)} rows, {target} target, "
-                f"{_headline_probe(an)})</summary>{body}</details>")
+        body = details(f"the table behind these findings ({len(cx)} rows, {target} target, "
+                       f"{_headline_probe(an)})", body)
     return _html(body)
 
 
@@ -376,8 +377,7 @@ def _crossover_html(cx: pd.DataFrame, level: float) -> str:
 def all_crossovers(an: Analysis):
     n = len(an.crossover)
     body = _crossover_html(an.shown(an.crossover, "mode_a", "mode_b"), an.settings["level"])
-    return _html(f"<details><summary>all {n} rows of crossover.csv (every target, statistic and "
-                 f"ordered pair)</summary>{body}</details>")
+    return _html(details(f"all {n} rows of crossover.csv (every target, statistic and ordered pair)", body))
 
 
 def findings(an: Analysis):
@@ -460,10 +460,9 @@ def published_tables(an: Analysis, target: str | None = None):
     parts.append(table_html(pd.DataFrame(rows)))
     t = anchors.table()
     t = t.assign(services=t["services"].astype("object").where(t["services"].notna(), ""))
-    parts.append(f"<details><summary>All {len(t)} published figures (tidy, from "
-                 "labkit/analysis/anchors.py)</summary>")
-    parts.append(table_html(t[["source", "series", "metric", "unit", "services", "value", "low",
-                               "high", "reading", "note"]], "{:,.4g}") + "</details>")
+    parts.append(details(f"All {len(t)} published figures (tidy, from labkit/analysis/anchors.py)",
+                         table_html(t[["source", "series", "metric", "unit", "services", "value", "low",
+                                       "high", "reading", "note"]], "{:,.4g}")))
     parts.append("<h4>Published statements</h4><ul>" + "".join(
         f"<li>{html.escape(txt)} <span class='lk-note'>({html.escape(anchors.SOURCES[k].cite())})</span></li>"
         for k, txt in anchors.CLAIMS) + "</ul>")

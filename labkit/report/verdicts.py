@@ -15,6 +15,7 @@ import pandas as pd
 from labkit.analysis import Analysis
 from labkit.analysis.claims import COLD_ENTRY, FLAT_US, SEED_PACING, budget_fractions
 from labkit.analysis.run import probe_label
+from labkit.report.markup import details
 from labkit.report.sections import _ci, _html, ipvs_item, table_html
 
 VERDICT_MARK = {"holds": "\u2714 holds", "does not hold": "\u2718 does not hold",
@@ -98,8 +99,8 @@ def claims_table(an: Analysis):
                           "verdict": c["verdict"], f"figure [{level} CI]": [_figure(r) for _, r in c.iterrows()],
                           "evidence": c["evidence"]})
     return _html(table_html(out, cls="lk lk-claims")
-                 + f"<details><summary>how each verdict was reached: the {len(c)} rows of claims.csv, with "
-                   "their evidence</summary>" + table_html(every) + "</details>")
+                 + details(f"how each verdict was reached: the {len(c)} rows of claims.csv, with their evidence",
+                           table_html(every)))
 
 
 def _decided(c: pd.DataFrame, claim: str) -> pd.DataFrame:
@@ -225,5 +226,4 @@ def budget_table(an: Analysis, table: pd.DataFrame | None = None):
                        for v, lo, hi in zip(t["n_star"], t["ci_low"], t["ci_high"])])
     w = t.pivot_table(index="fraction", columns="col", values="cell", aggfunc="first", sort=False).reset_index()
     w["fraction"] = [f"{f:.0%}" for f in w["fraction"]]
-    return _html(f"<details><summary>the crossing against the budget fraction (services, {level} CI)</summary>"
-                 + table_html(w) + "</details>")
+    return _html(details(f"the crossing against the budget fraction (services, {level} CI)", table_html(w)))
