@@ -17,6 +17,7 @@ from labkit.guests import guest
 from labkit.host import debcache, netns
 from labkit.host.state import all_states
 from labkit.lab.lab import Lab
+from labkit.runs.estimate import RATES_DIR_ENV
 
 IS_ROOT = os.geteuid() == 0
 
@@ -83,6 +84,20 @@ def need_host_mode(mode: str) -> None:
         elsewhere = ("; tests/test_ipvs.py::test_ipvs_teardown_under_faults_in_uml runs the ipvs "
                      "cases in user-mode Linux") if mode == "ipvs" else ""
         pytest.skip(f"{mode} does not run on this host kernel (see `labkit doctor`){elsewhere}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_rates(tmp_path_factory):
+    """The suite's sweeps keep their rates in a directory of its own (labkit
+    processes the tests start, in any kernel, inherit it): a test's small sweep
+    must not become the estimate of the user's next real run."""
+    old = os.environ.get(RATES_DIR_ENV)
+    os.environ[RATES_DIR_ENV] = str(tmp_path_factory.mktemp("rates"))
+    yield
+    if old is None:
+        os.environ.pop(RATES_DIR_ENV, None)
+    else:
+        os.environ[RATES_DIR_ENV] = old
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from labkit.host import debcache
 from labkit.rundir import schema
 from labkit.rundir.store import read_table
 from labkit.runs import estimate as est
@@ -77,7 +78,7 @@ def test_a_host_and_uml_runs_rates_per_kernel_predict_its_duration():
 
 
 def test_save_rates_keeps_each_kernel_of_a_host_and_uml_run_and_no_smoke_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(est.RATES_DIR_ENV, str(tmp_path / "rates"))
     d, meta, _ = _run("default-6.18")
     written = est.save_rates(d, meta)
     assert sorted(os.path.basename(f) for f in written) == ["host.json", "uml.json"]
@@ -88,3 +89,10 @@ def test_save_rates_keeps_each_kernel_of_a_host_and_uml_run_and_no_smoke_run(tmp
     pts = read_table(os.path.join(d, schema.POINTS)).head(est.MIN_POINTS - 1)
     pts.to_parquet(small / schema.POINTS)
     assert est.save_rates(str(small), meta) == []
+    assert (tmp_path / "rates" / "uml.json").is_file()   # where $LABKIT_RATES_DIR says
+
+
+def test_the_suite_keeps_its_rates_out_of_the_users_cache():
+    """conftest points $LABKIT_RATES_DIR at the suite's own directory: a test's
+    small sweep never becomes the estimate of the user's next run."""
+    assert est.rates_file("host").parent != debcache.cache_base() / "rates"
