@@ -23,9 +23,11 @@ import pytest
 from labkit.core.catalog import ServiceCatalog
 from labkit.datapaths import MODES
 from labkit.datapaths.ipvs import (
+    CHUNK_LINES,
     IPTABLES_BACKEND,
     SECTION_ORDER,
     Ipvs,
+    chunks,
     host_ipvs_missing,
     render_addresses,
     render_ipset,
@@ -372,3 +374,14 @@ def test_a_sweep_over_the_host_and_user_mode_linux(tmp_path):
     assert len(meta["guests"]) == 1 and meta["guests"][0]["backend"] == "uml"
     assert meta["guests"][0]["config_sha256"]  # labkit's own build, its config recorded
     assert meta["guests"][0]["bpf_jit"] == "none"  # arch um has no BPF JIT: eBPF is interpreted there
+
+
+def test_line_by_line_loaders_get_whole_lines_in_chunks():
+    """100,000 VIPs go to `ip -batch` in pieces of at most CHUNK_LINES whole
+    lines (a guest process of user-mode Linux dies at the host's
+    vm.max_map_count): joined, the pieces are the input, in order."""
+    body = render_addresses(ServiceCatalog(services=25_001, endpoints=1))
+    parts = chunks(body)
+    assert "".join(parts) == body and len(parts) == -(-len(body.splitlines()) // CHUNK_LINES)
+    assert all(p.endswith("\n") and len(p.splitlines()) <= CHUNK_LINES for p in parts)
+    assert chunks("") == [""] and chunks("a\nb\n", 1) == ["a\n", "b\n"]

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import _guest_pids, guest_lifecycle
 
-from labkit.core.errors import LabkitError
+from labkit.core.errors import LabkitError, UsageError
 from labkit.datapaths.ipvs import Ipvs
 from labkit.guests import dispatch, guest, uml
 from labkit.host import debcache
@@ -187,3 +187,25 @@ def test_a_resumed_uml_run_stays_in_its_kernel(bootable, tmp_path):
     assert len(pts) == 6 and set(pts["kernel_release"]) == {uml.guest_kernel_release()}
     meta = json.loads((out / "meta.json").read_text())
     assert meta["complete"] and meta["resumed"]
+
+
+def test_a_run_resumes_only_in_the_guest_kernel_it_was_measured_in(monkeypatch, tmp_path):
+    """guest.json names user-mode Linux 7.2.x: resumed with LABKIT_UML_SERIES=6.12
+    it is refused in one line; with the series it was measured in, it resumes."""
+    monkeypatch.delenv("LABKIT_GUEST", raising=False)
+    monkeypatch.delenv(uml.SERIES_ENV, raising=False)
+    (tmp_path / "guest.json").write_text(json.dumps({"backend": "uml", "kernel_release": uml.guest_kernel_release()}))
+    assert dispatch.choose_kernel(None, {}, str(tmp_path), resume=True)[0] == "uml"
+    monkeypatch.setenv(uml.SERIES_ENV, "6.12")
+    with pytest.raises(UsageError, match=r"measured in uml 7\.2\.\d+, not 6\.12\.\d+"):
+        dispatch.choose_kernel(None, {}, str(tmp_path), resume=True)
+
+
+def test_a_guest_segfault_names_the_hosts_map_count():
+    """A guest process that died of SIGSEGV (exit 139/-11, or a loader's "exit -11"
+    in the errors) gets the likely cause and the host setting named; anything
+    else gets nothing."""
+    hint = uml.segv_hint(1, "labkit: error: `ip -batch -` in lk-x-nd failed (exit -11):", 65530)
+    assert "vm.max_map_count (65,530)" in hint and "about 255 MB" in hint and "host owner's decision" in hint
+    assert uml.segv_hint(139, "", None) and uml.segv_hint(0, "Segmentation fault", 65530)
+    assert uml.segv_hint(1, "labkit: error: no such mode", 65530) == ""

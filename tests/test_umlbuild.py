@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from labkit.core.errors import LabkitError
+from labkit.core.errors import LabkitError, UsageError
 from labkit.guests import uml, umlbuild
 
 
@@ -72,6 +72,50 @@ def test_the_pin_names_debian_kernel_source():
     assert p.pin.package.startswith("linux-source-") and len(p.pin.sha256) == 64
     assert p.tarball == f"usr/src/{p.pin.package}.tar.xz"
     assert p.pin.package.removeprefix("linux-source-") == ".".join(p.pin.release.split(".")[:2])
+
+
+@pytest.mark.parametrize("name", uml.pinned_series())
+def test_every_pinned_series_names_debian_kernel_source(name):
+    p = uml.pin(name)
+    assert p.pin.package == f"linux-source-{name}" and len(p.pin.sha256) == 64
+    assert p.tarball == f"usr/src/{p.pin.package}.tar.xz" and p.pin.release.startswith(name + ".")
+    assert all(o.startswith("CONFIG_") for o in p.absent)
+    # an option a series lacks is one the fragment asks for (else the entry is stale)
+    assert set(p.absent) <= set(umlbuild.fragment_options(umlbuild.FRAGMENT.read_text()))
+
+
+def test_the_series_comes_from_the_environment_and_an_unpinned_one_is_refused(monkeypatch):
+    assert uml.pinned_series()[0] == uml.DEFAULT_SERIES and "6.12" in uml.pinned_series()
+    monkeypatch.delenv(uml.SERIES_ENV, raising=False)
+    assert uml.pin().pin.package == f"linux-source-{uml.DEFAULT_SERIES}"
+    monkeypatch.setenv(uml.SERIES_ENV, "6.12")
+    assert uml.guest_kernel_release().startswith("6.12.")
+    assert uml.root_dir(uml.pin()) != uml.root_dir(uml.pin(uml.DEFAULT_SERIES))   # one build per series
+    monkeypatch.setenv(uml.SERIES_ENV, "5.4")
+    with pytest.raises(UsageError, match="no user-mode Linux 5.4 is pinned"):
+        uml.pin()
+
+
+def test_a_series_that_dies_with_amx_is_refused_on_an_amx_host_only(monkeypatch):
+    flags = "processor\t: 0\nflags\t\t: fpu sse avx2 {}\n"
+    assert uml.host_has_amx(flags.format("amx_bf16 amx_tile amx_int8"))
+    assert not uml.host_has_amx(flags.format("avx512f"))
+    assert uml.pin("6.12").boots_with_amx is False and uml.pin(uml.DEFAULT_SERIES).boots_with_amx is True
+    monkeypatch.setenv(uml.SERIES_ENV, "6.12")
+    monkeypatch.setattr(uml, "host_has_amx", lambda cpuinfo=None: True)
+    monkeypatch.setattr(uml.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(uml, "in_guest", lambda: False)
+    ok, why = uml.uml_available()
+    assert not ok and "dies at boot on a CPU with AMX" in why and uml.SERIES_ENV in why
+
+
+def test_kconfig_defines_finds_config_and_menuconfig_lines(tmp_path):
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "Kconfig").write_text("config IP_NF_IPTABLES\n\ttristate \"x\"\n"
+                                              "menuconfig NETFILTER\n\tbool \"y\"\n")
+    assert umlbuild.kconfig_defines(tmp_path, "CONFIG_IP_NF_IPTABLES")
+    assert umlbuild.kconfig_defines(tmp_path, "CONFIG_NETFILTER")
+    assert not umlbuild.kconfig_defines(tmp_path, "CONFIG_IP_NF_IPTABLES_LEGACY")   # a prefix is not a match
 
 
 @pytest.mark.root

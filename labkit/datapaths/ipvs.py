@@ -232,6 +232,24 @@ def render_ipvs(catalog: "ServiceCatalog", backend: str = IPTABLES_BACKEND, sche
     return "".join(f"#: {name}\n{parts[name]}" for name in section_order(backend))
 
 
+#: lines a line-by-line loader (ipset restore, ip -batch, ipvsadm -R) gets per process
+CHUNK_LINES = 10_000
+
+
+def chunks(body: str, n: int = CHUNK_LINES) -> list[str]:
+    """``body`` in pieces of at most ``n`` whole lines (pure; "" stays one piece).
+
+    One loader process per piece: in user-mode Linux each page a guest process
+    touches is a mapping of the host's UML process, and a process reaching the
+    host's ``vm.max_map_count`` (65,530 by default) dies with SIGSEGV: one
+    ``ip -batch`` of 100,000 VIPs did (docs/uml.md).  Each line of these loaders
+    is its own change, so the pieces load exactly what the whole would."""
+    lines = body.splitlines(keepends=True)
+    if len(lines) <= n:
+        return [body]
+    return ["".join(lines[i:i + n]) for i in range(0, len(lines), n)]
+
+
 def split_sections(text: str) -> dict[str, str]:
     """Inverse of the section framing of :func:`render_ipvs` (pure)."""
     out: dict[str, list[str]] = {}
@@ -443,7 +461,7 @@ class Ipvs(Datapath):
                    **{f"iptables-{b}-restore": [f"iptables-{b}-restore"] for b in BACKENDS}}
         for name in order[1:]:
             if name in sections:
-                self._run(loaders[name], input=sections[name], timeout=3600)
+                self._load(name, loaders[name], sections[name])
 
     # ---- control-plane operations: one service in place ---------------------
     update_kind = "partial"
@@ -478,10 +496,18 @@ class Ipvs(Datapath):
         loaders = {"ipset restore": ["ipset", "restore"], "ip -batch": ["ip", "-batch", "-"],
                    "ipvsadm -R": ["ipvsadm", "-R"]}
         for name, body in split_sections(text).items():  # in the text's order
-            self._run(loaders[name], input=body, timeout=3600)
+            self._load(name, loaders[name], body)
         t2 = time.perf_counter()
         self.catalog = catalog
         return ProgramResult(render_s=t1 - t0, load_s=t2 - t1)
+
+    def _load(self, name: str, argv: list[str], body: str) -> None:
+        """Send one section to its loader; the line-by-line loaders (every one but
+        iptables-restore, whose input is one transaction) in chunks of
+        :data:`CHUNK_LINES` lines, one process each (see :func:`chunks`)."""
+        parts = [body] if name.startswith("iptables-") else chunks(body)
+        for part in parts:
+            self._run(argv, input=part, timeout=3600)
 
     def _ensure_module(self) -> None:
         """ipvsadm loads ip_vs itself; sysctl needs it loaded first."""

@@ -38,7 +38,8 @@ def _available(where: str) -> tuple[bool, str]:
     return uml.uml_available() if where == "uml" else vm.vm_available()
 
 
-def _release(where: str) -> str:
+def guest_release(where: str) -> str:
+    """The release of the guest kernel ``where`` (uml, vm) that would run now."""
     return uml.guest_kernel_release() if where == "uml" else vm.guest_kernel_release()
 
 
@@ -52,6 +53,17 @@ def recorded_guest(out_dir: str | None) -> str | None:
             except (OSError, ValueError, AttributeError):
                 return "vm"
     return None
+
+
+def recorded_release(out_dir: str | None) -> str | None:
+    """The guest kernel's release a run in ``out_dir`` was measured in, if recorded."""
+    if not out_dir:
+        return None
+    try:
+        release = store.read_json(os.path.join(out_dir, schema.GUEST_FACTS)).get("kernel_release")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(release) if release else None
 
 
 def strip_options(args: Sequence[str], names: Sequence[str]) -> list[str]:
@@ -87,6 +99,10 @@ def choose_kernel(kernel: str | None, modes: Mapping[str, str | None], out_dir: 
             raise UsageError(f"--resume: the run in {out_dir} is measured in {where}, not {kernel}; "
                              f"resume it there (omit --kernel)")
         if where != "host":
+            was, now = recorded_release(out_dir), guest_release(where)
+            if was and was != now:
+                raise UsageError(f"--resume: the run in {out_dir} is measured in {where} {was}, not {now}; "
+                                 f"resume it with the same kernel (${uml.SERIES_ENV} picks user-mode Linux's)")
             return where, f"resuming a run that was measured in {where}"
         return "host", "resuming a run that was measured on the host"
     if kernel == "host":
@@ -106,10 +122,10 @@ def choose_kernel(kernel: str | None, modes: Mapping[str, str | None], out_dir: 
     lacking = ", ".join(missing)
     ok, why = uml.uml_available()
     if ok and not any(m in UML_CANNOT for m in modes):
-        return "uml", f"the host cannot run {lacking}: all modes run in user-mode Linux {_release('uml')}"
+        return "uml", f"the host cannot run {lacking}: all modes run in user-mode Linux {guest_release('uml')}"
     ok, why = vm.vm_available()
     if ok:
-        return "vm", f"the host cannot run {lacking}: all modes run in the VM kernel {_release('vm')}"
+        return "vm", f"the host cannot run {lacking}: all modes run in the VM kernel {guest_release('vm')}"
     return "host", f"no other kernel can run {lacking} ({why}); they will be refused"
 
 
@@ -128,7 +144,7 @@ def relaunch(where: str, command: str, args: Sequence[str], out_dir: str, kind: 
         # the kernel this run is planned for, before the guest starts: a resume after a
         # kill at any moment goes back to it (and never mixes in the host's points)
         os.makedirs(out_dir, exist_ok=True)
-        store.write_json(facts_path, {"backend": where, "kernel_release": _release(where), "planned": True})
+        store.write_json(facts_path, {"backend": where, "kernel_release": guest_release(where), "planned": True})
     rest = strip_options(args, ("--kernel", "--out"))
     argv = [sys.executable, "-m", "labkit", command, "--kernel", "host", *rest, "--out", out_dir]
     env = {"LABKIT_GIT_REVISION": git_revision()}

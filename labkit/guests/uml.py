@@ -34,7 +34,7 @@ import tomllib
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
-from labkit.core.errors import LabkitError, Unavailable
+from labkit.core.errors import LabkitError, Unavailable, UsageError
 from labkit.core.kernel_kinds import in_guest
 from labkit.guests import guest, umlbuild
 from labkit.guests.guest import (
@@ -51,15 +51,82 @@ from labkit.host import debcache
 LOCK_FILE = Path(__file__).resolve().with_name("umlkernel.lock")
 KIND = "uml"
 BOOT_TIMEOUT = 60.0
+#: which pinned kernel series runs as user-mode Linux: the default (``umlkernel.lock``)
+#: or another one pinned beside it (``umlkernel-<series>.lock``), e.g. ``6.12``
+SERIES_ENV = "LABKIT_UML_SERIES"
+DEFAULT_SERIES = "7.2"
 
 
-def pin() -> umlbuild.SourcePin:
-    k = debcache.read_pin(LOCK_FILE)
+def pinned_series() -> list[str]:
+    """The kernel series labkit can build as user-mode Linux, the default first."""
+    others = sorted(p.name.removeprefix("umlkernel-").removesuffix(".lock")
+                    for p in LOCK_FILE.parent.glob("umlkernel-*.lock"))
+    return [DEFAULT_SERIES, *others]
+
+
+def series() -> str:
+    """The series chosen (``$LABKIT_UML_SERIES``, else the default)."""
+    return os.environ.get(SERIES_ENV, "").strip() or DEFAULT_SERIES
+
+
+def lock_file(name: str | None = None) -> Path:
+    s = name or series()
+    if s == DEFAULT_SERIES:
+        return LOCK_FILE
+    p = LOCK_FILE.with_name(f"umlkernel-{s}.lock")
+    if not p.is_file():
+        raise UsageError(f"{SERIES_ENV}={s}: no user-mode Linux {s} is pinned "
+                         f"(pinned: {', '.join(pinned_series())})")
+    return p
+
+
+def pin(name: str | None = None) -> umlbuild.SourcePin:
+    """The pinned kernel source of series ``name`` (default: :func:`series`)."""
+    path = lock_file(name)
+    k = debcache.read_pin(path)
     try:
-        d = tomllib.loads(LOCK_FILE.read_text())
-        return umlbuild.SourcePin(k, str(d["suite"]), str(d["tarball"]))
-    except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
-        raise LabkitError(f"cannot read the UML pin {LOCK_FILE}: {exc!r}") from None
+        d = tomllib.loads(path.read_text())
+        return umlbuild.SourcePin(k, str(d["suite"]), str(d["tarball"]),
+                                  absent=tuple(str(o) for o in d.get("absent", [])),
+                                  boots_with_amx=bool(d.get("boots_with_amx", True)),
+                                  lock_name=path.name)
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise LabkitError(f"cannot read the UML pin {path}: {exc!r}") from None
+
+
+def host_has_amx(cpuinfo: str | None = None) -> bool:
+    """Whether the host CPU has AMX (``amx_tile`` among /proc/cpuinfo's flags)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return any(ln.startswith("flags") and "amx_tile" in ln.split() for ln in cpuinfo.splitlines())
+
+
+def max_map_count() -> int | None:
+    """The host's ``vm.max_map_count`` (None if unreadable)."""
+    try:
+        return int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def segv_hint(returncode: int, stderr: str, maps: int | None) -> str:
+    """A sentence on the likely cause when a guest process died of SIGSEGV
+    (exit 139 or -11, or "Segmentation fault" in its errors), else "" (pure).
+    Each page a guest process touches is one mapping of the host's UML
+    process; at the host's ``vm.max_map_count`` the next page fault fails and
+    the guest process gets SIGSEGV (seen with one ``ip -batch`` of 100,000
+    VIPs, and with the sweep's Python at 10,000-service iptables blocks)."""
+    if returncode not in (139, -11) and "exit -11" not in stderr and "Segmentation fault" not in stderr \
+            and "exit 139" not in stderr:
+        return ""
+    cap = f"{maps:,}" if maps else "unknown"
+    return (f" A guest process died of SIGSEGV: in user-mode Linux each page a process touches is a mapping "
+            f"of the host's process, and the host's vm.max_map_count ({cap}) caps it at about "
+            f"{(maps or 65530) * 4 // 1024:,} MB (docs/uml.md, \"SIGSEGV\"); raising it "
+            f"(`sysctl -w vm.max_map_count=262144`) is the host owner's decision.")
 
 
 def guest_kernel_release() -> str:
@@ -90,6 +157,10 @@ def uml_available() -> tuple[bool, str]:
     except LabkitError as exc:
         return False, str(exc)
     k = p.pin
+    if not p.boots_with_amx and host_has_amx():
+        return False, (f"user-mode Linux {k.release} dies at boot on a CPU with AMX, as this one "
+                       f"(\"ptrace set fp regs failed\"; {p.lock_name}); use {DEFAULT_SERIES} "
+                       f"(unset {SERIES_ENV})")
     if umlbuild.complete(root):
         return True, f"user-mode Linux {k.release} (labkit's build of {k.package} {k.version}), in {root}"
     missing = umlbuild.missing_tools() + ([] if shutil.which("apt-get") else ["apt-get (Debian package apt)"])
@@ -170,12 +241,13 @@ def run_in_uml(argv: Sequence[str], timeout: float, env: Mapping[str, str] | Non
              "built_by": "labkit", "config_sha256": built.get("config_sha256", ""),
              "fragment_sha256": built.get("fragment_sha256", ""), "build_key": built.get("build_key", ""),
              "boot_s": s.boot_s, "guest_uptime_s": s.guest_uptime_s, "command_s": s.command_s,
-             "bpf_jit": s.bpf_jit,
+             "bpf_jit": s.bpf_jit, "host_max_map_count": max_map_count(),
              "cpus": 1, "memory": memory}
     res = GuestResult(list(argv), s.returncode, s.stdout, s.stderr, s.console, facts)
     if check and res.returncode != 0:
         raise LabkitError(f"`{shlex.join(argv)}` failed in user-mode Linux {k.release} (exit "
-                          f"{res.returncode}): {debcache.tail(res.stderr, 5) or '(no stderr)'}")
+                          f"{res.returncode}): {debcache.tail(res.stderr, 5) or '(no stderr)'}"
+                          + segv_hint(res.returncode, res.stderr, max_map_count()))
     return res
 
 
@@ -183,6 +255,9 @@ def run_in_uml(argv: Sequence[str], timeout: float, env: Mapping[str, str] | Non
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m labkit.guests.uml",
                                  description="user-mode Linux: info, fetch, or run a command in it")
+    ap.add_argument("--series", choices=pinned_series(), default=None,
+                    help=f"the pinned kernel series (default: ${SERIES_ENV}, else {DEFAULT_SERIES}); "
+                         f"a sweep picks it from ${SERIES_ENV}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="availability and the pinned kernel")
     sub.add_parser("build", help="build the pinned kernel (once; `make setup` runs this)")
@@ -192,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--rw", action="append", default=[])
     r.add_argument("argv", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
+    if a.series:
+        os.environ[SERIES_ENV] = a.series
     try:
         if a.cmd == "info":
             ok, why = uml_available()

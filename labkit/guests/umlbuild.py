@@ -67,6 +67,14 @@ class SourcePin:
     pin: debcache.KernelPin
     suite: str
     tarball: str
+    #: fragment options this source does not define at all (added in a later
+    #: series; their function is built in unconditionally here): not set, and
+    #: checked to be absent from the source's Kconfig
+    absent: tuple[str, ...] = ()
+    #: False where the series dies at boot on a host CPU with AMX
+    boots_with_amx: bool = True
+    #: the lock file it was read from (messages)
+    lock_name: str = "umlkernel.lock"
 
 
 def fragment_settings(text: str) -> dict[str, str]:
@@ -111,6 +119,20 @@ def missing_options(config_text: str, options: Sequence[str]) -> list[str]:
     """The options of ``options`` that a ``.config`` does not set to ``y``."""
     have = {m.group(1) for m in (_OPTION.match(ln) for ln in config_text.splitlines()) if m}
     return [o for o in options if o not in have]
+
+
+def kconfig_defines(tree: Path, option: str) -> bool:
+    """Whether any Kconfig file of the source ``tree`` defines ``option``
+    (``CONFIG_X``: a ``config X`` or ``menuconfig X`` line)."""
+    name = option.removeprefix("CONFIG_")
+    pat = re.compile(rf"^\s*(menu)?config\s+{re.escape(name)}\s*$", re.M)
+    for k in tree.rglob("Kconfig*"):
+        try:
+            if pat.search(k.read_text(errors="replace")):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def patches() -> list[Path]:
@@ -178,8 +200,9 @@ def build(src: SourcePin, *, progress: bool = True, jobs: int | None = None) -> 
     root = root_dir(src)
     if complete(root):
         return root
-    options = fragment_options(FRAGMENT.read_text())
-    unset = fragment_unset(FRAGMENT.read_text())
+    text = FRAGMENT.read_text()
+    options = [o for o in fragment_options(text) if o not in src.absent]
+    unset = [o for o in fragment_unset(text) if o not in src.absent]
     missing = missing_tools()
     if missing:
         raise Unavailable("building user-mode Linux needs " + ", ".join(missing) + " (`make setup` installs them)")
@@ -189,7 +212,7 @@ def build(src: SourcePin, *, progress: bool = True, jobs: int | None = None) -> 
         if complete(root):
             return root
         opts = debcache.private_index(src.suite, kdir / "apt")
-        deb = debcache.download(src.pin, kdir, "umlkernel.lock", opts)
+        deb = debcache.download(src.pin, kdir, src.lock_name, opts)
         # the build tree is kept when a build fails, so the next try goes on where it stopped
         work = kdir / f".build-{root.name}"
         work.mkdir(exist_ok=True)
@@ -199,6 +222,10 @@ def build(src: SourcePin, *, progress: bool = True, jobs: int | None = None) -> 
         try:
             with open(logpath, "a") as log:
                 tree = _source_tree(work, deb, src, log)
+                defined = [o for o in src.absent if kconfig_defines(tree, o)]
+                if defined:
+                    raise LabkitError(f"{src.lock_name} lists {', '.join(defined)} as absent, but this "
+                                      f"source defines them: remove them from `absent`")
                 _run(["make", "ARCH=um", "defconfig"], tree, log, "make defconfig")
                 args = [a for o in options for a in ("-e", o.removeprefix("CONFIG_"))] + \
                     [a for o in unset for a in ("-d", o.removeprefix("CONFIG_"))]
@@ -218,7 +245,7 @@ def build(src: SourcePin, *, progress: bool = True, jobs: int | None = None) -> 
                                          capture_output=True, text=True, timeout=120).stdout.strip()
                 if release != src.pin.release:
                     raise LabkitError(f"the source builds kernel {release!r}, not {src.pin.release!r} "
-                                      "as umlkernel.lock says")
+                                      f"as {src.lock_name} says")
                 stage = work / "out"
                 shutil.rmtree(stage, ignore_errors=True)
                 stage.mkdir()
@@ -229,6 +256,7 @@ def build(src: SourcePin, *, progress: bool = True, jobs: int | None = None) -> 
                     "source_version": src.pin.version, "source_sha256": src.pin.sha256, "suite": src.suite,
                     "fragment_sha256": hashlib.sha256(FRAGMENT.read_bytes()).hexdigest(),
                     "patches": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in patches()},
+                    "absent_in_source": list(src.absent),
                     "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
                     "build_key": key_of(src), "build_s": round(time.monotonic() - t0, 1),
                     "jobs": jobs or os.cpu_count() or 1, "gcc": _gcc_version(),
@@ -255,7 +283,7 @@ def _source_tree(work: Path, deb: Path, src: SourcePin, log: IO[str]) -> Path:
     _run(["dpkg-deb", "-x", str(deb), "deb"], work, log, f"unpacking {deb.name}")
     tar = work / "deb" / src.tarball
     if not tar.is_file():
-        raise LabkitError(f"{deb.name} has no {src.tarball}: is `tarball` in umlkernel.lock right?")
+        raise LabkitError(f"{deb.name} has no {src.tarball}: is `tarball` in {src.lock_name} right?")
     (work / "src").mkdir()
     _run(["tar", "-xJf", str(tar)], work / "src", log, "unpacking the source")
     shutil.rmtree(work / "deb")

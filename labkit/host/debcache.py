@@ -251,24 +251,26 @@ def host_mirror() -> str:
 def private_index(suite: str, where: Path) -> list[str]:
     """apt options for a private index of Debian ``suite`` (main) kept in
     ``where``: the host's sources, lists and cache are left alone.  The
-    index is refreshed when it is older than a day."""
+    index is refreshed when it is older than a day or was made for another
+    suite."""
     need("apt-get", "apt")
     where.mkdir(parents=True, exist_ok=True)
     (where / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (where / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     sources = where / "sources.list"
-    sources.write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {host_mirror()} "
-                       f"{suite} main\n")
+    line = f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {host_mirror()} {suite} main\n"
+    sources.write_text(line)
     opts = ["-o", f"Dir::Etc::SourceList={sources}", "-o", "Dir::Etc::SourceParts=/nonexistent",
             "-o", f"Dir::State::Lists={where / 'lists'}", "-o", f"Dir::Cache={where}",
             "-o", "APT::Sandbox::User=root"]
     stamp = where / "lists" / ".updated"
-    if not stamp.exists() or time.time() - stamp.stat().st_mtime > 86400:
+    # refreshed when older than a day, or made for another suite (one index, two pins)
+    if not stamp.exists() or time.time() - stamp.stat().st_mtime > 86400 or stamp.read_text() != line:
         cp = subprocess.run(["apt-get", "-q", *opts, "update"], capture_output=True, text=True,
                             timeout=APT_TIMEOUT)
         if cp.returncode != 0:
             raise Unavailable(f"`apt-get update` of a private {suite} index failed: {tail(cp.stderr, 2)}")
-        stamp.write_text("")
+        stamp.write_text(line)
     return opts
 
 

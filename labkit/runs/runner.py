@@ -49,7 +49,8 @@ from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError, Unavailable, UsageError
 from labkit.core.kernel_kinds import guest_kind
 from labkit.core.validate import clip
-from labkit.guests.dispatch import relaunch
+from labkit.guests.dispatch import guest_release, relaunch
+from labkit.guests.uml import SERIES_ENV
 from labkit.host import load, netns
 from labkit.host.limits import check_memory
 from labkit.lab.lab import Lab
@@ -487,6 +488,13 @@ class Runner:
         there resumes this run for just those blocks), then take its rows back."""
         if here() != "host" or self.out is None:
             raise LabkitError(f"blocks for {kernel} can only be run from the host, into a run directory")
+        was = {str(g["kernel_release"]) for g in self.meta.get("guests", [])
+               if isinstance(g, dict) and g.get("backend") == kernel and g.get("kernel_release")}
+        now = guest_release(kernel)
+        if was and now not in was:
+            raise UsageError(f"the run in {self.out} measured its {kernel} blocks in {', '.join(sorted(was))}, "
+                             f"and {now} would run now: resume it with the same kernel (${SERIES_ENV} picks "
+                             f"user-mode Linux's)")
         self._write_meta()
         ids = ",".join(str(b.block) for b in seg)
         res = relaunch(kernel, self.kind, ["--resume", "--only-blocks", ids, "--quiet"], self.out, self.kind,
