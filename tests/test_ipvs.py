@@ -231,26 +231,29 @@ def test_ipvs_datapath_real_kernel():
         assert all(f"local {cat.vip(i)} " in local for i in range(cat.services))
 
         # real connections to every VIP
-        sent: dict[int, int] = {}
+        # (client port, VIP): connections; the client may reuse a port for another VIP
+        # (a CI run saw port reuse turn a right DNAT into a failure when keyed by port alone)
+        sent: Counter = Counter()
+        vip_index = {cat.vip(i): i for i in range(cat.services)}
         for _ in range(per_service):
             for i in range(cat.services):
                 sport, echo = _connect(lab, cat.vip(i), 80)
                 assert echo == b"labkit", f"no echo through {cat.vip(i)}"
-                sent[sport] = i
+                sent[(sport, cat.vip(i))] += 1
         conns = lab.run(lab.node, ["ipvsadm", "-Lnc"]).stdout
         hits: dict[int, Counter] = {i: Counter() for i in range(cat.services)}
         seen = 0
         for line in conns.splitlines():
             m = IPVS_CONN.match(line)
-            if not m or m.group(1) != lab.topo.client_ip or int(m.group(2)) not in sent:
+            if not m or m.group(1) != lab.topo.client_ip or (int(m.group(2)), m.group(3)) not in sent:
                 continue
-            i = sent[int(m.group(2))]
-            assert m.group(3) == cat.vip(i) and m.group(4) == "80"
+            i = vip_index[m.group(3)]
+            assert m.group(4) == "80"
             owner = cat.service_of_endpoint(m.group(5))
             assert owner is not None and owner[0] == i, f"{cat.vip(i)} DNATed to {m.group(5)}"
             hits[i][m.group(5)] += 1
             seen += 1
-        assert seen == len(sent), f"IPVS saw {seen} of {len(sent)} connections:\n{conns}"
+        assert seen == sum(sent.values()), f"IPVS saw {seen} of {sum(sent.values())} connections:\n{conns}"
         for i, c in hits.items():  # rr: every endpoint, evenly
             assert set(c) == set(cat.endpoints_of(i)) and max(c.values()) - min(c.values()) <= 1, c
 
