@@ -22,6 +22,8 @@ from labkit.report import build as report
 from labkit.rundir import schema
 from labkit.runs.outdir import prepare_out
 from labkit.runs.params import SweepParams
+from labkit.runs.runner import Runner
+from labkit.runs.sweep import Sweep
 
 
 def labkit(*args, **kw):
@@ -437,3 +439,17 @@ def test_report_and_compare_write_where_out_says(option):
 def test_control_never_reaches_100k_services_unasked():
     args = cli.build_parser().parse_args(["control", "--out", "x"])
     assert max(int(n) for n in args.services.split(",")) <= 10_000
+
+
+def test_resume_with_the_runs_own_parameter_file_is_accepted(tmp_path):
+    # a UML run's meta stores the kernel the guest ran in ("host"); the file says "uml"
+    out = tmp_path / "run"
+    out.mkdir()
+    ref = os.path.join(os.path.dirname(__file__), "..", "data", "reference", "ipvs-tables-7.2.13")
+    for name in ("meta.json", "points.parquet", "samples.parquet", "control.parquet"):
+        (out / name).write_bytes(open(os.path.join(ref, name), "rb").read())
+    params = os.path.join(os.path.dirname(__file__), "..", "params", "ipvs-tables.yaml")
+    r = Runner(Sweep(SweepParams.from_yaml(params)), str(out), resume=True)
+    assert r.exp.p.kernel == "host" and r.exp.p.probes == 200   # the stored parameters
+    with pytest.raises(UsageError, match="parameters differ"):
+        Runner(Sweep(SweepParams.from_yaml(params, probes=199)), str(out), resume=True)

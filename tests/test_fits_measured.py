@@ -15,6 +15,7 @@ from labkit.analysis.crossover import budget_row, crossing_row
 from labkit.analysis.curves import CurveKey, fit_curve
 from labkit.analysis.models import (
     RISE_ROUNDS,
+    SummaryLine,
     _fixed_knot,
     _knot_range,
     fit_batch,
@@ -193,6 +194,9 @@ def test_a_curve_reported_flat_never_rises_by_its_own_line(rounds):
             x, y, r = _slowed_round(rng, truth, rounds)
             c = fit_curve(_key("a"), x, y, rounds=r, all_rounds=list(range(rounds)))
             got[name][c.chosen] += 1
+            # the rule is the model choice's own: select_by_rounds given the line agrees
+            line = SummaryLine.of(x, y, r, list(range(rounds)))
+            assert select_by_rounds(c.fits, x, y, r, line=line)[:2] == (c.chosen, c.criterion)
             if c.chosen == "constant":
                 lo, hi = c.ci(c.fits["linear"].params()["b"], c.boot["linear"][:, 1])
                 assert lo <= 0 <= hi, (name, lo, hi)

@@ -23,12 +23,12 @@ import pandas as pd
 
 from labkit.analysis.intervals import interval
 from labkit.analysis.models import (
-    RISE_ROUNDS,
     Fit,
-    eligible,
+    SummaryLine,
     fit_batch,
     fit_models,
     predict,
+    round_refits,
     select_by_rounds,
     select_model,
     spread_weights,
@@ -220,6 +220,7 @@ def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "ro
         raise UsageError("fit_curve: bootstrap replicates or rounds are needed")
     w = spread_weights(x, y) if jack else variance_weights(np.var(np.atleast_2d(Yb), axis=0, ddof=1))
     fits = fit_models(x, y, w=w)
+    line: SummaryLine | None = None   # the equal-weight line and its refits, when rounds choose
     if "linear" not in fits and len(np.unique(x)) == 2:
         # two observations: nothing to choose from; the line through them
         # describes the data (a constant would claim "flat" without evidence)
@@ -228,10 +229,8 @@ def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "ro
         chosen, used, weights = "linear", "none", {m: math.nan for m in fits}
         deltas = dict(weights)
     elif jack and criterion == "rounds":   # rounds as clusters
-        chosen, used, weights, deltas = select_by_rounds(fits, x, y, rounds)
-        if chosen == "constant" and "linear" in fits and _rises(x, y, rounds, all_rounds):
-            chosen, used = "linear", RISE_ROUNDS
-            deltas = {m: d - deltas.get("linear", math.nan) for m, d in deltas.items()}
+        line = SummaryLine.of(x, y, rounds, all_rounds) if "linear" in fits else None
+        chosen, used, weights, deltas = select_by_rounds(fits, x, y, rounds, line=line)
     else:   # one round: AICc of the weighted fit
         chosen, used, weights = select_model(fits, "aicc" if criterion == "rounds" else criterion)
         best = getattr(fits[chosen], used)
@@ -241,7 +240,7 @@ def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "ro
         # the line beside another chosen model summarizes a curve it does not describe:
         # weighted, it would follow the quiet small counts (a jump at the noisy top end
         # all but ignored), so the summary line weighs every point the same
-        fits["linear"] = fit_models(x, y, ("linear",))["linear"]
+        fits["linear"] = line.fit if line is not None else fit_models(x, y, ("linear",))["linear"]
     c = Curve(key, label if label is not None else key.mode, x=x, y=y,
               point_ids=np.asarray(point_ids if point_ids is not None else []),
               fits=fits, chosen=chosen, criterion=used, weights=weights,
@@ -249,37 +248,10 @@ def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "ro
               rounds=np.asarray(all_rounds if jack else []), deltas=deltas, w=w)
     for m in {chosen, "linear"} & set(fits):
         weighted = m == chosen
-        if jack:
-            c.boot[m] = _jackknife(m, x, y, fits[m], np.asarray(rounds), all_rounds, weighted)
+        if jack and not weighted and line is not None:
+            c.boot[m] = line.reps   # refitted once, for the model choice
+        elif jack:
+            c.boot[m] = round_refits(m, x, y, fits[m], np.asarray(rounds), all_rounds, weighted)
         else:
             c.boot[m] = fit_batch(m, x, Yb, w=w if weighted else None)[0]
     return c
-
-
-def _rises(x: np.ndarray, y: np.ndarray, rounds, all_rounds, level: float = 0.95) -> bool:
-    """Whether the equal-weight straight line's rise differs from 0: its slope's
-    delete-one-round interval excludes 0.  This is the O(n) claim's own
-    instrument (the claims' "straight-line fit rises ..."), so a curve that
-    claim finds rising is never reported flat: a round that scatters the
-    rounds' own slopes (a slowed machine) can keep the cross-validated choice
-    at the constant while the rise over the measured range is clear."""
-    line = fit_models(x, y, ("linear",))["linear"]
-    reps = _jackknife("linear", x, y, line, np.asarray(rounds), all_rounds, weighted=False)
-    lo, hi = interval(line.params()["b"], reps[:, 1], "rounds", level)
-    return bool(lo > 0 or hi < 0)
-
-
-def _jackknife(m: str, x: np.ndarray, y: np.ndarray, fit: Fit, r_obs: np.ndarray, all_rounds,
-               weighted: bool = True) -> np.ndarray:
-    """Model ``m`` refitted with each round of the run left out in turn (with
-    ``weighted``, its weights recomputed from the rounds kept: the whole
-    estimator is repeated)."""
-    reps = []
-    for r in all_rounds:
-        keep = r_obs != r
-        if keep.all() or not eligible(m, x[keep]):
-            reps.append(fit.theta)
-        else:
-            w = spread_weights(x[keep], y[keep]) if weighted else None
-            reps.append(fit_batch(m, x[keep], y[keep][None, :], use_scipy=True, w=w)[0][0])
-    return np.array(reps)

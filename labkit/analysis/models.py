@@ -36,7 +36,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.stats import t as student_t
 
-from labkit.analysis.intervals import bracket
+from labkit.analysis.intervals import bracket, interval
 from labkit.core.errors import UsageError
 
 
@@ -391,8 +391,44 @@ def select_model(fits: dict[str, Fit], criterion: str = "aicc") -> tuple[str, st
 #: the criterion named in tables when the model is chosen with rounds as clusters
 CV_ROUNDS = "cv-rounds"
 #: ... and when the line replaces a constant so chosen because its rise is
-#: significant (:func:`labkit.analysis.curves.fit_curve`)
+#: significant (:class:`SummaryLine`)
 RISE_ROUNDS = "rise-rounds"
+
+
+def round_refits(model: str, x: np.ndarray, y: np.ndarray, fit: Fit, r_obs: np.ndarray, all_rounds,
+                 weighted: bool = True) -> np.ndarray:
+    """Model ``model`` refitted with each round of the run left out in turn
+    (with ``weighted``, its weights recomputed from the rounds kept: the whole
+    estimator is repeated); a round the curve lacks leaves ``fit`` whole."""
+    reps = []
+    for r in all_rounds:
+        keep = r_obs != r
+        if keep.all() or not eligible(model, x[keep]):
+            reps.append(fit.theta)
+        else:
+            w = spread_weights(x[keep], y[keep]) if weighted else None
+            reps.append(fit_batch(model, x[keep], y[keep][None, :], use_scipy=True, w=w)[0][0])
+    return np.array(reps)
+
+
+@dataclass(frozen=True)
+class SummaryLine:
+    """The equal-weight straight line of a curve and its delete-one-round
+    refits.  Beside another chosen model it summarizes the curve's rise (a
+    weighted line would follow the quiet small counts); its slope's interval
+    is the O(n) claim's instrument, and :func:`select_by_rounds` never keeps
+    a curve flat whose line ``rises``."""
+    fit: Fit
+    reps: np.ndarray
+    rises: bool
+
+    @classmethod
+    def of(cls, x, y, rounds, all_rounds, level: float = 0.95) -> "SummaryLine":
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        line = fit_models(x, y, ("linear",))["linear"]
+        reps = round_refits("linear", x, y, line, np.asarray(rounds), all_rounds, weighted=False)
+        lo, hi = interval(line.params()["b"], reps[:, 1], "rounds", level)
+        return cls(line, reps, bool(lo > 0 or hi < 0))
 
 
 def round_cv_errors(x, y, rounds, models: Iterable[str]) -> dict[str, np.ndarray]:
@@ -422,8 +458,8 @@ def round_cv_errors(x, y, rounds, models: Iterable[str]) -> dict[str, np.ndarray
     return {m: np.array(e) for m, e in errs.items()}
 
 
-def select_by_rounds(fits: dict[str, Fit], x, y, rounds,
-                     level: float = 0.95) -> tuple[str, str, dict[str, float], dict[str, float]]:
+def select_by_rounds(fits: dict[str, Fit], x, y, rounds, level: float = 0.95,
+                     line: SummaryLine | None = None) -> tuple[str, str, dict[str, float], dict[str, float]]:
     """(chosen model, criterion, weights, deltas), the rounds as clusters.
 
     A round's points share its drift (the machine, its caches, a neighbour),
@@ -442,7 +478,14 @@ def select_by_rounds(fits: dict[str, Fit], x, y, rounds,
     model's mean log error ratio to the chosen one (0.1: about 10% larger
     error).  Akaike weights are not defined (NaN).  With fewer than two
     rounds, or fewer than two models that every fold can fit,
-    :func:`select_model` (AICc) decides."""
+    :func:`select_model` (AICc) decides.
+
+    ``line``, the curve's equal-weight line: a curve this choice would keep
+    flat while that line's rise is significant (``line.rises``, the O(n)
+    claim's instrument) gets the line, criterion :data:`RISE_ROUNDS`.  A
+    round that scatters the rounds' own slopes (a slowed machine) can keep
+    the cross-validated choice at the constant while the rise over the
+    measured range is clear; the curve is never reported flat then."""
     errs = round_cv_errors(x, y, rounds, list(fits)) if len(np.unique(rounds)) >= 2 else {}
     cands = {m: e for m, e in errs.items() if len(e) >= 2 and np.isfinite(e).all()}
     if len(cands) < 2 or "constant" not in cands:
@@ -465,8 +508,12 @@ def select_by_rounds(fits: dict[str, Fit], x, y, rounds,
         better = [m for m in tried if _paired_t(logs[chosen] - logs[m]) > crit]
         if better:
             chosen = min(better, key=lambda m: float(logs[m].mean()))
-    deltas = {m: float((logs[m] - logs[chosen]).mean()) if m in logs else math.nan for m in fits}
-    return chosen, CV_ROUNDS, {m: math.nan for m in fits}, deltas
+    used = CV_ROUNDS
+    if chosen == "constant" and "linear" in fits and line is not None and line.rises:
+        chosen, used = "linear", RISE_ROUNDS
+    deltas = {m: float((logs[m] - logs[chosen]).mean()) if m in logs and chosen in logs else math.nan
+              for m in fits}
+    return chosen, used, {m: math.nan for m in fits}, deltas
 
 
 def _paired_t(d: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Mapping, Sequence
+from typing import IO, Iterable, Mapping, Sequence
 
 from labkit.core import modes as table
 from labkit.core.errors import Unavailable, UsageError
@@ -66,6 +66,17 @@ def recorded_release(out_dir: str | None) -> str | None:
     return str(release) if release else None
 
 
+def same_guest(where: str, was: Iterable[str], out_dir: str | None, what: str = "the run") -> None:
+    """Refuse to resume a run whose ``where`` (uml, vm) parts were measured in
+    the releases ``was`` when another release would run now (a run's curves
+    compare one kernel; the UML series is chosen by an environment variable)."""
+    was = {w for w in was if w}
+    now = guest_release(where)
+    if was and now not in was:
+        raise UsageError(f"--resume: {what} in {out_dir} was measured in {where} {', '.join(sorted(was))}, "
+                         f"not {now}; resume it with the same kernel (${uml.SERIES_ENV} picks user-mode Linux's)")
+
+
 def strip_options(args: Sequence[str], names: Sequence[str]) -> list[str]:
     """``args`` without the options ``names`` and their values
     (``--opt value`` and ``--opt=value`` forms)."""
@@ -99,10 +110,7 @@ def choose_kernel(kernel: str | None, modes: Mapping[str, str | None], out_dir: 
             raise UsageError(f"--resume: the run in {out_dir} is measured in {where}, not {kernel}; "
                              f"resume it there (omit --kernel)")
         if where != "host":
-            was, now = recorded_release(out_dir), guest_release(where)
-            if was and was != now:
-                raise UsageError(f"--resume: the run in {out_dir} is measured in {where} {was}, not {now}; "
-                                 f"resume it with the same kernel (${uml.SERIES_ENV} picks user-mode Linux's)")
+            same_guest(where, [recorded_release(out_dir) or ""], out_dir)
             return where, f"resuming a run that was measured in {where}"
         return "host", "resuming a run that was measured on the host"
     if kernel == "host":

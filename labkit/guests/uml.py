@@ -30,7 +30,6 @@ import platform
 import shlex
 import shutil
 import sys
-import tomllib
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
@@ -83,14 +82,13 @@ def lock_file(name: str | None = None) -> Path:
 def pin(name: str | None = None) -> umlbuild.SourcePin:
     """The pinned kernel source of series ``name`` (default: :func:`series`)."""
     path = lock_file(name)
-    k = debcache.read_pin(path)
+    d = debcache.read_lock(path)
     try:
-        d = tomllib.loads(path.read_text())
-        return umlbuild.SourcePin(k, str(d["suite"]), str(d["tarball"]),
+        return umlbuild.SourcePin(debcache.pin_of(d, path), str(d["suite"]), str(d["tarball"]),
                                   absent=tuple(str(o) for o in d.get("absent", [])),
                                   boots_with_amx=bool(d.get("boots_with_amx", True)),
                                   lock_name=path.name)
-    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise LabkitError(f"cannot read the UML pin {path}: {exc!r}") from None
 
 

@@ -36,7 +36,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from labkit.core.errors import LabkitError, Unavailable
 from labkit.core.files import atomic_write_bytes, sha256_file
@@ -224,10 +224,22 @@ class KernelPin:
 
 
 def read_pin(path: Path) -> KernelPin:
+    return pin_of(read_lock(path), path)
+
+
+def read_lock(path: Path) -> dict[str, Any]:
+    """A lock file's table (TOML), or a one-line error naming the file."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise LabkitError(f"cannot read the kernel pin {path}: {exc!r}") from None
+
+
+def pin_of(data: Mapping[str, Any], path: Path) -> KernelPin:
+    """The package pin a lock file's table holds (``path`` names it in errors)."""
+    try:
         return KernelPin(**{k: str(data[k]) for k in ("package", "version", "sha256", "release")})
-    except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
+    except KeyError as exc:
         raise LabkitError(f"cannot read the kernel pin {path}: {exc!r}") from None
 
 

@@ -49,8 +49,7 @@ from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import LabkitError, Unavailable, UsageError
 from labkit.core.kernel_kinds import guest_kind
 from labkit.core.validate import clip
-from labkit.guests.dispatch import guest_release, relaunch
-from labkit.guests.uml import SERIES_ENV
+from labkit.guests.dispatch import relaunch, same_guest
 from labkit.host import load, netns
 from labkit.host.limits import check_memory
 from labkit.lab.lab import Lab
@@ -183,6 +182,11 @@ class BlockContext:
                 "kernel_release": self.kernel_release, "services": b.services, "remeasure_of": b.remeasure_of}
 
 
+def _what(exp: "Experiment") -> dict[str, Any]:
+    """An experiment's parameters without the ones that say where it runs."""
+    return {k: v for k, v in exp.params_dict().items() if k not in exp.where_keys}
+
+
 class Experiment(ABC):
     """One kind of run.  Subclasses say what the blocks are and what one
     block measures; the runner does the rest.  An experiment is valid once
@@ -193,6 +197,10 @@ class Experiment(ABC):
     unit: ClassVar[str] = "block"
     #: the parameters (a frozen dataclass with at least ``modes``)
     p: Any
+    #: parameters that say where the run is measured, not what: a guest stores
+    #: the kernel it runs in, and a host+uml plan fills in each mode's kernel.
+    #: Resume compares the rest; where to run is checked by the kernel choice.
+    where_keys: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def params_dict(self) -> dict[str, Any]:
@@ -282,7 +290,7 @@ class Runner:
         except (UsageError, TypeError, ValueError, KeyError) as exc:   # stored parameters, checked again
             raise UsageError(f"{self.out} is not a valid labkit run: its params: "
                              f"{clip(str(exc))}") from None
-        if isinstance(given, Experiment) and given.params_dict() != exp.params_dict():
+        if isinstance(given, Experiment) and _what(given) != _what(exp):
             raise UsageError(f"--resume: parameters differ from the run in {self.out}; "
                              f"resume with the stored ones (omit the {self.kind} options)")
         return exp
@@ -488,13 +496,9 @@ class Runner:
         there resumes this run for just those blocks), then take its rows back."""
         if here() != "host" or self.out is None:
             raise LabkitError(f"blocks for {kernel} can only be run from the host, into a run directory")
-        was = {str(g["kernel_release"]) for g in self.meta.get("guests", [])
-               if isinstance(g, dict) and g.get("backend") == kernel and g.get("kernel_release")}
-        now = guest_release(kernel)
-        if was and now not in was:
-            raise UsageError(f"the run in {self.out} measured its {kernel} blocks in {', '.join(sorted(was))}, "
-                             f"and {now} would run now: resume it with the same kernel (${SERIES_ENV} picks "
-                             f"user-mode Linux's)")
+        same_guest(kernel, [str(g.get("kernel_release") or "") for g in self.meta.get("guests", [])
+                            if isinstance(g, dict) and g.get("backend") == kernel], self.out,
+                   what=f"the {kernel} blocks of the run")
         self._write_meta()
         ids = ",".join(str(b.block) for b in seg)
         res = relaunch(kernel, self.kind, ["--resume", "--only-blocks", ids, "--quiet"], self.out, self.kind,
