@@ -96,3 +96,49 @@ def test_the_suite_keeps_its_rates_out_of_the_users_cache():
     """conftest points $LABKIT_RATES_DIR at the suite's own directory: a test's
     small sweep never becomes the estimate of the user's next run."""
     assert est.rates_file("host").parent != debcache.cache_base() / "rates"
+
+
+def test_programming_scales_with_the_endpoints_a_plan_has():
+    """Rates measured at 10 endpoints per service (the dense UML reference)
+    predict the 10,000-service IPVS block of a 1-endpoint run
+    (ipvs-tables-7.2.13, the same kernel on this machine) within 25%: the
+    per-service part scales by the loader's lines per service."""
+    d, meta, _ = _run("uml-7.2.13")
+    r = est.rates_of(read_table(os.path.join(d, schema.POINTS)), meta["started"], d)
+    assert r.endpoints == 10
+    d1, meta1, _ = _run("ipvs-tables-7.2.13")
+    pts = read_table(os.path.join(d1, schema.POINTS)).sort_values("started")
+    blocks = pts.groupby("block").agg(services=("services", "first"), first=("started", "min"),
+                                      last=("finished", "max")).sort_values("first")
+    outside = (blocks["first"] - blocks["last"].shift()).dropna()
+    measured = outside[blocks.loc[outside.index, "services"] == 10_000]
+    assert len(measured) >= 2
+    a, b = r.block["ipvs"]
+    unscaled = a + b * 10_000
+    scaled = a + b * 10_000 * est.endpoint_scale("ipvs", 1, 10)
+    for m in measured:
+        assert abs(scaled / m - 1) < 0.25, (scaled, m)
+        assert abs(unscaled / m - 1) > 0.5   # without the scale it is far off
+    # the factor is the loader's lines: IPVS at 1 endpoint has fewer than at 10, and
+    # an unknown or equal count changes nothing
+    assert est.lines_per_service("ipvs", 1) < est.lines_per_service("ipvs", 10)
+    assert est.endpoint_scale("ipvs", 10, 0) == est.endpoint_scale("ipvs", 10, 10) == 1.0
+    p = SweepParams.from_dict({"modes": ["ipvs"], "services": [10_000], "endpoints": 1, "rounds": 1,
+                               "targets": ["last"], "kernel": "uml"})
+    e1, e10 = (est.estimate(q, {"uml": r}) for q in (p, SweepParams.from_dict({**p.to_dict(), "endpoints": 10})))
+    assert e1.seconds < e10.seconds and not e1.assumed
+
+
+def test_the_gap_of_an_interruption_is_not_a_blocks_programming_time():
+    d, meta, _ = _run("host-6.18")
+    pts = read_table(os.path.join(d, schema.POINTS))
+    whole = est.rates_of(pts, meta["started"], d)
+    # the same run stopped before its middle block and resumed a day later
+    first = pts.groupby("block")["started"].min().sort_values()
+    cut = float(first.iloc[len(first) // 2])
+    late = pts["started"] >= cut
+    moved = pts.assign(started=pts["started"] + late * 86400.0, finished=pts["finished"] + late * 86400.0)
+    assert est.rates_of(moved, meta["started"], d).block != whole.block   # the day counted as programming
+    kept = est.rates_of(moved, meta["started"], d, resumed=[cut + 86400.0 - 1])
+    for mode, (a, b) in whole.block.items():
+        assert kept.block[mode] == pytest.approx([a, b], rel=0.25, abs=0.05), mode

@@ -6,6 +6,10 @@ The duration is predicted from rates measured on a finished sweep
 probe (its probes and what precedes it in the block); per mode, the seconds a block spends
 outside its points (programming the datapath, a fresh node namespace,
 teardown) as a straight line in the service count; and the run's start-up.
+A plan with another number of endpoints per service than the measured sweep
+scales the per-service part by the lines the mode's loader is given per
+service (:func:`lines_per_service`, from the datapath's own pure renderer):
+programming time follows the size of the ruleset, not the service count.
 After every complete single-kernel sweep labkit keeps its rates in the cache
 (``<cache>/rates/<kernel>.json``, :func:`save_rates`), so the estimate comes
 from this machine's last sweep in that kernel; without one it comes from the
@@ -19,6 +23,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Collection
 
@@ -27,6 +32,7 @@ import pandas as pd
 
 from labkit import datapaths
 from labkit.core import modes
+from labkit.core.catalog import ServiceCatalog
 from labkit.core.files import atomic_write_bytes
 from labkit.host import debcache
 from labkit.rundir import schema
@@ -47,20 +53,24 @@ class Rates:
     per_probe: dict[str, float]       # "kind@pacing" -> seconds per probe sent
     block: dict[str, list[float]]     # mode -> [seconds, seconds per service] outside the points
     start_s: float                    # start of the run to its first point
+    endpoints: int = 0                # endpoints per service of that sweep (0: not recorded)
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "per_probe": self.per_probe,
-                "block": self.block, "start_s": self.start_s}
+                "block": self.block, "start_s": self.start_s, "endpoints": self.endpoints}
 
 
 def _key(kind: str, pacing: float) -> str:
     return f"{kind}@{float(pacing):g}"
 
 
-def rates_of(points: pd.DataFrame, started: float, source: str, kernel: str | None = None) -> Rates:
+def rates_of(points: pd.DataFrame, started: float, source: str, kernel: str | None = None,
+             resumed: Collection[float] = ()) -> Rates:
     """The rates of one finished sweep's points table (pure); with ``kernel``,
     of its points in that kernel only (a host+uml run: what precedes each
-    point and block is still taken from the whole run)."""
+    point and block is still taken from the whole run).  ``resumed``: the
+    times the run was resumed (its meta's); a block a resume precedes has no
+    time outside its points (the gap is the interruption's)."""
     p = points.dropna(subset=["started", "finished"]).sort_values("started")
     p = p.assign(dur=p["finished"] - p["started"], key=[_key(k, v) for k, v in zip(p["probe"], p["pacing"])])
     p = p.assign(gap=(p["started"] - p.groupby("block")["finished"].shift()).clip(lower=0))
@@ -72,6 +82,8 @@ def rates_of(points: pd.DataFrame, started: float, source: str, kernel: str | No
                                     ).sort_values("first")
     # from the previous block's last point to this block's first: teardown, a fresh node, programming
     blocks = blocks.assign(outside=(blocks["first"] - blocks["last"].shift()).clip(lower=0))
+    for t in resumed:
+        blocks.loc[(blocks["last"].shift() < t) & (blocks["first"] >= t), "outside"] = math.nan
     if kernel is not None and "kernel" in p.columns:
         p = p[p["kernel"] == kernel]
         cost = cost[p.index]
@@ -88,7 +100,26 @@ def rates_of(points: pd.DataFrame, started: float, source: str, kernel: str | No
             block[str(mode)] = [float(np.median(y)), 0.0]
     start = float(blocks["first"].iloc[0] - started) if len(blocks) and math.isfinite(started) \
         and kernel in (None, "host") else 0.0
-    return Rates(source, per_probe, block, max(start, 0.0))
+    eps = p["endpoints"].dropna().unique() if "endpoints" in p.columns else []
+    return Rates(source, per_probe, block, max(start, 0.0), int(eps[0]) if len(eps) == 1 else 0)
+
+
+@lru_cache(maxsize=None)
+def lines_per_service(mode: str, endpoints: int) -> float:
+    """Lines (rules, map entries, ipvsadm and ipset lines) the mode's loader
+    is given per service at ``endpoints`` endpoints each: the difference of
+    its rendered load for 20 and for 10 services, over 10 (pure)."""
+    render = datapaths.get(mode).render
+    return (len(render(ServiceCatalog(20, endpoints)).splitlines())
+            - len(render(ServiceCatalog(10, endpoints)).splitlines())) / 10
+
+
+def endpoint_scale(mode: str, want: int, had: int) -> float:
+    """The factor on a mode's per-service programming time measured at ``had``
+    endpoints per service, for a plan with ``want`` (1 if either is unknown)."""
+    if not had or not want or want == had:
+        return 1.0
+    return lines_per_service(mode, want) / lines_per_service(mode, had)
 
 
 def _kernel_of_run(meta: dict) -> str:
@@ -127,13 +158,17 @@ def save_rates(run_dir: str, meta: dict) -> list[Path]:
     out = []
     for kernel in kernels:
         r = rates_of(pts, float(meta.get("started") or math.nan), os.path.abspath(run_dir),
-                     kernel if len(kernels) > 1 else None)
+                     kernel if len(kernels) > 1 else None, _resumed(meta))
         f = rates_file(kernel)
         f.parent.mkdir(parents=True, exist_ok=True)
         body = r.to_dict() | {"host": socket.gethostname(), "saved": time.time()}
         atomic_write_bytes(str(f), json.dumps(body, indent=1).encode())
         out.append(f)
     return out
+
+
+def _resumed(meta: dict) -> list[float]:
+    return [float(t) for t in meta.get("resumed") or [] if isinstance(t, (int, float))]
 
 
 def _with_kernel(pts: pd.DataFrame, meta: dict) -> pd.DataFrame:
@@ -152,7 +187,7 @@ def load_rates(kernel: str) -> tuple[Rates | None, str]:
     try:
         d = json.loads(f.read_text())
         if d.get("host") == socket.gethostname():
-            return Rates(d["source"], d["per_probe"], d["block"], d["start_s"]), \
+            return Rates(d["source"], d["per_probe"], d["block"], d["start_s"], int(d.get("endpoints") or 0)), \
                 f"this machine's last {kernel} sweep ({d['source']})"
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -163,7 +198,7 @@ def load_rates(kernel: str) -> tuple[Rates | None, str]:
     pts = read_table(str(ref / schema.POINTS))
     mixed = (meta.get("params") or {}).get("kernel") == "host+uml"
     r = rates_of(_with_kernel(pts, meta) if mixed else pts, float(meta.get("started") or math.nan), str(ref),
-                 kernel if mixed else None)
+                 kernel if mixed else None, _resumed(meta))
     return r, (f"the reference run {ref.relative_to(ROOT)} (another machine or day: run one sweep here "
                "for this machine's rates)")
 
@@ -216,7 +251,10 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
             for n in p.services_in(kernel if p.kernel == "host+uml" else ""):
                 blocks += p.rounds
                 a, b = (r.block.get(mode) if r else None) or _other_modes(r, mode, kernel, assumed)
-                seconds += p.rounds * (a + b * n)
+                if r and not r.endpoints:
+                    _assume(assumed, f"{kernel} rates: their endpoints per service are not recorded, "
+                                     "so programming is not scaled to the plan's", None)
+                seconds += p.rounds * (a + b * n * endpoint_scale(mode, p.endpoints, r.endpoints if r else 0))
                 for kind in p.kinds_for(mode, kernel if p.kernel == "host+uml" else ""):
                     for pace in pacings(p, kind):
                         key = _key(kind, pace)
