@@ -56,6 +56,8 @@ BAD = [
     (["sweep", "--services", "0"], "the following arguments are required: --out (or --dry-run)"),
     (["sweep", "--dry-run", "--resume"], "--dry-run plans a new run"),
     (["frobnicate"], "invalid choice"),
+    (["report", os.path.join(os.path.dirname(__file__), "..", "data", "reference", "control-host-6.18"),
+      "--out", "{tmp}/o"], "it holds the runs changes, changes-to-100k"),
 ]
 
 

@@ -167,6 +167,16 @@ def _read_meta(run_dir: str) -> dict:
     return meta
 
 
+def runs_inside(d: str) -> list[str]:
+    """The names of the run directories (of any kind) directly inside ``d``."""
+    metas = {k.meta for k in schema.KINDS.values()}
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return []
+    return [n for n in names if any(os.path.isfile(os.path.join(d, n, m)) for m in metas)]
+
+
 def load_run(run_dir: str) -> Run:
     """Read ``samples.parquet``, ``points.parquet`` and ``meta.json`` of a run
     directory, check their schema, checksum them.  Raises UsageError on a
@@ -176,7 +186,10 @@ def load_run(run_dir: str) -> Run:
         raise UsageError(f"{run_dir} is not a directory")
     for name in RAW_FILES:
         if not os.path.isfile(os.path.join(run_dir, name)):
-            raise UsageError(f"{run_dir} is not a labkit run: {name} is missing")
+            inside = runs_inside(run_dir)
+            raise UsageError(f"{run_dir} is not a labkit run: {name} is missing" + (
+                f"; it holds the runs {', '.join(inside[:6])}{', ...' if len(inside) > 6 else ''}: "
+                "name one of them" if inside else ""))
     meta = _read_meta(run_dir)
     samples = _table(run_dir, schema.SAMPLES)
     points = _table(run_dir, schema.POINTS)
