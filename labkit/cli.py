@@ -28,7 +28,7 @@ from labkit.core.errors import LabkitError, UsageError
 from labkit.core.modes import IPVS_SCHEDULERS
 from labkit.core.modes import NAMES as MODE_NAMES
 from labkit.core.validate import clip, names, short, split, whole
-from labkit.guests.dispatch import KERNELS, choose_kernel, relaunch
+from labkit.guests.dispatch import KERNELS, choose_kernel, in_guest, relaunch
 from labkit.host import netns
 from labkit.host.clean import clean
 from labkit.lab.lab import Lab
@@ -39,6 +39,7 @@ from labkit.runs.control import Control
 from labkit.runs.cpu import Cpu
 from labkit.runs.doctor import doctor
 from labkit.runs.estimate import estimate_for, save_rates
+from labkit.runs.outdir import read_meta
 from labkit.runs.params import FILE_ONLY, PARAMETERS, TARGETS, SweepParams
 from labkit.runs.runner import Experiment, Runner, open_out, release_out
 from labkit.runs.sweep import Sweep, summary_text
@@ -197,20 +198,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # a resume goes back to the kernel the run was planned for; --kernel may only agree
     kernel = args.kernel if args.resume else (params.kernel if params else "host")
     runner = _run(args, Sweep(params) if params else None, Sweep, kernel, only)
-    if runner is None:
+    if runner is None:   # measured in another kernel: the rates are kept here, with its meta
+        if only is None:
+            _keep_rates(args.out, None)
         return 0
     out = runner.out
     assert out is not None   # --out is required
     if only is None:   # a segment run in another kernel reports to its parent instead
         with safepath.open_dir(out, "--out", create=False) as d:   # read back through a checked path
             print(summary_text(read_table(schema.POINTS, dir_fd=d.fd)))
-        # this machine's rates, for the next --dry-run (a cache file; never fatal)
-        try:
-            save_rates(out, runner.meta)
-        except (OSError, ValueError, KeyError, UsageError) as exc:
-            log.info("rates not kept for --dry-run: %s", exc)
+        if not in_guest():   # the host process keeps them, once it knows the guest's kernel
+            _keep_rates(out, runner.meta)
     print(f"wrote {out}/{schema.SAMPLES}, {schema.POINTS}, {schema.CONTROL}, {schema.META}")
     return 0
+
+
+def _keep_rates(out: str, meta: dict[str, Any] | None) -> None:
+    """This machine's rates of a finished sweep, for the next --dry-run (a
+    cache file; never fatal); ``meta`` None: read from ``out``."""
+    try:
+        save_rates(out, meta if meta is not None else read_meta(out, "sweep"))
+    except (OSError, ValueError, KeyError, UsageError) as exc:
+        log.info("rates not kept for --dry-run: %s", exc)
 
 
 def cmd_params(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from labkit import cli
 from labkit.host import debcache
 from labkit.rundir import schema
 from labkit.rundir.store import read_table
@@ -90,6 +91,21 @@ def test_save_rates_keeps_each_kernel_of_a_host_and_uml_run_and_no_smoke_run(tmp
     pts.to_parquet(small / schema.POINTS)
     assert est.save_rates(str(small), meta) == []
     assert (tmp_path / "rates" / "uml.json").is_file()   # where $LABKIT_RATES_DIR says
+
+
+def test_a_sweep_measured_in_user_mode_linux_keeps_its_rates_as_umls(tmp_path, monkeypatch):
+    """`sweep --kernel uml` runs in the guest; the host process keeps the
+    rates, from the run's meta (which names the guest), and the guest keeps none."""
+    monkeypatch.setenv(est.RATES_DIR_ENV, str(tmp_path / "rates"))
+    d, _, _ = _run("uml-7.2.13")
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in (schema.META, schema.POINTS):
+        (run / name).write_bytes(open(os.path.join(d, name), "rb").read())
+    cli._keep_rates(str(run), None)
+    assert sorted(os.listdir(tmp_path / "rates")) == ["uml.json"]
+    r, _ = est.load_rates("uml")
+    assert r is not None and r.endpoints == 10 and set(r.block) >= {"ipvs", "nftables"}
 
 
 def test_the_suite_keeps_its_rates_out_of_the_users_cache():
