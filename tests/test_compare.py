@@ -17,14 +17,17 @@ from labkit.core.errors import UsageError
 from labkit.report.compare import Side, build_compare, verdict_table
 
 
-def _shifted(src: str, dst: str, mode: str, by_us: float, kernel: str) -> str:
-    """A copy of run src whose `mode` is `by_us` slower, measured on `kernel`."""
+def _shifted(src: str, dst: str, mode: str, by_us: float, kernel: str, per_service_us: float = 0.0) -> str:
+    """A copy of run src whose `mode` is `by_us` (plus `per_service_us` per
+    service) slower, measured on `kernel`."""
     shutil.copytree(src, dst)
     smp = pd.read_parquet(os.path.join(dst, "samples.parquet"))
     pts = pd.read_parquet(os.path.join(dst, "points.parquet"))
-    smp.loc[smp["mode"] == mode, "rtt_us"] += by_us
+    m = smp["mode"] == mode
+    smp.loc[m, "rtt_us"] += by_us + per_service_us * smp.loc[m, "services"]
+    m = pts["mode"] == mode
     for col in ("p50_us", "p90_us", "p99_us", "mean_us", "min_us"):
-        pts.loc[pts["mode"] == mode, col] += by_us
+        pts.loc[m, col] += by_us + per_service_us * pts.loc[m, "services"]
     smp["kernel"] = pts["kernel"] = kernel
     smp.to_parquet(os.path.join(dst, "samples.parquet"), index=False)
     pts.to_parquet(os.path.join(dst, "points.parquet"), index=False)
@@ -53,6 +56,25 @@ def test_compare_two_runs_finds_the_difference(tmp_path):
     # the verdicts side by side, and how many agree; the noise gauge of each run
     assert "<h2>Verdicts</h2>" in body and "deciding claim rows have the same verdict" in body
     assert "load not recorded" in body
+
+
+def test_compare_sets_the_rises_side_by_side_on_every_target(tmp_path):
+    """Two kernels differ in level and in growth: a level shift leaves the
+    difference of the rises at 0 (its interval covers 0), a rise of 2 ns per
+    service shows as +20 us at 10,000 services, on every target both runs measured."""
+    a = make_run(tmp_path / "before", rounds=3, invalid_point=-1)
+    b = _shifted(a, str(tmp_path / "level"), "nftables", 5.0, "6.19.0-test")
+    c = _shifted(a, str(tmp_path / "rise"), "nftables", 0.0, "6.19.0-test", per_service_us=0.002)
+    for other, want in ((b, 0.0), (c, 20.0)):
+        out = tmp_path / f"cmp-{os.path.basename(other)}"
+        build_compare([a, other], str(out), n_boot=50)
+        t = pd.read_csv(out / "compare.csv")
+        nft = t[(t["mode"] == "nftables") & (t["statistic"] == "p50")]
+        assert set(nft["target"]) == set(pd.read_parquet(os.path.join(a, "points.parquet"))["target"])
+        top = nft[nft["services"] == 10000]
+        assert np.allclose(top["rise_diff_us"], want, atol=0.5), top["rise_diff_us"]
+        assert ((top["rise_diff_low"] <= want + 0.5) & (want - 0.5 <= top["rise_diff_high"])).all()
+        assert nft[nft["services"] == nft["services"].min()]["rise_us"].isna().all()   # no rise at the base
 
 
 def test_verdicts_of_two_runs_are_set_side_by_side(tmp_path):

@@ -4,12 +4,16 @@ two machines, before and after a change).
 Each run is analysed on its own (:func:`labkit.analysis.analyze`); no
 curve is ever fitted across runs.  For every mode measured in the first run
 and another, at every service count both measured, the fitted p50 and p99 of
-the headline target and probe kind in each, their difference (other minus
-first) and ratio.  Intervals: the runs are independent, so the difference's
-standard error is the root sum of squares of the two curves' standard errors
-(each from its own interval: the delete-one-round jackknife's t, or the
-bootstrap's normal equivalent with one round), with Welch-Satterthwaite
-degrees of freedom.  Writes ``compare.html`` (self-contained: tables and one
+every target both measured (headline probe kind), their difference (other
+minus first) and ratio; and each curve's rise (its straight line's, as the
+O(n) claim measures it) from the smallest count both measured, and the
+difference of the rises: growth, the one thing two
+kernels or machines can be compared on when their levels differ.
+Intervals: the runs are independent, so the difference's standard error
+is the root sum of squares of the two curves' standard errors (each from
+its own interval: the delete-one-round jackknife's t, or the bootstrap's
+normal equivalent with one round), with Welch-Satterthwaite degrees of
+freedom.  Writes ``compare.html`` (self-contained: tables and one
 figure) and ``compare.csv``.
 """
 from __future__ import annotations
@@ -35,8 +39,10 @@ from labkit.report.plots import mode_color, services_axis
 from labkit.report.sections import table_html
 from labkit.rundir import safepath, store
 
-COLUMNS = ["mode", "statistic", "services", "run", "other_run", "value_us", "ci_low", "ci_high",
-           "other_us", "other_low", "other_high", "diff_us", "diff_low", "diff_high", "ratio", "df"]
+COLUMNS = ["mode", "target", "statistic", "services", "run", "other_run", "value_us", "ci_low", "ci_high",
+           "other_us", "other_low", "other_high", "diff_us", "diff_low", "diff_high", "ratio", "df",
+           "rise_us", "rise_low", "rise_high", "other_rise_us", "other_rise_low", "other_rise_high",
+           "rise_diff_us", "rise_diff_low", "rise_diff_high"]
 
 
 @dataclass
@@ -58,11 +64,19 @@ def _label(an: Analysis, used: set[str]) -> str:
     return label
 
 
-def _se_df(c, x: float, level: float) -> tuple[float, float, float]:
-    """(value, standard error, degrees of freedom) of a fitted curve at x."""
-    v = float(c.predict([x])[0])
-    lo, hi = c.band([x], level)
-    half = (float(hi[0]) - float(lo[0])) / 2
+def _se_df(c, x: float, level: float, x0: float | None = None) -> tuple[float, float, float]:
+    """(value, standard error, degrees of freedom) of a fitted curve at x; with
+    ``x0``, of its straight line's rise from x0 to x (the O(n) claim's
+    instrument: a curve chosen flat still has a rise with an interval; from
+    the same replicates, so the two ends share each round's drift)."""
+    if x0 is None:
+        v = float(c.predict([x])[0])
+        lo, hi = c.band([x], level)
+    else:
+        m = "linear" if "linear" in c.fits and "linear" in c.boot else None
+        v = float(np.diff(c.predict([x0, x], m))[0])
+        lo, hi = c.ci(v, np.diff(c.boot_predict([x0, x], m), axis=1)[:, 0], level)
+    half = (float(np.ravel(hi)[0]) - float(np.ravel(lo)[0])) / 2
     if c.method == "rounds":
         df = float(len(c.rounds) - 1)
         return v, half / student_t.ppf(0.5 + level / 2, df), df
@@ -81,8 +95,7 @@ def compare_table(sides: list[Side], stats=("p50", "p99")) -> pd.DataFrame:
     rows = []
     for other in sides[1:]:
         for key, ca in first.an.curves.items():
-            if key.statistic not in stats or key.target != first.an.headline_target \
-                    or (key.probe, key.pacing) != first.an.headline_probe:
+            if key.statistic not in stats or (key.probe, key.pacing) != first.an.headline_probe:
                 continue
             for key2, cb in other.an.curves.items():
                 if key2._replace(kernel=key.kernel) == key:   # the same mode, in any kernel
@@ -90,23 +103,40 @@ def compare_table(sides: list[Side], stats=("p50", "p99")) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _difference(a: tuple[float, float, float], b: tuple[float, float, float],
+                level: float) -> tuple[float, float, float, float]:
+    """(b - a, low, high, df) of two independent estimates (value, se, df)."""
+    df = _welch(a[1], a[2], b[1], b[2])
+    q = student_t.ppf(0.5 + level / 2, df) if math.isfinite(df) else norm.ppf(0.5 + level / 2)
+    d, half = b[0] - a[0], q * math.hypot(a[1], b[1])
+    return d, d - half, d + half, df
+
+
+def _own(v: float, se: float, df: float, level: float) -> tuple[float, float]:
+    q = student_t.ppf(0.5 + level / 2, df) if math.isfinite(df) else norm.ppf(0.5 + level / 2)
+    return v - q * se, v + q * se
+
+
 def _rows(first: Side, other: Side, ca: Curve, cb: Curve, level: float) -> list[dict]:
     rows = []
-    for n in sorted(set(ca.x) & set(cb.x)):
-        va, sa, da = _se_df(ca, n, level)
-        vb, sb, db = _se_df(cb, n, level)
-        df = _welch(sa, da, sb, db)
-        q = student_t.ppf(0.5 + level / 2, df) if math.isfinite(df) else norm.ppf(0.5 + level / 2)
-        d = vb - va
-        half = q * math.hypot(sa, sb)
+    counts = sorted(set(ca.x) & set(cb.x))
+    for n in counts:
+        a, b = _se_df(ca, n, level), _se_df(cb, n, level)
+        d, dlo, dhi, df = _difference(a, b, level)
         alo, ahi = ca.band([n], level)
         blo, bhi = cb.band([n], level)
         label = ca.label if cb.label == ca.label else f"{ca.label} vs {cb.label}"
-        rows.append(dict(mode=label, statistic=ca.stat, services=n, run=first.label, other_run=other.label,
-                         value_us=va, ci_low=float(alo[0]), ci_high=float(ahi[0]), other_us=vb,
-                         other_low=float(blo[0]), other_high=float(bhi[0]), diff_us=d,
-                         diff_low=d - half, diff_high=d + half,
-                         ratio=vb / va if va > 0 else math.nan, df=df))
+        row = dict(mode=label, target=ca.key.target, statistic=ca.stat, services=n, run=first.label,
+                   other_run=other.label, value_us=a[0], ci_low=float(alo[0]), ci_high=float(ahi[0]),
+                   other_us=b[0], other_low=float(blo[0]), other_high=float(bhi[0]), diff_us=d,
+                   diff_low=dlo, diff_high=dhi, ratio=b[0] / a[0] if a[0] > 0 else math.nan, df=df)
+        if n > counts[0]:   # the rise from the smallest common count, and its difference
+            ra, rb = _se_df(ca, n, level, counts[0]), _se_df(cb, n, level, counts[0])
+            rd, rlo, rhi, _ = _difference(ra, rb, level)
+            row.update(rise_us=ra[0], other_rise_us=rb[0], rise_diff_us=rd, rise_diff_low=rlo, rise_diff_high=rhi)
+            row["rise_low"], row["rise_high"] = _own(*ra, level)
+            row["other_rise_low"], row["other_rise_high"] = _own(*rb, level)
+        rows.append(row)
     return rows
 
 
@@ -202,14 +232,21 @@ def build_compare(run_dirs: list[str], out_dir: str, n_boot: int = 1000, seed: i
                           "modes": ", ".join(map(s.an.label, s.an.series)), "intervals": s.an.settings["resample"],
                           "rounds": s.an.settings.get("rounds", ""), "noise": _noise(s, sides[0])} for s in sides])
     shown = pd.DataFrame({
-        "mode": table["mode"], "statistic": table["statistic"], "services": table["services"].map("{:,.0f}".format),
+        "mode": table["mode"], "target": table["target"], "statistic": table["statistic"],
+        "services": table["services"].map("{:,.0f}".format),
         "runs": [f"{b} vs {a}" for a, b in zip(table["run"], table["other_run"])],
         f"first run \u00b5s [{level}]": [_fmt(*r) for r in zip(table["value_us"], table["ci_low"], table["ci_high"])],
         f"other run \u00b5s [{level}]": [_fmt(*r) for r in zip(table["other_us"], table["other_low"],
                                                                table["other_high"])],
         f"difference \u00b5s [{level}]": [_fmt(*r, "{:+,.1f}") for r in zip(table["diff_us"], table["diff_low"],
                                                                        table["diff_high"])],
-        "ratio": table["ratio"]}) if len(table) else pd.DataFrame()
+        "ratio": table["ratio"],
+        "rise from the smallest count, first / other run \u00b5s": [
+            "" if not np.isfinite(x) else f"{x:+,.1f} / {y:+,.1f}"
+            for x, y in zip(table["rise_us"], table["other_rise_us"])],
+        f"difference of the rises \u00b5s [{level}]": [
+            _fmt(*r, "{:+,.1f}") for r in zip(table["rise_diff_us"], table["rise_diff_low"], table["rise_diff_high"])],
+        }) if len(table) else pd.DataFrame()
     body = (table_html(shown, "{:,.2f}") if len(shown) else
             '<p class="lk-note">no mode was measured in the first run and another at a common count</p>')
     verdicts = verdict_table(sides)
@@ -230,9 +267,10 @@ table.lk th {{ background: #f3f3f3; }} .lk-note {{ color: #555; font-size: 12px;
 img {{ max-width: 100%; }}</style></head><body>
 <h1>labkit compare: {len(sides)} runs</h1>
 <p>Every run is analysed on its own; no curve is fitted across runs. For each mode measured in the first
-run and another: its fitted latency at every service count both measured ({html.escape(sides[0].an.headline_target)}
-target, {probe} probes), and the difference (other minus first) with a {level}
-interval (independent runs: Welch-Satterthwaite). The interval covers each run's round-to-round
+run and another: its fitted latency at every service count both measured (every target, {probe} probes),
+the difference (other minus first) with a {level} interval (independent runs: Welch-Satterthwaite), and
+each curve's rise from the smallest common count with the difference of the rises: where the runs' levels
+differ (two kernels, two machines), compare the rises. The interval covers each run's round-to-round
 noise only: what differs between the runs' machines or days beyond the change you made (a neighbour's load,
 CPU frequency, caches) is in the difference too, so a small difference between runs made at different times is
 weak evidence; compare like with like (same machine, same grid, interleaved where you can).</p>
