@@ -1,5 +1,6 @@
 """The CLI refuses bad input with one line and exit status 2, before any kernel state exists."""
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -455,3 +456,7 @@ def test_resume_with_the_runs_own_parameter_file_is_accepted(tmp_path):
     assert r.exp.p.kernel == "host" and r.exp.p.probes == 200   # the stored parameters
     with pytest.raises(UsageError, match="parameters differ"):
         Runner(Sweep(SweepParams.from_yaml(params, probes=199)), str(out), resume=True)
+    # each mode's kernel is compared when the file gives it (the plan fills it in only when not)
+    moved = dataclasses.replace(SweepParams.from_yaml(params), kernel="host+uml", kernels_by_mode={"ipvs": ["uml"]})
+    with pytest.raises(UsageError, match="parameters differ"):
+        Runner(Sweep(moved), str(out), resume=True)

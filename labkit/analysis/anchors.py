@@ -193,14 +193,20 @@ def ipvs_markdown(run: str = ONE_KERNEL_RUN) -> list[str]:
         cells = []
         for backend in ("iptables-legacy", "iptables-nft"):
             r = g[(g["mode_a"] == backend) & (g["mode_b"] == "ipvs")]
-            if r.empty or pd.isna(r["n_star"].iloc[0]):
-                cells.append("no crossing measured")
+            if r.empty:
+                cells.append("not measured")
                 continue
             r0 = r.iloc[0]
+            if pd.isna(r0.n_star):   # no crossing: who is faster throughout (a - b at both ends)
+                ends = (float(r0.diff_lo_us), float(r0.diff_hi_us))
+                cells.append("IPVS faster throughout" if min(ends) > 0 else
+                             f"{backend} faster throughout" if max(ends) < 0 else "no crossing located")
+                continue
             where = (f" (located {_n(r0.bracket_lo)}-{_n(r0.bracket_hi)})"
                      if pd.notna(r0.bracket_lo) else "")
-            cells.append(f"{_n(r0.n_star)} [{_n(r0.ci_low)}, {_n(r0.ci_high)}]{where}"
-                         if r0.faster_above == "ipvs" else f"IPVS slower above {_n(r0.n_star)}")
+            ci = f" [{_n(r0.ci_low)}, {_n(r0.ci_high)}]" if pd.notna(r0.ci_low) and pd.notna(r0.ci_high) else ""
+            cells.append(f"{_n(r0.n_star)}{ci}{where}" if r0.faster_above == "ipvs"
+                         else f"IPVS slower above {_n(r0.n_star)}")
         r = g[(g["mode_a"] == "nftables") & (g["mode_b"] == "ipvs")]
         if r.empty:
             cells.append("nftables not measured")

@@ -428,7 +428,10 @@ class SummaryLine:
         line = fit_models(x, y, ("linear",))["linear"]
         reps = round_refits("linear", x, y, line, np.asarray(rounds), all_rounds, weighted=False)
         lo, hi = interval(line.params()["b"], reps[:, 1], "rounds", level)
-        return cls(line, reps, bool(lo > 0 or hi < 0))
+        # a curve measured in one round has no round-to-round spread: its refits are all
+        # the one fit, the interval has no width, and it can show no rise
+        several = len(np.unique(np.asarray(rounds))) >= 2
+        return cls(line, reps, bool(several and (lo > 0 or hi < 0)))
 
 
 def round_cv_errors(x, y, rounds, models: Iterable[str]) -> dict[str, np.ndarray]:
@@ -489,9 +492,12 @@ def select_by_rounds(fits: dict[str, Fit], x, y, rounds, level: float = 0.95,
     errs = round_cv_errors(x, y, rounds, list(fits)) if len(np.unique(rounds)) >= 2 else {}
     cands = {m: e for m, e in errs.items() if len(e) >= 2 and np.isfinite(e).all()}
     if len(cands) < 2 or "constant" not in cands:
-        chosen, used, weights = select_model(fits)
-        best = getattr(fits[chosen], used)
-        return chosen, used, weights, {m: getattr(f, used) - best if not math.isnan(weights[m]) else math.nan
+        chosen, by, weights = select_model(fits)
+        used = by
+        if chosen == "constant" and "linear" in fits and line is not None and line.rises:
+            chosen, used = "linear", RISE_ROUNDS   # the rule holds on this path too
+        best = getattr(fits[chosen], by)
+        return chosen, used, weights, {m: getattr(f, by) - best if not math.isnan(weights[m]) else math.nan
                                        for m, f in fits.items()}
     tiny = 1e-12 * max(float(np.mean(e)) for e in cands.values()) + 1e-300
     logs = {m: np.log(np.maximum(e, tiny)) for m, e in cands.items()}

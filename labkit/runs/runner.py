@@ -182,9 +182,13 @@ class BlockContext:
                 "kernel_release": self.kernel_release, "services": b.services, "remeasure_of": b.remeasure_of}
 
 
-def _what(exp: "Experiment") -> dict[str, Any]:
-    """An experiment's parameters without the ones that say where it runs."""
-    return {k: v for k, v in exp.params_dict().items() if k not in exp.where_keys}
+def _same_what(given: "Experiment", stored: "Experiment") -> bool:
+    """Whether ``given`` asks for the run ``stored`` is: the same parameters,
+    apart from where it runs (``where_keys``) and what the plan fills in
+    when they are not given (``planned_keys``, compared when given)."""
+    a, b = given.params_dict(), stored.params_dict()
+    skip = set(given.where_keys) | {k for k in given.planned_keys if not a.get(k)}
+    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
 
 
 class Experiment(ABC):
@@ -197,10 +201,13 @@ class Experiment(ABC):
     unit: ClassVar[str] = "block"
     #: the parameters (a frozen dataclass with at least ``modes``)
     p: Any
-    #: parameters that say where the run is measured, not what: a guest stores
-    #: the kernel it runs in, and a host+uml plan fills in each mode's kernel.
-    #: Resume compares the rest; where to run is checked by the kernel choice.
+    #: parameters that say where the run is measured, not what (a guest stores
+    #: the kernel it runs in): resume does not compare them; where to run is
+    #: checked by the kernel choice
     where_keys: ClassVar[frozenset[str]] = frozenset()
+    #: parameters the plan fills in when they are not given (a host+uml plan:
+    #: each mode's kernel): resume compares them only when given
+    planned_keys: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def params_dict(self) -> dict[str, Any]:
@@ -290,7 +297,7 @@ class Runner:
         except (UsageError, TypeError, ValueError, KeyError) as exc:   # stored parameters, checked again
             raise UsageError(f"{self.out} is not a valid labkit run: its params: "
                              f"{clip(str(exc))}") from None
-        if isinstance(given, Experiment) and _what(given) != _what(exp):
+        if isinstance(given, Experiment) and not _same_what(given, exp):
             raise UsageError(f"--resume: parameters differ from the run in {self.out}; "
                              f"resume with the stored ones (omit the {self.kind} options)")
         return exp
@@ -377,7 +384,8 @@ class Runner:
                                  f"this is {platform.release()}; resume it where it ran")
             done = set(int(b) for b in self.meta.get("blocks_done", []))
             self.tables.keep_blocks(done)
-            self.meta.setdefault("resumed", []).append(time.time())
+            if self.only is None:   # a segment in another kernel is part of the run, not a resume
+                self.meta.setdefault("resumed", []).append(time.time())
         else:
             self.meta = {"schema_version": schema.SCHEMA_VERSION, "kind": self.kind,
                          "experiment": self.kind, "run_id": "", "params": exp.params_dict(),

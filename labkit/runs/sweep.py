@@ -184,7 +184,8 @@ class Sweep(Experiment):
         if self.p.kernel == "host+uml" and not self.p.kernels_by_mode:
             self.p = dataclasses.replace(self.p, kernels_by_mode=kernels_by_mode(self.p.modes, lacking))
 
-    where_keys = frozenset({"kernel", "kernels_by_mode"})
+    where_keys = frozenset({"kernel"})
+    planned_keys = frozenset({"kernels_by_mode"})
 
     def params_dict(self) -> dict[str, Any]:
         return self.p.to_dict()
