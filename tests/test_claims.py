@@ -16,6 +16,7 @@ from labkit.analysis import analyze, budget
 from labkit.analysis.claims import (
     CLAIM_COLUMNS,
     COLD_ENTRY,
+    DECIDED_ELSEWHERE,
     SEED_PACING,
     UNPACED_KINDS,
     amortization_table,
@@ -234,3 +235,42 @@ def test_a_run_without_the_seed_load_leaves_the_syn_verdicts_open(tmp_path):
 
 def test_the_unpaced_kinds_are_the_probes_that_cannot_be_paced():
     assert set(UNPACED_KINDS) == {k for k, p in PROBERS.items() if not p.pacing_supported}
+
+
+def test_a_mode_in_two_kernels_is_decided_where_it_runs_best(tmp_path):
+    """iptables-legacy on the host and in user-mode Linux, IPVS and eBPF in
+    user-mode Linux only: legacy's claims are decided on the host (its UML rows
+    stand beside, saying so); IPVS's O(1) and eBPF against IPVS, measured in
+    UML only, are decided there, and so is eBPF against legacy: the pair runs
+    together in UML only."""
+    rng = np.random.default_rng(5)
+    samples, points, pid, block = [], [], 0, 0
+    plan = {("iptables-legacy", "6.18.0-test"): 0.01, ("iptables-legacy", "7.2.0-uml"): 0.02,
+            ("ipvs", "7.2.0-uml"): 0.0, ("ebpf", "7.2.0-uml"): 0.0}
+    for r in range(3):
+        for (mode, release), slope in plan.items():
+            for n in COUNTS.astype(int):
+                for target in ("last", "random"):
+                    for pacing in (0.0, SEED_PACING):
+                        rtt = 10 + slope * n + rng.gamma(NOISE["a"], NOISE["scale"], 60)
+                        smp, pt = point_rows(rtt, run_id="k", point_id=pid, block=block, mode=mode,
+                                             kernel=release, services=n, target=target, probe="syn",
+                                             pacing=pacing, round=r)
+                        samples.append(smp)
+                        points.append(pt)
+                        pid += 1
+                block += 1
+    out = write_run(tmp_path / "two", samples, points,
+                    {"run_id": "k", "params": {"modes": ["iptables-legacy", "ipvs", "ebpf"]},
+                     "guests": [{"backend": "uml", "kernel_release": "7.2.0-uml"}]})
+    c = analyze(out, stats=("p50",)).claims
+    on = c[(c["claim"] == "o-n") & (c["mode"] == "iptables-legacy")]
+    assert set(on.loc[on["role"] == "decides", "kernel"]) == {"host"}
+    uml = on[on["kernel"] == "uml"]
+    assert len(uml) == 4 and (uml["role"] == "beside").all()
+    assert uml["evidence"].str.contains(DECIDED_ELSEWHERE.format(kernel="host"), regex=False).all()
+    assert (uml["verdict"] == "holds").all()            # judged all the same, deciding nothing
+    o1 = c[(c["claim"] == "o-1") & (c["mode"] == "ipvs") & (c["role"] == "decides")]
+    assert set(o1["kernel"]) == {"uml"} and set(o1["target"]) == {"last", "random"}
+    eb = c[(c["claim"] == "ebpf-beats") & (c["role"] == "decides")]
+    assert set(eb["versus"]) == {"ipvs", "iptables-legacy"} and set(eb["kernel"]) == {"uml"}

@@ -233,7 +233,9 @@ def claims_markdown(path: str = REFERENCE_CLAIMS) -> list[str]:
     lines = ["", "## The seed's claims against the reference run", "",
              f"Every deciding row of `{rel}` (the default sweep, `make report`'s; regenerate with "
              "`make publish`). The seed's load (SYN probes paced at 1,000/s) decides; back to back is "
-             "beside it in the run's report. `kernel`: where the mode ran (IPVS in labkit's user-mode Linux).",
+             "beside it in the run's report. `kernel`: where the mode ran and decides: a mode measured on "
+             "the host and in labkit's user-mode Linux is decided on the host, its user-mode Linux rows "
+             "stand beside; IPVS, measured in user-mode Linux only, is decided there.",
              "", "| claim | mode | versus | kernel | target | instrument | verdict | figure |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in c.itertuples(index=False):

@@ -31,7 +31,11 @@ patterns for load balancing", see docs/anchors.md):
 Each verdict has one instrument, named in the row (``probe``, ``pacing``,
 ``target``, ``statistic``, and in words ``instrument``), and ``role`` says
 whether the row ``decides`` or is shown ``beside`` (what another instrument
-of the run says; it never decides).  The seed's load decides: probes paced
+of the run says; it never decides).  A mode measured in two kernels is
+decided where it runs best, the first of :data:`KERNEL_KINDS` (the host,
+natively; a pair where both run): its rows in a guest kernel are beside,
+there to relate that kernel to the host (IPVS, measured only in a guest,
+decides there, and so does eBPF against IPVS).  The seed's load decides: probes paced
 at :data:`SEED_PACING` per second; back to back (hot caches, the best case)
 is shown beside it.  ``http-new`` is measured back to back only (ab sends
 its own batches), so it decides back to back.  O(n), O(1) and eBPF's claim
@@ -55,6 +59,7 @@ from labkit.analysis.intervals import interval
 from labkit.analysis.result import Analysis
 from labkit.analysis.run import Series, probe_label
 from labkit.core import modes
+from labkit.core.kernel_kinds import KERNEL_KINDS
 
 #: "does not grow": less than this many microseconds from 1 service to the largest count
 FLAT_US = 5.0
@@ -77,6 +82,8 @@ STATEMENTS = {
     "keepalive": "connections that carry several requests amortize iptables' O(n) penalty",
     "ebpf-beats": "eBPF beats both iptables and IPVS",
 }
+#: said of a row beside because its mode (or pair) is decided in another kernel
+DECIDED_ELSEWHERE = "beside: decided where the mode runs best, {kernel}"
 COLD_ENTRY = ("to the last service it stays flat, so the lookup itself does not lengthen: a random "
               "service's entry is cold in the caches (a working-set effect, not a longer lookup)")
 #: what a judge returns for one pacing: row fields (verdict, value, ...), one per row
@@ -139,6 +146,15 @@ class _Claims:
         return any(o.mode == s.mode and o != s and self.curve(o, target, probe, pacing) is not None
                    for o in self.an.series)
 
+    def deciding_kernel(self, *names: str) -> str:
+        """The kernel that decides a claim about ``names`` (one mode, or a
+        pair): the first of :data:`KERNEL_KINDS` in which the run measures
+        all of them ("" when none measures all)."""
+        have = [{s.kernel for s in self.an.series if s.mode == n} for n in names]
+        common = set.intersection(*have) if have else set()
+        ranked = sorted(common, key=lambda k: (KERNEL_KINDS.index(k) if k in KERNEL_KINDS else len(KERNEL_KINDS), k))
+        return ranked[0] if ranked else ""
+
     def add(self, claim: str, mode: Series | None = None, versus: Series | None = None, **kw) -> None:
         """One row: ``kw`` sets any column; ``instrument`` follows from probe, pacing and target."""
         row: dict[str, Any] = dict(claim=claim, statement=STATEMENTS[claim], mode=mode.mode if mode else "",
@@ -158,11 +174,16 @@ class _Claims:
         pacing is measured)."""
         pacings = (0.0,) if probe in UNPACED_KINDS else (SEED_PACING, 0.0)
         got = {pacing: judge(pacing) for pacing in pacings}
+        decider = self.deciding_kernel(s.mode, *((versus.mode,) if versus else ()))
+        here = decider in ("", s.kernel)
         for i, pacing in enumerate(pacings):
-            base = dict(target=target, probe=probe, pacing=pacing, role="decides" if i == 0 else "beside")
+            base = dict(target=target, probe=probe, pacing=pacing, role="decides" if i == 0 and here else "beside")
             for fields in got[pacing]:
+                if not here:
+                    fields = fields | dict(evidence=f"{fields.get('evidence', '')}; "
+                                                    + DECIDED_ELSEWHERE.format(kernel=decider))
                 self.add(claim, s, versus, **(base | fields))
-            if i == 0 and not got[pacing]:
+            if i == 0 and here and not got[pacing]:
                 # one open verdict per row measured beside it (per k for reuse-k), or one
                 ks = sorted({f["k"] for rows in got.values() for f in rows if "k" in f}) or [math.nan]
                 for k in ks:
@@ -254,7 +275,12 @@ def _budget_claims(cl: _Claims) -> None:
                         cl.add("1k-5k", s, target=target, probe="syn", pacing=pacing, role="beside",
                                **_span_only(cl, syn))
                 continue
-            cl.add("1k-5k", s, target=target, probe="http-new", pacing=0.0, **_budget_row(cl, http, http))
+            decider = cl.deciding_kernel(s.mode)
+            row = _budget_row(cl, http, http)
+            if decider not in ("", s.kernel):
+                row = row | dict(role="beside", evidence=row["evidence"] + "; "
+                                 + DECIDED_ELSEWHERE.format(kernel=decider))
+            cl.add("1k-5k", s, target=target, probe="http-new", pacing=0.0, **row)
             for pacing in (SEED_PACING, 0.0):
                 syn = cl.curve(s, target, "syn", pacing)
                 if syn is not None:
