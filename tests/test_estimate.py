@@ -1,10 +1,12 @@
 """The estimate before a run (`sweep --dry-run`, `params FILE`): the points a
 plan has, and its duration from rates measured on a finished sweep (no root)."""
 import json
+import math
 import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from labkit import cli
@@ -123,14 +125,8 @@ def test_programming_scales_with_the_endpoints_a_plan_has():
     r = est.rates_of(read_table(os.path.join(d, schema.POINTS)), meta["started"], d)
     assert r.endpoints == 10
     d1, meta1, _ = _run("ipvs-tables-7.2.13")
-    pts = read_table(os.path.join(d1, schema.POINTS)).sort_values("started")
-    blocks = pts.groupby("block").agg(services=("services", "first"), first=("started", "min"),
-                                      last=("finished", "max")).sort_values("first")
-    blocks = blocks.assign(prev=blocks["last"].shift())
-    # a block a resume precedes: its gap is the interruption's, not programming
-    blocks = blocks[~blocks.apply(lambda b: any(b["prev"] < t <= b["first"] for t in meta1["resumed"]), axis=1)]
-    outside = (blocks["first"] - blocks["prev"]).dropna()
-    measured = outside[blocks.loc[outside.index, "services"] == 10_000]
+    blocks = est.block_gaps(read_table(os.path.join(d1, schema.POINTS)), meta1["resumed"]).dropna()
+    measured = blocks.loc[blocks["services"] == 10_000, "outside"]
     assert len(measured) >= 2
     a, b = r.block["ipvs"]
     unscaled = a + b * 10_000
@@ -161,3 +157,13 @@ def test_the_gap_of_an_interruption_is_not_a_blocks_programming_time():
     kept = est.rates_of(moved, meta["started"], d, resumed=[cut + 86400.0 - 1])
     for mode, (a, b) in whole.block.items():
         assert kept.block[mode] == pytest.approx([a, b], rel=0.25, abs=0.05), mode
+
+
+def test_block_gaps_are_the_time_between_blocks_and_none_across_a_resume():
+    pts = pd.DataFrame({"block": [0, 0, 1, 2], "mode": ["nftables"] * 4, "services": [1, 1, 10, 100],
+                        "started": [0.0, 1.0, 5.0, 100.0], "finished": [0.5, 2.0, 6.0, 101.0]})
+    g = est.block_gaps(pts)
+    assert list(g.index) == [0, 1, 2] and math.isnan(g["outside"].iloc[0])
+    assert list(g["outside"].iloc[1:]) == [3.0, 94.0]
+    assert math.isnan(est.block_gaps(pts, resumed=[50.0]).loc[2, "outside"])   # the interruption's
+    assert est.block_gaps(pts, resumed=[50.0]).loc[1, "outside"] == 3.0

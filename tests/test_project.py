@@ -55,7 +55,8 @@ def test_docs_anchors_is_the_anchor_table_rendered():
 
 def test_the_ipvs_crossings_are_read_from_the_one_kernel_run(tmp_path):
     """docs/anchors.md's IPVS table says what the run's crossover.csv holds, a
-    row per target and pacing: IPVS faster above the crossing, and nftables' lead."""
+    row per target and pacing, in the report's words: IPVS faster above the
+    crossing, and nftables' lead."""
     rows = [dict(mode_a="iptables-legacy", mode_b="ipvs", target="last", pacing=0, statistic="p50", kind="fit",
                  n_star=1234.4, ci_low=900.0, ci_high=1600.0, faster_above="ipvs", bracket_lo=1000.0,
                  bracket_hi=1468.0, diff_lo_us=-5.0, diff_hi_us=50.0, finding=""),
@@ -64,14 +65,16 @@ def test_the_ipvs_crossings_are_read_from_the_one_kernel_run(tmp_path):
                  bracket_hi=None, diff_lo_us=1.0, diff_hi_us=80.0, finding=""),
             dict(mode_a="nftables", mode_b="ipvs", target="last", pacing=0, statistic="p50", kind="fit",
                  n_star=float("nan"), ci_low=float("nan"), ci_high=float("nan"), faster_above="", bracket_lo=None,
-                 bracket_hi=None, diff_lo_us=-8.1, diff_hi_us=-16.1, finding=""),
+                 bracket_hi=None, diff_lo_us=-8.1, diff_hi_us=-16.1, finding="", faster_below="nftables"),
             dict(mode_a="nftables", mode_b="ipvs", target="last", pacing=0, statistic="p90", kind="fit",
                  n_star=5.0, ci_low=1.0, ci_high=9.0, faster_above="ipvs", bracket_lo=1.0, bracket_hi=10.0,
                  diff_lo_us=1.0, diff_hi_us=-1.0, finding="")]
     pd.DataFrame(rows).to_csv(tmp_path / "crossover.csv", index=False)
     lines = anchors.ipvs_markdown(str(tmp_path))
-    assert lines[-1] == ("| last | back to back | 1,234 [900, 1,600] (located 1,000-1,468) | IPVS faster throughout | "
-                         "nftables faster throughout, by 8.1 to 16.1 us |")
+    assert lines[-1] == ("| last | back to back | IPVS beats iptables-legacy from 1,234 [900, 1,600] services "
+                         "(located between the measured 1,000 and 1,468); IPVS is faster than iptables-nft "
+                         "throughout; moving from IPVS to nftables: nftables is faster throughout, by 8.1 to "
+                         "16.1 us |")
     assert anchors.ipvs_markdown(str(tmp_path / "none")) == []
 
 

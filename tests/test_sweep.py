@@ -13,13 +13,14 @@ import pandas as pd
 import papermill as pm
 import pytest
 import yaml
+from scipy.stats import chisquare
 
 from labkit.core.catalog import ServiceCatalog
 from labkit.core.errors import UsageError
 from labkit.probes.base import Paced
 from labkit.probes.syn import SynProber
 from labkit.runs.params import SweepParams
-from labkit.runs.sweep import Sweep, check_samples, judge_point, point_id
+from labkit.runs.sweep import Sweep, check_samples, judge_point, point_id, uniform_p
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -254,3 +255,10 @@ def test_a_patched_syn_frame_is_byte_for_byte_scapys_own():
     assert pr.frame("10.96.0.1", 80, 2000, 5, 6) == pr.scapy_frame("10.96.0.1", 80, 2000, 5, 6)
     p = pr.craft(4, "10.96.0.5", 80)
     assert p.frame == pr.scapy_frame("10.96.0.5", 80, p.sport, p.seq, int.from_bytes(p.frame[18:20], "big"))
+
+
+@pytest.mark.parametrize("counts", [[10, 10, 10, 10], [30, 5, 5, 10, 12, 8, 9, 11, 6, 4], [0, 0, 50], [7, 9]])
+def test_the_endpoint_spread_test_is_pearsons_chi_square(counts):
+    """uniform_p is scipy.stats.chisquare's p-value without importing scipy.stats
+    (slow in user-mode Linux)."""
+    assert uniform_p(np.array(counts)) == pytest.approx(chisquare(counts).pvalue, rel=1e-9, abs=1e-15)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from labkit.analysis.ipvs_answer import ipvs_phrases, ipvs_rows, pacing_words
+
 
 @dataclass(frozen=True)
 class Source:
@@ -166,58 +168,29 @@ REFERENCE_CLAIMS = os.path.join(REFERENCE_RUN, "claims.csv")
 ONE_KERNEL_RUN = os.path.join(ROOT, "data", "reference", "uml-7.2.13")
 
 
-def _n(v: float) -> str:
-    return f"{v:,.0f}"
-
-
 def ipvs_markdown(run: str = ONE_KERNEL_RUN) -> list[str]:
     """Where IPVS beats each iptables backend, and what moving from IPVS to
     nftables changes, in the one-kernel reference run (its ``crossover.csv``:
-    fitted p50 curves, 95% intervals over the rounds), beside the published
+    fitted p50 curves, 95% intervals over the rounds), in the report's words
+    (:func:`labkit.analysis.ipvs_answer.ipvs_phrases`), beside the published
     statements on IPVS; nothing when the file is not there."""
     path = os.path.join(run, "crossover.csv")
     if not os.path.isfile(path):
         return []
-    c = pd.read_csv(path)
-    c = c[(c["kind"] == "fit") & (c["statistic"] == "p50")]
+    rows = ipvs_rows(pd.read_csv(path))
     rel = os.path.relpath(run, ROOT)
     lines = ["", "## Where IPVS beats iptables, in one kernel", "",
              f"From `{rel}/crossover.csv` (every mode in labkit's user-mode Linux build; fitted p50 curves "
-             "of the first packet, 95% intervals over the rounds; \"located\": between the measured counts "
-             "that bracket it). Beside it: Tigera, \"the difference between iptables and IPVS is "
-             "insignificant below 1,000 services\"; Kubernetes, \"nftables performs like IPVS, slightly "
-             "better\" (IPVS is deprecated since 1.35, nftables is where its users are sent).", "",
-             "| target | pacing | IPVS beats iptables-legacy from | IPVS beats iptables-nft from | "
-             "moving from IPVS to nftables |", "| --- | --- | --- | --- | --- |"]
-    for (target, pacing), g in c.groupby(["target", "pacing"], sort=True):
-        cells = []
-        for backend in ("iptables-legacy", "iptables-nft"):
-            r = g[(g["mode_a"] == backend) & (g["mode_b"] == "ipvs")]
-            if r.empty:
-                cells.append("not measured")
-                continue
-            r0 = r.iloc[0]
-            if pd.isna(r0.n_star):   # no crossing: who is faster throughout (a - b at both ends)
-                ends = (float(r0.diff_lo_us), float(r0.diff_hi_us))
-                cells.append("IPVS faster throughout" if min(ends) > 0 else
-                             f"{backend} faster throughout" if max(ends) < 0 else "no crossing located")
-                continue
-            where = (f" (located {_n(r0.bracket_lo)}-{_n(r0.bracket_hi)})"
-                     if pd.notna(r0.bracket_lo) else "")
-            ci = f" [{_n(r0.ci_low)}, {_n(r0.ci_high)}]" if pd.notna(r0.ci_low) and pd.notna(r0.ci_high) else ""
-            cells.append(f"{_n(r0.n_star)}{ci}{where}" if r0.faster_above == "ipvs"
-                         else f"IPVS slower above {_n(r0.n_star)}")
-        r = g[(g["mode_a"] == "nftables") & (g["mode_b"] == "ipvs")]
-        if r.empty:
-            cells.append("nftables not measured")
-        else:
-            r0 = r.iloc[0]
-            lo, hi = sorted((-float(r0.diff_lo_us), -float(r0.diff_hi_us)))
-            by = f"{lo:.1f} us" if abs(hi - lo) < 0.05 else f"{lo:.1f} to {hi:.1f} us"
-            cells.append(f"nftables faster throughout, by {by}" if pd.isna(r0.n_star) and lo > 0
-                         else str(r0.finding))
-        pace = "back to back" if float(pacing) == 0 else f"paced {float(pacing):,.0f}/s"
-        lines.append(f"| {target} | {pace} | " + " | ".join(cells) + " |")
+             "of the first packet, 95% intervals over the rounds), in the words of the run's report. "
+             "Beside it: Tigera, \"the difference between iptables and IPVS is insignificant below 1,000 "
+             "services\"; Kubernetes, \"nftables performs like IPVS, slightly better\" (IPVS is deprecated "
+             "since 1.35, nftables is where its users are sent).", "",
+             "| target | pacing | where IPVS beats iptables, and what moving from IPVS to nftables changes |",
+             "| --- | --- | --- |"]
+    for (target, pacing), g in rows.groupby(["target", "pacing"], sort=True):
+        parts = ipvs_phrases(g, "95%")
+        if parts:
+            lines.append(f"| {target} | {pacing_words(float(pacing))} | " + "; ".join(parts) + " |")
     return lines
 
 

@@ -67,6 +67,20 @@ def rise(c: Curve, n: float, level: float = 0.95) -> Est:
     return _est(c, p[1] - p[0], b[:, 1] - b[:, 0], level)
 
 
+def line_rise(c: Curve, level: float = 0.95, x0: float | None = None, x: float | None = None) -> Est | None:
+    """The straight line's rise from ``x0`` to ``x`` (default: the curve's
+    smallest and largest counts), with the line's replicates, so the two ends
+    share each round's drift: the O(n) and O(1) claims' instrument, and what
+    ``compare`` sets side by side.  A curve chosen flat still has such a rise,
+    with an interval.  None when the curve has no straight-line fit."""
+    if "linear" not in c.fits or "linear" not in c.boot:
+        return None
+    ends = [c.xmin if x0 is None else x0, c.xmax if x is None else x]
+    p = c.predict(ends, "linear")
+    b = c.boot_predict(ends, "linear")
+    return _est(c, p[1] - p[0], b[:, 1] - b[:, 0], level)
+
+
 def base(c: Curve, level: float = 0.95) -> Est:
     """The curve's fitted value at its smallest count."""
     return _est(c, float(c.predict([c.xmin])[0]), c.boot_predict([c.xmin])[:, 0], level)

@@ -98,14 +98,11 @@ def instrument(probe: str, pacing: float, target: str, stat: str = "p50") -> str
 
 def _growth(c: Curve, level: float) -> tuple[float, float, float]:
     """The rise of the straight-line fit from the curve's smallest to its largest
-    count, with its interval.  (The line, not the chosen model: a curve chosen
-    flat would claim a rise of exactly zero, with no interval.)"""
-    span = c.xmax - c.xmin
-    if "linear" not in c.fits:
-        return math.nan, math.nan, math.nan
-    est = float(c.fits["linear"].params()["b"] * span)
-    lo, hi = interval(est, c.boot["linear"][:, 1] * span, c.method, level)
-    return est, float(lo), float(hi)
+    count, with its interval (:func:`labkit.analysis.budget.line_rise`; the line,
+    not the chosen model: a curve chosen flat would claim a rise of exactly
+    zero, with no interval)."""
+    r = budget.line_rise(c, level)
+    return (r.value, r.lo, r.hi) if r is not None else (math.nan, math.nan, math.nan)
 
 
 def _diff_at(ca: Curve, cb: Curve, n: float, level: float) -> tuple[float, float, float]:

@@ -32,6 +32,7 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from labkit.analysis import Analysis, analyze, load_run, noise
+from labkit.analysis.budget import line_rise
 from labkit.analysis.curves import Curve
 from labkit.analysis.run import probe_label
 from labkit.core.errors import UsageError
@@ -67,15 +68,16 @@ def _label(an: Analysis, used: set[str]) -> str:
 def _se_df(c, x: float, level: float, x0: float | None = None) -> tuple[float, float, float]:
     """(value, standard error, degrees of freedom) of a fitted curve at x; with
     ``x0``, of its straight line's rise from x0 to x (the O(n) claim's
-    instrument: a curve chosen flat still has a rise with an interval; from
-    the same replicates, so the two ends share each round's drift)."""
+    instrument, :func:`labkit.analysis.budget.line_rise`; NaN for a curve
+    with no straight-line fit)."""
     if x0 is None:
         v = float(c.predict([x])[0])
         lo, hi = c.band([x], level)
     else:
-        m = "linear" if "linear" in c.fits and "linear" in c.boot else None
-        v = float(np.diff(c.predict([x0, x], m))[0])
-        lo, hi = c.ci(v, np.diff(c.boot_predict([x0, x], m), axis=1)[:, 0], level)
+        r = line_rise(c, level, x0, x)
+        if r is None:
+            return math.nan, math.nan, math.nan
+        v, lo, hi = r.value, r.lo, r.hi
     half = (float(np.ravel(hi)[0]) - float(np.ravel(lo)[0])) / 2
     if c.method == "rounds":
         df = float(len(c.rounds) - 1)

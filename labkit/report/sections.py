@@ -16,10 +16,11 @@ from IPython.display import HTML
 
 from labkit.analysis import Analysis, anchors, noise
 from labkit.analysis.claims import pacing_effect
+from labkit.analysis.ipvs_answer import ipvs_phrases, ipvs_rows, pacing_words
 from labkit.analysis.kernels import cross_kernel_growth, kernel_ratios
 from labkit.analysis.result import at_probe
 from labkit.analysis.run import probe_label
-from labkit.core import modes, topology
+from labkit.core import topology
 from labkit.core.modes import CALIBRATORS
 from labkit.report.markup import details
 
@@ -122,102 +123,12 @@ def _headline_probe(an: Analysis) -> str:
     return probe_label(*an.headline_probe)
 
 
-def _pacing_words(pacing: float) -> str:
-    return f"paced at {pacing:,.0f}/s" if pacing > 0 else "back to back"
-
-
-#: a crossing is "located" only between measured counts at most this far apart
-LOCATED_RATIO = 1.5
-
-
-def _located_text(r: pd.Series, level: str) -> str:
-    """``N [lo, hi] services`` and where it lies among the measured counts:
-    located when they are at most :data:`LOCATED_RATIO` apart, else said not to be."""
-    txt = f"{r['n_star']:,.0f}"
-    if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]):
-        txt += f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
-    txt += " services"
-    lo, hi = r.get("bracket_lo", np.nan), r.get("bracket_hi", np.nan)
-    if np.isfinite(lo) and np.isfinite(hi) and lo > 0:
-        if hi / lo <= LOCATED_RATIO:
-            txt += f" (located between the measured {lo:,.0f} and {hi:,.0f})"
-        else:
-            txt += f" (not located: the measured counts around it, {lo:,.0f} and {hi:,.0f}, are {hi / lo:,.1f}x apart)"
-    return txt
-
-
-def _name(mode: str) -> str:
-    return modes.get(mode).label if mode in modes.NAMES else mode
-
-
-def ipvs_rows(an: Analysis) -> pd.DataFrame:
-    """The crossover rows of IPVS against each iptables backend and nftables, p50,
-    in one kernel: where the curves cross, and where the other mode costs the
-    absolute budget more than IPVS (both directions for nftables)."""
-    cx = an.crossover
-    if not len(cx):
-        return cx
-    a, b = cx["mode_a"], cx["mode_b"]
-    others = ("iptables-legacy", "iptables-nft", "nftables")
-    pair = ((a == "ipvs") & b.isin(others)) | ((b == "ipvs") & a.isin(others))
-    keep = pair & (cx["statistic"] == "p50") & (
-        (cx["kind"] == "fit") | ((cx["kind"] == "budget-abs") & (b == "ipvs")))
-    return cx[keep]
-
-
-def _ipvs_parts(g: pd.DataFrame, budget: float, level: str, short: bool = False) -> list[str]:
-    """The phrases for one target and pacing of :func:`ipvs_rows`: where IPVS beats
-    each iptables backend (and, unless ``short``, where the backend costs the
-    budget more), then what moving from IPVS to nftables changes."""
-    def at(r: pd.Series) -> str:
-        if short:
-            ci = (f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
-                  if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]) else "")
-            return f"{r['n_star']:,.0f}{ci}"
-        return _located_text(r, level)
-    parts = []
-    for other in ("iptables-legacy", "iptables-nft"):
-        fit = g[(g["kind"] == "fit") & ((g["mode_a"] == other) | (g["mode_b"] == other))]
-        bud = g[(g["kind"] == "budget-abs") & (g["mode_a"] == other)]
-        if not len(fit):
-            continue
-        f = fit.iloc[0]
-        # the fitted difference (a - b) at the largest common count says who is faster there
-        ipvs_wins_at_end = (f["diff_hi_us"] < 0) == (f["mode_a"] == "ipvs")
-        if np.isfinite(f["n_star"]) and ipvs_wins_at_end:
-            txt = f"IPVS beats {other} from {at(f)}"
-        elif np.isfinite(f["n_star"]):
-            txt = f"{other} is faster than IPVS above {at(f)}"
-        elif ipvs_wins_at_end:
-            txt = f"IPVS is faster than {other} throughout"
-        else:
-            txt = f"{other} is faster than IPVS throughout"
-        if not short and ipvs_wins_at_end and len(bud) and np.isfinite(bud.iloc[0]["n_star"]):
-            txt += f"; {other} costs {budget:g} us more than IPVS from {_located_text(bud.iloc[0], level)}"
-        elif not short and ipvs_wins_at_end and len(bud):
-            txt += f"; {other} never costs {budget:g} us more than IPVS here"
-        parts.append(txt)
-    is_nft = (g["mode_a"] == "nftables") | (g["mode_b"] == "nftables")
-    nft = g[(g["kind"] == "fit") & is_nft]
-    if len(nft):
-        f = nft.iloc[0]
-        if np.isfinite(f["n_star"]):
-            parts.append(f"moving from IPVS to nftables: the curves cross at {at(f)}, "
-                         f"{_name(str(f['faster_above']))} faster above")
-        else:
-            lo, hi = sorted([abs(f["diff_lo_us"]), abs(f["diff_hi_us"])])
-            by = f"{lo:.1f} us" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f} to {hi:.1f} us"
-            parts.append(f"moving from IPVS to nftables: {_name(str(f['faster_below']))} is faster "
-                         f"throughout, by {by}")
-    return parts
-
-
 def ipvs_item(an: Analysis, pacing: float) -> str:
     """The answer's one line on IPVS (HTML, or "" when the run has no IPVS beside an
     iptables mode): per target at ``pacing`` (the seed's load; back to back when the
     run has only that), where IPVS beats each iptables backend, p50 curves crossing
     with intervals, and what moving from IPVS to nftables changes."""
-    rows = ipvs_rows(an)
+    rows = ipvs_rows(an.crossover)
     if not len(rows):
         return ""
     if not (rows["pacing"] == pacing).any():
@@ -226,7 +137,7 @@ def ipvs_item(an: Analysis, pacing: float) -> str:
     level = f"{an.settings['level']:.0%}"
     per = []
     for (target, _), g in rows.groupby(["target", "probe"], sort=False):
-        parts = _ipvs_parts(g, an.settings["budget_us"], level, short=True)
+        parts = ipvs_phrases(g, level, short=True)
         if parts:
             per.append(f"{target} target: " + "; ".join(parts))
     if not per:
@@ -235,7 +146,7 @@ def ipvs_item(an: Analysis, pacing: float) -> str:
     where = f"in one kernel ({', '.join(kernels)})" if len(set(an.points["kernel"])) > 1 and kernels \
         else "in one kernel"
     return (f"<b>Where IPVS beats iptables</b> (p50 curves crossing, {level} intervals, "
-            f"{html.escape(_pacing_words(pacing))}, {html.escape(where)}; the budget and the other pacing "
+            f"{html.escape(pacing_words(pacing))}, {html.escape(where)}; the budget and the other pacing "
             "below the claims table): " + html.escape(". ".join(per)) + ".")
 
 
@@ -244,14 +155,14 @@ def ipvs_answer(an: Analysis):
     budget), per target and pacing, with intervals; and what moving from IPVS
     to nftables changes (Kubernetes deprecated IPVS in 1.35 and points to
     nftables).  Empty when the run has no IPVS beside an iptables mode."""
-    rows = ipvs_rows(an)
+    rows = ipvs_rows(an.crossover)
     if not len(rows):
         return _html("")
     level = f"{an.settings['level']:.0%}"
     items = []
     for (target, _, pacing), g in rows.groupby(["target", "probe", "pacing"], sort=False):
-        where = f"{target} target, {_pacing_words(pacing)}"
-        parts = _ipvs_parts(g, an.settings["budget_us"], level)
+        where = f"{target} target, {pacing_words(pacing)}"
+        parts = ipvs_phrases(g, level, an.settings["budget_us"])
         if parts:
             items.append(f"<li><b>{html.escape(where)}</b>: " + "; ".join(html.escape(p) for p in parts) + ".</li>")
     if not items:
@@ -482,7 +393,7 @@ def kernels_table(an: Analysis, stats=("p50",)):
         return _html('<p class="lk-note">One kernel, or no mode measured natively in both '
                      f'({", ".join(CALIBRATORS)}): nothing relates the kernels.</p>')
     out = pd.DataFrame({"mode": k["mode"], "measure": k["measure"], "target": k["target"],
-                        "pacing": [_pacing_words(float(v)) for v in k["pacing"]],
+                        "pacing": [pacing_words(float(v)) for v in k["pacing"]],
                         "statistic": k["stat"], "kernels": k["other_release"] + " / " + k["release"],
                         "services": [f"{v:,.0f}" if m == "level" else "per service"
                                      for v, m in zip(k["services"], k["measure"])],
@@ -496,7 +407,7 @@ def kernels_table(an: Analysis, stats=("p50",)):
     growth = ""
     if len(g):
         gt = pd.DataFrame({"series": an.shown(g)["mode"], "target": g["target"],
-                           "pacing": [_pacing_words(float(v)) for v in g["pacing"]], "statistic": g["stat"],
+                           "pacing": [pacing_words(float(v)) for v in g["pacing"]], "statistic": g["stat"],
                            "from": g["from"].map(lambda v: f"{v:,.0f}"), "to": g["to"].map(lambda v: f"{v:,.0f}"),
                            f"rise, us [{level} CI]": [_ci(v, lo, hi, "{:+,.1f}") for v, lo, hi in
                                                       zip(g["rise_us"], g["ci_lo"], g["ci_hi"])]})

@@ -77,13 +77,7 @@ def rates_of(points: pd.DataFrame, started: float, source: str, kernel: str | No
     # a point's cost: its probes and what precedes it in the block (warmup, the previous point's
     # checks), per probe sent; a kind only ever first in its blocks has its probes' time only
     cost = (p["dur"] + p["gap"]) / p["sent"].clip(lower=1)
-    blocks = p.groupby("block").agg(mode=("mode", "first"), services=("services", "first"),
-                                    first=("started", "min"), last=("finished", "max"),
-                                    ).sort_values("first")
-    # from the previous block's last point to this block's first: teardown, a fresh node, programming
-    blocks = blocks.assign(outside=(blocks["first"] - blocks["last"].shift()).clip(lower=0))
-    for t in resumed:
-        blocks.loc[(blocks["last"].shift() < t) & (blocks["first"] >= t), "outside"] = math.nan
+    blocks = block_gaps(p, resumed)
     if kernel is not None and "kernel" in p.columns:
         p = p[p["kernel"] == kernel]
         cost = cost[p.index]
@@ -102,6 +96,23 @@ def rates_of(points: pd.DataFrame, started: float, source: str, kernel: str | No
         and kernel in (None, "host") else 0.0
     eps = p["endpoints"].dropna().unique() if "endpoints" in p.columns else []
     return Rates(source, per_probe, block, max(start, 0.0), int(eps[0]) if len(eps) == 1 else 0)
+
+
+def block_gaps(points: pd.DataFrame, resumed: Collection[float] = ()) -> pd.DataFrame:
+    """One row per block of a points table, in the order measured (pure):
+    ``mode``, ``services``, its first and last probe times, and ``outside``,
+    the time from the previous block's last point to this block's first
+    (teardown, a fresh node, programming); NaN for the first block and for a
+    block a resume (``resumed``: the run meta's times) precedes, whose gap is
+    the interruption's."""
+    p = points.dropna(subset=["started", "finished"])
+    blocks = p.groupby("block").agg(mode=("mode", "first"), services=("services", "first"),
+                                    first=("started", "min"), last=("finished", "max"),
+                                    ).sort_values("first")
+    blocks = blocks.assign(outside=(blocks["first"] - blocks["last"].shift()).clip(lower=0))
+    for t in resumed:
+        blocks.loc[(blocks["last"].shift() < t) & (blocks["first"] >= t), "outside"] = math.nan
+    return blocks
 
 
 @lru_cache(maxsize=None)
