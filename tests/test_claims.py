@@ -274,3 +274,14 @@ def test_a_mode_in_two_kernels_is_decided_where_it_runs_best(tmp_path):
     assert set(o1["kernel"]) == {"uml"} and set(o1["target"]) == {"last", "random"}
     eb = c[(c["claim"] == "ebpf-beats") & (c["role"] == "decides")]
     assert set(eb["versus"]) == {"ipvs", "iptables-legacy"} and set(eb["kernel"]) == {"uml"}
+    # what the run lacks (a request's cost, reuse-k) is said once, by the kernel that decides
+    for claim in ("1k-5k", "keepalive"):
+        dec = c[(c["claim"] == claim) & (c["role"] == "decides")]
+        assert len(dec) and set(dec["kernel"]) == {"host"} and (dec["verdict"] == "not measured here").all()
+    assert len(c[(c["claim"] == "keepalive") & (c["role"] == "decides")]) == 1
+    side = c[(c["claim"] == "1k-5k") & (c["kernel"] == "uml")]
+    assert len(side) and (side["role"] == "beside").all()
+    assert side["evidence"].str.contains(DECIDED_ELSEWHERE.format(kernel="host"), regex=False).all()
+    # one deciding row per claim, mode (or pair), target, probe and k
+    dec = c[c["role"] == "decides"].fillna({"k": 0})
+    assert not dec.duplicated(["claim", "mode", "versus", "target", "probe", "k"]).any()

@@ -57,16 +57,16 @@ def test_the_ipvs_crossings_are_read_from_the_one_kernel_run(tmp_path):
     """docs/anchors.md's IPVS table says what the run's crossover.csv holds, a
     row per target and pacing, in the report's words: IPVS faster above the
     crossing, and nftables' lead."""
-    rows = [dict(mode_a="iptables-legacy", mode_b="ipvs", target="last", pacing=0, statistic="p50", kind="fit",
+    rows = [dict(probe="syn", mode_a="iptables-legacy", mode_b="ipvs", target="last", pacing=0, statistic="p50", kind="fit",
                  n_star=1234.4, ci_low=900.0, ci_high=1600.0, faster_above="ipvs", bracket_lo=1000.0,
                  bracket_hi=1468.0, diff_lo_us=-5.0, diff_hi_us=50.0, finding=""),
-            dict(mode_a="iptables-nft", mode_b="ipvs", target="last", pacing=0, statistic="p50", kind="fit",
+            dict(probe="syn", mode_a="iptables-nft", mode_b="ipvs", target="last", pacing=0, statistic="p50", kind="fit",
                  n_star=float("nan"), ci_low=float("nan"), ci_high=float("nan"), faster_above="", bracket_lo=None,
                  bracket_hi=None, diff_lo_us=1.0, diff_hi_us=80.0, finding=""),
-            dict(mode_a="nftables", mode_b="ipvs", target="last", pacing=0, statistic="p50", kind="fit",
+            dict(probe="syn", mode_a="nftables", mode_b="ipvs", target="last", pacing=0, statistic="p50", kind="fit",
                  n_star=float("nan"), ci_low=float("nan"), ci_high=float("nan"), faster_above="", bracket_lo=None,
                  bracket_hi=None, diff_lo_us=-8.1, diff_hi_us=-16.1, finding="", faster_below="nftables"),
-            dict(mode_a="nftables", mode_b="ipvs", target="last", pacing=0, statistic="p90", kind="fit",
+            dict(probe="syn", mode_a="nftables", mode_b="ipvs", target="last", pacing=0, statistic="p90", kind="fit",
                  n_star=5.0, ci_low=1.0, ci_high=9.0, faster_above="ipvs", bracket_lo=1.0, bracket_hi=10.0,
                  diff_lo_us=1.0, diff_hi_us=-1.0, finding="")]
     pd.DataFrame(rows).to_csv(tmp_path / "crossover.csv", index=False)

@@ -187,8 +187,8 @@ def ipvs_markdown(run: str = ONE_KERNEL_RUN) -> list[str]:
              "since 1.35, nftables is where its users are sent).", "",
              "| target | pacing | where IPVS beats iptables, and what moving from IPVS to nftables changes |",
              "| --- | --- | --- |"]
-    for (target, pacing), g in rows.groupby(["target", "pacing"], sort=True):
-        parts = ipvs_phrases(g, "95%")
+    for (target, _, pacing), g in rows.groupby(["target", "probe", "pacing"], sort=True):
+        parts = ipvs_phrases(g)
         if parts:
             lines.append(f"| {target} | {pacing_words(float(pacing))} | " + "; ".join(parts) + " |")
     return lines

@@ -143,14 +143,26 @@ class _Claims:
         return any(o.mode == s.mode and o != s and self.curve(o, target, probe, pacing) is not None
                    for o in self.an.series)
 
-    def deciding_kernel(self, *names: str) -> str:
+    def deciding_kernel(self, *names: str, target: str | None = None, probe: str | None = None) -> str:
         """The kernel that decides a claim about ``names`` (one mode, or a
         pair): the first of :data:`KERNEL_KINDS` in which the run measures
-        all of them ("" when none measures all)."""
-        have = [{s.kernel for s in self.an.series if s.mode == n} for n in names]
-        common = set.intersection(*have) if have else set()
-        ranked = sorted(common, key=lambda k: (KERNEL_KINDS.index(k) if k in KERNEL_KINDS else len(KERNEL_KINDS), k))
-        return ranked[0] if ranked else ""
+        all of them with the instrument (a curve of ``probe`` at ``target``),
+        else the first in which it measures all of them at all ("" when none
+        does)."""
+        def first(series: list[Series]) -> str:
+            have = [{s.kernel for s in series if s.mode == n} for n in names]
+            common = set.intersection(*have) if have else set()
+            rank = {k: i for i, k in enumerate(KERNEL_KINDS)}
+            ranked = sorted(common, key=lambda k: (rank.get(k, len(rank)), k))
+            return ranked[0] if ranked else ""
+        return first(self.of(names, target, probe)) or first(list(self.an.series))
+
+    def decided_elsewhere(self, s: Series, versus: Series | None = None, target: str | None = None,
+                          probe: str | None = None) -> str:
+        """The kernel that decides ``s``'s claim (with ``versus``) when it is not
+        ``s``'s own, else "" (:meth:`deciding_kernel`)."""
+        k = self.deciding_kernel(s.mode, *((versus.mode,) if versus else ()), target=target, probe=probe)
+        return "" if k in ("", s.kernel) else k
 
     def add(self, claim: str, mode: Series | None = None, versus: Series | None = None, **kw) -> None:
         """One row: ``kw`` sets any column; ``instrument`` follows from probe, pacing and target."""
@@ -171,8 +183,8 @@ class _Claims:
         pacing is measured)."""
         pacings = (0.0,) if probe in UNPACED_KINDS else (SEED_PACING, 0.0)
         got = {pacing: judge(pacing) for pacing in pacings}
-        decider = self.deciding_kernel(s.mode, *((versus.mode,) if versus else ()))
-        here = decider in ("", s.kernel)
+        decider = self.decided_elsewhere(s, versus, target, probe)
+        here = not decider
         for i, pacing in enumerate(pacings):
             base = dict(target=target, probe=probe, pacing=pacing, role="decides" if i == 0 and here else "beside")
             for fields in got[pacing]:
@@ -262,27 +274,34 @@ def _budget_claims(cl: _Claims) -> None:
             http = cl.curve(s, target, "http-new", 0.0)
             if http is None and cl.elsewhere(s, target, "http-new", 0.0):
                 continue
+            decider = cl.decided_elsewhere(s, target=target, probe="http-new" if http is not None else "syn")
             if http is None:
-                cl.add("1k-5k", s, target=target, probe="http-new", pacing=0.0,
-                       evidence=f"what a request costs (http-new to the {target} target) is not measured in this "
-                                "run (`--probe-kinds syn,http-new` measures it); the SYNs' penalty is beside")
+                if not decider:   # said once, by the kernel that decides
+                    cl.add("1k-5k", s, target=target, probe="http-new", pacing=0.0,
+                           evidence=f"what a request costs (http-new to the {target} target) is not measured in "
+                                    "this run (`--probe-kinds syn,http-new` measures it); the SYNs' penalty is beside")
                 for pacing in (SEED_PACING, 0.0):
                     syn = cl.curve(s, target, "syn", pacing)
                     if syn is not None:
                         cl.add("1k-5k", s, target=target, probe="syn", pacing=pacing, role="beside",
-                               **_span_only(cl, syn))
+                               **_elsewhere(_span_only(cl, syn), decider))
                 continue
-            decider = cl.deciding_kernel(s.mode)
             row = _budget_row(cl, http, http)
-            if decider not in ("", s.kernel):
-                row = row | dict(role="beside", evidence=row["evidence"] + "; "
-                                 + DECIDED_ELSEWHERE.format(kernel=decider))
+            if decider:
+                row = _elsewhere(row, decider) | dict(role="beside")
             cl.add("1k-5k", s, target=target, probe="http-new", pacing=0.0, **row)
             for pacing in (SEED_PACING, 0.0):
                 syn = cl.curve(s, target, "syn", pacing)
                 if syn is not None:
                     cl.add("1k-5k", s, target=target, probe="syn", pacing=pacing, role="beside",
                            **_budget_row(cl, syn, http))
+
+
+def _elsewhere(row: dict, decider: str) -> dict:
+    """``row`` with its evidence saying that ``decider`` decides (unchanged when "")."""
+    if not decider:
+        return row
+    return row | dict(evidence=f"{row.get('evidence', '')}; " + DECIDED_ELSEWHERE.format(kernel=decider))
 
 
 def _budget_row(cl: _Claims, pen: Curve, http: Curve) -> dict:
@@ -387,7 +406,8 @@ def budget_fractions(an: Analysis, fractions=budget.FRACTIONS) -> pd.DataFrame:
         for s in cl.of(IPTABLES_MODES, target=target, probe="http-new"):
             http = cl.curve(s, target, "http-new", 0.0)
             assert http is not None
-            for probe, pacing, role in (("http-new", 0.0, "decides"), ("syn", SEED_PACING, "beside"),
+            first = "beside" if cl.decided_elsewhere(s, target=target, probe="http-new") else "decides"
+            for probe, pacing, role in (("http-new", 0.0, first), ("syn", SEED_PACING, "beside"),
                                         ("syn", 0.0, "beside")):
                 c = http if probe == "http-new" else cl.curve(s, target, probe, pacing)
                 if c is not None:
@@ -409,9 +429,10 @@ def _amortization_text(r: pd.Series, src: str, pacing: float) -> str:
 def _no_reuse(cl: _Claims, s: Series, target: str) -> None:
     """No reuse-k at all: say so; the keepalive probe's rise (the mechanism, not
     the amortization) beside where measured."""
-    cl.add("keepalive", s, target=target, probe="reuse-k", pacing=SEED_PACING,
-           evidence=f"no reuse-k probes in this run (`--probe-kinds syn,reuse-1,reuse-3,reuse-10,reuse-30 "
-                    f"--pacing 0,{SEED_PACING:g}`)")
+    if not cl.decided_elsewhere(s):   # said once, by the kernel that decides
+        cl.add("keepalive", s, target=target, probe="reuse-k", pacing=SEED_PACING,
+               evidence=f"no reuse-k probes in this run (`--probe-kinds syn,reuse-1,reuse-3,reuse-10,reuse-30 "
+                        f"--pacing 0,{SEED_PACING:g}`)")
     for pacing in (SEED_PACING, 0.0):
         k = cl.curve(s, target, "keepalive", pacing)
         if k is not None:
@@ -443,7 +464,8 @@ def _ebpf_claims(cl: _Claims) -> None:
                                  evidence=f"{probe_label('syn', pacing)}, {target} target: {cl.an.label(o)} minus "
                                           f"{cl.an.label(e)} at {n:,.0f} services: {d:+.1f} us [{lo:+.1f}, {hi:+.1f}]")]
                 cl.judged("ebpf-beats", e, target, "syn", judge, versus=o)
-        if not any(s.mode == "ipvs" and s.kernel == x.kernel for s in cl.of(("ipvs",)) for x in ebpf):
+        if not any(s.mode == "ipvs" and s.kernel == x.kernel for s in cl.of(("ipvs",)) for x in ebpf) \
+                and not cl.decided_elsewhere(e):   # said once, by the kernel that decides
             cl.add("ebpf-beats", e, Series("ipvs", e.kernel),
                    evidence="IPVS is not measured in this kernel (`--kernel host+uml` or `uml` measures it)")
     if not ebpf:

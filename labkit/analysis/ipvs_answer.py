@@ -28,7 +28,7 @@ def mode_name(mode: str) -> str:
     return modes.get(mode).label if mode in modes.NAMES else mode
 
 
-def located_text(r: pd.Series, level: str) -> str:
+def located_text(r: pd.Series) -> str:
     """``N [lo, hi] services`` and where it lies among the measured counts:
     located when they are at most :data:`LOCATED_RATIO` apart, else said not to be."""
     txt = f"{r['n_star']:,.0f}"
@@ -58,7 +58,7 @@ def ipvs_rows(cx: pd.DataFrame) -> pd.DataFrame:
     return cx[keep]
 
 
-def ipvs_phrases(g: pd.DataFrame, level: str, budget: float | None = None, short: bool = False) -> list[str]:
+def ipvs_phrases(g: pd.DataFrame, budget: float | None = None, short: bool = False) -> list[str]:
     """The phrases for one target and pacing of :func:`ipvs_rows`: where IPVS
     beats each iptables backend (with ``budget``, also where the backend costs
     that many microseconds more), then what moving from IPVS to nftables
@@ -69,7 +69,7 @@ def ipvs_phrases(g: pd.DataFrame, level: str, budget: float | None = None, short
             ci = (f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
                   if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]) else "")
             return f"{r['n_star']:,.0f}{ci}"
-        return located_text(r, level)
+        return located_text(r)
     parts = []
     for other in BACKENDS:
         fit = g[(g["kind"] == "fit") & ((g["mode_a"] == other) | (g["mode_b"] == other))]
@@ -77,6 +77,9 @@ def ipvs_phrases(g: pd.DataFrame, level: str, budget: float | None = None, short
         if not len(fit):
             continue
         f = fit.iloc[0]
+        if not (np.isfinite(f["diff_lo_us"]) and np.isfinite(f["diff_hi_us"])):
+            parts.append(str(f["finding"]))   # no common range: the crossover's own sentence
+            continue
         # the fitted difference (a - b) at the largest common count says who is faster there
         ipvs_wins_at_end = (f["diff_hi_us"] < 0) == (f["mode_a"] == "ipvs")
         if np.isfinite(f["n_star"]) and ipvs_wins_at_end:
@@ -88,7 +91,7 @@ def ipvs_phrases(g: pd.DataFrame, level: str, budget: float | None = None, short
         else:
             txt = f"{other} is faster than IPVS throughout"
         if budget is not None and ipvs_wins_at_end and len(bud) and np.isfinite(bud.iloc[0]["n_star"]):
-            txt += f"; {other} costs {budget:g} us more than IPVS from {located_text(bud.iloc[0], level)}"
+            txt += f"; {other} costs {budget:g} us more than IPVS from {located_text(bud.iloc[0])}"
         elif budget is not None and ipvs_wins_at_end and len(bud):
             txt += f"; {other} never costs {budget:g} us more than IPVS here"
         parts.append(txt)
@@ -96,7 +99,9 @@ def ipvs_phrases(g: pd.DataFrame, level: str, budget: float | None = None, short
     nft = g[(g["kind"] == "fit") & is_nft]
     if len(nft):
         f = nft.iloc[0]
-        if np.isfinite(f["n_star"]):
+        if not (np.isfinite(f["diff_lo_us"]) and np.isfinite(f["diff_hi_us"])):
+            parts.append(f"moving from IPVS to nftables: {f['finding']}")
+        elif np.isfinite(f["n_star"]):
             parts.append(f"moving from IPVS to nftables: the curves cross at {at(f)}, "
                          f"{mode_name(str(f['faster_above']))} faster above")
         else:

@@ -137,7 +137,7 @@ def ipvs_item(an: Analysis, pacing: float) -> str:
     level = f"{an.settings['level']:.0%}"
     per = []
     for (target, _), g in rows.groupby(["target", "probe"], sort=False):
-        parts = ipvs_phrases(g, level, short=True)
+        parts = ipvs_phrases(g, short=True)
         if parts:
             per.append(f"{target} target: " + "; ".join(parts))
     if not per:
@@ -162,7 +162,7 @@ def ipvs_answer(an: Analysis):
     items = []
     for (target, _, pacing), g in rows.groupby(["target", "probe", "pacing"], sort=False):
         where = f"{target} target, {pacing_words(pacing)}"
-        parts = ipvs_phrases(g, level, an.settings["budget_us"])
+        parts = ipvs_phrases(g, an.settings["budget_us"])
         if parts:
             items.append(f"<li><b>{html.escape(where)}</b>: " + "; ".join(html.escape(p) for p in parts) + ".</li>")
     if not items:

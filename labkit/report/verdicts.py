@@ -88,7 +88,7 @@ def claims_table(an: Analysis):
             line["verdict"] = _cell(g)
         first = dec[dec["instrument"] != ""]
         line["decided on"] = (_short_instrument(first["probe"].iloc[0], first["pacing"].iloc[0])
-                              if len(first) else "beside: decided where it runs best" if len(g) else "")
+                              if len(first) else "" if len(dec) else "beside: decided where it runs best")
         lines.append(line)
     out = pd.DataFrame(lines)
     out["seed's claim"] = [t if i == 0 or t != p else "" for i, (t, p) in
