@@ -147,15 +147,16 @@ class _Claims:
         """The kernel that decides a claim about ``names`` (one mode, or a
         pair): the first of :data:`KERNEL_KINDS` in which the run measures
         all of them with the instrument (a curve of ``probe`` at ``target``),
-        else the first in which it measures all of them at all ("" when none
-        does)."""
+        else the first in which it measures all of them at all, else (a pair
+        no kernel measures together) the first mode's ("" when none)."""
         def first(series: list[Series]) -> str:
             have = [{s.kernel for s in series if s.mode == n} for n in names]
             common = set.intersection(*have) if have else set()
             rank = {k: i for i, k in enumerate(KERNEL_KINDS)}
             ranked = sorted(common, key=lambda k: (rank.get(k, len(rank)), k))
             return ranked[0] if ranked else ""
-        return first(self.of(names, target, probe)) or first(list(self.an.series))
+        return (first(self.of(names, target, probe)) or first(list(self.an.series))
+                or (self.deciding_kernel(names[0]) if len(names) > 1 else ""))
 
     def decided_elsewhere(self, s: Series, versus: Series | None = None, target: str | None = None,
                           probe: str | None = None) -> str:
@@ -165,13 +166,24 @@ class _Claims:
         return "" if k in ("", s.kernel) else k
 
     def add(self, claim: str, mode: Series | None = None, versus: Series | None = None, **kw) -> None:
-        """One row: ``kw`` sets any column; ``instrument`` follows from probe, pacing and target."""
+        """One row: ``kw`` sets any column; ``instrument`` follows from probe, pacing and target.
+        A row of a kernel that does not decide its claim (:meth:`decided_elsewhere`)
+        stands beside, saying so, and its open "not measured here" rows are left
+        to the kernel that decides."""
         row: dict[str, Any] = dict(claim=claim, statement=STATEMENTS[claim], mode=mode.mode if mode else "",
                                    versus=versus.mode if versus else "", verdict="not measured here",
                                    value=math.nan, ci_low=math.nan, ci_high=math.nan, unit="", evidence="",
                                    kernel=mode.kernel if mode else "", target="", probe="", pacing=math.nan,
                                    statistic=self.stat, role="decides", k=math.nan) | kw
         row["instrument"] = instrument(row["probe"], row["pacing"], row["target"], self.stat) if row["probe"] else ""
+        decider = self.decided_elsewhere(mode, versus, row["target"] or None, row["probe"] or None) if mode else ""
+        if decider:
+            # another kernel decides this claim: what this kernel lacks is said there, once;
+            # what it measured stands beside, saying so
+            if row["role"] == "decides" and row["verdict"] == "not measured here":
+                return
+            row["role"] = "beside"
+            row["evidence"] = f"{row['evidence']}; " + DECIDED_ELSEWHERE.format(kernel=decider)
         self.rows.append(row)
 
     def judged(self, claim: str, s: Series, target: str, probe: str, judge: Callable[[float], Judged],
@@ -183,16 +195,11 @@ class _Claims:
         pacing is measured)."""
         pacings = (0.0,) if probe in UNPACED_KINDS else (SEED_PACING, 0.0)
         got = {pacing: judge(pacing) for pacing in pacings}
-        decider = self.decided_elsewhere(s, versus, target, probe)
-        here = not decider
         for i, pacing in enumerate(pacings):
-            base = dict(target=target, probe=probe, pacing=pacing, role="decides" if i == 0 and here else "beside")
+            base = dict(target=target, probe=probe, pacing=pacing, role="decides" if i == 0 else "beside")
             for fields in got[pacing]:
-                if not here:
-                    fields = fields | dict(evidence=f"{fields.get('evidence', '')}; "
-                                                    + DECIDED_ELSEWHERE.format(kernel=decider))
                 self.add(claim, s, versus, **(base | fields))
-            if i == 0 and here and not got[pacing]:
+            if i == 0 and not got[pacing]:
                 # one open verdict per row measured beside it (per k for reuse-k), or one
                 ks = sorted({f["k"] for rows in got.values() for f in rows if "k" in f}) or [math.nan]
                 for k in ks:
@@ -274,34 +281,22 @@ def _budget_claims(cl: _Claims) -> None:
             http = cl.curve(s, target, "http-new", 0.0)
             if http is None and cl.elsewhere(s, target, "http-new", 0.0):
                 continue
-            decider = cl.decided_elsewhere(s, target=target, probe="http-new" if http is not None else "syn")
             if http is None:
-                if not decider:   # said once, by the kernel that decides
-                    cl.add("1k-5k", s, target=target, probe="http-new", pacing=0.0,
-                           evidence=f"what a request costs (http-new to the {target} target) is not measured in "
-                                    "this run (`--probe-kinds syn,http-new` measures it); the SYNs' penalty is beside")
+                cl.add("1k-5k", s, target=target, probe="http-new", pacing=0.0,
+                       evidence=f"what a request costs (http-new to the {target} target) is not measured in this "
+                                "run (`--probe-kinds syn,http-new` measures it); the SYNs' penalty is beside")
                 for pacing in (SEED_PACING, 0.0):
                     syn = cl.curve(s, target, "syn", pacing)
                     if syn is not None:
                         cl.add("1k-5k", s, target=target, probe="syn", pacing=pacing, role="beside",
-                               **_elsewhere(_span_only(cl, syn), decider))
+                               **_span_only(cl, syn))
                 continue
-            row = _budget_row(cl, http, http)
-            if decider:
-                row = _elsewhere(row, decider) | dict(role="beside")
-            cl.add("1k-5k", s, target=target, probe="http-new", pacing=0.0, **row)
+            cl.add("1k-5k", s, target=target, probe="http-new", pacing=0.0, **_budget_row(cl, http, http))
             for pacing in (SEED_PACING, 0.0):
                 syn = cl.curve(s, target, "syn", pacing)
                 if syn is not None:
                     cl.add("1k-5k", s, target=target, probe="syn", pacing=pacing, role="beside",
                            **_budget_row(cl, syn, http))
-
-
-def _elsewhere(row: dict, decider: str) -> dict:
-    """``row`` with its evidence saying that ``decider`` decides (unchanged when "")."""
-    if not decider:
-        return row
-    return row | dict(evidence=f"{row.get('evidence', '')}; " + DECIDED_ELSEWHERE.format(kernel=decider))
 
 
 def _budget_row(cl: _Claims, pen: Curve, http: Curve) -> dict:
@@ -429,10 +424,9 @@ def _amortization_text(r: pd.Series, src: str, pacing: float) -> str:
 def _no_reuse(cl: _Claims, s: Series, target: str) -> None:
     """No reuse-k at all: say so; the keepalive probe's rise (the mechanism, not
     the amortization) beside where measured."""
-    if not cl.decided_elsewhere(s):   # said once, by the kernel that decides
-        cl.add("keepalive", s, target=target, probe="reuse-k", pacing=SEED_PACING,
-               evidence=f"no reuse-k probes in this run (`--probe-kinds syn,reuse-1,reuse-3,reuse-10,reuse-30 "
-                        f"--pacing 0,{SEED_PACING:g}`)")
+    cl.add("keepalive", s, target=target, probe="reuse-k", pacing=SEED_PACING,
+           evidence=f"no reuse-k probes in this run (`--probe-kinds syn,reuse-1,reuse-3,reuse-10,reuse-30 "
+                    f"--pacing 0,{SEED_PACING:g}`)")
     for pacing in (SEED_PACING, 0.0):
         k = cl.curve(s, target, "keepalive", pacing)
         if k is not None:
@@ -464,8 +458,7 @@ def _ebpf_claims(cl: _Claims) -> None:
                                  evidence=f"{probe_label('syn', pacing)}, {target} target: {cl.an.label(o)} minus "
                                           f"{cl.an.label(e)} at {n:,.0f} services: {d:+.1f} us [{lo:+.1f}, {hi:+.1f}]")]
                 cl.judged("ebpf-beats", e, target, "syn", judge, versus=o)
-        if not any(s.mode == "ipvs" and s.kernel == x.kernel for s in cl.of(("ipvs",)) for x in ebpf) \
-                and not cl.decided_elsewhere(e):   # said once, by the kernel that decides
+        if not any(s.mode == "ipvs" and s.kernel == x.kernel for s in cl.of(("ipvs",)) for x in ebpf):
             cl.add("ebpf-beats", e, Series("ipvs", e.kernel),
                    evidence="IPVS is not measured in this kernel (`--kernel host+uml` or `uml` measures it)")
     if not ebpf:

@@ -65,8 +65,8 @@ def _label(an: Analysis, used: set[str]) -> str:
     return label
 
 
-def _se_df(c, x: float, level: float, x0: float | None = None) -> tuple[float, float, float]:
-    """(value, standard error, degrees of freedom) of a fitted curve at x; with
+def _se_df(c, x: float, level: float, x0: float | None = None) -> tuple[float, float, float, float, float]:
+    """(value, standard error, degrees of freedom, low, high) of a fitted curve at x; with
     ``x0``, of its straight line's rise from x0 to x (the O(n) claim's
     instrument, :func:`labkit.analysis.budget.line_rise`; NaN for a curve
     with no straight-line fit)."""
@@ -76,13 +76,13 @@ def _se_df(c, x: float, level: float, x0: float | None = None) -> tuple[float, f
     else:
         r = line_rise(c, level, x0, x)
         if r is None:
-            return math.nan, math.nan, math.nan
+            return math.nan, math.nan, math.nan, math.nan, math.nan
         v, lo, hi = r.value, r.lo, r.hi
-    half = (float(np.ravel(hi)[0]) - float(np.ravel(lo)[0])) / 2
+    lo, hi = float(np.ravel(lo)[0]), float(np.ravel(hi)[0])
     if c.method == "rounds":
         df = float(len(c.rounds) - 1)
-        return v, half / student_t.ppf(0.5 + level / 2, df), df
-    return v, half / norm.ppf(0.5 + level / 2), math.inf
+        return v, (hi - lo) / 2 / student_t.ppf(0.5 + level / 2, df), df, lo, hi
+    return v, (hi - lo) / 2 / norm.ppf(0.5 + level / 2), math.inf, lo, hi
 
 
 def _welch(se_a: float, df_a: float, se_b: float, df_b: float) -> float:
@@ -105,18 +105,12 @@ def compare_table(sides: list[Side], stats=("p50", "p99")) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _difference(a: tuple[float, float, float], b: tuple[float, float, float],
-                level: float) -> tuple[float, float, float, float]:
-    """(b - a, low, high, df) of two independent estimates (value, se, df)."""
+def _difference(a: tuple[float, ...], b: tuple[float, ...], level: float) -> tuple[float, float, float, float]:
+    """(b - a, low, high, df) of two independent estimates (value, se, df, ...: :func:`_se_df`)."""
     df = _welch(a[1], a[2], b[1], b[2])
     q = student_t.ppf(0.5 + level / 2, df) if math.isfinite(df) else norm.ppf(0.5 + level / 2)
     d, half = b[0] - a[0], q * math.hypot(a[1], b[1])
     return d, d - half, d + half, df
-
-
-def _own(v: float, se: float, df: float, level: float) -> tuple[float, float]:
-    q = student_t.ppf(0.5 + level / 2, df) if math.isfinite(df) else norm.ppf(0.5 + level / 2)
-    return v - q * se, v + q * se
 
 
 def _rows(first: Side, other: Side, ca: Curve, cb: Curve, level: float) -> list[dict]:
@@ -125,19 +119,17 @@ def _rows(first: Side, other: Side, ca: Curve, cb: Curve, level: float) -> list[
     for n in counts:
         a, b = _se_df(ca, n, level), _se_df(cb, n, level)
         d, dlo, dhi, df = _difference(a, b, level)
-        alo, ahi = ca.band([n], level)
-        blo, bhi = cb.band([n], level)
         label = ca.label if cb.label == ca.label else f"{ca.label} vs {cb.label}"
         row = dict(mode=label, target=ca.key.target, statistic=ca.stat, services=n, run=first.label,
-                   other_run=other.label, value_us=a[0], ci_low=float(alo[0]), ci_high=float(ahi[0]),
-                   other_us=b[0], other_low=float(blo[0]), other_high=float(bhi[0]), diff_us=d,
+                   other_run=other.label, value_us=a[0], ci_low=a[3], ci_high=a[4],
+                   other_us=b[0], other_low=b[3], other_high=b[4], diff_us=d,
                    diff_low=dlo, diff_high=dhi, ratio=b[0] / a[0] if a[0] > 0 else math.nan, df=df)
         if n > counts[0]:   # the rise from the smallest common count, and its difference
             ra, rb = _se_df(ca, n, level, counts[0]), _se_df(cb, n, level, counts[0])
             rd, rlo, rhi, _ = _difference(ra, rb, level)
-            row.update(rise_us=ra[0], other_rise_us=rb[0], rise_diff_us=rd, rise_diff_low=rlo, rise_diff_high=rhi)
-            row["rise_low"], row["rise_high"] = _own(*ra, level)
-            row["other_rise_low"], row["other_rise_high"] = _own(*rb, level)
+            row.update(rise_us=ra[0], rise_low=ra[3], rise_high=ra[4], other_rise_us=rb[0],
+                       other_rise_low=rb[3], other_rise_high=rb[4], rise_diff_us=rd, rise_diff_low=rlo,
+                       rise_diff_high=rhi)
         rows.append(row)
     return rows
 
