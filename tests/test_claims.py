@@ -63,6 +63,39 @@ def test_penalty_crossing_is_the_own_rise_against_a_fraction_of_the_request_and_
     assert 0.90 <= hits / draws <= 0.99, hits / draws
 
 
+def test_penalty_and_budget_read_the_measured_curve_not_a_line_that_misses_a_jump():
+    """A request at 38 us that rises 2 ns/service to 5,000 services and then
+    jumps (200 us at 7,500, 350 at 10,000), as iptables-legacy's http-new did
+    on a Xeon host.  The straight line through it starts far below 38 us at
+    1 service, so a budget read from a fitted line would be about nothing;
+    read from the measured curve the budget is 10% of 38 us, the penalty at
+    1,000 services is the measured 2 us, and the crossing (1,901 services,
+    on the measured straight piece from 1,500 to 2,250) is covered at about
+    the nominal rate over 100 synthetic runs."""
+    grid = np.array([1, 1000, 1500, 2250, 3350, 5000, 7500, 10000], dtype=float)
+
+    def truth(n):
+        return np.interp(n, [1, 5000, 7500, 10000], [38, 38 + 0.002 * 4999, 200, 350])
+
+    rng = np.random.default_rng(23)
+    hits, draws = 0, 100
+    for _ in range(draws):
+        x = np.tile(grid, 3)
+        r = np.repeat(np.arange(3), len(grid))
+        y = truth(x) + rng.normal(0, 0.3, 3)[r] + rng.normal(0, 0.2, len(x))
+        c = fit_curve(CurveKey("m", "host", "last", "http-new", 0.0, "p50"), x, y, rounds=r, all_rounds=[0, 1, 2])
+        assert c.predict([1.0], "linear")[0] < 30   # the line misses the jump: far below the 38 us measured
+        b = budget.base(c)
+        assert b.value == pytest.approx(38, abs=0.6) and b.lo <= b.value <= b.hi
+        r1k = budget.rise(c, 1000)
+        assert r1k.value == pytest.approx(2.0, abs=0.8)
+        t = budget.penalty_crossings(c, c, [0.1]).iloc[0]
+        assert t["budget_us"] == pytest.approx(3.8, abs=0.1)
+        assert 1000 < t["n_star"] < 3350 and t["ci_low"] <= t["n_star"] <= t["ci_high"]
+        hits += t["ci_low"] <= 1 + 3.8 / 0.002 <= t["ci_high"]
+    assert 0.88 <= hits / draws <= 1.0, hits / draws
+
+
 @pytest.mark.parametrize("slope, verdict", [(0.004, "holds"), (0.02, "does not hold"), (0.001, "does not hold")])
 def test_the_span_verdict_follows_where_the_truth_crosses(slope, verdict):
     """Budget 10 us: crossing at 2,500 (inside 1,000-5,000: holds), at 500

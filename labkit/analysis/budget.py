@@ -9,6 +9,13 @@ difference of two instruments:
   (1 service in a default sweep), ``c(n) - c(xmin)``, on one curve;
 * a **budget** is a stated fraction of a request's cost at the smallest
   count, read from a curve of the same series (``http-new`` in the claims);
+* both are read from the *measured* curve (each count's mean over the
+  rounds, straight between measured counts:
+  :meth:`~labkit.analysis.curves.Curve.measured`), never from a fitted
+  model: a curve with a jump that the rounds cannot confirm as a bend stays
+  a straight line, whose value at 1 service can lie below zero (a Xeon
+  host's legacy http-new: -2.3 us against 37-38 us measured) and whose rise
+  at 1,000 services can be six times the measured one;
 * the **crossing** is the smallest count at which the penalty reaches the
   budget (:func:`penalty_crossings`, for any list of fractions);
 * **amortization** (:func:`amortization`): a ``reuse-<k>`` probe's figure is
@@ -30,7 +37,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from labkit.analysis.crossover import GRID_POINTS, first_exceed
+from labkit.analysis.crossover import first_exceed
 from labkit.analysis.curves import Curve
 from labkit.analysis.intervals import bracket, interval, resolved
 
@@ -56,14 +63,14 @@ def _est(c: Curve, value: float, reps: np.ndarray, level: float) -> Est:
 
 
 def rise(c: Curve, n: float, level: float = 0.95) -> Est:
-    """The penalty: ``c(n) - c(xmin)``, with the curve's replicates.  Where
-    the chosen model is flat (a rise no model could tell from the noise) the
-    straight line's rise and interval: the flat model's rise is 0 in every
-    replicate, an interval of width 0 that would claim a certainty the data
-    do not give."""
-    m = "linear" if c.chosen == "constant" and "linear" in c.boot else None
-    p = c.predict([c.xmin, n], m)
-    b = c.boot_predict([c.xmin, n], m)
+    """The penalty: ``c(n) - c(xmin)`` on the measured curve
+    (:meth:`~labkit.analysis.curves.Curve.measured`: each count's mean over
+    its rounds, straight between measured counts), with its replicates.  No
+    model: a shape the rounds cannot confirm (a jump between two counts that
+    the rounds-as-clusters choice keeps a straight line) would move the rise
+    at every count, and the line's value at 1 service can lie below zero."""
+    p = c.measured([c.xmin, n])
+    b = c.boot_measured([c.xmin, n])
     return _est(c, p[1] - p[0], b[:, 1] - b[:, 0], level)
 
 
@@ -82,19 +89,14 @@ def line_rise(c: Curve, level: float = 0.95, x0: float | None = None, x: float |
 
 
 def base(c: Curve, level: float = 0.95) -> Est:
-    """The curve's fitted value at its smallest count."""
-    return _est(c, float(c.predict([c.xmin])[0]), c.boot_predict([c.xmin])[:, 0], level)
+    """The curve's measured value at its smallest count (its mean over the rounds)."""
+    return _est(c, float(c.measured([c.xmin])[0]), c.boot_measured([c.xmin])[:, 0], level)
 
 
 def combine(c: Curve, a: Est, b: Est, wa: float, wb: float, level: float = 0.95) -> Est:
     """``wa * a + wb * b`` with paired replicates (the shorter set decides)."""
     B = min(len(a.reps), len(b.reps))
     return _est(c, wa * a.value + wb * b.value, wa * a.reps[:B] + wb * b.reps[:B], level)
-
-
-def _grid(c: Curve) -> np.ndarray:
-    extra = [v for v in (*c.knots(), *np.unique(c.x)) if c.xmin <= v <= c.xmax]
-    return np.unique(np.concatenate([np.linspace(c.xmin, c.xmax, GRID_POINTS), extra]))
 
 
 def _located(c: Curve, n_star: float, reps: np.ndarray, level: float) -> tuple[float, float, float]:
@@ -119,9 +121,12 @@ def penalty_crossings(pen: Curve, budget_of: Curve, fractions: Sequence[float] =
     ``n_star`` is NaN where the penalty never reaches the budget in
     ``pen``'s measured range; ``resolved`` says whether the measured counts
     around it are close enough for it to rest on them
-    (:data:`labkit.analysis.intervals.MAX_BRACKET`)."""
-    x = _grid(pen)
-    p, bp = pen.predict(x), pen.boot_predict(x)
+    (:data:`labkit.analysis.intervals.MAX_BRACKET`).  The penalty is read
+    from the measured curve (:func:`rise`), straight between measured
+    counts, so the crossing between two of them is where that straight
+    piece reaches the budget."""
+    x = pen.cells
+    p, bp = pen.measured(x), pen.boot_measured(x)
     b0 = base(budget_of, level)
     B = min(len(bp), len(b0.reps))
     rows = []

@@ -20,6 +20,8 @@ patterns for load balancing", see docs/anchors.md):
     its own ``http-new`` request at 1 service between 1,000 and 5,000
     services.  Penalty and budget are of one instrument (``http-new``);
     the SYN probes' own rise against the same budget is shown beside it.
+    Both are read from the measured curve (each count's mean over the
+    rounds, no model: :mod:`labkit.analysis.budget`).
 ``keepalive``
     connections that carry several requests amortize the O(n) penalty:
     for each k, the per-request penalty of ``reuse-<k>`` is at most 1/k of
@@ -106,11 +108,14 @@ def _growth(c: Curve, level: float) -> tuple[float, float, float]:
 
 
 def _diff_at(ca: Curve, cb: Curve, n: float, level: float) -> tuple[float, float, float]:
-    """ca - cb at n services (the replicates of both are paired by round)."""
-    est = float(ca.predict([n])[0] - cb.predict([n])[0])
-    B = min(len(ca.boot[ca.chosen]), len(cb.boot[cb.chosen]))
-    reps = ca.boot_predict([n])[:B, 0] - cb.boot_predict([n])[:B, 0]
-    lo, hi = interval(est, reps, ca.method, level)
+    """ca - cb at n services on the measured curves (each count's mean over the
+    rounds; the replicates of both are paired by round), not the fitted models:
+    at a measured count the means are what was measured, where a line the
+    rounds kept through a jump can miss them by tens of microseconds."""
+    est = float(ca.measured([n])[0] - cb.measured([n])[0])
+    ra, rb = ca.boot_measured([n])[:, 0], cb.boot_measured([n])[:, 0]
+    B = min(len(ra), len(rb))
+    lo, hi = interval(est, ra[:B] - rb[:B], ca.method, level)
     return est, float(lo), float(hi)
 
 

@@ -11,6 +11,13 @@ function of the cells' variances across rounds
 (:func:`~labkit.analysis.models.spread_weights`, recomputed inside each
 delete-one-round refit), or with one round the variance of its bootstrap
 replicates.
+
+Beside the fits every curve keeps its *measured* form (:meth:`Curve.measured`):
+each count's mean over its rounds, straight between measured counts, with the
+same kind of replicates (each round left out in turn, or the bootstrap's).  It
+assumes no shape, so what rests on it (a penalty, a budget, where one reaches
+the other: :mod:`labkit.analysis.budget`) cannot move with a model the rounds
+do not confirm.
 """
 from __future__ import annotations
 
@@ -148,6 +155,11 @@ class Curve:
     deltas: dict[str, float] = field(default_factory=dict)
     #: each observation's weight in the fits (1/var of its count's cell)
     w: np.ndarray = field(default_factory=lambda: np.array([]))
+    #: the measured curve (:func:`cell_means`): the distinct counts, each one's
+    #: mean over its observations, and the replicates of those means (R or B, counts)
+    cells: np.ndarray = field(default_factory=lambda: np.array([]))
+    cell_mean: np.ndarray = field(default_factory=lambda: np.array([]))
+    cell_reps: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
 
     @property
     def stat(self) -> str:
@@ -189,12 +201,55 @@ class Curve:
         m = model or self.chosen
         return predict(m, self.boot[m], np.asarray(x, dtype=float))
 
+    def measured(self, x) -> np.ndarray:
+        """The measured curve at ``x``: each count's mean, straight between
+        measured counts (no model; clamped to the ends outside them)."""
+        if not len(self.cells):
+            raise UsageError(f"curve {self.label}: no measured means (made by fit_curve)")
+        return np.interp(np.asarray(x, dtype=float), self.cells, self.cell_mean)
+
+    def boot_measured(self, x) -> np.ndarray:
+        """Replicates of :meth:`measured` (R or B, len(x)), of the same kind as
+        the fits' (``method``)."""
+        self.measured(x)
+        xs = np.asarray(x, dtype=float)
+        return np.array([np.interp(xs, self.cells, r) for r in self.cell_reps]).reshape(len(self.cell_reps), -1)
+
     def band(self, x, level: float = 0.95, model: str | None = None):
         return interval(self.predict(x, model), self.boot_predict(x, model), self.method, level)
 
     def ci(self, est, reps, level: float = 0.95):
         """Interval of a statistic of this curve from its replicates."""
         return interval(est, reps, self.method, level)
+
+
+def cell_means(x, y, rounds=None, all_rounds=None, Yb=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The measured curve of observations ``(x, y)``: (distinct counts, each
+    one's mean, replicates of the means).  Replicates, as the fits' are: with
+    ``rounds`` (each observation's round) and ``all_rounds``, one per round of
+    the run, the means without that round (a count measured in that round
+    only keeps its mean; a round the curve lacks leaves every mean whole);
+    else the means of the bootstrap replicates ``Yb`` (B, N).  Pure."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    counts, idx = np.unique(x, return_inverse=True)
+    onehot = np.zeros((len(x), len(counts)))
+    onehot[np.arange(len(x)), idx] = 1.0
+
+    def means(vals: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        n = keep @ onehot
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (vals * keep) @ onehot / np.where(n > 0, n, np.nan)
+
+    full = means(y, np.ones(len(x)))
+    if rounds is not None and all_rounds is not None:
+        r_obs = np.asarray(rounds)
+        reps = [means(y, (r_obs != r).astype(float)) for r in all_rounds]
+        reps_a = np.array([np.where(np.isfinite(m), m, full) for m in reps])
+    elif Yb is not None:
+        reps_a = np.atleast_2d(np.asarray(Yb, dtype=float)) @ onehot / onehot.sum(axis=0)
+    else:
+        raise UsageError("cell_means: rounds or bootstrap replicates are needed")
+    return counts, full, reps_a.reshape(-1, len(counts))
 
 
 def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "rounds",
@@ -246,6 +301,8 @@ def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "ro
               fits=fits, chosen=chosen, criterion=used, weights=weights,
               method="rounds" if jack else "bootstrap",
               rounds=np.asarray(all_rounds if jack else []), deltas=deltas, w=w)
+    c.cells, c.cell_mean, c.cell_reps = cell_means(x, y, rounds if jack else None, all_rounds if jack else None,
+                                                   None if jack else Yb)
     for m in {chosen, "linear"} & set(fits):
         weighted = m == chosen
         if jack and not weighted and line is not None:
