@@ -201,19 +201,22 @@ class Curve:
         m = model or self.chosen
         return predict(m, self.boot[m], np.asarray(x, dtype=float))
 
+    def _require_cells(self) -> None:
+        if not len(self.cells):
+            raise UsageError(f"curve {self.label}: no measured means (made by fit_curve)")
+
     def measured(self, x) -> np.ndarray:
         """The measured curve at ``x``: each count's mean, straight between
         measured counts (no model; clamped to the ends outside them)."""
-        if not len(self.cells):
-            raise UsageError(f"curve {self.label}: no measured means (made by fit_curve)")
+        self._require_cells()
         return np.interp(np.asarray(x, dtype=float), self.cells, self.cell_mean)
 
     def boot_measured(self, x) -> np.ndarray:
         """Replicates of :meth:`measured` (R or B, len(x)), of the same kind as
         the fits' (``method``)."""
-        self.measured(x)
+        self._require_cells()
         xs = np.asarray(x, dtype=float)
-        return np.array([np.interp(xs, self.cells, r) for r in self.cell_reps]).reshape(len(self.cell_reps), -1)
+        return np.array([np.interp(xs, self.cells, r) for r in self.cell_reps]).reshape(len(self.cell_reps), len(xs))
 
     def band(self, x, level: float = 0.95, model: str | None = None):
         return interval(self.predict(x, model), self.boot_predict(x, model), self.method, level)

@@ -517,11 +517,11 @@ def select_by_rounds(fits: dict[str, Fit], x, y, rounds, level: float = 0.95,
     if "linear" in logs and len(slopes) >= 2 and \
             abs(_paired_t(slopes)) > float(student_t.ppf(1 - (1 - level) / 2, len(slopes) - 1)):
         chosen = "linear"
-    for step in (("linear",), ("hinge", "segmented")):
+    for step, gain in ((("linear",), math.inf), (("hinge", "segmented"), BEND_GAIN)):
         tried = [m for m in step if m in logs and m != chosen]
         crit = float(student_t.ppf(1 - (1 - level) / max(len(tried), 1), df))   # Bonferroni over a step's models
         better = [m for m in tried if _paired_t(logs[chosen] - logs[m]) > crit
-                  or (step != ("linear",) and bool(np.all(logs[chosen] - logs[m] > math.log(BEND_GAIN))))]
+                  or bool(np.all(logs[chosen] - logs[m] > math.log(gain)))]
         if better:
             chosen = min(better, key=lambda m: float(logs[m].mean()))
     used = CV_ROUNDS
