@@ -4,10 +4,13 @@ command timeout, and a parent killed with SIGKILL, after which
 ``labkit clean`` removes the orphaned kernel."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pandas as pd
@@ -209,3 +212,47 @@ def test_a_guest_segfault_names_the_hosts_map_count():
     assert "vm.max_map_count (65,530)" in hint and "about 255 MB" in hint and "host owner's decision" in hint
     assert uml.segv_hint(139, "", None) and uml.segv_hint(0, "Segmentation fault", 65530)
     assert uml.segv_hint(1, "labkit: error: no such mode", 65530) == ""
+
+
+def test_the_guest_cpu_is_the_highest_allowed_unless_one_is_named():
+    """One host CPU for the whole guest: the highest this process may use, or
+    LABKIT_UML_CPU when it names one of them; anything else is refused, naming
+    the CPUs there are."""
+    assert uml.host_cpu({0, 1}, env={}) == 1
+    assert uml.host_cpu({0, 2, 5}, env={uml.CPU_ENV: ""}) == 5
+    assert uml.host_cpu({0, 1}, env={uml.CPU_ENV: "0"}) == 0
+    for bad in ("3", "one", "-1"):
+        with pytest.raises(UsageError, match=r"LABKIT_UML_CPU=.*not one of the CPUs .*\(0, 1\)"):
+            uml.host_cpu({0, 1}, env={uml.CPU_ENV: bad})
+
+
+@pytest.mark.root
+def test_every_process_of_the_guest_runs_on_one_host_cpu(bootable, monkeypatch):
+    """While user-mode Linux runs, its kernel and every helper process it
+    started are allowed one host CPU only (the one host_cpu names, recorded
+    in the run's facts); the supervising process keeps its own CPUs."""
+    mine = os.sched_getaffinity(0)
+    monkeypatch.delenv(uml.CPU_ENV, raising=False)
+    want = uml.host_cpu()
+    seen: dict[int, set[int]] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for kernel in _uml_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    for pid in guest.group_pids(os.getpgid(kernel)):
+                        seen[pid] = os.sched_getaffinity(pid)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        res = uml.run_in_uml(["sleep", "2"], timeout=30)
+    finally:
+        done.set()
+        t.join()
+    assert res.facts["host_cpu"] == want
+    assert len(seen) >= 2, seen   # the kernel and the processes that carry its user space
+    assert all(cpus == {want} for cpus in seen.values()), seen
+    assert os.sched_getaffinity(0) == mine

@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping, Sequence
+from typing import IO, AbstractSet, Any, Callable, Mapping, Sequence
 
 from labkit.core.errors import LabkitError
 from labkit.core.kernel_kinds import GUEST_ENV
@@ -113,16 +113,19 @@ def command_script(xdir: Path, argv: Sequence[str], cwd: str, env: Mapping[str, 
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(parent: int) -> Callable[[], None]:
+def die_with_parent(parent: int, cpus: AbstractSet[int] | None = None) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets SIGKILL when its parent dies, for any
     reason, SIGKILL included (``PR_SET_PDEATHSIG``); if the parent is gone
     already, the child exits before it starts.  A guest kernel so never
     outlives the labkit process that supervises it (user-mode Linux's own
-    helper processes carry the same signal from their kernel)."""
+    helper processes carry the same signal from their kernel).  With
+    ``cpus``, the child (and all it starts) runs on those host CPUs only."""
     def arm() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
             os._exit(125)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
     return arm
 
 
@@ -230,11 +233,13 @@ class Supervised:
 def supervise(cmd: Sequence[str], ex: Exchange, *, what: str, argv: Sequence[str], timeout: float,
               boot_timeout: float, env: Mapping[str, str] | None = None, echo: IO[str] | None = None,
               on_tick: Callable[[subprocess.Popen], None] | None = None,
-              console_skip: Callable[[str], bool] | None = None) -> Supervised:
+              console_skip: Callable[[str], bool] | None = None,
+              cpus: AbstractSet[int] | None = None) -> Supervised:
     """Start the kernel process ``cmd`` (its own process group, console to
-    ``xdir/console.log``), wait for the command in ``xdir/run.sh`` to start
-    (``boot_timeout``) and end (``timeout``), and kill the whole group
-    afterwards, whatever happened.  ``what`` names the guest in errors."""
+    ``xdir/console.log``; on the host CPUs ``cpus`` only, when given), wait
+    for the command in ``xdir/run.sh`` to start (``boot_timeout``) and end
+    (``timeout``), and kill the whole group afterwards, whatever happened.
+    ``what`` names the guest in errors."""
     xdir = ex.xdir
     proc: subprocess.Popen | None = None
     try:
@@ -242,7 +247,7 @@ def supervise(cmd: Sequence[str], ex: Exchange, *, what: str, argv: Sequence[str
         with open(xdir / "console.log", "wb") as log:
             proc = subprocess.Popen(list(cmd), cwd=xdir, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=dict(env) if env else None,
-                                    start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
+                                    start_new_session=True, preexec_fn=die_with_parent(os.getpid(), cpus))
         ex.state.add_pid(proc.pid)
         tails = [Tail(xdir / "stdout", echo), Tail(xdir / "stderr", echo)]
         started_at: float | None = None
