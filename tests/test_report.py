@@ -262,3 +262,16 @@ def test_the_answer_says_where_ipvs_beats_each_iptables_backend(tmp_path):
     assert re.search(r"IPVS beats iptables-legacy from [\d,]+", item), item
     assert "moving from IPVS to nftables" in item
     assert item in verdicts.answer(an).data
+    assert "not located" not in item.split("iptables-legacy")[0], item   # 300 -> 450: located
+
+
+def test_the_answer_says_when_an_ipvs_crossing_lies_in_an_unmeasured_stretch(tmp_path):
+    """A crossing between measured counts too far apart (here 1 and 1,000: IPVS meets
+    iptables-nft at 357 services) is said on the first screen not to be located,
+    naming the counts around it, not only given as a figure with an interval."""
+    run = make_run(tmp_path / "run", modes=("iptables-nft", "nftables", "ipvs"),
+                   services=(1, 1000, 5000), rounds=3, probes=200, targets=("last",), invalid_point=-1)
+    an = analyze(load_run(run), n_boot=50)
+    item = ipvs_item(an, SEED_PACING)
+    assert re.search(r"IPVS beats iptables-nft from [\d,]+( \[[\d,]+, [\d,]+\])? \(between the measured 1 "
+                     r"and 1,000: not located\)", item), item

@@ -62,13 +62,17 @@ def ipvs_phrases(g: pd.DataFrame, budget: float | None = None, short: bool = Fal
     """The phrases for one target and pacing of :func:`ipvs_rows`: where IPVS
     beats each iptables backend (with ``budget``, also where the backend costs
     that many microseconds more), then what moving from IPVS to nftables
-    changes.  ``short``: crossings as ``N [lo, hi]``, without where they lie
-    among the measured counts."""
+    changes.  ``short``: crossings as ``N [lo, hi]``, and where they lie among
+    the measured counts only when these are too far apart to locate them (a
+    headline never rests on an unmeasured stretch unsaid)."""
     def at(r: pd.Series) -> str:
         if short:
             ci = (f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
                   if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]) else "")
-            return f"{r['n_star']:,.0f}{ci}"
+            lo, hi = r.get("bracket_lo", np.nan), r.get("bracket_hi", np.nan)
+            gap = (f" (between the measured {lo:,.0f} and {hi:,.0f}: not located)"
+                   if np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo > LOCATED_RATIO else "")
+            return f"{r['n_star']:,.0f}{ci}{gap}"
         return located_text(r)
     parts = []
     for other in BACKENDS:
