@@ -35,13 +35,21 @@ def located_text(r: pd.Series) -> str:
     if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]):
         txt += f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
     txt += " services"
-    lo, hi = r.get("bracket_lo", np.nan), r.get("bracket_hi", np.nan)
-    if np.isfinite(lo) and np.isfinite(hi) and lo > 0:
-        if hi / lo <= LOCATED_RATIO:
-            txt += f" (located between the measured {lo:,.0f} and {hi:,.0f})"
-        else:
-            txt += f" (not located: the measured counts around it, {lo:,.0f} and {hi:,.0f}, are {hi / lo:,.1f}x apart)"
+    lo, hi, located = bracket_of(r)
+    if located:
+        txt += f" (located between the measured {lo:,.0f} and {hi:,.0f})"
+    elif located is False:
+        txt += f" (not located: the measured counts around it, {lo:,.0f} and {hi:,.0f}, are {hi / lo:,.1f}x apart)"
     return txt
+
+
+def bracket_of(r: pd.Series) -> tuple[float, float, bool | None]:
+    """The measured counts around a crossing and whether they locate it (at
+    most :data:`LOCATED_RATIO` apart); None when the row has no bracket."""
+    lo, hi = r.get("bracket_lo", np.nan), r.get("bracket_hi", np.nan)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0):
+        return lo, hi, None
+    return lo, hi, bool(hi / lo <= LOCATED_RATIO)
 
 
 def ipvs_rows(cx: pd.DataFrame) -> pd.DataFrame:
@@ -69,9 +77,8 @@ def ipvs_phrases(g: pd.DataFrame, budget: float | None = None, short: bool = Fal
         if short:
             ci = (f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
                   if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]) else "")
-            lo, hi = r.get("bracket_lo", np.nan), r.get("bracket_hi", np.nan)
-            gap = (f" (between the measured {lo:,.0f} and {hi:,.0f}: not located)"
-                   if np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi / lo > LOCATED_RATIO else "")
+            lo, hi, located = bracket_of(r)
+            gap = f" (between the measured {lo:,.0f} and {hi:,.0f}: not located)" if located is False else ""
             return f"{r['n_star']:,.0f}{ci}{gap}"
         return located_text(r)
     parts = []

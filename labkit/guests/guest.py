@@ -113,20 +113,27 @@ def command_script(xdir: Path, argv: Sequence[str], cwd: str, env: Mapping[str, 
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(parent: int, cpus: AbstractSet[int] | None = None) -> Callable[[], None]:
+def die_with_parent(parent: int) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets SIGKILL when its parent dies, for any
     reason, SIGKILL included (``PR_SET_PDEATHSIG``); if the parent is gone
     already, the child exits before it starts.  A guest kernel so never
     outlives the labkit process that supervises it (user-mode Linux's own
-    helper processes carry the same signal from their kernel).  With
-    ``cpus``, the child (and all it starts) runs on those host CPUs only."""
+    helper processes carry the same signal from their kernel)."""
     def arm() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
             os._exit(125)
+    return arm
+
+
+def on_cpus(first: Callable[[], None], cpus: AbstractSet[int] | None) -> Callable[[], None]:
+    """The ``preexec_fn`` ``first``, then (with ``cpus``) the child, and all it
+    starts, held to those host CPUs."""
+    def start() -> None:
+        first()
         if cpus:
             os.sched_setaffinity(0, cpus)
-    return arm
+    return start
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -247,7 +254,7 @@ def supervise(cmd: Sequence[str], ex: Exchange, *, what: str, argv: Sequence[str
         with open(xdir / "console.log", "wb") as log:
             proc = subprocess.Popen(list(cmd), cwd=xdir, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=dict(env) if env else None,
-                                    start_new_session=True, preexec_fn=die_with_parent(os.getpid(), cpus))
+                                    start_new_session=True, preexec_fn=on_cpus(die_with_parent(os.getpid()), cpus))
         ex.state.add_pid(proc.pid)
         tails = [Tail(xdir / "stdout", echo), Tail(xdir / "stderr", echo)]
         started_at: float | None = None
