@@ -20,7 +20,7 @@ from labkit.core.errors import UsageError
 from labkit.probes.base import Paced
 from labkit.probes.syn import SynProber
 from labkit.runs.params import SweepParams
-from labkit.runs.sweep import Sweep, check_samples, judge_point, point_id, uniform_p
+from labkit.runs.sweep import Sweep, check_samples, judge_point, point_id, summary_text, uniform_p
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -74,6 +74,18 @@ def _samples(cat, service, endpoints, rtt=10.0, error=""):
     n = len(endpoints)
     return pd.DataFrame({"service": [service] * n, "rtt_us": [rtt] * n, "error": [error] * n,
                          "endpoint": endpoints, "ok": False})
+
+
+def test_the_printed_summary_of_a_paced_only_run_shows_its_pacing():
+    """A run with no back-to-back points (``--pacing 1000``) prints its paced
+    medians, saying so (it used to fail on the empty back-to-back table)."""
+    pts = pd.DataFrame({"mode": "nftables", "kernel_release": "6.18", "services": [1, 1, 10, 10],
+                        "target": "last", "probe": "syn", "pacing": 1000.0, "round": [0, 1, 0, 1],
+                        "block": [0, 1, 2, 3], "valid": True, "p50_us": [8.0, 10.0, 9.0, 11.0],
+                        "remeasure_of": -1})
+    text = summary_text(pts)
+    assert "syn probes at 1,000/s:" in text and "9.0" in text and "10.0" in text
+    assert "4 points, 0 invalid" in text
 
 
 def test_validity_accepts_even_correct_answers():

@@ -332,7 +332,8 @@ def disturbed_column(points: pd.DataFrame) -> pd.DataFrame:
 
 def summary_text(points: pd.DataFrame, stat: str = "p50_us") -> str:
     """What a sweep prints when it ends: per target, the median over rounds
-    of each point's ``stat`` (valid back-to-back SYN points; a disturbed
+    of each point's ``stat`` (valid back-to-back points of the first probe
+    kind, else those at the run's slowest pacing; a disturbed
     block's re-measurement in its place) by mode and service count, and how
     many points were invalid."""
     if not len(points):
@@ -340,8 +341,11 @@ def summary_text(points: pd.DataFrame, stat: str = "p50_us") -> str:
     p = points
     if "remeasure_of" in p.columns:   # a disturbed block counts by its re-measurement
         p = p[~p["block"].isin(p["remeasure_of"])]
-    if "pacing" in p.columns:
-        p = p[p["pacing"] == 0]
+    how = ""
+    if "pacing" in p.columns:   # back to back, else the slowest pacing the run has
+        rate = 0.0 if (p["pacing"] == 0).any() else float(p["pacing"].min())
+        p = p[p["pacing"] == rate]
+        how = f" at {rate:,.0f}/s" if rate else ""
     p = p[p["probe"] == p["probe"].iloc[0]]
     lines = []
     order = list(table.NAMES)
@@ -357,7 +361,7 @@ def summary_text(points: pd.DataFrame, stat: str = "p50_us") -> str:
         t = t[sorted(t.columns, key=lambda m: (order.index(m.split(" ")[0]) if m.split(" ")[0] in order
                                                else len(order), m))]
         lines.append(f"{stat.replace('_us', '')} us, median over rounds, target {target}, "
-                     f"{p['probe'].iloc[0]} probes:")
+                     f"{p['probe'].iloc[0]} probes{how}:")
         lines.append(t.to_string(float_format=lambda x: f"{x:.1f}"))
         lines.append("")
     bad = int((~points["valid"]).sum())
