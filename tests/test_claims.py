@@ -119,22 +119,30 @@ def test_a_span_the_run_does_not_cover_has_no_verdict():
     assert budget.span_excess(c, c, 0.1) is None
 
 
-@pytest.mark.parametrize("extra, verdict", [(0.0, "holds"), (0.003, "does not hold")])
-def test_amortization_against_one_kth_of_the_new_connection_penalty(extra, verdict):
-    """New connection: +100 us over 10,000 services.  A reuse-k figure is per
-    request, so perfect amortization adds 100/k us; ``extra`` ns/service more
-    per request (30 us at 10,000) is a penalty the connection does not
-    amortize.  The excess interval covers the truth (0 or 30 us)."""
+@pytest.mark.parametrize("extra, verdict", [(0.0, "holds"), (0.001, "inconclusive"),
+                                            (0.003, "does not hold")])
+def test_amortization_against_one_kth_of_the_new_connection_penalty_give_or_take_the_budget(extra, verdict):
+    """New connection: +100 us over 10,000 services; a request costs 100 us at
+    1 service, so the margin (10% of it) is 10 us.  A reuse-k figure is per
+    request, so perfect amortization adds 100/k us; ``extra`` us/service more
+    per request is a penalty the connection does not amortize: 0 (holds),
+    10 us at 10,000, exactly the margin (inconclusive: the old rule, excess
+    above 0, said *does not hold*), 30 us (does not hold).  The intervals
+    cover the truths."""
     rng = np.random.default_rng(11)
     new = _fit(rng, lambda n: 10 + 0.01 * n)
+    req = _fit(rng, lambda n: 100 + 0 * n, probe="http-new")
     reuse = {k: _fit(rng, lambda n, k=k: 30 + (0.01 / k + extra) * n, probe=f"reuse-{k}") for k in (3, 10, 30)}
-    t = budget.amortization(reuse, new)
+    t = budget.amortization(reuse, new, margin_of=req, fraction=0.1)
     assert list(t["k"]) == [3, 10, 30]
     assert (t["verdict"] == verdict).all(), t
     for _, r in t.iterrows():
         assert r["expected_us"] == pytest.approx(r["new_us"] / r["k"])
         assert r["new_us"] == pytest.approx(100, abs=3)
+        assert r["margin_lo"] <= 10 <= r["margin_hi"]
         assert r["excess_lo"] <= extra * (r["n"] - 1) <= r["excess_hi"]
+        assert r["over_lo"] <= extra * (r["n"] - 1) - 10 <= r["over_hi"]
+        assert r["over_us"] == pytest.approx(r["excess_us"] - r["margin_us"])
 
 
 # --- claims of a synthetic run: paced and back to back, two targets ----------

@@ -418,7 +418,8 @@ def _log_x_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
 def amortization(an: Analysis, table) -> plt.Figure:
     """The keepalive claim: per-request penalty of reuse-k against k (at the
     largest count all its curves share), with 1/k of the new-connection
-    penalty (the line the claim allows), one panel per target and pacing."""
+    penalty and the margin above it (the band the claim allows), one panel
+    per target and pacing."""
     groups = list(dict.fromkeys(zip(table["target"], table["pacing"])))
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.0), squeeze=False)
     pal = palette(an)
@@ -432,6 +433,10 @@ def amortization(an: Analysis, table) -> plt.Figure:
             k = np.geomspace(1, max(float(g["k"].max()), 2), 50)
             ax.plot(k, g["new_us"].iloc[0] / k, ls="--", color=pal.get(label), lw=0.9,
                     label=f"{label}: new connection / k ({g['new'].iloc[0]})")
+            if "margin_us" in g.columns:   # what the claim lets pass: 1/k plus the budget
+                ax.fill_between(k, g["new_us"].iloc[0] / k, g["new_us"].iloc[0] / k + g["margin_us"].iloc[0],
+                                color=pal.get(label), alpha=0.15, lw=0,
+                                label=f"{label}: + margin {g['margin_us'].iloc[0]:.1f} µs")
         _log_x_panel(ax, f"{target} target, {probe_label('reuse-k', pacing)}", "requests per connection, k",
                      "penalty per request (\u00b5s)")
     fig.tight_layout()

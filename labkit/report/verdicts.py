@@ -202,7 +202,8 @@ def answer(an: Analysis):
         byk: dict[tuple[str, str], list[str]] = {}
         for _, r in a.iterrows():
             byk.setdefault((r["mode"], r["target"]), []).append(f"k = {r['k']:.0f} {_mark(r['verdict'])}")
-        items.append("<b>Reuse amortizes</b> (per-request penalty at most 1/k of a new connection's): "
+        items.append("<b>Reuse amortizes</b> (per-request penalty at most 1/k of a new connection's, "
+                     "give or take the budget): "
                      + html.escape("; ".join(f"{m} ({t}): {', '.join(v)}" for (m, t), v in byk.items())) + ".")
     level = f"{an.settings['level']:.0%}"
     return _html(f'<p class="lk-answer">{html.escape(_pacing_sentence(c))}</p><ul class="lk-answer">'
