@@ -252,6 +252,9 @@ def test_amortization_holds_for_each_k_at_the_seed_load(paced_claims):
     rows = c[(c["claim"] == "keepalive") & (c["role"] == "decides")]
     assert list(rows["k"]) == [10] and (rows["pacing"] == SEED_PACING).all()
     assert (rows["verdict"] == "holds").all(), rows["evidence"].tolist()
+    # the row's figure is the excess over 1/k: the synthetic truth amortizes exactly
+    assert ((rows["ci_low"] <= 0) & (rows["ci_high"] >= 0)).all(), rows[["value", "ci_low", "ci_high"]]
+    assert rows["evidence"].str.contains("excess minus margin", regex=False).all()
     t = amortization_table(an)
     assert set(t["new"]) == {"reuse-1"} and set(t["pacing"]) == {0.0, SEED_PACING}
 

@@ -29,7 +29,8 @@ patterns for load balancing", see docs/anchors.md):
     the 1,000-5,000 claim's budget (``budget_frac`` of the mode's
     ``http-new`` request at 1 service): *holds* when the excess over 1/k
     minus the margin has its interval below 0, *does not hold* when above
-    (:func:`labkit.analysis.budget.amortization`).
+    (:func:`labkit.analysis.budget.amortization`).  The row's figure is the
+    excess over 1/k (0: amortized exactly), the margin in its evidence.
 ``ebpf-beats``
     eBPF beats both iptables and IPVS.
 
@@ -379,8 +380,8 @@ def _keepalive_claims(cl: _Claims) -> None:
         for s in cl.of(IPTABLES_MODES):
             def judge(pacing: float, s: Series = s, target: str = target) -> Judged:
                 t = _amortization(cl, s, target, pacing)
-                return [dict(verdict=r["verdict"], value=r["penalty_us"], ci_low=r["penalty_lo"],
-                             ci_high=r["penalty_hi"], unit="us", k=r["k"], probe=f"reuse-{r['k']}",
+                return [dict(verdict=r["verdict"], value=r["excess_us"], ci_low=r["excess_lo"],
+                             ci_high=r["excess_hi"], unit="us", k=r["k"], probe=f"reuse-{r['k']}",
                              evidence=_amortization_text(r, pacing)) for _, r in t.iterrows()]
             if not reuse_curves(cl, s, target, SEED_PACING) and not reuse_curves(cl, s, target, 0.0):
                 if not any_reuse and target == cl.targets[0]:   # said once, not per target
