@@ -24,6 +24,7 @@ from labkit.analysis.claims import (
 )
 from labkit.analysis.curves import CurveKey, fit_curve
 from labkit.probes import PROBERS
+from labkit.report import verdicts
 
 COUNTS = np.array([1, 300, 1000, 2000, 5000, 10000], dtype=float)
 #: probe noise of the synthetic runs, Gamma(2, 0.25 us): its median is part of every p50
@@ -162,14 +163,14 @@ def _truth(mode, target, probe, pacing, n):
     return 30 + 0.01 / k * n              # reuse-k: per-request, perfectly amortized
 
 
-def _make_run(out, pacings=(0.0, SEED_PACING), rounds=3, probes=100, seed=3):
+def _make_run(out, pacings=(0.0, SEED_PACING), rounds=3, probes=100, seed=3, counts=COUNTS):
     rng = np.random.default_rng(seed)
     os.makedirs(out, exist_ok=True)
     samples, points, pid, block = [], [], 0, 0
     kinds = {"iptables-legacy": ("syn", "http-new", "reuse-1", "reuse-10"), "ipvs": ("syn",)}
     for r in range(rounds):
         for mode, probes_of in kinds.items():
-            for n in COUNTS.astype(int):
+            for n in np.asarray(counts).astype(int):
                 for target in ("last", "random"):
                     for probe in probes_of:
                         for pacing in ((0.0,) if probe in UNPACED_KINDS else pacings):
@@ -329,3 +330,19 @@ def test_a_mode_in_two_kernels_is_decided_where_it_runs_best(tmp_path):
     # one deciding row per claim, mode (or pair), target, probe and k
     dec = c[c["role"] == "decides"].fillna({"k": 0})
     assert not dec.duplicated(["claim", "mode", "versus", "target", "probe", "k"]).any()
+
+
+@pytest.mark.parametrize("counts, located", [((1, 1000, 2000, 2700, 4000, 10000), True),
+                                             ((1, 5000, 10000), False)])
+def test_the_answer_says_when_the_hurt_crossing_lies_in_an_unmeasured_stretch(tmp_path, counts, located):
+    """The first screen's "where iptables starts to hurt": the http-new penalty
+    reaches the budget at 2,500 services.  Measured at 2,000 and 2,700 (1.35x
+    apart) it is located; measured only at 1 and 5,000 the figure lies in an
+    unmeasured stretch, and the answer says so, naming the counts around it."""
+    an = analyze(_make_run(tmp_path / "run", pacings=(0.0,), rounds=3, probes=100, counts=counts),
+                 stats=("p50",))
+    item = next(x for x in verdicts._budget_items(an, verdicts._shown(an), 0.1) if "last target" in x)
+    assert "iptables-legacy" in item and "from 2," in item, item
+    assert ("(between the measured 1 and 5,000: not located; 1,000\u20135,000:" in item) is not located, item
+    assert "not located" not in item or not located, item
+    assert item in verdicts.answer(an).data

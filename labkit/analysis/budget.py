@@ -23,8 +23,8 @@ difference of two instruments:
   (``(handshake + k request RTTs) / k``, :mod:`labkit.probes.conn`), so its
   per-request penalty is its own rise; a connection amortizes the
   new-connection penalty when that is at most 1/k of the new-connection
-  penalty (``reuse-1``'s where measured, else the SYN's), give or take a
-  margin (the budget's fraction of a request).
+  penalty (``reuse-1``'s where measured, else the SYN's) plus a margin
+  (the budget's fraction of a request).
 
 Replicates of two curves of one run are paired by index (delete-one-round
 fits share the run's rounds); intervals come from

@@ -28,8 +28,9 @@ patterns for load balancing", see docs/anchors.md):
     the new-connection penalty (``reuse-1``'s, else the SYN's) plus a margin,
     the 1,000-5,000 claim's budget (``budget_frac`` of the mode's
     ``http-new`` request at 1 service): *holds* when the excess over 1/k
-    minus the margin has its interval below 0, *does not hold* when above
-    (:func:`labkit.analysis.budget.amortization`).  The row's figure is the
+    minus the margin has its interval below 0 and the per-request penalty's
+    interval lies under the whole new-connection penalty, *does not hold*
+    when that interval lies above 0 (:func:`labkit.analysis.budget.amortization`).  The row's figure is the
     excess over 1/k (0: amortized exactly), the margin in its evidence.
 ``ebpf-beats``
     eBPF beats both iptables and IPVS.

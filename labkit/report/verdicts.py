@@ -14,7 +14,8 @@ import pandas as pd
 
 from labkit.analysis import Analysis
 from labkit.analysis.claims import COLD_ENTRY, FLAT_US, SEED_PACING, budget_fractions
-from labkit.analysis.run import probe_label
+from labkit.analysis.intervals import bracket, resolved
+from labkit.analysis.run import Series, probe_label
 from labkit.report.markup import details
 from labkit.report.sections import _ci, _html, ipvs_item, table_html
 
@@ -143,19 +144,32 @@ def _per_target(g: pd.DataFrame) -> str:
     return ", ".join(out) + (f" {unit}" if unit else "")
 
 
-def _hurts_from(r) -> str:
+def _hurts_from(r, counts: np.ndarray | None = None) -> str:
     """One iptables backend's 1,000-5,000 row in words: from how many services
-    its own penalty costs more than the budget, and the claim's verdict."""
+    its own penalty costs more than the budget, and the claim's verdict.  A
+    crossing between measured ``counts`` too far apart to locate it (the
+    default grid's 1 and 1,000) is said not to be located, naming them."""
+    note = ""
     if r["unit"] == "services" and np.isfinite(r["value"]):
         where = f"from {_figure(r)}"
+        lo, hi = bracket(r["value"], counts) if counts is not None and len(counts) else (np.nan, np.nan)
+        if np.isfinite(lo) and not resolved(lo, hi):
+            note = f"between the measured {lo:,.0f} and {hi:,.0f}: not located; "
     elif np.isfinite(r["value"]):
         where = f"not within the measured range (its penalty at the largest count: {_figure(r)})"
     else:
         where = "not located"
-    return f"{r['mode']} {where} (1,000\u20135,000: {_mark(r['verdict'])} {r['verdict']})"
+    return f"{r['mode']} {where} ({note}1,000\u20135,000: {_mark(r['verdict'])} {r['verdict']})"
 
 
-def _budget_items(c: pd.DataFrame, frac: float) -> list[str]:
+def _measured_counts(an: Analysis, i) -> np.ndarray | None:
+    """The counts the curve behind claims row ``i`` (by index) measured."""
+    raw = an.claims.loc[i]
+    c = an.curve(Series(raw["mode"], raw["kernel"]), raw["target"], (raw["probe"], float(raw["pacing"])), "p50")
+    return None if c is None else c.x
+
+
+def _budget_items(an: Analysis, c: pd.DataFrame, frac: float) -> list[str]:
     """Where each iptables backend starts to hurt, per target, decided on
     http-new; or what is missing."""
     k = _decided(c, "1k-5k")
@@ -167,7 +181,8 @@ def _budget_items(c: pd.DataFrame, frac: float) -> list[str]:
     for target, g in http.groupby("target", sort=False):
         out.append(f"<b>Where iptables starts to hurt</b> ({html.escape(target)} target; where a backend's own "
                    f"rise on a new request, http-new, exceeds {frac:.0%} of that request at 1 service): "
-                   + "; ".join(html.escape(_hurts_from(r)) for _, r in g.iterrows()) + ".")
+                   + "; ".join(html.escape(_hurts_from(r, _measured_counts(an, i))) for i, r in g.iterrows())
+                   + ".")
     return out
 
 
@@ -180,7 +195,7 @@ def answer(an: Analysis):
     c = _shown(an)
     if not len(c):
         return _html('<p class="lk-note">Too few modes or counts for an answer.</p>')
-    items = _budget_items(c, an.settings["budget_frac"])
+    items = _budget_items(an, c, an.settings["budget_frac"])
     for claim, what in (("o-n", "O(n)"), ("o-1", "O(1)"), ("ebpf-beats", "eBPF beats")):
         g = c[c["claim"] == claim]
         keys = list(dict.fromkeys(zip(g["mode"], g["versus"].fillna(""))))
@@ -202,8 +217,8 @@ def answer(an: Analysis):
         byk: dict[tuple[str, str], list[str]] = {}
         for _, r in a.iterrows():
             byk.setdefault((r["mode"], r["target"]), []).append(f"k = {r['k']:.0f} {_mark(r['verdict'])}")
-        items.append("<b>Reuse amortizes</b> (per-request penalty at most 1/k of a new connection's, "
-                     "give or take the budget): "
+        items.append("<b>Reuse amortizes</b> (per-request penalty at most 1/k of a new connection's "
+                     "plus the budget): "
                      + html.escape("; ".join(f"{m} ({t}): {', '.join(v)}" for (m, t), v in byk.items())) + ".")
     level = f"{an.settings['level']:.0%}"
     return _html(f'<p class="lk-answer">{html.escape(_pacing_sentence(c))}</p><ul class="lk-answer">'
