@@ -421,7 +421,7 @@ def amortization(an: Analysis, table) -> plt.Figure:
     penalty and the margin above it (the band the claim allows), one panel
     per target and pacing."""
     groups = list(dict.fromkeys(zip(table["target"], table["pacing"])))
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.6), squeeze=False)
     pal = palette(an)
     for ax, (target, pacing) in zip(axes[0], groups):
         for (mode, kernel), g in table[(table["target"] == target) & (table["pacing"] == pacing)].groupby(
@@ -436,8 +436,18 @@ def amortization(an: Analysis, table) -> plt.Figure:
             if "margin_us" in g.columns:   # what the claim lets pass: 1/k plus the budget
                 ax.fill_between(k, g["new_us"].iloc[0] / k, g["new_us"].iloc[0] / k + g["margin_us"].iloc[0],
                                 color=pal.get(label), alpha=0.15, lw=0,
-                                label=f"{label}: + margin {g['margin_us'].iloc[0]:.1f} µs")
+                                label=f"{label}: + margin (the budget)")
         _log_x_panel(ax, f"{target} target, {probe_label('reuse-k', pacing)}", "requests per connection, k",
                      "penalty per request (\u00b5s)")
-    fig.tight_layout()
+        if (table["penalty_us"] > 0).all():   # log-log: 1/k is a straight line, the margin visible at large k
+            ax.set_yscale("log")
+    # one legend under the panels (the same series in each), off the data
+    handles: dict[str, Artist] = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     return fig
