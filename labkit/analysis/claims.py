@@ -368,10 +368,10 @@ def _amortization(cl: _Claims, s: Series, target: str, pacing: float) -> pd.Data
     new = reuse.get(1) or cl.curve(s, target, "syn", pacing)
     if new is None or not [k for k in reuse if reuse[k] is not new]:
         return pd.DataFrame(columns=["new", "margin_of", *budget.AMORTIZATION_COLUMNS])
+    src = "reuse-1" if 1 in reuse else "syn"
     http = cl.curve(s, target, "http-new", 0.0)
-    return budget.amortization(reuse, new, cl.level, http or new, cl.frac).assign(
-        new="reuse-1" if 1 in reuse else "syn", margin_of="http-new" if http is not None else
-        ("reuse-1" if 1 in reuse else "syn"))
+    return budget.amortization(reuse, new, cl.level, new if http is None else http, cl.frac).assign(
+        new=src, margin_of=src if http is None else "http-new")
 
 
 def _keepalive_claims(cl: _Claims) -> None:

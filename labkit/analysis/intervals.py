@@ -50,4 +50,7 @@ def bracket(n: float, counts: np.ndarray) -> tuple[float, float]:
 
 
 def resolved(lo: float, hi: float) -> bool:
-    return lo > 0 and hi / lo <= MAX_BRACKET if lo != hi else True
+    """Whether the measured counts ``lo`` and ``hi`` around an estimate are
+    close enough (:data:`MAX_BRACKET`) to locate it (a Python bool, also for
+    numpy inputs)."""
+    return bool(lo > 0 and hi / lo <= MAX_BRACKET) if lo != hi else True

@@ -11,13 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from labkit.analysis.intervals import resolved
 from labkit.core import modes
 
 #: the modes IPVS is set against: the iptables backends, then nftables (where IPVS users are sent)
 BACKENDS = ("iptables-legacy", "iptables-nft")
 MOVE_TO = "nftables"
-#: a crossing is "located" only between measured counts at most this far apart
-LOCATED_RATIO = 1.5
 
 
 def pacing_words(pacing: float) -> str:
@@ -30,7 +29,8 @@ def mode_name(mode: str) -> str:
 
 def located_text(r: pd.Series) -> str:
     """``N [lo, hi] services`` and where it lies among the measured counts:
-    located when they are at most :data:`LOCATED_RATIO` apart, else said not to be."""
+    located when they are close enough (:func:`labkit.analysis.intervals.resolved`),
+    else said not to be."""
     txt = f"{r['n_star']:,.0f}"
     if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]):
         txt += f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
@@ -44,12 +44,18 @@ def located_text(r: pd.Series) -> str:
 
 
 def bracket_of(r: pd.Series) -> tuple[float, float, bool | None]:
-    """The measured counts around a crossing and whether they locate it (at
-    most :data:`LOCATED_RATIO` apart); None when the row has no bracket."""
+    """The measured counts around a crossing and whether they locate it
+    (:func:`labkit.analysis.intervals.resolved`, the rule of ``crossover.csv``'s
+    ``resolved``); None when the row has no bracket."""
     lo, hi = r.get("bracket_lo", np.nan), r.get("bracket_hi", np.nan)
     if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0):
         return lo, hi, None
-    return lo, hi, bool(hi / lo <= LOCATED_RATIO)
+    return lo, hi, resolved(lo, hi)
+
+
+def unlocated(lo: float, hi: float) -> str:
+    """How a figure between measured counts too far apart is said on the first screen."""
+    return f"between the measured {lo:,.0f} and {hi:,.0f}: not located"
 
 
 def ipvs_rows(cx: pd.DataFrame) -> pd.DataFrame:
@@ -78,7 +84,7 @@ def ipvs_phrases(g: pd.DataFrame, budget: float | None = None, short: bool = Fal
             ci = (f" [{r['ci_low']:,.0f}, {r['ci_high']:,.0f}]"
                   if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]) else "")
             lo, hi, located = bracket_of(r)
-            gap = f" (between the measured {lo:,.0f} and {hi:,.0f}: not located)" if located is False else ""
+            gap = f" ({unlocated(lo, hi)})" if located is False else ""
             return f"{r['n_star']:,.0f}{ci}{gap}"
         return located_text(r)
     parts = []

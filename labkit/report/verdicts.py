@@ -15,6 +15,7 @@ import pandas as pd
 from labkit.analysis import Analysis
 from labkit.analysis.claims import COLD_ENTRY, FLAT_US, SEED_PACING, budget_fractions
 from labkit.analysis.intervals import bracket, resolved
+from labkit.analysis.ipvs_answer import unlocated
 from labkit.analysis.run import Series, probe_label
 from labkit.report.markup import details
 from labkit.report.sections import _ci, _html, ipvs_item, table_html
@@ -154,7 +155,7 @@ def _hurts_from(r, counts: np.ndarray | None = None) -> str:
         where = f"from {_figure(r)}"
         lo, hi = bracket(r["value"], counts) if counts is not None and len(counts) else (np.nan, np.nan)
         if np.isfinite(lo) and not resolved(lo, hi):
-            note = f"between the measured {lo:,.0f} and {hi:,.0f}: not located; "
+            note = f"{unlocated(lo, hi)}; "
     elif np.isfinite(r["value"]):
         where = f"not within the measured range (its penalty at the largest count: {_figure(r)})"
     else:
