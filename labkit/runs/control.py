@@ -58,7 +58,7 @@ from labkit.runs.runner import Block, BlockContext, Experiment, Runner, plan
 OPS = ("program", "add", "remove", "endpoints", "burst")
 #: services whose endpoints a ``burst`` replaces in one sync
 BURST = 100
-VERIFY_TIMEOUT = 0.3
+VERIFY_TIMEOUT = 0.15
 #: how a full sync changes a datapath (``update`` of "full" rows)
 FULL_UPDATE = "full re-render and reload of the whole catalog (kube-proxy's full sync)"
 
