@@ -5,16 +5,18 @@ import os
 import numpy as np
 import pytest
 from scipy.stats import gamma
+from scipy.stats import t as student_t
 from synth import point_rows, write_run
 
-from labkit.analysis import analyze, anchors, load_run
+from labkit.analysis import analyze, anchors, budget, load_run
 from labkit.analysis.crossover import budget_row, crossing_row, first_crossing, first_exceed
-from labkit.analysis.curves import CurveKey, bootstrap_cells, fit_curve
-from labkit.analysis.intervals import bracket, percentile_ci, resolved
+from labkit.analysis.curves import CurveKey, bootstrap_cells, fit_curve, joint_df
+from labkit.analysis.intervals import bracket, interval, jackknife_se, percentile_ci, resolved
 from labkit.analysis.kernels import cross_kernel_growth, kernel_ratios
 from labkit.analysis.models import fit_batch, fit_models, predict, select_model
 from labkit.analysis.run import POINT_COLUMNS, SAMPLE_COLUMNS, Series, _guest_facts, kernel_names
 from labkit.core.errors import UsageError
+from labkit.report import sections
 from labkit.rundir import schema
 from labkit.runs.params import SweepParams
 
@@ -357,19 +359,23 @@ def test_parameter_files(name):
 
 # --- two kernels in one run ----------------------------------------------------------
 
-def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11, slope_ratio=1.5):
+def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11, slope_ratio=1.5, mode_rounds=None):
     """iptables-legacy measured on the host ("6.18", 5 us + 10 ns/service) and in a
     guest ("7.2", `ratio` times the level and `slope_ratio` times the slope); ebpf in
     both at `ratio` (interpreted in the guest: never a calibrator); ipvs in the guest
-    only; flat curves otherwise, gamma noise."""
+    only; flat curves otherwise, gamma noise.  ``mode_rounds``: modes measured in
+    more rounds (as the sweep's parameter of that name)."""
     rng = np.random.default_rng(seed)
     os.makedirs(out, exist_ok=True)
     samples, points, pid, block = [], [], 0, 0
-    for r in range(rounds):
+    more = mode_rounds or {}
+    for r in range(max([rounds, *more.values()])):
         for mode, kernel, level, slope in (("ebpf", "6.18", 5.0, 0.0), ("ebpf", "7.2", 5.0 * ratio, 0.0),
                                            ("ipvs", "7.2", 9.0, 0.0),
                                            ("iptables-legacy", "6.18", 5.0, 0.01),
                                            ("iptables-legacy", "7.2", 5.0 * ratio, 0.01 * slope_ratio)):
+            if more.get(mode, rounds) <= r:
+                continue
             for n in (1, 100, 300, 1000):
                 rtt = level + slope * n + rng.gamma(2.0, 0.1, probes)
                 smp, pt = point_rows(rtt, run_id="x", point_id=pid, block=block, mode=mode, kernel=kernel,
@@ -439,3 +445,50 @@ def test_each_release_is_named_by_the_kernel_it_ran_in(tmp_path):
     old = {"vm": {"kernel_release": "6.1.0-50-amd64", "accel": "tcg"}}
     assert kernel_names(old, str(tmp_path), ["6.1.0-50-amd64"]) == {"6.1.0-50-amd64": "vm"}
     assert kernel_names({}, str(tmp_path), ["6.18.44"]) == {"6.18.44": "host"}
+
+
+def test_a_curve_measured_in_fewer_rounds_than_the_run_keeps_its_own_degrees_of_freedom():
+    """Known answer: a flat curve (rise 0) measured in 3 rounds of a run of 8
+    (another mode's mode_rounds), with a round effect shared by each round's
+    points.  Its replicates for the 5 rounds it lacks are its whole estimate;
+    with 7 degrees of freedom (the run's) its 95% interval of the rise would
+    cover 0 in about 90% of runs, with its own 2 in at least 95%."""
+    rng = np.random.default_rng(3)
+    key = CurveKey("nftables", "host", "last", "syn", 0.0, "p50")
+    xs = np.array([1.0, 1000.0, 5000.0])
+    x, r = np.repeat(xs, 3), np.tile(np.arange(3), len(xs))
+    own = run_wide = 0
+    for _ in range(300):
+        y = 10 + rng.normal(0, 1, 3)[r] + rng.normal(0, 0.8, len(x))
+        c = fit_curve(key, x, y, rounds=r, all_rounds=list(range(8)))
+        assert c.df == 2 and len(c.rounds) == 8
+        e = budget.rise(c, 5000)
+        own += e.lo <= 0 <= e.hi
+        lo, hi = interval(e.value, e.reps, "rounds", 0.95)   # df from the replicates: 7
+        run_wide += lo <= 0 <= hi
+    assert own / 300 >= 0.95 and run_wide / 300 < 0.92
+    # a figure of two curves takes the fewer degrees of freedom
+    y8 = 10 + rng.normal(0, 1, 8)[np.tile(np.arange(8), 3)] + rng.normal(0, 0.8, 24)
+    c8 = fit_curve(key, np.repeat(xs, 8), y8, rounds=np.tile(np.arange(8), 3), all_rounds=list(range(8)))
+    assert c8.df == 7 and joint_df(c, c8) == 2
+    assert budget.combine(c8, budget.rise(c8, 5000), budget.rise(c, 5000), 1.0, -1.0).df == 2
+
+
+def test_modes_measured_in_more_rounds_keep_their_own_degrees_of_freedom(tmp_path):
+    """A run whose eBPF and IPVS have 5 rounds (mode_rounds), iptables-legacy 3:
+    every curve has one replicate per round of the run, its degrees of freedom
+    from its own rounds, and the report's interval note says which has how many."""
+    an = analyze(_two_kernel_run(tmp_path / "run", mode_rounds={"ebpf": 5, "ipvs": 5}), n_boot=300)
+    for key, c in an.curves.items():
+        assert len(c.rounds) == 5 and c.method == "rounds"
+        assert c.df == (2 if key.mode == "iptables-legacy" else 4), key
+    text = sections._interval_text(an)
+    assert "3 for iptables-legacy; 5 for ebpf, ipvs" in text and "the fewer" in text
+    # eBPF beats iptables: a figure of a 5-round and a 3-round curve, interval with 2 df
+    c = an.claims
+    row = c[(c["claim"] == "ebpf-beats") & (c["versus"] == "iptables-legacy") & (c["kernel"] == "host")
+            & (c["pacing"] == 0)].iloc[0]
+    ce, cl = (an.curve(Series(m, "host"), "last", ("syn", 0.0), "p50") for m in ("ebpf", "iptables-legacy"))
+    assert joint_df(ce, cl) == 2
+    se = jackknife_se(cl.boot_measured([1000])[:, 0] - ce.boot_measured([1000])[:, 0])
+    assert row["ci_high"] - row["value"] == pytest.approx(student_t.ppf(0.975, 2) * se)

@@ -81,7 +81,32 @@ def test_kind_modes_and_the_uml_subsets_shape_the_plan():
     assert sweep.units(legacy_host) == 3 * (1 + 1) and sweep.units(legacy_uml) == 3 * 1   # 3 targets
 
 
+def test_mode_rounds_add_rounds_of_those_modes_only_after_the_runs_rounds():
+    p = SweepParams.from_dict({"modes": ["iptables-legacy", "nftables", "ipvs"], "kernel": "host+uml",
+                               "services": [1, 1000], "rounds": 2, "mode_rounds": {"ipvs": 3, "nftables": 4},
+                               "kernels_by_mode": {"iptables-legacy": ["host", "uml"], "nftables": ["host"],
+                                                   "ipvs": ["uml"]}})
+    assert p.rounds_of("iptables-legacy") == 2 and p.rounds_of("ipvs") == 3 and p.max_rounds == 4
+    blocks = Sweep(p).blocks()
+    assert len({b.block for b in blocks}) == len(blocks)
+    by = {(m, k): sorted({b.round for b in blocks if b.mode == m and b.kernel == k})
+          for m, k in (("iptables-legacy", "host"), ("iptables-legacy", "uml"), ("nftables", "host"),
+                       ("ipvs", "uml"))}
+    assert by == {("iptables-legacy", "host"): [0, 1], ("iptables-legacy", "uml"): [0, 1],
+                  ("nftables", "host"): [0, 1, 2, 3], ("ipvs", "uml"): [0, 1, 2]}
+    # the extra rounds come after the run's rounds; round 3 has no user-mode Linux part
+    rounds = [b.round for b in blocks]
+    assert rounds == sorted(rounds)
+    assert {b.kernel for b in blocks if b.round == 3} == {"host"}
+    # the run's rounds are planned as without mode_rounds
+    plain = Sweep(SweepParams.from_dict({**p.to_dict(), "mode_rounds": {}})).blocks()
+    assert [b for b in blocks if b.round < 2] == plain
+
+
 @pytest.mark.parametrize("extra,msg", [
+    ({"mode_rounds": {"ipvs": 3}}, "mode_rounds: 'ipvs' is not one of the run's modes"),
+    ({"mode_rounds": {"nftables": 1}, "rounds": 2}, "mode_rounds\\[nftables\\]"),
+    ({"mode_rounds": [3]}, "mode_rounds must be a mapping"),
     ({"kind_modes": {"http-new": ["ipvs"]}}, "unknown kind_modes\\[http-new\\]"),
     ({"kind_modes": {"reuse-3": ["nftables"]}}, "kind_modes: 'reuse-3' is not one of the run's probe kinds"),
     ({"kind_modes": ["http-new"]}, "kind_modes must be a mapping"),

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.analysis.crossover import first_exceed
-from labkit.analysis.curves import Curve
+from labkit.analysis.curves import Curve, joint_df
 from labkit.analysis.intervals import bracket, interval, resolved
 
 #: the budget fractions of the crossing-against-fraction figure
@@ -56,11 +56,14 @@ class Est(NamedTuple):
     lo: float
     hi: float
     reps: np.ndarray
+    #: degrees of freedom of a delete-one-round interval (None: bootstrap, or the replicates')
+    df: float | None = None
 
 
-def _est(c: Curve, value: float, reps: np.ndarray, level: float) -> Est:
-    lo, hi = interval(value, reps, c.method, level)
-    return Est(float(value), float(lo), float(hi), np.asarray(reps, dtype=float))
+def _est(c: Curve, value: float, reps: np.ndarray, level: float, df: float | None = None) -> Est:
+    dof = c.df if df is None else df
+    lo, hi = interval(value, reps, c.method, level, dof)
+    return Est(float(value), float(lo), float(hi), np.asarray(reps, dtype=float), dof)
 
 
 def rise(c: Curve, n: float, level: float = 0.95) -> Est:
@@ -95,12 +98,16 @@ def base(c: Curve, level: float = 0.95) -> Est:
 
 
 def combine(c: Curve, a: Est, b: Est, wa: float, wb: float, level: float = 0.95) -> Est:
-    """``wa * a + wb * b`` with paired replicates (the shorter set decides)."""
+    """``wa * a + wb * b`` with paired replicates (the shorter set decides),
+    with the fewer degrees of freedom of the two."""
     B = min(len(a.reps), len(b.reps))
-    return _est(c, wa * a.value + wb * b.value, wa * a.reps[:B] + wb * b.reps[:B], level)
+    dfs = [d for d in (a.df, b.df) if d is not None]
+    return _est(c, wa * a.value + wb * b.value, wa * a.reps[:B] + wb * b.reps[:B], level,
+                min(dfs) if dfs else None)
 
 
-def _located(c: Curve, n_star: float, reps: np.ndarray, level: float) -> tuple[float, float, float]:
+def _located(c: Curve, n_star: float, reps: np.ndarray, level: float,
+             df: float | None = None) -> tuple[float, float, float]:
     """(ci_low, ci_high, fraction of replicates that found it).  Delete-one-round
     replicates: an interval only when every one finds it, clipped to the
     measured range; bootstrap: the interval of those that found it."""
@@ -108,7 +115,7 @@ def _located(c: Curve, n_star: float, reps: np.ndarray, level: float) -> tuple[f
     frac = float(found.mean()) if len(reps) else math.nan
     if not np.isfinite(n_star) or not found.any() or (c.method == "rounds" and not found.all()):
         return math.nan, math.nan, frac
-    lo, hi = interval(n_star, reps[found], c.method, level)
+    lo, hi = interval(n_star, reps[found], c.method, level, c.df if df is None else df)
     if c.method == "rounds":
         lo, hi = max(lo, c.xmin), min(hi, c.xmax)
     return float(lo), float(hi), frac
@@ -134,7 +141,7 @@ def penalty_crossings(pen: Curve, budget_of: Curve, fractions: Sequence[float] =
     for f in fractions:
         n_star = float(first_exceed(x, p - p[0] - f * b0.value))
         reps = first_exceed(x, bp[:B] - bp[:B, :1] - f * b0.reps[:B, None])
-        lo, hi, frac = _located(pen, n_star, np.asarray(reps, dtype=float), level)
+        lo, hi, frac = _located(pen, n_star, np.asarray(reps, dtype=float), level, joint_df(pen, budget_of))
         bl, bh = bracket(n_star, pen.x) if np.isfinite(n_star) else (math.nan, math.nan)
         rows.append(dict(fraction=float(f), budget_us=f * b0.value, budget_lo=f * b0.lo, budget_hi=f * b0.hi,
                          n_star=n_star, ci_low=lo, ci_high=hi, boot_frac=frac, bracket_lo=bl, bracket_hi=bh,
@@ -192,7 +199,7 @@ def amortization(reuse: dict[int, Curve], new: Curve, level: float = 0.95,
     n = min(c.xmax for c in curves)
     p_new = rise(new, n, level)
     m = base(margin_of if margin_of is not None else new, level)
-    m = Est(fraction * m.value, fraction * m.lo, fraction * m.hi, fraction * m.reps)
+    m = Est(fraction * m.value, fraction * m.lo, fraction * m.hi, fraction * m.reps, m.df)
     rows = []
     for k, c in sorted(reuse.items()):
         if c is new:

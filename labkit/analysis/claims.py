@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.analysis import budget
-from labkit.analysis.curves import Curve
+from labkit.analysis.curves import Curve, joint_df
 from labkit.analysis.intervals import interval
 from labkit.analysis.result import Analysis
 from labkit.analysis.run import Series, probe_label
@@ -120,7 +120,7 @@ def _diff_at(ca: Curve, cb: Curve, n: float, level: float) -> tuple[float, float
     est = float(ca.measured([n])[0] - cb.measured([n])[0])
     ra, rb = ca.boot_measured([n])[:, 0], cb.boot_measured([n])[:, 0]
     B = min(len(ra), len(rb))
-    lo, hi = interval(est, ra[:B] - rb[:B], ca.method, level)
+    lo, hi = interval(est, ra[:B] - rb[:B], ca.method, level, joint_df(ca, cb))
     return est, float(lo), float(hi)
 
 

@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 from scipy.optimize import brentq
 
-from labkit.analysis.curves import Curve
+from labkit.analysis.curves import Curve, joint_df
 from labkit.analysis.intervals import bracket, interval, resolved
 from labkit.analysis.run import probe_label
 
@@ -139,7 +139,7 @@ def _located(ca: Curve, cb: Curve, n_star: float, reps: np.ndarray, lo: float, h
         if not found.all():
             return (math.nan, math.nan, frac,
                     f"not located: {int(found.sum())} of {len(reps)} leave-one-round-out fits find it")
-        cl, ch = interval(n_star, reps, "rounds", level)
+        cl, ch = interval(n_star, reps, "rounds", level, joint_df(ca, cb))
         return float(max(cl, lo)), float(min(ch, hi)), frac, ""
     if not found.any():
         return math.nan, math.nan, frac, ""

@@ -160,6 +160,17 @@ class Curve:
     cells: np.ndarray = field(default_factory=lambda: np.array([]))
     cell_mean: np.ndarray = field(default_factory=lambda: np.array([]))
     cell_reps: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    #: the rounds this curve was measured in (0: one replicate per round of ``rounds``);
+    #: fewer than the run's when its mode has fewer (``mode_rounds``)
+    n_rounds: int = 0
+
+    @property
+    def df(self) -> float | None:
+        """Degrees of freedom of its delete-one-round intervals: its own rounds
+        - 1 (None with bootstrap replicates)."""
+        if self.method != "rounds":
+            return None
+        return float((self.n_rounds or len(self.rounds)) - 1)
 
     @property
     def stat(self) -> str:
@@ -219,11 +230,19 @@ class Curve:
         return np.array([np.interp(xs, self.cells, r) for r in self.cell_reps]).reshape(len(self.cell_reps), len(xs))
 
     def band(self, x, level: float = 0.95, model: str | None = None):
-        return interval(self.predict(x, model), self.boot_predict(x, model), self.method, level)
+        return interval(self.predict(x, model), self.boot_predict(x, model), self.method, level, self.df)
 
     def ci(self, est, reps, level: float = 0.95):
         """Interval of a statistic of this curve from its replicates."""
-        return interval(est, reps, self.method, level)
+        return interval(est, reps, self.method, level, self.df)
+
+
+def joint_df(*curves: Curve) -> float | None:
+    """Degrees of freedom of a figure read from several curves of one run (their
+    replicates paired by round): the fewest of theirs (None with bootstrap
+    replicates)."""
+    dfs = [c.df for c in curves if c.df is not None]
+    return min(dfs) if dfs else None
 
 
 def cell_means(x, y, rounds=None, all_rounds=None, Yb=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -303,7 +322,8 @@ def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "ro
               point_ids=np.asarray(point_ids if point_ids is not None else []),
               fits=fits, chosen=chosen, criterion=used, weights=weights,
               method="rounds" if jack else "bootstrap",
-              rounds=np.asarray(all_rounds if jack else []), deltas=deltas, w=w)
+              rounds=np.asarray(all_rounds if jack else []), deltas=deltas, w=w,
+              n_rounds=len(np.unique(np.asarray(rounds))) if jack else 0)
     c.cells, c.cell_mean, c.cell_reps = cell_means(x, y, rounds if jack else None, all_rounds if jack else None,
                                                    None if jack else Yb)
     for m in {chosen, "linear"} & set(fits):

@@ -24,17 +24,21 @@ def jackknife_se(reps: np.ndarray) -> np.ndarray:
     return np.sqrt((R - 1) / R * ((reps - reps.mean(axis=0)) ** 2).sum(axis=0))
 
 
-def interval(est, reps, method: str, level: float = 0.95):
+def interval(est, reps, method: str, level: float = 0.95, df: float | None = None):
     """(low, high) of an estimate from its replicates (axis 0).
 
     ``rounds``: the replicates are delete-one-round fits: estimate plus or
-    minus Student's t (rounds - 1 degrees of freedom) times the jackknife
-    standard error.  Otherwise bootstrap replicates: the percentile
-    interval, widened where needed to contain the estimate."""
+    minus Student's t times the jackknife standard error, with ``df``
+    degrees of freedom (default: replicates - 1; a curve measured in fewer
+    rounds than the run has, whose replicate for a round it lacks is its
+    whole estimate, passes its own rounds - 1, and a figure of several
+    curves the fewest of theirs).  Otherwise bootstrap replicates: the
+    percentile interval, widened where needed to contain the estimate."""
     est = np.asarray(est, dtype=float)
     reps = np.asarray(reps, dtype=float)
     if method == "rounds":
-        half = student_t.ppf(0.5 + level / 2, reps.shape[0] - 1) * jackknife_se(reps)
+        dof = reps.shape[0] - 1 if df is None else df
+        half = student_t.ppf(0.5 + level / 2, dof) * jackknife_se(reps)
         return est - half, est + half
     lo, hi = percentile_ci(reps, level)
     return np.minimum(lo, est), np.maximum(hi, est)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from labkit.analysis.curves import Curve
+from labkit.analysis.curves import Curve, joint_df
 from labkit.analysis.intervals import interval
 from labkit.analysis.result import Analysis
 from labkit.core.modes import CALIBRATORS
@@ -50,14 +50,14 @@ def _ratios(c: Curve, o: Curve, level: float) -> list[dict]:
     for x in sorted({lo_x, hi_x}):
         r = float(o.predict([x])[0] / c.predict([x])[0])
         rb = o.boot_predict([x])[:, 0] / c.boot_predict([x])[:, 0]
-        lo, hi = interval(r, rb, c.method, level)
+        lo, hi = interval(r, rb, c.method, level, joint_df(c, o))
         rows.append({"measure": "level", "services": x, "ratio": r, "ci_lo": float(lo), "ci_hi": float(hi)})
     if "linear" in c.fits and "linear" in o.fits:
         bc, bo = c.fits["linear"].params()["b"], o.fits["linear"].params()["b"]
         if bc > 0:
             with np.errstate(divide="ignore", invalid="ignore"):
                 rb = o.boot["linear"][:, 1] / c.boot["linear"][:, 1]
-            lo, hi = interval(bo / bc, rb, c.method, level)
+            lo, hi = interval(bo / bc, rb, c.method, level, joint_df(c, o))
             rows.append({"measure": "slope", "services": hi_x, "ratio": bo / bc,
                          "ci_lo": float(lo), "ci_hi": float(hi)})
     return rows
@@ -80,7 +80,7 @@ def cross_kernel_growth(an: Analysis, level: float = 0.95) -> pd.DataFrame:
             x0 = c.xmin
             rise = float(c.predict([top])[0] - c.predict([x0])[0])
             rb = c.boot_predict([top])[:, 0] - c.boot_predict([x0])[:, 0]
-            lo, hi = interval(rise, rb, c.method, level)
+            lo, hi = interval(rise, rb, c.method, level, c.df)
             k = c.key
             rows.append({"mode": k.mode, "kernel": k.kernel, "target": k.target, "probe": k.probe,
                          "pacing": k.pacing, "stat": k.statistic, "from": x0, "to": top, "rise_us": rise,

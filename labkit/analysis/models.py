@@ -430,10 +430,13 @@ class SummaryLine:
         x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
         line = fit_models(x, y, ("linear",))["linear"]
         reps = round_refits("linear", x, y, line, np.asarray(rounds), all_rounds, weighted=False)
-        lo, hi = interval(line.params()["b"], reps[:, 1], "rounds", level)
+        # degrees of freedom from the curve's own rounds (a mode of mode_rounds has more
+        # than the run's other modes; a round a curve lacks leaves its refit whole)
+        own = len(np.unique(np.asarray(rounds)))
+        lo, hi = interval(line.params()["b"], reps[:, 1], "rounds", level, max(own - 1, 1))
         # a curve measured in one round has no round-to-round spread: its refits are all
         # the one fit, the interval has no width, and it can show no rise
-        several = len(np.unique(np.asarray(rounds))) >= 2
+        several = own >= 2
         return cls(line, reps, bool(several and (lo > 0 or hi < 0)))
 
 

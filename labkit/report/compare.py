@@ -80,7 +80,7 @@ def _se_df(c, x: float, level: float, x0: float | None = None) -> tuple[float, f
         v, lo, hi = r.value, r.lo, r.hi
     lo, hi = float(np.ravel(lo)[0]), float(np.ravel(hi)[0])
     if c.method == "rounds":
-        df = float(len(c.rounds) - 1)
+        df = float(c.df) if c.df is not None else float(len(c.rounds) - 1)
         return v, (hi - lo) / 2 / student_t.ppf(0.5 + level / 2, df), df, lo, hi
     return v, (hi - lo) / 2 / norm.ppf(0.5 + level / 2), math.inf, lo, hi
 

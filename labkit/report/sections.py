@@ -113,6 +113,15 @@ def _interval_text(an: Analysis) -> str:
     level = f"{an.settings['level']:.0%}"
     r = an.settings.get("rounds", 0)
     if an.settings["resample"] == "rounds":
+        by: dict[int, set[str]] = {}
+        for c in an.curves.values():
+            if c.method == "rounds" and c.n_rounds:
+                by.setdefault(c.n_rounds, set()).add(c.key.mode)
+        if len(by) > 1:   # mode_rounds: some modes measured in more rounds than others
+            each = "; ".join(f"{n} for {', '.join(sorted(ms))}" for n, ms in sorted(by.items()))
+            return (f"{level}, rounds as the independent units: delete-one-round jackknife over each curve's "
+                    f"rounds ({each}), Student's t with its rounds - 1 degrees of freedom (a figure of two "
+                    "curves: the fewer)")
         return (f"{level}, rounds as the independent units: delete-one-round jackknife over {r} rounds, "
                 f"Student's t with {r - 1} degrees of freedom")
     return (f"{level} percentile bootstrap, {an.settings['n_boot']} replicates "

@@ -27,16 +27,19 @@ class Block:
 
 
 def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
-         targets: Sequence[str] = ()) -> list[Block]:
+         targets: Sequence[str] = (), mode_rounds: Mapping[str, int] | None = None) -> list[Block]:
     """Blocks in execution order: rounds in sequence, (mode, count) shuffled
-    within each round, targets shuffled within each block.  Pure and
-    deterministic from the seed; a block's id depends only on its round,
-    mode and count."""
+    within each round, targets shuffled within each block.  ``mode_rounds``:
+    the modes measured in more rounds than ``rounds`` (mode -> rounds); their
+    extra rounds follow, with only them.  Pure and deterministic from the
+    seed; a block's id depends only on its round, mode and count."""
     rng = random.Random(seed)
+    more = dict(mode_rounds or {})
     out = []
-    for r in range(rounds):
+    for r in range(max([rounds, *more.values()])):
         cells = [((r * len(modes) + m) * len(services) + s, mode, n)
-                 for m, mode in enumerate(modes) for s, n in enumerate(services)]
+                 for m, mode in enumerate(modes) if more.get(mode, rounds) > r
+                 for s, n in enumerate(services)]
         rng.shuffle(cells)
         for bid, mode, n in cells:
             ts = list(targets)

@@ -74,6 +74,10 @@ class SweepParams:
     #: with kernel host+uml: the probe kinds measured in user-mode Linux (a subset of
     #: ``probe_kinds``; empty: all of them)
     uml_probe_kinds: list[str] = field(default_factory=list)
+    #: rounds of some modes, where a mode's blocks are cheap and its claims' intervals
+    #: wide (mode -> rounds, at least ``rounds``; a mode not named here: ``rounds``).
+    #: The extra rounds run after the run's ``rounds``, in every kernel the mode runs in
+    mode_rounds: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepParams":
@@ -142,6 +146,7 @@ class SweepParams:
         put("uml_services", _uml_subset(self.uml_services, "uml_services", self.services, self.kernel))
         put("uml_probe_kinds", _uml_subset(self.uml_probe_kinds, "uml_probe_kinds", self.probe_kinds,
                                            self.kernel))
+        put("mode_rounds", _mode_rounds(self.mode_rounds, self.modes, self.rounds))
         pacing = [_pacing(v) for v in split(self.pacing, "pacing")]
         if not pacing:
             raise UsageError("pacing: at least one value is needed (0 = back to back)")
@@ -164,6 +169,15 @@ class SweepParams:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def rounds_of(self, mode: str) -> int:
+        """The rounds ``mode`` is measured in (``mode_rounds``, else ``rounds``)."""
+        return self.mode_rounds.get(mode, self.rounds)
+
+    @property
+    def max_rounds(self) -> int:
+        """The rounds of the mode measured most often."""
+        return max([self.rounds, *self.mode_rounds.values()])
+
     def services_in(self, kernel: str) -> list[int]:
         """The service counts measured in ``kernel`` ("" = the run's one kernel)."""
         return list(self.uml_services) if kernel == "uml" and self.uml_services else list(self.services)
@@ -178,7 +192,7 @@ class SweepParams:
 PARAMETERS = tuple(f.name for f in dataclasses.fields(SweepParams))
 #: parameters given in a parameter file (or papermill) only: mappings and the plan of a
 #: host+uml run, not command-line options
-FILE_ONLY = ("kernels_by_mode", "kind_modes", "uml_services", "uml_probe_kinds")
+FILE_ONLY = ("kernels_by_mode", "kind_modes", "uml_services", "uml_probe_kinds", "mode_rounds")
 
 #: the deepest nesting a parameter file may have (a list of lists of ... is refused)
 YAML_MAX_DEPTH = 32
@@ -252,6 +266,17 @@ def _kind_modes(value: Any, kinds: list[str], modes: list[str]) -> dict[str, lis
         given = names(ms, f"kind_modes[{kind}]", tuple(modes))
         out[kind] = [m for m in modes if m in given]
     return out
+
+
+def _mode_rounds(value: Any, modes: list[str], rounds: int) -> dict[str, int]:
+    """``mode_rounds`` checked: each key one of the run's modes, each value a
+    whole number of rounds, at least the run's ``rounds`` (the modes' order)."""
+    if not isinstance(value, dict):
+        raise UsageError(f"mode_rounds must be a mapping of mode: rounds, got {short(value)}")
+    for mode in value:
+        if mode not in modes:
+            raise UsageError(f"mode_rounds: {short(mode)} is not one of the run's modes ({', '.join(modes)})")
+    return {m: whole(value[m], f"mode_rounds[{m}]", rounds, 1000) for m in modes if m in value}
 
 
 def _uml_subset(value: Any, what: str, of: list, kernel: str) -> list:

@@ -210,15 +210,18 @@ class Sweep(Experiment):
     def blocks(self) -> list[Block]:
         p = self.p
         if not p.kernels_by_mode:
-            return plan(p.modes, p.services, p.rounds, p.seed, p.targets)
+            return plan(p.modes, p.services, p.rounds, p.seed, p.targets, p.mode_rounds)
         # two kernels: per round, the host's blocks, then user-mode Linux's (one boot
         # per round); the same targets, the counts of each kernel (uml_services),
-        # shuffled within each part
+        # shuffled within each part; a round beyond ``rounds`` has the modes of
+        # ``mode_rounds`` only
         out: list[Block] = []
         kernels = ("host", "uml")
-        for r in range(p.rounds):
+        for r in range(p.max_rounds):
             for ki, kernel in enumerate(kernels):
-                modes = [m for m in p.modes if kernel in p.kernels_by_mode.get(m, [])]
+                modes = [m for m in p.modes if kernel in p.kernels_by_mode.get(m, []) and p.rounds_of(m) > r]
+                if not modes:
+                    continue
                 for b in plan(modes, p.services_in(kernel), 1, p.seed * 1009 + r * 2 + ki, p.targets):
                     m, s_ = p.modes.index(b.mode), p.services.index(b.services)
                     bid = ((r * len(kernels) + ki) * len(p.modes) + m) * len(p.services) + s_
