@@ -58,7 +58,10 @@ from labkit.runs.runner import Block, BlockContext, Experiment, Runner, plan
 OPS = ("program", "add", "remove", "endpoints", "burst")
 #: services whose endpoints a ``burst`` replaces in one sync
 BURST = 100
-VERIFY_TIMEOUT = 0.15
+#: how long a check waits for an answer that should come (a lab SYN answers in 10-300 us)
+VERIFY_TIMEOUT = 0.3
+#: how long a removed service's VIP must stay silent to pass its check
+SILENT_TIMEOUT = 0.15
 #: how a full sync changes a datapath (``update`` of "full" rows)
 FULL_UPDATE = "full re-render and reload of the whole catalog (kube-proxy's full sync)"
 
@@ -78,10 +81,11 @@ def program_row(services: int, prog: Any, started: float, loader: str = "") -> d
             "loader": loader}
 
 
-def _answered(lab: Lab, catalog: ServiceCatalog, i: int, vip: str, seed: int) -> tuple[bool, str]:
+def _answered(lab: Lab, catalog: ServiceCatalog, i: int, vip: str, seed: int,
+              timeout: float = VERIFY_TIMEOUT) -> tuple[bool, str]:
     """Send one SYN to ``vip`` from the client: answered from the VIP by an
-    endpoint of service ``i``?  (answered, what happened)."""
-    with SynProber(lab, timeout=VERIFY_TIMEOUT, seed=seed) as pr:
+    endpoint of service ``i`` within ``timeout`` s?  (answered, what happened)."""
+    with SynProber(lab, timeout=timeout, seed=seed) as pr:
         o = pr.run([pr.craft(i, vip, catalog.ports[0])])[0]
     if o.rtt_ns is None:
         return False, o.error or "timeout"
@@ -139,7 +143,7 @@ def measure_ops(lab: Lab, dp: Any, seed: int = 0, verify: bool = True,
         t = time.time()
         prog = remove()
         if verify:
-            ok, what = _answered(lab, grown, n, vip, seed + 2 * k + 1)
+            ok, what = _answered(lab, grown, n, vip, seed + 2 * k + 1, SILENT_TIMEOUT)
             verified, check = not ok, ("removed VIP: still answered" if ok else "removed VIP: no answer")
         keep({**_row("remove", n, n + 1, prog, verified, check, t, kind), "update": update,
               "loader": loader})
