@@ -101,11 +101,16 @@ def test_mode_rounds_add_rounds_of_those_modes_only_after_the_runs_rounds():
     # the run's rounds are planned as without mode_rounds
     plain = Sweep(SweepParams.from_dict({**p.to_dict(), "mode_rounds": {}})).blocks()
     assert [b for b in blocks if b.round < 2] == plain
+    # more rounds asked for the run (--rounds 5 over the file's mode_rounds): every mode 5,
+    # and a mode_rounds entry below them counts as the run's
+    five = SweepParams.from_dict({**p.to_dict(), "rounds": 5})
+    assert {m: five.rounds_of(m) for m in five.modes} == dict.fromkeys(five.modes, 5)
+    assert Sweep(five).blocks() == Sweep(SweepParams.from_dict({**five.to_dict(), "mode_rounds": {}})).blocks()
 
 
 @pytest.mark.parametrize("extra,msg", [
     ({"mode_rounds": {"ipvs": 3}}, "mode_rounds: 'ipvs' is not one of the run's modes"),
-    ({"mode_rounds": {"nftables": 1}, "rounds": 2}, "mode_rounds\\[nftables\\]"),
+    ({"mode_rounds": {"nftables": 0}, "rounds": 2}, "mode_rounds\\[nftables\\]"),
     ({"mode_rounds": [3]}, "mode_rounds must be a mapping"),
     ({"kind_modes": {"http-new": ["ipvs"]}}, "unknown kind_modes\\[http-new\\]"),
     ({"kind_modes": {"reuse-3": ["nftables"]}}, "kind_modes: 'reuse-3' is not one of the run's probe kinds"),

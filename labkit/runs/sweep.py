@@ -210,7 +210,7 @@ class Sweep(Experiment):
     def blocks(self) -> list[Block]:
         p = self.p
         if not p.kernels_by_mode:
-            return plan(p.modes, p.services, p.rounds, p.seed, p.targets, p.mode_rounds)
+            return plan(p.modes, p.services, p.rounds, p.seed, p.targets, {m: p.rounds_of(m) for m in p.modes})
         # two kernels: per round, the host's blocks, then user-mode Linux's (one boot
         # per round); the same targets, the counts of each kernel (uml_services),
         # shuffled within each part; a round beyond ``rounds`` has the modes of
