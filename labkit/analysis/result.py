@@ -55,6 +55,15 @@ class Analysis:
         have = {k.series for k in self.curves}
         return [s for s in self.run.series_order if s in have]
 
+    def rounds_by_mode(self) -> dict[str, int]:
+        """Per mode, the most rounds any of its curves was measured in (delete-one-round
+        curves only; a curve that lost a round to invalid points keeps its mode's count)."""
+        out: dict[str, int] = {}
+        for k, c in self.curves.items():
+            if c.method == "rounds" and c.n_rounds:
+                out[k.mode] = max(out.get(k.mode, 0), c.n_rounds)
+        return out
+
     def label(self, s: Series) -> str:
         return self.run.label(s)
 

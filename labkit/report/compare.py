@@ -85,6 +85,14 @@ def _se_df(c, x: float, level: float, x0: float | None = None) -> tuple[float, f
     return v, (hi - lo) / 2 / norm.ppf(0.5 + level / 2), math.inf, lo, hi
 
 
+def _rounds_text(an: Analysis) -> str:
+    """The run's rounds, or each mode's where they differ (``mode_rounds``)."""
+    by = an.rounds_by_mode()
+    if len(set(by.values())) > 1:
+        return ", ".join(f"{m} {n}" for m, n in sorted(by.items()))
+    return str(an.settings.get("rounds", ""))
+
+
 def _welch(se_a: float, df_a: float, se_b: float, df_b: float) -> float:
     num = (se_a ** 2 + se_b ** 2) ** 2
     den = sum(s ** 4 / d for s, d in ((se_a, df_a), (se_b, df_b)) if math.isfinite(d) and d > 0)
@@ -224,7 +232,7 @@ def build_compare(run_dirs: list[str], out_dir: str, n_boot: int = 1000, seed: i
     runs = pd.DataFrame([{"run": s.label, "directory": s.an.run.path, "run id": s.an.run.run_id,
                           "kernel": s.kernel, "host": (s.an.run.meta.get("host") or {}).get("hostname", ""),
                           "modes": ", ".join(map(s.an.label, s.an.series)), "intervals": s.an.settings["resample"],
-                          "rounds": s.an.settings.get("rounds", ""), "noise": _noise(s, sides[0])} for s in sides])
+                          "rounds": _rounds_text(s.an), "noise": _noise(s, sides[0])} for s in sides])
     shown = pd.DataFrame({
         "mode": table["mode"], "target": table["target"], "statistic": table["statistic"],
         "services": table["services"].map("{:,.0f}".format),

@@ -114,9 +114,8 @@ def _interval_text(an: Analysis) -> str:
     r = an.settings.get("rounds", 0)
     if an.settings["resample"] == "rounds":
         by: dict[int, set[str]] = {}
-        for c in an.curves.values():
-            if c.method == "rounds" and c.n_rounds:
-                by.setdefault(c.n_rounds, set()).add(c.key.mode)
+        for mode, n in an.rounds_by_mode().items():
+            by.setdefault(n, set()).add(mode)
         if len(by) > 1:   # mode_rounds: some modes measured in more rounds than others
             each = "; ".join(f"{n} for {', '.join(sorted(ms))}" for n, ms in sorted(by.items()))
             return (f"{level}, rounds as the independent units: delete-one-round jackknife over each curve's "
