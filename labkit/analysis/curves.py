@@ -160,8 +160,8 @@ class Curve:
     cells: np.ndarray = field(default_factory=lambda: np.array([]))
     cell_mean: np.ndarray = field(default_factory=lambda: np.array([]))
     cell_reps: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
-    #: the rounds this curve was measured in (0: one replicate per round of ``rounds``);
-    #: fewer than the run's when its mode has fewer (``mode_rounds``)
+    #: the rounds this curve was measured in (0 with bootstrap replicates); fewer than
+    #: ``rounds`` (the run's) when its mode has fewer (``mode_rounds``)
     n_rounds: int = 0
 
     @property
@@ -170,7 +170,7 @@ class Curve:
         - 1 (None with bootstrap replicates)."""
         if self.method != "rounds":
             return None
-        return float((self.n_rounds or len(self.rounds)) - 1)
+        return float(self.n_rounds - 1)
 
     @property
     def stat(self) -> str:

@@ -37,7 +37,7 @@ from labkit.analysis.curves import Curve
 from labkit.analysis.run import probe_label
 from labkit.core.errors import UsageError
 from labkit.report.plots import mode_color, services_axis
-from labkit.report.sections import table_html
+from labkit.report.sections import rounds_by_count, table_html
 from labkit.rundir import safepath, store
 
 COLUMNS = ["mode", "target", "statistic", "services", "run", "other_run", "value_us", "ci_low", "ci_high",
@@ -80,17 +80,10 @@ def _se_df(c, x: float, level: float, x0: float | None = None) -> tuple[float, f
         v, lo, hi = r.value, r.lo, r.hi
     lo, hi = float(np.ravel(lo)[0]), float(np.ravel(hi)[0])
     if c.method == "rounds":
-        df = float(c.df) if c.df is not None else float(len(c.rounds) - 1)
+        df = c.df
+        assert df is not None   # a delete-one-round curve always has its rounds
         return v, (hi - lo) / 2 / student_t.ppf(0.5 + level / 2, df), df, lo, hi
     return v, (hi - lo) / 2 / norm.ppf(0.5 + level / 2), math.inf, lo, hi
-
-
-def _rounds_text(an: Analysis) -> str:
-    """The run's rounds, or each mode's where they differ (``mode_rounds``)."""
-    by = an.rounds_by_mode()
-    if len(set(by.values())) > 1:
-        return ", ".join(f"{m} {n}" for m, n in sorted(by.items()))
-    return str(an.settings.get("rounds", ""))
 
 
 def _welch(se_a: float, df_a: float, se_b: float, df_b: float) -> float:
@@ -232,7 +225,8 @@ def build_compare(run_dirs: list[str], out_dir: str, n_boot: int = 1000, seed: i
     runs = pd.DataFrame([{"run": s.label, "directory": s.an.run.path, "run id": s.an.run.run_id,
                           "kernel": s.kernel, "host": (s.an.run.meta.get("host") or {}).get("hostname", ""),
                           "modes": ", ".join(map(s.an.label, s.an.series)), "intervals": s.an.settings["resample"],
-                          "rounds": _rounds_text(s.an), "noise": _noise(s, sides[0])} for s in sides])
+                          "rounds": rounds_by_count(s.an) or s.an.settings.get("rounds", ""),
+                          "noise": _noise(s, sides[0])} for s in sides])
     shown = pd.DataFrame({
         "mode": table["mode"], "target": table["target"], "statistic": table["statistic"],
         "services": table["services"].map("{:,.0f}".format),

@@ -109,15 +109,24 @@ def noise_note(an: Analysis, reference: str = noise.REFERENCE_RUN):
                  + f'<p class="lk-note">{html.escape(" ".join(rest))}</p>')
 
 
+def rounds_by_count(an: Analysis) -> str | None:
+    """The modes' rounds where they differ (``mode_rounds``): "4 for
+    iptables-legacy, iptables-nft; 6 for ebpf, ..."; None where every mode has
+    the same."""
+    by: dict[int, set[str]] = {}
+    for mode, n in an.rounds_by_mode().items():
+        by.setdefault(n, set()).add(mode)
+    if len(by) < 2:
+        return None
+    return "; ".join(f"{n} for {', '.join(sorted(ms))}" for n, ms in sorted(by.items()))
+
+
 def _interval_text(an: Analysis) -> str:
     level = f"{an.settings['level']:.0%}"
     r = an.settings.get("rounds", 0)
     if an.settings["resample"] == "rounds":
-        by: dict[int, set[str]] = {}
-        for mode, n in an.rounds_by_mode().items():
-            by.setdefault(n, set()).add(mode)
-        if len(by) > 1:   # mode_rounds: some modes measured in more rounds than others
-            each = "; ".join(f"{n} for {', '.join(sorted(ms))}" for n, ms in sorted(by.items()))
+        each = rounds_by_count(an)
+        if each:   # mode_rounds: some modes measured in more rounds than others
             return (f"{level}, rounds as the independent units: delete-one-round jackknife over each curve's "
                     f"rounds ({each}), Student's t with its rounds - 1 degrees of freedom (a figure of two "
                     "curves: the fewer)")

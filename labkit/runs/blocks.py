@@ -30,12 +30,11 @@ def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
          targets: Sequence[str] = (), mode_rounds: Mapping[str, int] | None = None) -> list[Block]:
     """Blocks in execution order: rounds in sequence, (mode, count) shuffled
     within each round, targets shuffled within each block.  ``mode_rounds``:
-    the modes measured in more rounds than ``rounds`` (mode -> rounds; one
-    below ``rounds`` counts as ``rounds``); their extra rounds follow, with
-    only them.  Pure and deterministic from the
+    each mode's rounds where it has more than ``rounds`` (mode -> rounds); the
+    extra rounds follow, with only those modes.  Pure and deterministic from the
     seed; a block's id depends only on its round, mode and count."""
     rng = random.Random(seed)
-    more = {m: max(rounds, n) for m, n in (mode_rounds or {}).items()}
+    more = dict(mode_rounds or {})
     out = []
     for r in range(max([rounds, *more.values()])):
         cells = [((r * len(modes) + m) * len(services) + s, mode, n)
