@@ -15,6 +15,7 @@ from labkit.rundir import schema
 from labkit.rundir.store import read_table
 from labkit.runs import estimate as est
 from labkit.runs.params import SweepParams
+from labkit.runs.sweep import Sweep
 
 REF = os.path.join(os.path.dirname(__file__), "..", "data", "reference")
 
@@ -45,6 +46,21 @@ def test_each_mode_is_planned_in_the_kernel_it_runs_in():
     auto = SweepParams.from_dict({"modes": ["iptables-legacy", "ipvs"], "kernel": "auto"})
     assert set(sum(est.kernels_of(auto, host_lacks=["ipvs"]).values(), [])) == {"uml"}
     assert set(sum(est.kernels_of(auto).values(), [])) == {"host"}
+
+
+def test_the_estimate_counts_the_blocks_and_points_of_the_plan_with_end_rounds():
+    """end_rounds: the estimate's blocks and points are the plan's (Sweep.blocks, units)."""
+    d, meta, _ = _run("budget-6.18")
+    r = est.rates_of(read_table(os.path.join(d, schema.POINTS)), meta["started"], d)
+    p = SweepParams.from_dict({"modes": ["iptables-legacy", "ebpf"], "services": [1, 100, 1000], "rounds": 2,
+                               "probe_kinds": ["syn", "http-new"], "kind_modes": {"http-new": ["iptables-legacy"]},
+                               "end_rounds": {"iptables-legacy": 4}, "end_kinds": ["http-new"]})
+    sweep = Sweep(p)
+    e = est.estimate(p, {"host": r})
+    assert e.blocks == len(sweep.blocks()) == 2 * 6 + 2 * 2
+    assert e.points == sum(sweep.units(b) for b in sweep.blocks())
+    plain = est.estimate(SweepParams.from_dict({**p.to_dict(), "end_rounds": {}, "end_kinds": []}), {"host": r})
+    assert e.seconds > plain.seconds
 
 
 def test_a_missing_rate_is_assumed_out_loud():

@@ -108,6 +108,53 @@ def test_mode_rounds_add_rounds_of_those_modes_only_after_the_runs_rounds():
     assert Sweep(five).blocks() == Sweep(SweepParams.from_dict({**five.to_dict(), "mode_rounds": {}})).blocks()
 
 
+def test_end_rounds_add_blocks_at_the_smallest_and_largest_counts_of_those_kinds_only():
+    kinds = ["syn", "http-new", "reuse-3"]
+    p = SweepParams.from_dict({"modes": ["iptables-legacy", "nftables", "ipvs"], "kernel": "host+uml",
+                               "services": [1, 100, 1000], "rounds": 2, "probe_kinds": kinds,
+                               "kind_modes": {"http-new": ["iptables-legacy"], "reuse-3": ["iptables-legacy"]},
+                               "uml_probe_kinds": ["syn"], "mode_rounds": {"nftables": 3},
+                               "end_rounds": {"iptables-legacy": 4}, "end_kinds": ["reuse-3", "http-new"],
+                               "kernels_by_mode": {"iptables-legacy": ["host", "uml"], "nftables": ["host"],
+                                                   "ipvs": ["uml"]}})
+    assert p.end_kinds == ["http-new", "reuse-3"] and p.max_rounds == 4
+    assert p.end_rounds_of("iptables-legacy") == 4 and p.end_rounds_of("nftables") == 3
+    sweep = Sweep(p)
+    blocks = sweep.blocks()
+    assert len({b.block for b in blocks}) == len(blocks)
+    ends = [b for b in blocks if b.kinds]
+    # rounds 2 and 3, on the host only (user-mode Linux measures syn only), at 1 and 1,000
+    assert {(b.round, b.kernel, b.mode, b.services) for b in ends} == {
+        (r, "host", "iptables-legacy", n) for r in (2, 3) for n in (1, 1000)}
+    assert all(b.kinds == ("http-new", "reuse-3") for b in ends)
+    assert all(not b.kinds for b in blocks if b.round < 2)
+    assert sweep.units(ends[0]) == len(p.targets) * 2    # two kinds, back to back
+    assert p.block_kinds("iptables-legacy", "host", ends[0].kinds) == ["http-new", "reuse-3"]
+    # the run's rounds are planned as without end_rounds, nftables' third has the same blocks
+    plain = Sweep(SweepParams.from_dict({**p.to_dict(), "end_rounds": {}, "end_kinds": []})).blocks()
+    assert [b for b in blocks if b.round < 2] == [b for b in plain if b.round < 2]
+    cells = {(b.block, b.round, b.mode, b.services, b.kernel) for b in blocks if not b.kinds}
+    assert cells == {(b.block, b.round, b.mode, b.services, b.kernel) for b in plain}
+    # one kernel: the same, from plan
+    one = SweepParams.from_dict({**p.to_dict(), "kernel": "host", "kernels_by_mode": {}, "uml_probe_kinds": [],
+                                 "modes": ["iptables-legacy", "nftables"]})
+    assert {(b.round, b.services) for b in Sweep(one).blocks() if b.kinds} == {
+        (r, n) for r in (2, 3) for n in (1, 1000)}
+
+
+@pytest.mark.parametrize("extra,msg", [
+    ({"end_rounds": {"ipvs": 3}, "end_kinds": ["syn"]}, "end_rounds: 'ipvs' is not one of the run's modes"),
+    ({"end_rounds": {"nftables": 3}}, "end_rounds needs end_kinds"),
+    ({"end_kinds": ["syn"]}, "end_kinds is only for end_rounds"),
+    ({"end_rounds": {"nftables": 3}, "end_kinds": ["reuse-3"]},
+     "end_kinds: 'reuse-3' is not one of the run's probe kinds"),
+])
+def test_end_rounds_are_checked(extra, msg):
+    base = {"modes": ["iptables-legacy", "nftables"], "services": [1, 100], "probe_kinds": ["syn", "http-new"]}
+    with pytest.raises(UsageError, match=msg):
+        SweepParams.from_dict({**base, **extra})
+
+
 @pytest.mark.parametrize("extra,msg", [
     ({"mode_rounds": {"ipvs": 3}}, "mode_rounds: 'ipvs' is not one of the run's modes"),
     ({"mode_rounds": {"nftables": 0}, "rounds": 2}, "mode_rounds\\[nftables\\]"),

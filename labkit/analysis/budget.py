@@ -75,7 +75,7 @@ def rise(c: Curve, n: float, level: float = 0.95) -> Est:
     at every count, and the line's value at 1 service can lie below zero."""
     p = c.measured([c.xmin, n])
     b = c.boot_measured([c.xmin, n])
-    return _est(c, p[1] - p[0], b[:, 1] - b[:, 0], level)
+    return _est(c, p[1] - p[0], b[:, 1] - b[:, 0], level, c.df_at([c.xmin, n]))
 
 
 def line_rise(c: Curve, level: float = 0.95, x0: float | None = None, x: float | None = None) -> Est | None:
@@ -94,7 +94,7 @@ def line_rise(c: Curve, level: float = 0.95, x0: float | None = None, x: float |
 
 def base(c: Curve, level: float = 0.95) -> Est:
     """The curve's measured value at its smallest count (its mean over the rounds)."""
-    return _est(c, float(c.measured([c.xmin])[0]), c.boot_measured([c.xmin])[:, 0], level)
+    return _est(c, float(c.measured([c.xmin])[0]), c.boot_measured([c.xmin])[:, 0], level, c.df_at([c.xmin]))
 
 
 def combine(c: Curve, a: Est, b: Est, wa: float, wb: float, level: float = 0.95) -> Est:
@@ -205,7 +205,7 @@ def amortization(reuse: dict[int, Curve], new: Curve, level: float = 0.95,
         if c is new:
             continue
         pk = rise(c, n, level)
-        exp = _est(new, p_new.value / k, p_new.reps / k, level)
+        exp = _est(new, p_new.value / k, p_new.reps / k, level, p_new.df)
         ex = combine(c, pk, p_new, 1.0, -1.0 / k, level)
         over = combine(c, ex, m, 1.0, -1.0, level)
         verdict = ("does not hold" if over.lo > 0 else "holds" if over.hi < 0 and pk.hi < p_new.value

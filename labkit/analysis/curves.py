@@ -160,17 +160,38 @@ class Curve:
     cells: np.ndarray = field(default_factory=lambda: np.array([]))
     cell_mean: np.ndarray = field(default_factory=lambda: np.array([]))
     cell_reps: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
-    #: the rounds this curve was measured in (0 with bootstrap replicates); fewer than
-    #: ``rounds`` (the run's) when its mode has fewer (``mode_rounds``)
+    #: the rounds every count of this curve was measured in (0 with bootstrap
+    #: replicates): fewer than ``rounds`` (the run's) when its mode has fewer
+    #: (``mode_rounds``), or a count lost a round
     n_rounds: int = 0
+    #: per measured count (``cells``), the rounds it was measured in: more at the
+    #: ends than in the middle with ``end_rounds``
+    cell_rounds: np.ndarray = field(default_factory=lambda: np.array([], dtype=int))
 
     @property
     def df(self) -> float | None:
-        """Degrees of freedom of its delete-one-round intervals: its own rounds
-        - 1 (None with bootstrap replicates)."""
+        """Degrees of freedom of its delete-one-round intervals: the rounds of
+        its count measured in fewest - 1 (None with bootstrap replicates)."""
         if self.method != "rounds":
             return None
         return float(self.n_rounds - 1)
+
+    def df_at(self, x) -> float | None:
+        """Degrees of freedom of a figure read from the measured curve at ``x``
+        alone (:meth:`measured`): the rounds of the fewest-measured count it
+        rests on (each x's own count, else the two around it) - 1.  A rise from
+        the smallest to the largest count of a curve with ``end_rounds`` has
+        the end rounds' (None with bootstrap replicates)."""
+        if self.method != "rounds":
+            return None
+        if not len(self.cell_rounds):
+            return self.df
+        xs = np.asarray(x, dtype=float).ravel()
+        i = np.searchsorted(self.cells, xs)
+        on = (i < len(self.cells)) & (self.cells[np.minimum(i, len(self.cells) - 1)] == xs)
+        lo = np.clip(np.where(on, i, i - 1), 0, len(self.cells) - 1)
+        hi = np.clip(i, 0, len(self.cells) - 1)
+        return float(min(self.cell_rounds[lo].min(), self.cell_rounds[hi].min()) - 1)
 
     @property
     def stat(self) -> str:
@@ -243,6 +264,14 @@ def joint_df(*curves: Curve) -> float | None:
     replicates)."""
     dfs = [c.df for c in curves if c.df is not None]
     return min(dfs) if dfs else None
+
+
+def rounds_per_count(x, rounds) -> np.ndarray:
+    """Per distinct count of ``x`` (ascending), how many distinct rounds
+    measured it.  Pure."""
+    pairs = np.unique(np.column_stack([np.asarray(x, dtype=float), np.asarray(rounds, dtype=float)]), axis=0)
+    _, n = np.unique(pairs[:, 0], return_counts=True)
+    return n.astype(int)
 
 
 def cell_means(x, y, rounds=None, all_rounds=None, Yb=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -322,10 +351,12 @@ def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "ro
               point_ids=np.asarray(point_ids if point_ids is not None else []),
               fits=fits, chosen=chosen, criterion=used, weights=weights,
               method="rounds" if jack else "bootstrap",
-              rounds=np.asarray(all_rounds if jack else []), deltas=deltas, w=w,
-              n_rounds=len(np.unique(np.asarray(rounds))) if jack else 0)
+              rounds=np.asarray(all_rounds if jack else []), deltas=deltas, w=w)
     c.cells, c.cell_mean, c.cell_reps = cell_means(x, y, rounds if jack else None, all_rounds if jack else None,
                                                    None if jack else Yb)
+    if jack:
+        c.cell_rounds = rounds_per_count(x, rounds)
+        c.n_rounds = int(c.cell_rounds.min())
     for m in {chosen, "linear"} & set(fits):
         weighted = m == chosen
         if jack and not weighted and line is not None:

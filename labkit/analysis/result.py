@@ -64,6 +64,17 @@ class Analysis:
                 out[k.mode] = max(out.get(k.mode, 0), c.n_rounds)
         return out
 
+    def end_rounds_by_mode(self) -> dict[str, tuple[int, list[str]]]:
+        """Per mode whose curves have more rounds at their smallest and largest
+        counts than in between (``end_rounds``): those rounds and the probe kinds."""
+        out: dict[str, tuple[int, list[str]]] = {}
+        for k, c in self.curves.items():
+            if c.method == "rounds" and len(c.cell_rounds) > 2 and c.cell_rounds.max() > c.cell_rounds[1:-1].max():
+                n = int(min(c.cell_rounds[0], c.cell_rounds[-1]))
+                was, kinds = out.get(k.mode, (0, []))
+                out[k.mode] = (max(was, n), sorted({*kinds, k.probe}, key=_kind_order))
+        return out
+
     def label(self, s: Series) -> str:
         return self.run.label(s)
 
@@ -129,3 +140,9 @@ class Analysis:
                  & (cx["n_star"] > cx["range_lo"])
                  & ((cx["kind"] == "budget-abs") | cx["baseline"].astype(str).str.startswith("http-new"))]
         return list(fit["finding"]) + list(bud["finding"])
+
+
+def _kind_order(kind: str) -> tuple[str, int]:
+    """Probe kinds in reading order: reuse-3 before reuse-10."""
+    head, _, tail = kind.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (kind, -1)

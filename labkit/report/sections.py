@@ -111,14 +111,23 @@ def noise_note(an: Analysis, reference: str = noise.REFERENCE_RUN):
 
 def rounds_by_count(an: Analysis) -> str | None:
     """The modes' rounds where they differ (``mode_rounds``): "4 for
-    iptables-legacy, iptables-nft; 6 for ebpf, ..."; None where every mode has
-    the same."""
+    iptables-legacy, iptables-nft; 6 for ebpf, ...", and the end rounds
+    (``end_rounds``): "6 at the smallest and largest counts for
+    iptables-legacy's http-new, reuse-1 ..."; None where every mode and count
+    has the same."""
     by: dict[int, set[str]] = {}
     for mode, n in an.rounds_by_mode().items():
         by.setdefault(n, set()).add(mode)
-    if len(by) < 2:
+    ends = an.end_rounds_by_mode()
+    if len(by) < 2 and not ends:
         return None
-    return "; ".join(f"{n} for {', '.join(sorted(ms))}" for n, ms in sorted(by.items()))
+    parts = [f"{n} for {', '.join(sorted(ms))}" for n, ms in sorted(by.items())]
+    grouped: dict[tuple[int, tuple[str, ...]], list[str]] = {}
+    for mode, (n, kinds) in sorted(ends.items()):
+        grouped.setdefault((n, tuple(kinds)), []).append(mode)
+    parts += [f"{n} at the smallest and largest counts for {', '.join(ms)}'s {', '.join(kinds)}"
+              for (n, kinds), ms in grouped.items()]
+    return "; ".join(parts)
 
 
 def _interval_text(an: Analysis) -> str:
@@ -126,10 +135,10 @@ def _interval_text(an: Analysis) -> str:
     r = an.settings.get("rounds", 0)
     if an.settings["resample"] == "rounds":
         each = rounds_by_count(an)
-        if each:   # mode_rounds: some modes measured in more rounds than others
+        if each:   # mode_rounds, end_rounds: some modes or counts measured in more rounds than others
             return (f"{level}, rounds as the independent units: delete-one-round jackknife over each curve's "
                     f"rounds ({each}), Student's t with its rounds - 1 degrees of freedom (a figure of two "
-                    "curves: the fewer)")
+                    "curves: the fewer; of a curve's counts: the fewest of theirs)")
         return (f"{level}, rounds as the independent units: delete-one-round jackknife over {r} rounds, "
                 f"Student's t with {r - 1} degrees of freedom")
     return (f"{level} percentile bootstrap, {an.settings['n_boot']} replicates "

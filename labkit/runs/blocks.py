@@ -24,27 +24,38 @@ class Block:
     kernel: str = ""
     #: the block this one measures again (a disturbed one), -1 for a planned block
     remeasure_of: int = -1
+    #: the probe kinds it measures, of those its mode has ((): all of them); an end
+    #: round's block (``end_rounds``) names its own
+    kinds: tuple[str, ...] = ()
 
 
 def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
-         targets: Sequence[str] = (), mode_rounds: Mapping[str, int] | None = None) -> list[Block]:
+         targets: Sequence[str] = (), mode_rounds: Mapping[str, int] | None = None,
+         ends: Mapping[str, tuple[int, Sequence[str]]] | None = None) -> list[Block]:
     """Blocks in execution order: rounds in sequence, (mode, count) shuffled
     within each round, targets shuffled within each block.  ``mode_rounds``:
-    each mode's rounds where it has more than ``rounds`` (mode -> rounds); the
-    extra rounds follow, with only those modes.  Pure and deterministic from the
-    seed; a block's id depends only on its round, mode and count."""
+    each mode's rounds where they differ from ``rounds`` (mode -> rounds); the
+    extra rounds follow, with only those modes.  ``ends``: mode -> (rounds,
+    probe kinds) of end rounds (``end_rounds``): beyond the mode's rounds, up
+    to these, a block at the smallest and one at the largest count, measuring
+    those kinds only.  Pure and deterministic from the seed; a block's id
+    depends only on its round, mode and count."""
     rng = random.Random(seed)
     more = dict(mode_rounds or {})
+    ends = dict(ends or {})
+    edge = {0, len(services) - 1}
     out = []
-    for r in range(max([rounds, *more.values()])):
-        cells = [((r * len(modes) + m) * len(services) + s, mode, n)
-                 for m, mode in enumerate(modes) if more.get(mode, rounds) > r
-                 for s, n in enumerate(services)]
+    for r in range(max([rounds, *more.values(), *(e[0] for e in ends.values())])):
+        cells = [((r * len(modes) + m) * len(services) + s, mode, n,
+                  () if more.get(mode, rounds) > r else tuple(ends[mode][1]))
+                 for m, mode in enumerate(modes)
+                 if more.get(mode, rounds) > r or (mode in ends and ends[mode][0] > r)
+                 for s, n in enumerate(services) if more.get(mode, rounds) > r or s in edge]
         rng.shuffle(cells)
-        for bid, mode, n in cells:
+        for bid, mode, n, kinds in cells:
             ts = list(targets)
             rng.shuffle(ts)
-            out.append(Block(bid, r, mode, n, tuple(ts)))
+            out.append(Block(bid, r, mode, n, tuple(ts), kinds=kinds))
     return out
 
 

@@ -259,21 +259,26 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
     for mode, kernels in where.items():
         for kernel in kernels:
             r = rates.get(kernel)
-            rounds = p.rounds_of(mode)
-            for n in p.services_in(kernel if p.kernel == "host+uml" else ""):
+            here = kernel if p.kernel == "host+uml" else ""
+            counts = p.services_in(here)
+            for n in counts:
+                end = n in (counts[0], counts[-1]) and bool(p.end_kinds_for(mode, here))
+                # an end round's block (end_rounds): the two ends only, some kinds only
+                rounds = p.end_rounds_of(mode) if end else p.rounds_of(mode)
                 blocks += rounds
                 a, b = (r.block.get(mode) if r else None) or _other_modes(r, mode, kernel, assumed)
                 if r and not r.endpoints:
                     _assume(assumed, f"{kernel} rates: their endpoints per service are not recorded, "
                                      "so programming is not scaled to the plan's", None)
                 seconds += rounds * (a + b * n * endpoint_scale(mode, p.endpoints, r.endpoints if r else 0))
-                for kind in p.kinds_for(mode, kernel if p.kernel == "host+uml" else ""):
+                for kind in p.kinds_for(mode, here):
+                    kind_rounds = rounds if kind in p.end_kinds_for(mode, here) else p.rounds_of(mode)
                     for pace in pacings(p, kind):
                         key = _key(kind, pace)
                         per = (r.per_probe.get(key) if r else None) or _assume(
                             assumed, f"{key} in {kernel}: no probe rate, "
                             f"{'1/pacing' if pace else '1 ms'} a probe", 1 / pace if pace else 1e-3)
-                        k = len(p.targets) * rounds
+                        k = len(p.targets) * kind_rounds
                         points += k
                         probes += k * (p.probes + p.warmup)
                         seconds += k * p.probes * per

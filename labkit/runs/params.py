@@ -79,6 +79,15 @@ class SweepParams:
     #: ``--rounds 8`` over a file's ``mode_rounds`` of 6 measures every mode 8 times).
     #: The extra rounds run after the run's ``rounds``, in every kernel the mode runs in
     mode_rounds: dict[str, int] = field(default_factory=dict)
+    #: rounds at the smallest and the largest count only (mode -> rounds), of the probe
+    #: kinds ``end_kinds``: for the figures read at those two counts alone (a penalty's
+    #: rise from the smallest count to the largest, a request's cost at the smallest:
+    #: amortization and the budget), where a mode's middle counts need no more.  Counted
+    #: on top of the mode's rounds, after them; a mode is measured there in the larger of
+    #: this and its rounds
+    end_rounds: dict[str, int] = field(default_factory=dict)
+    #: the probe kinds of the ``end_rounds`` (a subset of ``probe_kinds``)
+    end_kinds: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepParams":
@@ -147,7 +156,9 @@ class SweepParams:
         put("uml_services", _uml_subset(self.uml_services, "uml_services", self.services, self.kernel))
         put("uml_probe_kinds", _uml_subset(self.uml_probe_kinds, "uml_probe_kinds", self.probe_kinds,
                                            self.kernel))
-        put("mode_rounds", _mode_rounds(self.mode_rounds, self.modes, self.rounds))
+        put("mode_rounds", _mode_rounds(self.mode_rounds, self.modes, "mode_rounds"))
+        put("end_rounds", _mode_rounds(self.end_rounds, self.modes, "end_rounds"))
+        put("end_kinds", _end_kinds(self.end_kinds, self.probe_kinds, self.end_rounds))
         pacing = [_pacing(v) for v in split(self.pacing, "pacing")]
         if not pacing:
             raise UsageError("pacing: at least one value is needed (0 = back to back)")
@@ -174,10 +185,27 @@ class SweepParams:
         """The rounds ``mode`` is measured in: the larger of ``rounds`` and its ``mode_rounds``."""
         return max(self.rounds, self.mode_rounds.get(mode, 0))
 
+    def end_rounds_of(self, mode: str) -> int:
+        """The rounds ``mode`` is measured in at its smallest and largest counts
+        (of ``end_kinds``): the larger of its rounds and its ``end_rounds``."""
+        return max(self.rounds_of(mode), self.end_rounds.get(mode, 0))
+
     @property
     def max_rounds(self) -> int:
-        """The rounds of the mode measured most often."""
-        return max(self.rounds_of(m) for m in self.modes)
+        """The rounds of the mode measured most often (at its ends, with ``end_rounds``)."""
+        return max(self.end_rounds_of(m) for m in self.modes)
+
+    def end_kinds_for(self, mode: str, kernel: str) -> list[str]:
+        """The probe kinds of ``mode``'s end rounds in ``kernel`` (none: no end
+        rounds there)."""
+        if self.end_rounds_of(mode) <= self.rounds_of(mode):
+            return []
+        return [k for k in self.kinds_for(mode, kernel) if k in self.end_kinds]
+
+    def block_kinds(self, mode: str, kernel: str, kinds: tuple[str, ...] = ()) -> list[str]:
+        """The probe kinds a block measures: ``kinds_for``, or those of ``kinds``
+        among them (an end round's block)."""
+        return [k for k in self.kinds_for(mode, kernel) if not kinds or k in kinds]
 
     def services_in(self, kernel: str) -> list[int]:
         """The service counts measured in ``kernel`` ("" = the run's one kernel)."""
@@ -193,7 +221,8 @@ class SweepParams:
 PARAMETERS = tuple(f.name for f in dataclasses.fields(SweepParams))
 #: parameters given in a parameter file (or papermill) only: mappings and the plan of a
 #: host+uml run, not command-line options
-FILE_ONLY = ("kernels_by_mode", "kind_modes", "uml_services", "uml_probe_kinds", "mode_rounds")
+FILE_ONLY = ("kernels_by_mode", "kind_modes", "uml_services", "uml_probe_kinds", "mode_rounds",
+             "end_rounds", "end_kinds")
 
 #: the deepest nesting a parameter file may have (a list of lists of ... is refused)
 YAML_MAX_DEPTH = 32
@@ -269,15 +298,29 @@ def _kind_modes(value: Any, kinds: list[str], modes: list[str]) -> dict[str, lis
     return out
 
 
-def _mode_rounds(value: Any, modes: list[str], rounds: int) -> dict[str, int]:
-    """``mode_rounds`` checked: each key one of the run's modes, each value a
-    whole number of rounds (the modes' order)."""
+def _mode_rounds(value: Any, modes: list[str], what: str) -> dict[str, int]:
+    """``mode_rounds`` / ``end_rounds`` checked: each key one of the run's
+    modes, each value a whole number of rounds (the modes' order)."""
     if not isinstance(value, dict):
-        raise UsageError(f"mode_rounds must be a mapping of mode: rounds, got {short(value)}")
+        raise UsageError(f"{what} must be a mapping of mode: rounds, got {short(value)}")
     for mode in value:
         if mode not in modes:
-            raise UsageError(f"mode_rounds: {short(mode)} is not one of the run's modes ({', '.join(modes)})")
-    return {m: whole(value[m], f"mode_rounds[{m}]", 1, 1000) for m in modes if m in value}
+            raise UsageError(f"{what}: {short(mode)} is not one of the run's modes ({', '.join(modes)})")
+    return {m: whole(value[m], f"{what}[{m}]", 1, 1000) for m in modes if m in value}
+
+
+def _end_kinds(value: Any, kinds: list[str], end_rounds: dict[str, int]) -> list[str]:
+    """``end_kinds`` checked: some of the run's probe kinds (in their order),
+    given when ``end_rounds`` is (and only then)."""
+    items = split(value, "end_kinds")
+    for v in items:
+        if v not in kinds:
+            raise UsageError(f"end_kinds: {short(v)} is not one of the run's probe kinds ({', '.join(kinds)})")
+    if end_rounds and not items:
+        raise UsageError("end_rounds needs end_kinds: the probe kinds measured in those rounds")
+    if items and not end_rounds:
+        raise UsageError("end_kinds is only for end_rounds: give end_rounds too, or remove end_kinds")
+    return [k for k in kinds if k in items]
 
 
 def _uml_subset(value: Any, what: str, of: list, kernel: str) -> list:

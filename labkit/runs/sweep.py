@@ -210,29 +210,43 @@ class Sweep(Experiment):
     def blocks(self) -> list[Block]:
         p = self.p
         if not p.kernels_by_mode:
-            return plan(p.modes, p.services, p.rounds, p.seed, p.targets, {m: p.rounds_of(m) for m in p.modes})
+            return plan(p.modes, p.services, p.rounds, p.seed, p.targets, {m: p.rounds_of(m) for m in p.modes},
+                        self._ends(p.modes, ""))
         # two kernels: per round, the host's blocks, then user-mode Linux's (one boot
         # per round); the same targets, the counts of each kernel (uml_services),
         # shuffled within each part; a round beyond ``rounds`` has the modes of
-        # ``mode_rounds`` only
+        # ``mode_rounds`` only, and the end blocks of ``end_rounds``
         out: list[Block] = []
         kernels = ("host", "uml")
         for r in range(p.max_rounds):
             for ki, kernel in enumerate(kernels):
-                modes = [m for m in p.modes if kernel in p.kernels_by_mode.get(m, []) and p.rounds_of(m) > r]
-                if not modes:
+                here = [m for m in p.modes if kernel in p.kernels_by_mode.get(m, [])]
+                full = [m for m in here if p.rounds_of(m) > r]
+                ends = {m: e for m, e in self._ends(here, kernel).items()
+                        if p.rounds_of(m) <= r < p.end_rounds_of(m)}
+                if not full and not ends:
                     continue
-                for b in plan(modes, p.services_in(kernel), 1, p.seed * 1009 + r * 2 + ki, p.targets):
+                for b in plan([m for m in here if m in full or m in ends], p.services_in(kernel), 1,
+                              p.seed * 1009 + r * 2 + ki, p.targets, {m: 0 for m in ends},
+                              {m: (1, e[1]) for m, e in ends.items()}):
                     m, s_ = p.modes.index(b.mode), p.services.index(b.services)
                     bid = ((r * len(kernels) + ki) * len(p.modes) + m) * len(p.services) + s_
-                    out.append(Block(bid, r, b.mode, b.services, b.targets, kernel))
+                    out.append(Block(bid, r, b.mode, b.services, b.targets, kernel, kinds=b.kinds))
         return out
+
+    def _ends(self, modes: list[str], kernel: str) -> dict[str, tuple[int, tuple[str, ...]]]:
+        """The end rounds of ``modes`` in ``kernel``: mode -> (rounds, probe kinds),
+        for the modes that have some there."""
+        p = self.p
+        return {m: (p.end_rounds_of(m), tuple(p.end_kinds_for(m, kernel))) for m in modes
+                if p.end_kinds_for(m, kernel)}
 
     def largest_catalog(self) -> ServiceCatalog:
         return self.p.catalog(max(self.p.services))
 
     def units(self, block: Block) -> int:
-        return len(block.targets) * sum(len(pacings(self.p, k)) for k in self.p.kinds_for(block.mode, block.kernel))
+        return len(block.targets) * sum(len(pacings(self.p, k))
+                                        for k in self.p.block_kinds(block.mode, block.kernel, block.kinds))
 
     def mark_disturbed(self, tables: Tables, use: set[int], judge: set[int]) -> set[int]:
         """Flag (column ``disturbed``) the valid points of blocks ``judge`` whose
@@ -256,7 +270,7 @@ class Sweep(Experiment):
         t0 = time.time()
         prog = dp.setup(catalog)
         try:
-            for kind in p.kinds_for(b.mode, b.kernel):
+            for kind in p.block_kinds(b.mode, b.kernel, b.kinds):
                 seed = (p.seed * 1_000_003 + b.block) * 7 + p.probe_kinds.index(kind)
                 with PROBERS[kind](ctx.lab, timeout=p.timeout, seed=seed) as prober:
                     for t in b.targets:
