@@ -586,6 +586,22 @@ def test_run_files_are_readable_by_everyone(tmp_path):
         assert stat.S_IMODE(os.stat(tmp_path / n).st_mode) == 0o644
 
 
+def test_stale_temps_go_and_one_a_live_writer_renamed_meanwhile_is_skipped(tmp_path, monkeypatch):
+    """A segment run in user-mode Linux once died of ENOENT here: it listed the run
+    directory while the host's gauge renamed its load.json temporary away.  Now a
+    temporary that is gone is skipped (and segment runs leave temporaries alone)."""
+    (tmp_path / ".tmp-0123456789abm.json").write_text("{}")
+    (tmp_path / "m.json").write_text("{}")
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda d: [*real(d), ".tmp-renamedawayload.json"])
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert store.remove_stale_temps(fd) == [".tmp-0123456789abm.json"]
+    finally:
+        os.close(fd)
+    assert sorted(real(tmp_path)) == ["m.json"]
+
+
 def test_a_run_file_reaches_the_disk_before_its_rename_and_the_rename_after(tmp_path):
     """strace of a real write: the temporary file is fsynced before it is renamed over
     the run file, and the directory after (a crash then leaves the old file or the new

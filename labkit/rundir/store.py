@@ -63,15 +63,20 @@ def write_table(path: str, df: pd.DataFrame, *, dir_fd: int | None = None) -> No
 
 def remove_stale_temps(directory: str | int) -> list[str]:
     """Remove the temporary files a killed writer left in ``directory`` (a
-    path, or an open directory's descriptor); their names."""
+    path, or an open directory's descriptor); their names.  One that is gone
+    by the time it is removed (renamed by a live writer) is skipped: only a
+    run's owner calls this, never a segment of it while the owner writes."""
     dir_fd = directory if isinstance(directory, int) else None
     gone = []
     for name in os.listdir(directory):
         if name.startswith(TMP_PREFIX):
-            if dir_fd is None:
-                os.unlink(os.path.join(str(directory), name))
-            else:
-                os.unlink(name, dir_fd=dir_fd)
+            try:
+                if dir_fd is None:
+                    os.unlink(os.path.join(str(directory), name))
+                else:
+                    os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
             gone.append(name)
     return gone
 

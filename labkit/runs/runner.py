@@ -375,7 +375,10 @@ class Runner:
         done: set[int] = set()
         if self.resume:
             assert self.out is not None and self.dir is not None
-            store.remove_stale_temps(self.dir.fd)
+            if self.only is None:
+                # a killed writer's leftovers; not in a segment run (a guest's blocks): the
+                # run on the host is alive and writes (load.json) into the same directory
+                store.remove_stale_temps(self.dir.fd)
             ran_in = self.meta.get("kernel_release", self.meta.get("kernel"))   # schema 5 and older: kernel
             if (self.only is None and ran_in and ran_in != platform.release()
                     and self.meta["params"].get("kernel") != "host+uml"):

@@ -291,6 +291,8 @@ class Sweep(Experiment):
                             self._record(ctx, t, kind, catalog, outcomes, prog, started, finished,
                                          ct_new=inserts, variant=dp.variant, pacing=pace, path=path)
                             ctx.bar.update(1)
+            if b.kinds:   # an end round's block: its probe kinds only (the control plane has its rounds)
+                return
             # control plane: this block's programming, then add one service and remove it
             ident = {**ctx.ident(), "endpoints": catalog.endpoints}
             ctx.tables.add(schema.CONTROL, [{**program_row(catalog.services, prog, t0, dp.program_loader), **ident}])
