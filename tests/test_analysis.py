@@ -359,24 +359,27 @@ def test_parameter_files(name):
 
 # --- two kernels in one run ----------------------------------------------------------
 
-def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11, slope_ratio=1.5, mode_rounds=None):
+def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11, slope_ratio=1.5, mode_rounds=None,
+                    end_rounds=None):
     """iptables-legacy measured on the host ("6.18", 5 us + 10 ns/service) and in a
     guest ("7.2", `ratio` times the level and `slope_ratio` times the slope); ebpf in
     both at `ratio` (interpreted in the guest: never a calibrator); ipvs in the guest
-    only; flat curves otherwise, gamma noise.  ``mode_rounds``: modes measured in
-    more rounds (as the sweep's parameter of that name)."""
+    only; flat curves otherwise, gamma noise.  ``mode_rounds``, ``end_rounds``: modes
+    measured in more rounds, at every count or at the smallest and largest only (as
+    the sweep's parameters of those names; end_kinds: syn)."""
     rng = np.random.default_rng(seed)
     os.makedirs(out, exist_ok=True)
     samples, points, pid, block = [], [], 0, 0
-    more = mode_rounds or {}
-    for r in range(max([rounds, *more.values()])):
+    more, ends = mode_rounds or {}, end_rounds or {}
+    for r in range(max([rounds, *more.values(), *ends.values()])):
         for mode, kernel, level, slope in (("ebpf", "6.18", 5.0, 0.0), ("ebpf", "7.2", 5.0 * ratio, 0.0),
                                            ("ipvs", "7.2", 9.0, 0.0),
                                            ("iptables-legacy", "6.18", 5.0, 0.01),
                                            ("iptables-legacy", "7.2", 5.0 * ratio, 0.01 * slope_ratio)):
-            if more.get(mode, rounds) <= r:
+            full = more.get(mode, rounds) > r
+            if not full and ends.get(mode, 0) <= r:
                 continue
-            for n in (1, 100, 300, 1000):
+            for n in (1, 100, 300, 1000) if full else (1, 1000):
                 rtt = level + slope * n + rng.gamma(2.0, 0.1, probes)
                 smp, pt = point_rows(rtt, run_id="x", point_id=pid, block=block, mode=mode, kernel=kernel,
                                      services=n, target="last", probe="syn", pacing=0.0, round=r)
@@ -385,7 +388,8 @@ def _two_kernel_run(out, ratio=2.0, rounds=3, probes=300, seed=11, slope_ratio=1
                 pid += 1
                 block += 1
     return write_run(out, samples, points, {
-        "run_id": "x", "params": {"modes": ["ebpf", "ipvs", "iptables-legacy"]}, "kernel": "6.18",
+        "run_id": "x", "params": {"modes": ["ebpf", "ipvs", "iptables-legacy"], "end_rounds": ends,
+                                  "end_kinds": ["syn"] if ends else []}, "kernel": "6.18",
         "guests": [{"backend": "uml", "kernel_release": "7.2", "bpf_jit": "none"}]})
 
 
@@ -472,6 +476,18 @@ def test_a_curve_measured_in_fewer_rounds_than_the_run_keeps_its_own_degrees_of_
     c8 = fit_curve(key, np.repeat(xs, 8), y8, rounds=np.tile(np.arange(8), 3), all_rounds=list(range(8)))
     assert c8.df == 7 and joint_df(c, c8) == 2
     assert budget.combine(c8, budget.rise(c8, 5000), budget.rise(c, 5000), 1.0, -1.0).df == 2
+
+
+def test_a_run_with_end_rounds_says_so_and_its_rises_take_their_degrees_of_freedom(tmp_path):
+    """end_rounds in a run: iptables-legacy's curves have 5 rounds at 1 and 1,000
+    services, 3 between; the interval note names them, the rise from end to end
+    takes 4 degrees of freedom, everything fitted 2."""
+    an = analyze(_two_kernel_run(tmp_path / "run", end_rounds={"iptables-legacy": 5}), n_boot=300)
+    assert an.end_rounds_by_mode() == {"iptables-legacy": (5, ["syn"])}
+    assert an.rounds_by_mode() == {"ebpf": 3, "ipvs": 3, "iptables-legacy": 3}
+    c = an.curve(Series("iptables-legacy", "host"), "last", ("syn", 0.0), "p50")
+    assert list(c.cell_rounds) == [5, 3, 3, 5] and c.df == 2 and budget.rise(c, 1000).df == 4
+    assert "5 at the smallest and largest counts for iptables-legacy's syn" in sections._interval_text(an)
 
 
 def test_a_rise_between_end_rounds_takes_their_degrees_of_freedom_and_covers_the_truth():

@@ -65,12 +65,15 @@ class Analysis:
         return out
 
     def end_rounds_by_mode(self) -> dict[str, tuple[int, list[str]]]:
-        """Per mode whose curves have more rounds at their smallest and largest
-        counts than in between (``end_rounds``): those rounds and the probe kinds."""
+        """Per mode of the run's ``end_rounds`` whose curves of its ``end_kinds``
+        have more rounds at their smallest and largest counts than at every
+        count: those rounds and the probe kinds."""
+        params = self.run.meta.get("params") or {}
+        modes, end_kinds = params.get("end_rounds") or {}, set(params.get("end_kinds") or ())
         out: dict[str, tuple[int, list[str]]] = {}
         for k, c in self.curves.items():
-            if c.method == "rounds" and len(c.cell_rounds) > 2 and c.cell_rounds.max() > c.cell_rounds[1:-1].max():
-                n = int(min(c.cell_rounds[0], c.cell_rounds[-1]))
+            n = int(min(c.cell_rounds[0], c.cell_rounds[-1])) if len(c.cell_rounds) > 2 else 0
+            if c.method == "rounds" and k.mode in modes and k.probe in end_kinds and n > c.n_rounds:
                 was, kinds = out.get(k.mode, (0, []))
                 out[k.mode] = (max(was, n), sorted({*kinds, k.probe}, key=_kind_order))
         return out
