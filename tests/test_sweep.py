@@ -191,6 +191,28 @@ def test_paced_and_back_to_back_points_with_ebpf_path_counters(tmp_path):
 
 
 @pytest.mark.root
+def test_end_rounds_measure_the_ends_with_their_kinds_only(tmp_path):
+    """end_rounds on the real kernel: iptables-nft's second round has blocks at 1 and
+    200 services only, measuring http-new only, and no control-plane operations;
+    the first round is whole."""
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump({
+        "modes": ["iptables-nft"], "services": [1, 50, 200], "targets": ["last"], "probes": 20,
+        "warmup": 2, "rounds": 1, "probe_kinds": ["syn", "http-new"], "end_rounds": {"iptables-nft": 2},
+        "end_kinds": ["http-new"]}))
+    out = tmp_path / "run"
+    cp = run_cli("sweep", "--params", str(params), "--out", str(out))
+    assert cp.returncode == 0, cp.stderr
+    pts = pd.read_parquet(out / "points.parquet")
+    ctl = pd.read_parquet(out / "control.parquet")
+    assert pts["valid"].all(), pts["reason"].tolist()
+    first, end = pts[pts["round"] == 0], pts[pts["round"] == 1]
+    assert sorted(first["services"].unique()) == [1, 50, 200] and set(first["probe"]) == {"syn", "http-new"}
+    assert sorted(end["services"]) == [1, 200] and set(end["probe"]) == {"http-new"}
+    assert set(ctl["round"]) == {0}
+
+
+@pytest.mark.root
 def test_sweep_notebook_runs_with_tiny_parameters(tmp_path):
     out = tmp_path / "nb"
     pm.execute_notebook(os.path.join(ROOT, "notebooks", "sweep.ipynb"), str(tmp_path / "sweep.ipynb"),
