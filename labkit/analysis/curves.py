@@ -160,13 +160,16 @@ class Curve:
     cells: np.ndarray = field(default_factory=lambda: np.array([]))
     cell_mean: np.ndarray = field(default_factory=lambda: np.array([]))
     cell_reps: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
-    #: the rounds every count of this curve was measured in (0 with bootstrap
-    #: replicates): fewer than ``rounds`` (the run's) when its mode has fewer
-    #: (``mode_rounds``), or a count lost a round
-    n_rounds: int = 0
-    #: per measured count (``cells``), the rounds it was measured in: more at the
-    #: ends than in the middle with ``end_rounds``
+    #: per measured count (``cells``), the rounds it was measured in (empty with
+    #: bootstrap replicates): more at the ends than in the middle with ``end_rounds``
     cell_rounds: np.ndarray = field(default_factory=lambda: np.array([], dtype=int))
+
+    @property
+    def n_rounds(self) -> int:
+        """The rounds every count of this curve was measured in (0 with bootstrap
+        replicates): fewer than ``rounds`` (the run's) when its mode has fewer
+        (``mode_rounds``), or a count lost a round."""
+        return int(self.cell_rounds.min()) if len(self.cell_rounds) else 0
 
     @property
     def df(self) -> float | None:
@@ -187,11 +190,10 @@ class Curve:
         if not len(self.cell_rounds):
             return self.df
         xs = np.asarray(x, dtype=float).ravel()
-        i = np.searchsorted(self.cells, xs)
-        on = (i < len(self.cells)) & (self.cells[np.minimum(i, len(self.cells) - 1)] == xs)
-        lo = np.clip(np.where(on, i, i - 1), 0, len(self.cells) - 1)
-        hi = np.clip(i, 0, len(self.cells) - 1)
-        return float(min(self.cell_rounds[lo].min(), self.cell_rounds[hi].min()) - 1)
+        last = len(self.cells) - 1   # the counts at or below and at or above each x
+        lo = np.clip(np.searchsorted(self.cells, xs, "right") - 1, 0, last)
+        hi = np.clip(np.searchsorted(self.cells, xs, "left"), 0, last)
+        return float(np.concatenate([self.cell_rounds[lo], self.cell_rounds[hi]]).min() - 1)
 
     @property
     def stat(self) -> str:
@@ -356,7 +358,6 @@ def fit_curve(key: CurveKey, x, y, Yb=None, point_ids=None, criterion: str = "ro
                                                    None if jack else Yb)
     if jack:
         c.cell_rounds = rounds_per_count(x, rounds)
-        c.n_rounds = int(c.cell_rounds.min())
     for m in {chosen, "linear"} & set(fits):
         weighted = m == chosen
         if jack and not weighted and line is not None:

@@ -69,13 +69,13 @@ class Analysis:
         have more rounds at their smallest and largest counts than at every
         count: those rounds and the probe kinds."""
         params = self.run.meta.get("params") or {}
-        modes, end_kinds = params.get("end_rounds") or {}, set(params.get("end_kinds") or ())
+        modes, end_kinds = params.get("end_rounds") or {}, list(params.get("end_kinds") or ())
         out: dict[str, tuple[int, list[str]]] = {}
         for k, c in self.curves.items():
             n = int(min(c.cell_rounds[0], c.cell_rounds[-1])) if len(c.cell_rounds) > 2 else 0
             if c.method == "rounds" and k.mode in modes and k.probe in end_kinds and n > c.n_rounds:
                 was, kinds = out.get(k.mode, (0, []))
-                out[k.mode] = (max(was, n), sorted({*kinds, k.probe}, key=_kind_order))
+                out[k.mode] = (max(was, n), [x for x in end_kinds if x in kinds or x == k.probe])
         return out
 
     def label(self, s: Series) -> str:
@@ -143,9 +143,3 @@ class Analysis:
                  & (cx["n_star"] > cx["range_lo"])
                  & ((cx["kind"] == "budget-abs") | cx["baseline"].astype(str).str.startswith("http-new"))]
         return list(fit["finding"]) + list(bud["finding"])
-
-
-def _kind_order(kind: str) -> tuple[str, int]:
-    """Probe kinds in reading order: reuse-3 before reuse-10."""
-    head, _, tail = kind.rpartition("-")
-    return (head, int(tail)) if tail.isdigit() else (kind, -1)

@@ -46,11 +46,14 @@ def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
     edge = {0, len(services) - 1}
     out = []
     for r in range(max([rounds, *more.values(), *(e[0] for e in ends.values())])):
-        cells = [((r * len(modes) + m) * len(services) + s, mode, n,
-                  () if more.get(mode, rounds) > r else tuple(ends[mode][1]))
-                 for m, mode in enumerate(modes)
-                 if more.get(mode, rounds) > r or (mode in ends and ends[mode][0] > r)
-                 for s, n in enumerate(services) if more.get(mode, rounds) > r or s in edge]
+        cells = []
+        for m, mode in enumerate(modes):
+            whole = more.get(mode, rounds) > r
+            if not whole and not (mode in ends and ends[mode][0] > r):
+                continue
+            kinds = () if whole else tuple(ends[mode][1])
+            cells += [((r * len(modes) + m) * len(services) + s, mode, n, kinds)
+                      for s, n in enumerate(services) if whole or s in edge]
         rng.shuffle(cells)
         for bid, mode, n, kinds in cells:
             ts = list(targets)

@@ -261,9 +261,9 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
             r = rates.get(kernel)
             here = kernel if p.kernel == "host+uml" else ""
             counts = p.services_in(here)
+            end_kinds = p.end_kinds_for(mode, here)   # end_rounds: more rounds at the two ends, of these kinds
             for n in counts:
-                end = n in (counts[0], counts[-1]) and bool(p.end_kinds_for(mode, here))
-                # an end round's block (end_rounds): the two ends only, some kinds only
+                end = bool(end_kinds) and n in (counts[0], counts[-1])
                 rounds = p.end_rounds_of(mode) if end else p.rounds_of(mode)
                 blocks += rounds
                 a, b = (r.block.get(mode) if r else None) or _other_modes(r, mode, kernel, assumed)
@@ -272,7 +272,7 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
                                      "so programming is not scaled to the plan's", None)
                 seconds += rounds * (a + b * n * endpoint_scale(mode, p.endpoints, r.endpoints if r else 0))
                 for kind in p.kinds_for(mode, here):
-                    kind_rounds = rounds if kind in p.end_kinds_for(mode, here) else p.rounds_of(mode)
+                    kind_rounds = rounds if kind in end_kinds else p.rounds_of(mode)
                     for pace in pacings(p, kind):
                         key = _key(kind, pace)
                         per = (r.per_probe.get(key) if r else None) or _assume(

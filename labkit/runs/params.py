@@ -82,9 +82,9 @@ class SweepParams:
     #: rounds at the smallest and the largest count only (mode -> rounds), of the probe
     #: kinds ``end_kinds``: for the figures read at those two counts alone (a penalty's
     #: rise from the smallest count to the largest, a request's cost at the smallest:
-    #: amortization and the budget), where a mode's middle counts need no more.  Counted
-    #: on top of the mode's rounds, after them; a mode is measured there in the larger of
-    #: this and its rounds
+    #: amortization and the budget), where a mode's middle counts need no more.  They run
+    #: after the mode's own rounds; a mode is measured at its ends in the larger of this
+    #: and its rounds
     end_rounds: dict[str, int] = field(default_factory=dict)
     #: the probe kinds of the ``end_rounds`` (a subset of ``probe_kinds``)
     end_kinds: list[str] = field(default_factory=list)

@@ -238,8 +238,8 @@ class Sweep(Experiment):
         """The end rounds of ``modes`` in ``kernel``: mode -> (rounds, probe kinds),
         for the modes that have some there."""
         p = self.p
-        return {m: (p.end_rounds_of(m), tuple(p.end_kinds_for(m, kernel))) for m in modes
-                if p.end_kinds_for(m, kernel)}
+        kinds = {m: tuple(p.end_kinds_for(m, kernel)) for m in modes}
+        return {m: (p.end_rounds_of(m), k) for m, k in kinds.items() if k}
 
     def largest_catalog(self) -> ServiceCatalog:
         return self.p.catalog(max(self.p.services))
