@@ -153,11 +153,22 @@ def _run(args: argparse.Namespace, exp: Experiment | None, exp_cls: type[Experim
     the run, here or relaunched in that kernel (then None)."""
     runner = Runner(exp if exp is not None else exp_cls, args.out, resume=args.resume,
                     command=_command(args.cmd, args), progress=not args.quiet, only=only)
+    if isinstance(runner.exp, Sweep) and only is None:   # a guest's segment never settles
+        runner.exp.settle_with = _unsettled
     netns.require_root()
     if kernel != "host+uml" and _elsewhere(args, kernel, runner.lacking(), runner.kind):
         return None
     runner.run()
     return runner
+
+
+def _unsettled(run_dir: str) -> list[dict[str, Any]]:
+    """What a sweep's open claims rest on, for its settle rounds
+    (:func:`labkit.analysis.settle.unsettled`).  Imported when asked, not at
+    the top: the analysis pulls scipy.stats, which a guest's segment run
+    (a fresh interpreter over hostfs) never needs."""
+    from labkit.analysis.settle import unsettled  # noqa: PLC0415  (see above)
+    return unsettled(run_dir)
 
 
 # ---------------------------------------------------------------------------

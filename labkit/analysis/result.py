@@ -69,7 +69,10 @@ class Analysis:
         have more rounds at their smallest and largest counts than at every
         count: those rounds and the probe kinds."""
         params = self.run.meta.get("params") or {}
-        modes, end_kinds = params.get("end_rounds") or {}, list(params.get("end_kinds") or ())
+        modes, end_kinds = set(params.get("end_rounds") or {}), list(params.get("end_kinds") or ())
+        for cell in self.settled_cells():   # settle rounds, too, measure some modes' ends only
+            modes.add(cell["mode"])
+            end_kinds += [x for x in cell["kinds"] if x not in end_kinds]
         out: dict[str, tuple[int, list[str]]] = {}
         for k, c in self.curves.items():
             n = int(min(c.cell_rounds[0], c.cell_rounds[-1])) if len(c.cell_rounds) > 2 else 0
@@ -77,6 +80,17 @@ class Analysis:
                 was, kinds = out.get(k.mode, (0, []))
                 out[k.mode] = (max(was, n), [x for x in end_kinds if x in kinds or x == k.probe])
         return out
+
+    def settle(self) -> dict:
+        """The run's settle rounds as its meta file records them
+        (:mod:`labkit.runs.settle`: ``cells``, ``rounds``, ``stopped``, ...); {} without."""
+        s = self.run.meta.get("settle")
+        return s if isinstance(s, dict) else {}
+
+    def settled_cells(self) -> list[dict]:
+        """The cells settle rounds measured ({mode, kernel, kinds, rows}); [] when none ran."""
+        s = self.settle()
+        return [c for c in s.get("cells") or [] if isinstance(c, dict)] if int(s.get("rounds") or 0) else []
 
     def label(self, s: Series) -> str:
         return self.run.label(s)

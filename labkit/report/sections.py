@@ -19,7 +19,7 @@ from labkit.analysis.claims import pacing_effect
 from labkit.analysis.ipvs_answer import ipvs_phrases, ipvs_rows, pacing_words
 from labkit.analysis.kernels import cross_kernel_growth, kernel_ratios
 from labkit.analysis.result import at_probe
-from labkit.analysis.run import probe_label
+from labkit.analysis.run import Series, probe_label
 from labkit.core import topology
 from labkit.core.modes import CALIBRATORS
 from labkit.report.markup import details
@@ -370,6 +370,34 @@ def remeasured_blocks(an: Analysis):
     note = (f'<p class="lk-note">{kept} flagged point(s) were not re-measured and stay in the fits.</p>'
             if kept else "")
     return _html(table_html(out) + note)
+
+
+def settle_rounds(an: Analysis):
+    """What the settle rounds (:mod:`labkit.runs.settle`) measured and why:
+    the claim rows still open after the planned rounds, the cells they rest
+    on, the rounds run and why they stopped; or a line saying there were none."""
+    s = an.settle()
+    if not s:
+        return _html('<p class="lk-note">No settle rounds: this run had no time budget for them '
+                     "(<code>settle_minutes</code>).</p>")
+    cells = [c for c in s.get("cells") or [] if isinstance(c, dict)]
+    when = f"{float(s.get('decided_at_s') or 0) / 60:.1f} min into the run"
+    if not cells:
+        return _html(f'<p class="lk-note">No settle rounds were needed: {when}, every claim row read at a '
+                     "mode's smallest and largest counts was decided.</p>")
+    n = int(s.get("rounds") or 0)
+    took = ", ".join(f"{x:.0f} s" for x in s.get("round_s") or [])
+    head = (f"{when}, {len({r for c in cells for r in c.get('rows', [])})} claim row(s) were inconclusive; "
+            f"{n} settle round(s) of at most {int(s.get('most') or 0)} measured what they rest on at the "
+            f"smallest and largest counts, within {float(s.get('budget_s') or 0) / 60:.0f} min from the "
+            f"run's start{f' ({took})' if took else ''}; stopped: {s.get('stopped') or 'interrupted'}. "
+            "The rows were chosen once, from the planned rounds; how many rounds ran depended on time only. "
+            "Every figure uses all rounds.")
+    out = pd.DataFrame({"mode": [an.label(Series(c["mode"], c["kernel"])) if c["kernel"] else c["mode"]
+                                 for c in cells],
+                        "probe kinds": [", ".join(c["kinds"]) for c in cells],
+                        "claim rows it settles": ["; ".join(c.get("rows", [])) for c in cells]})
+    return _html(f'<p class="lk-note">{html.escape(head)}</p>' + table_html(out))
 
 
 def published_tables(an: Analysis, target: str | None = None):

@@ -3,7 +3,8 @@
 A block programs one mode at one service count in one round.  :func:`plan`
 orders a run's planned blocks; :func:`new_remeasures` and
 :func:`remeasure_blocks` add a disturbed block's re-measurement (see
-:mod:`labkit.runs.runner` and :mod:`labkit.core.disturbed`).
+:mod:`labkit.runs.runner` and :mod:`labkit.core.disturbed`);
+:func:`settle_blocks` the blocks of settle rounds (:mod:`labkit.runs.settle`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ class Block:
     #: the probe kinds it measures, of those its mode has ((): all of them); an end
     #: round's block (``end_rounds``) names its own
     kinds: tuple[str, ...] = ()
+    #: a settle round's block (:mod:`labkit.runs.settle`): after every planned block and
+    #: re-measurement, at a mode's smallest or largest count, of ``kinds``
+    settle: bool = False
 
 
 def plan(modes: Sequence[str], services: Sequence[int], rounds: int, seed: int,
@@ -81,3 +85,29 @@ def remeasure_blocks(blocks: Sequence[Block], entries: Iterable[Mapping[str, Any
     by_id = {b.block: b for b in blocks}
     return [dataclasses.replace(by_id[int(e["of"])], block=int(e["block"]), remeasure_of=int(e["of"]))
             for e in entries if int(e["of"]) in by_id]
+
+
+def settle_blocks(cells: Sequence[tuple[str, str, Sequence[str]]], ends: Mapping[str, Sequence[int]],
+                  rounds: int, first_round: int, base: int, seed: int, targets: Sequence[str] = (),
+                  kernels: Sequence[str] = ("", "host", "uml", "vm")) -> list[Block]:
+    """The blocks of the first ``rounds`` settle rounds (pure, deterministic
+    from the seed): per round, each cell (mode, kernel, probe kinds) at each
+    of its kernel's ``ends`` (the smallest and largest count), the cells of
+    one kernel together in ``kernels`` order (one guest boot a round),
+    shuffled within it; round ``i`` is the run's round ``first_round + i``.
+    Ids from ``base`` on, each fixed by its round, cell and count."""
+    rng = random.Random(seed)
+    order = {k: i for i, k in enumerate(kernels)}
+    out: list[Block] = []
+    per_round = 2 * len(cells)
+    for i in range(rounds):
+        for kernel in sorted({c[1] for c in cells}, key=lambda k: (order.get(k, len(order)), k)):
+            here = [(base + i * per_round + 2 * j + e, mode, n, tuple(kinds))
+                    for j, (mode, k, kinds) in enumerate(cells) if k == kernel
+                    for e, n in enumerate(dict.fromkeys(ends[kernel]))]
+            rng.shuffle(here)
+            for bid, mode, n, kinds in here:
+                ts = list(targets)
+                rng.shuffle(ts)
+                out.append(Block(bid, first_round + i, mode, n, tuple(ts), kernel, kinds=kinds, settle=True))
+    return out

@@ -185,9 +185,7 @@ def _resumed(meta: dict) -> list[float]:
 def _with_kernel(pts: pd.DataFrame, meta: dict) -> pd.DataFrame:
     """A host+uml run's points with each block's kernel (host, uml), from the
     run's plan (a re-measurement: its block's)."""
-    plan = Sweep(SweepParams.from_dict(dict(meta.get("params") or {}))).blocks()
-    where = {b.block: b.kernel for b in plan}
-    where |= {int(e["block"]): where.get(int(e["of"]), "") for e in meta.get("remeasured") or []}
+    where = Sweep(SweepParams.from_dict(dict(meta.get("params") or {}))).kernel_of(meta)
     return pts.assign(kernel=pts["block"].map(where))
 
 
@@ -235,11 +233,17 @@ class Estimate:
     seconds: float
     sources: dict[str, str]
     assumed: list[str]
+    #: the settle rounds' budget (``settle_minutes``, minutes from the start; 0: none) and most rounds
+    settle_minutes: float = 0.0
+    settle_rounds: int = 0
 
     def text(self) -> str:
         m, s = divmod(round(self.seconds), 60)
         lines = [f"{self.points:,} points in {self.blocks:,} blocks, {self.probes:,} probes; "
                  f"estimated {m} min {s:02d} s"]
+        if self.settle_minutes:
+            lines.append(f"  then up to {self.settle_rounds} settle round(s) for the claims left open, while "
+                         f"each is expected to end within {self.settle_minutes:g} min of the start")
         lines += [f"  {k} rates from {v}" for k, v in self.sources.items()]
         lines += [f"  assumed: {a}" for a in self.assumed]
         return "\n".join(lines)
@@ -282,7 +286,8 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
                         points += k
                         probes += k * (p.probes + p.warmup)
                         seconds += k * p.probes * per
-    return Estimate(points, blocks, probes, seconds, sources or {}, sorted(set(assumed)))
+    return Estimate(points, blocks, probes, seconds, sources or {}, sorted(set(assumed)),
+                    p.settle_minutes, p.settle_rounds if p.settle_minutes else 0)
 
 
 def _other_modes(r: Rates | None, mode: str, kernel: str, assumed: list[str]) -> list[float]:

@@ -88,6 +88,15 @@ class SweepParams:
     end_rounds: dict[str, int] = field(default_factory=dict)
     #: the probe kinds of the ``end_rounds`` (a subset of ``probe_kinds``)
     end_kinds: list[str] = field(default_factory=list)
+    #: the sweep's time budget in minutes, its planned blocks included, for settle rounds
+    #: (0: none).  When every planned block is done, the claims still inconclusive whose
+    #: figures are read at a mode's smallest and largest counts (O(n), O(1), eBPF's,
+    #: amortization) name the modes, kernels and probe kinds they rest on; those are
+    #: measured at those two counts in more rounds, one round after another while the
+    #: next round is expected to end within the budget (:mod:`labkit.runs.settle`)
+    settle_minutes: float = 0.0
+    #: at most this many settle rounds
+    settle_rounds: int = 4
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepParams":
@@ -159,6 +168,8 @@ class SweepParams:
         put("mode_rounds", _mode_rounds(self.mode_rounds, self.modes, "mode_rounds"))
         put("end_rounds", _mode_rounds(self.end_rounds, self.modes, "end_rounds"))
         put("end_kinds", _end_kinds(self.end_kinds, self.probe_kinds, self.end_rounds))
+        put("settle_minutes", number(self.settle_minutes, "settle_minutes", 0, 24 * 60))
+        put("settle_rounds", whole(self.settle_rounds, "settle_rounds", 1, 100))
         pacing = [_pacing(v) for v in split(self.pacing, "pacing")]
         if not pacing:
             raise UsageError("pacing: at least one value is needed (0 = back to back)")
@@ -222,7 +233,7 @@ PARAMETERS = tuple(f.name for f in dataclasses.fields(SweepParams))
 #: parameters given in a parameter file (or papermill) only: mappings and the plan of a
 #: host+uml run, not command-line options
 FILE_ONLY = ("kernels_by_mode", "kind_modes", "uml_services", "uml_probe_kinds", "mode_rounds",
-             "end_rounds", "end_kinds")
+             "end_rounds", "end_kinds", "settle_minutes", "settle_rounds")
 
 #: the deepest nesting a parameter file may have (a list of lists of ... is refused)
 YAML_MAX_DEPTH = 32

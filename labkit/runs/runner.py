@@ -23,7 +23,12 @@ around the blocks, once for every experiment:
   :mod:`labkit.core.disturbed`) is measured once more in its round, as a block
   of its own (``remeasure_of``; in the meta file's ``remeasured`` before it runs,
   so a resume runs it too).  Both are kept, flags in the data; once only: one
-  outside too is flagged and recorded (``still_disturbed``).
+  outside too is flagged and recorded (``still_disturbed``);
+* **settle rounds** (:mod:`labkit.runs.settle`), last: the experiment names
+  what its open answers rest on (:meth:`Experiment.settle_cells`, decided once,
+  in the meta file's ``settle`` before a round runs) and the runner measures
+  it in more rounds while the next is expected to end within the
+  experiment's budget (:meth:`Experiment.settle_budget`).
 
 Blocks run in a randomized order within each round (:func:`plan`), so the
 slow drift of a shared machine spreads over all modes and counts.
@@ -249,6 +254,24 @@ class Experiment(ABC):
         default: an experiment without such points flags nothing."""
         return set()
 
+    def settle_budget(self) -> tuple[float, int]:
+        """Settle rounds: (seconds from the run's start they must end within,
+        most rounds); the default (0, 0): none."""
+        return 0.0, 0
+
+    def settle_cells(self, run_dir: str) -> list[dict[str, Any]]:
+        """What settle rounds measure, from the run so far in ``run_dir`` (the
+        meta file's ``settle`` ``cells``); the default: nothing."""
+        return []
+
+    def settle_blocks(self, settle: Mapping[str, Any]) -> list[Block]:
+        """The blocks of the settle rounds the meta file's ``settle`` has started."""
+        return []
+
+    def settle_seconds(self, blocks: Sequence[Block], tables: "Tables", meta: Mapping[str, Any]) -> float:
+        """The seconds ``blocks`` (one settle round) are expected to take."""
+        return 0.0
+
     def meta_extra(self) -> dict[str, Any]:
         return {}
 
@@ -330,6 +353,7 @@ class Runner:
         exp.place(lacking)
         blocks = exp.blocks()
         blocks += remeasure_blocks(blocks, self.meta.get("remeasured", []))   # resume: already planned
+        blocks += exp.settle_blocks(self.meta.get("settle") or {})   # resume: settle rounds started
         mine = dict.fromkeys(b.mode for b in blocks if self._local(b) and (self.only is None or b.block in self.only))
         for m in mine:
             if lacking[m]:
@@ -411,6 +435,7 @@ class Runner:
                     bar.total += sum(exp.units(b) for b in again)
                     self._blocks(again, lab, classes, bar, tried)
                     self._recheck(blocks + again)
+                    self._settle(blocks + again, lab, classes, bar, tried)
         finally:
             self.tables.flush_all()  # what an interrupted block measured, for a look (resume drops it)
             bar.close()
@@ -477,7 +502,7 @@ class Runner:
         its round with an id of its own (after every planned id), recorded in
         the meta file before it runs.  On a resume the blocks already planned
         keep their flags and are not planned twice."""
-        planned = [b for b in blocks if b.remeasure_of < 0]
+        planned = [b for b in blocks if b.remeasure_of < 0 and not b.settle]
         ids, entries = {b.block for b in planned}, self.meta.setdefault("remeasured", [])
         judge = ids - {int(e["of"]) for e in entries}
         new = new_remeasures(planned, self.exp.mark_disturbed(self.tables, ids, judge), entries)
@@ -493,10 +518,64 @@ class Runner:
         replaced by it); one outside too is flagged and recorded, not measured again."""
         entries = self.meta.get("remeasured", [])
         again = {int(e["block"]) for e in entries}
-        use = {b.block for b in blocks if b.remeasure_of < 0} - {int(e["of"]) for e in entries} | again
+        use = {b.block for b in blocks if b.remeasure_of < 0 and not b.settle} \
+            - {int(e["of"]) for e in entries} | again
         still = self.exp.mark_disturbed(self.tables, use, again)
         entries[:] = [{**e, "still_disturbed": int(e["block"]) in still} for e in entries]
         self.tables.flush_all()
+        self._write_meta()
+
+    def _settle(self, blocks: list[Block], lab: Lab, classes: Mapping[str, "type[Datapath]"], bar: Any,
+                tried: set[str]) -> None:
+        """Settle rounds (:mod:`labkit.runs.settle`): what they measure decided
+        once, from the run so far, and kept in the meta file's ``settle``; then
+        one round after another while the next is expected to end within the
+        budget (the first round's expectation from the run's own blocks, each
+        later one the last round's measured time), each round recorded as
+        started before it runs.  Its blocks judged against the other rounds
+        afterwards: flagged, not measured again."""
+        exp = self.exp
+        budget_s, most = exp.settle_budget()
+        if most <= 0 or self.out is None:
+            return
+        s = self.meta.get("settle")
+        if s is None:
+            t0 = time.time()
+            bar.set_postfix_str("settle: the claims so far")
+            cells = exp.settle_cells(self.out)
+            s = {"cells": cells, "rounds": 0, "budget_s": budget_s, "most": most,
+                 "decided_at_s": round(t0 - float(self.meta["started"]), 1),
+                 "analysis_s": round(time.time() - t0, 1), "stopped": "", "round_s": []}
+            self._write_meta(settle=s)
+        ran = exp.settle_blocks(s)
+        last: float | None = None
+        while s["cells"] and s["rounds"] < most:
+            nxt = exp.settle_blocks({**s, "rounds": s["rounds"] + 1})[len(ran):]
+            expect = last if last is not None else exp.settle_seconds(nxt, self.tables, self.meta)
+            left = float(self.meta["started"]) + budget_s - time.time()
+            if expect > left:
+                s["stopped"] = (f"round {s['rounds'] + 1} would take about {expect:.0f} s, "
+                                f"{max(left, 0.0):.0f} s of the budget were left")
+                break
+            s["rounds"] += 1
+            self._write_meta()
+            t0 = time.time()
+            bar.total += sum(exp.units(b) for b in nxt)
+            self._blocks(nxt, lab, classes, bar, tried)
+            last = time.time() - t0
+            s["round_s"].append(round(last, 1))
+            ran += nxt
+        else:
+            s["stopped"] = "every settle round ran" if s["cells"] else "no open claim to settle"
+        if ran:
+            entries = self.meta.get("remeasured", [])
+            use = ({b.block for b in blocks if b.remeasure_of < 0 and not b.settle}
+                   - {int(e["of"]) for e in entries} | {int(e["block"]) for e in entries}
+                   | {b.block for b in ran})
+            s["disturbed"] = sorted(self.exp.mark_disturbed(self.tables, use, {b.block for b in ran}))
+            self.tables.flush_all()
+        if s["cells"]:
+            log.warning("settle rounds: %d of %d (%s)", s["rounds"], most, s["stopped"])
         self._write_meta()
 
     def _local(self, b: Block) -> bool:

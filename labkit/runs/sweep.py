@@ -23,12 +23,18 @@ allow (cell: mode, kernel release, count, target, probe kind, pacing; the
 rule of :mod:`labkit.core.disturbed`); the runner measures each such block
 once more in its round and the re-measurement is judged the same way
 (``disturbed`` and ``remeasure_of`` in ``points.parquet``).
+
+Settle rounds.  With ``settle_minutes``, the claims still open after that are
+given more rounds at the two counts they are read at, within the sweep's time
+budget (:mod:`labkit.runs.settle`; the claims' analysis comes from the caller,
+``settle_with``: this layer does not import the analysis).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,9 +49,13 @@ from labkit.host import netns
 from labkit.probes import PROBERS
 from labkit.probes.base import Paced
 from labkit.rundir import schema
+from labkit.runs.blocks import settle_blocks
 from labkit.runs.control import measure_ops, program_row
 from labkit.runs.params import SweepParams
 from labkit.runs.runner import Block, BlockContext, Experiment, Runner, Tables, plan
+from labkit.runs.settle import cells_of, round_seconds, segment_overheads
+
+log = logging.getLogger(__name__)
 
 SPREAD_P_MIN = 1e-3  # below this the endpoint spread is called uneven
 CT_JUDGE_MAX_S = 8.0  # conntrack entries die 10 s after the client's RST: judge shorter points only
@@ -187,9 +197,13 @@ class Sweep(Experiment):
     kind = "sweep"
     unit = "point"
 
-    def __init__(self, params: SweepParams, on_point: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, params: SweepParams, on_point: Callable[[dict], None] | None = None,
+                 settle_with: Callable[[str], list[dict[str, Any]]] | None = None) -> None:
         self.p = params
         self.on_point = on_point
+        #: the run directory so far -> what its open claims rest on ({mode, kernel, kinds,
+        #: rows}: :func:`labkit.analysis.settle.unsettled`); None: no settle rounds
+        self.settle_with = settle_with
 
     def place(self, lacking: Mapping[str, str | None]) -> None:
         """A host+uml run: the kernels each mode is measured in (once; stored
@@ -243,6 +257,51 @@ class Sweep(Experiment):
 
     def largest_catalog(self) -> ServiceCatalog:
         return self.p.catalog(max(self.p.services))
+
+    def settle_budget(self) -> tuple[float, int]:
+        p = self.p
+        if p.settle_minutes <= 0:
+            return 0.0, 0
+        if self.settle_with is None:
+            log.warning("settle_minutes is set, but this sweep was started without the claims' analysis "
+                        "(settle_with): no settle rounds")
+            return 0.0, 0
+        return p.settle_minutes * 60.0, p.settle_rounds
+
+    def settle_cells(self, run_dir: str) -> list[dict[str, Any]]:
+        if self.settle_with is None:
+            return []
+        p = self.p
+        two = bool(p.kernels_by_mode)
+        where = p.kernels_by_mode if two else {m: [""] for m in p.modes}
+        return cells_of(self.settle_with(run_dir), p.kinds_for, where, two)
+
+    def settle_blocks(self, settle: Mapping[str, Any]) -> list[Block]:
+        cells = [(str(c["mode"]), str(c["kernel"]), tuple(c["kinds"])) for c in settle.get("cells") or []]
+        rounds = int(settle.get("rounds") or 0)
+        if not cells or rounds <= 0:
+            return []
+        p, planned = self.p, self.blocks()
+        base = 2 * (max(b.block for b in planned) + 1)   # after the planned ids and their re-measurements'
+        ends = {}
+        for kernel in {c[1] for c in cells}:
+            counts = [n for n in p.services_in(kernel) if n > 0] or p.services_in(kernel)
+            ends[kernel] = (min(counts), max(counts))
+        return settle_blocks(cells, ends, rounds, p.max_rounds, base, p.seed * 7919 + 17, p.targets)
+
+    def settle_seconds(self, blocks: Sequence[Block], tables: Tables, meta: Mapping[str, Any]) -> float:
+        pts = tables.frame(schema.POINTS)
+        where = self.kernel_of(meta)
+        guests = [g for g in meta.get("guests") or [] if isinstance(g, dict)]
+        return round_seconds(blocks, pts, where, segment_overheads(pts, where, guests))
+
+    def kernel_of(self, meta: Mapping[str, Any]) -> dict[int, str]:
+        """Each block id of the run -> its kernel ("" in a one-kernel run): the
+        plan's, a re-measurement's its block's, a settle round's its own."""
+        where = {b.block: b.kernel for b in self.blocks()}
+        where |= {int(e["block"]): where.get(int(e["of"]), "") for e in meta.get("remeasured") or []}
+        where |= {b.block: b.kernel for b in self.settle_blocks(meta.get("settle") or {})}
+        return where
 
     def units(self, block: Block) -> int:
         return len(block.targets) * sum(len(pacings(self.p, k))
@@ -412,14 +471,18 @@ def kernels_by_mode(modes: list[str], lacking: Mapping[str, str | None]) -> dict
 
 def run_sweep(params: SweepParams | None, out: str, *, resume: bool = False,
               command: str | None = None, progress: bool = True,
-              on_point: Callable[[dict], None] | None = None, only: set[int] | None = None) -> str:
+              on_point: Callable[[dict], None] | None = None, only: set[int] | None = None,
+              settle_with: Callable[[str], list[dict[str, Any]]] | None = None) -> str:
     """Measure ``params`` into directory ``out`` (or, with ``resume``, continue
     the run there with its stored parameters; ``params`` must then be None or
-    equal to them); returns ``out``."""
+    equal to them); returns ``out``.  ``settle_with``: what the run's open
+    claims rest on (:func:`labkit.analysis.settle.unsettled`), for the settle
+    rounds of ``settle_minutes``."""
     runner = Runner(Sweep if params is None else Sweep(params), out, resume=resume, command=command,
                     progress=progress, only=only)
     assert isinstance(runner.exp, Sweep)
     runner.exp.on_point = on_point
+    runner.exp.settle_with = settle_with
     result = runner.run()
     assert result is not None
     return result
