@@ -49,7 +49,7 @@ $(STAMP): pyproject.toml
 # the Python environment alone (no root, no Debian packages): enough for `make publish`
 venv: $(STAMP)
 
-# the default sweep (4 rounds, 6 for nftables, eBPF and IPVS: about 17 minutes on this 2-core Xeon, more on a slower day or machine; the kernel build about 5 more on a fresh clone: README) and its report
+# the default sweep (4 rounds, 6 for nftables, eBPF and IPVS: about 17 minutes on this 2-core Xeon, more on a slower day or machine; then settle rounds for the claims still open until 22 minutes from its start; the kernel build about 5 more on a fresh clone: README) and its report
 report: setup
 	$(BIN)/python -m labkit sweep --params $(PARAMS) --out $(RUN)
 	$(BIN)/python -m labkit report $(RUN)

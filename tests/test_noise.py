@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from labkit.analysis import noise
 from labkit.host import load
@@ -100,3 +101,49 @@ def test_load_json_is_read_back_and_a_missing_one_is_empty(tmp_path):
     s = noise.summarize(noise.read_load(str(tmp_path)))
     assert s is not None and s.samples == 5 and s.cores == 2 and s.others_max == 41.0
     assert os.path.exists(tmp_path / "load.json")
+
+
+def _paced(spread: float, rounds: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Paced SYN points of two modes at three counts and two targets, each cell's
+    rounds scattered by ``spread`` around its level (a uniform grid of +-spread)."""
+    rows: list[dict] = []
+    for mode in ("iptables-legacy", "nftables"):
+        for n in (1, 1000, 10000):
+            for target in ("last", "random"):
+                level = 10.0 + n / 1000
+                for r, f in enumerate(np.linspace(-spread, spread, rounds)):
+                    rows.append({"mode": mode, "kernel": "host", "services": n, "probe": "syn", "pacing": 1000.0,
+                                 "target": target, "round": r, "valid": True, "p50_us": level * (1 + f),
+                                 "block": len(rows), "remeasure_of": -1})
+    return pd.DataFrame(rows)
+
+
+def test_the_paced_spread_is_each_cells_relative_mad_over_its_rounds():
+    # rounds at -30%, -10%, +10%, +30% of the level: deviations 10, 10, 30, 30%: their median 20%
+    p = _paced(0.3)
+    assert noise.paced_spread(p) == pytest.approx(0.2)
+    # back-to-back points, a guest's, and cells of fewer than 3 rounds do not count
+    b2b = p.assign(pacing=0.0, p50_us=p["p50_us"] * 3)
+    guest = _paced(0.9).assign(kernel="uml")
+    two = _paced(0.9, rounds=2).assign(mode="ebpf")
+    assert noise.paced_spread(pd.concat([p, b2b, guest, two])) == pytest.approx(0.2)
+    # a re-measured block stands in place of the old one
+    old = p.index[(p["round"] == 3) & (p["services"] == 1) & (p["mode"] == "nftables") & (p["target"] == "last")]
+    again = p.loc[old].assign(block=999, remeasure_of=int(p.loc[old[0], "block"]))
+    p2 = p.copy()
+    p2.loc[old, "p50_us"] = 1e6
+    assert noise.paced_spread(pd.concat([p2, again])) == pytest.approx(0.2)
+    assert np.isnan(noise.paced_spread(p.assign(pacing=0.0)))
+
+
+def test_paced_probes_that_spread_more_than_the_reference_warn_even_when_the_load_gauge_is_quiet():
+    quiet = noise.summarize(_samples(1.0))
+    calm = noise.lines(quiet, 1.05, None, "the reference run", (0.065, 0.06))
+    assert not any(x.startswith("Warning") for x in calm)
+    assert "Paced probes (SYN at 1,000/s) spread 6.5% between rounds here" in " ".join(calm)
+    assert "the reference run: 6.0%." in " ".join(calm)
+    slow = noise.lines(quiet, 1.05, None, "the reference run", (0.136, 0.067))
+    warn = [x for x in slow if x.startswith("Warning")]
+    assert len(warn) == 1 and "spread 13.6% between rounds here, 2.0x the reference run's 6.7%" in warn[0]
+    assert "the load gauge does not see it: other processes 1% of a CPU, steal 0.0%" in warn[0]
+    assert not any("Paced" in x for x in noise.lines(quiet, 1.05, None))   # not measured: nothing said

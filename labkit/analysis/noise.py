@@ -10,7 +10,16 @@ Two gauges:
   calibrator mode (iptables-legacy, else iptables-nft, else nftables) on the
   host at the run's smallest count above 0, SYN probes back to back to the
   last target, p50.  Its spread over rounds is the run's drift; against the
-  same point of a reference run it says how fast this machine is.
+  same point of a reference run it says how fast this machine is;
+* the spread between rounds of the probes paced at the seed's load (SYN at
+  1,000/s on the host, every mode, count and target): the median over those
+  cells of each cell's median absolute deviation over its rounds, relative
+  to its median.  A paced probe finds the CPU idle, so it pays for waking
+  it; on a virtual machine whose host is busy that wake-up varies, and the
+  load gauge does not see it (the guest's CPUs are idle, nothing is stolen).
+  Measured on this machine: 5.6-7.7% in four quiet default runs, 11.5-13.6%
+  in three slow ones (docs/results.md), whose paced rows' intervals were 2-5x
+  as wide; above :data:`PACED_SPREAD` times the reference run's the report warns.
 """
 from __future__ import annotations
 
@@ -37,6 +46,11 @@ STEAL_PCT = 5.0
 DRIFT = 1.5
 #: the reference point's instrument
 REF_PROBE, REF_PACING, REF_TARGET = "syn", 0.0, "last"
+#: the paced probes' round-to-round spread (:func:`paced_spread`) is called disturbed at this many
+#: times the reference run's
+PACED_SPREAD = 1.5
+#: the pacing of the paced spread: the seed's load (labkit.analysis.claims.SEED_PACING)
+PACED = 1000.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,27 @@ def drift(points: pd.DataFrame) -> float:
     return float(ref[2].max() / ref[2].min())
 
 
+def paced_spread(points: pd.DataFrame, pacing: float = PACED, least_rounds: int = 3) -> float:
+    """The round-to-round spread of SYN probes at ``pacing`` on the host
+    (pure): per cell (mode, count, target) of at least ``least_rounds``
+    rounds, the median absolute deviation of its rounds' p50 over their
+    median; the median over the cells (nan with none).  A re-measured
+    block's points stand in place of the old one's."""
+    p = points
+    if {"block", "remeasure_of"} <= set(p.columns):
+        p = p[~p["block"].isin(p.loc[p["remeasure_of"] >= 0, "remeasure_of"])]
+    p = p[p["valid"].astype(bool) & (p["probe"] == REF_PROBE) & (p["pacing"] == pacing) & (p["services"] > 0)]
+    if "kernel" in p.columns:
+        p = p[p["kernel"] == "host"]
+    per = p.groupby(["mode", "services", "target", "round"])["p50_us"].median()
+    rel = []
+    for _, r in per.groupby(level=["mode", "services", "target"]):
+        v = r.to_numpy(dtype=float)
+        if len(v) >= least_rounds and np.median(v) > 0:
+            rel.append(float(np.median(np.abs(v - np.median(v))) / np.median(v)))
+    return float(np.median(rel)) if rel else float("nan")
+
+
 def speed_ratio(points: pd.DataFrame, reference: pd.DataFrame) -> tuple[str, int, float, float] | None:
     """This run's reference point against the same point (mode, count) of a
     reference run's points: (mode, count, this run's median p50, the
@@ -141,9 +176,11 @@ def speed_ratio(points: pd.DataFrame, reference: pd.DataFrame) -> tuple[str, int
 
 
 def lines(load: Load | None, drift_ratio: float, speed: tuple[str, int, float, float] | None,
-          reference_name: str = "the reference run") -> list[str]:
+          reference_name: str = "the reference run", paced: tuple[float, float] | None = None) -> list[str]:
     """What the report says of the run's noise: one warning line when it was
-    disturbed, then the facts (pure)."""
+    disturbed, a second when its paced probes spread more than
+    :data:`PACED_SPREAD` times the reference run's (``paced``: this run's
+    :func:`paced_spread` and the reference's), then the facts (pure)."""
     out = []
     busy = load is not None and load.disturbed
     drifted = np.isfinite(drift_ratio) and drift_ratio > DRIFT
@@ -158,6 +195,16 @@ def lines(load: Load | None, drift_ratio: float, speed: tuple[str, int, float, f
             why.append(f"the reference point's rounds lie {drift_ratio:.2f}x apart")
         out.append("Warning: this run was disturbed: " + "; ".join(why) + ". Its intervals are wider and its "
                    "levels higher than a quiet run's; measure again on a quiet machine to compare levels.")
+    spread_here, spread_ref = paced if paced is not None else (float("nan"), float("nan"))
+    if np.isfinite(spread_here) and np.isfinite(spread_ref) and spread_ref > 0 \
+            and spread_here > PACED_SPREAD * spread_ref:
+        unseen = (f" (the load gauge does not see it: other processes {load.others_median:.0f}% of a CPU, steal "
+                  f"{load.steal_median:.1f}%)" if load is not None and not load.disturbed else "")
+        out.append(f"Warning: the paced probes (SYN at {PACED:,.0f}/s) spread {spread_here:.1%} between rounds "
+                   f"here, {spread_here / spread_ref:.1f}x {reference_name}'s {spread_ref:.1%}: a paced probe "
+                   f"finds the CPU idle, and waking it took longer at times while this run measured{unseen}. "
+                   "The paced rows' intervals are wider, and verdicts a quieter hour decides may stay "
+                   "inconclusive here: measure again in a quieter hour to decide them.")
     if load is not None:
         out.append(f"Machine load while measuring ({load.samples} samples over {load.seconds / 60:.0f} min, "
                    f"{load.cores} CPUs): other processes {load.others_median:.0f}% of a CPU (median; at most "
@@ -173,4 +220,8 @@ def lines(load: Load | None, drift_ratio: float, speed: tuple[str, int, float, f
                    f"target, p50) is {here:.1f} us here and {there:.1f} us there: this machine is {how} "
                    "the reference run's" + (f" (round-to-round drift here {drift_ratio:.2f}x)."
                                             if np.isfinite(drift_ratio) else "."))
+    if np.isfinite(spread_here):
+        out.append(f"Paced probes (SYN at {PACED:,.0f}/s) spread {spread_here:.1%} between rounds here (median over "
+                   "cells of the rounds' median absolute deviation)"
+                   + (f"; {reference_name}: {spread_ref:.1%}." if np.isfinite(spread_ref) else "."))
     return out

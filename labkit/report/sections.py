@@ -101,8 +101,9 @@ def noise_note(an: Analysis, reference: str = noise.REFERENCE_RUN):
     if os.path.realpath(reference) != os.path.realpath(an.run.path):
         ref = noise.read_points(reference)
     speed = noise.speed_ratio(an.run.points, ref) if ref is not None else None
+    paced = (noise.paced_spread(an.run.points), noise.paced_spread(ref) if ref is not None else float("nan"))
     lines = noise.lines(load, noise.drift(an.run.points), speed,
-                        f"the reference run data/reference/{os.path.basename(reference)}")
+                        f"the reference run data/reference/{os.path.basename(reference)}", paced)
     warn = [x for x in lines if x.startswith("Warning")]
     rest = [x for x in lines if not x.startswith("Warning")]
     return _html("".join(f'<p class="lk-warn">{html.escape(x)}</p>' for x in warn)
@@ -387,16 +388,22 @@ def settle_rounds(an: Analysis):
                      "mode's smallest and largest counts was decided.</p>")
     n = int(s.get("rounds") or 0)
     took = ", ".join(f"{x:.0f} s" for x in s.get("round_s") or [])
-    head = (f"{when}, {len({r for c in cells for r in c.get('rows', [])})} claim row(s) were inconclusive; "
-            f"{n} settle round(s) of at most {int(s.get('most') or 0)} measured what they rest on at the "
-            f"smallest and largest counts, within {float(s.get('budget_s') or 0) / 60:.0f} min from the "
-            f"run's start{f' ({took})' if took else ''}; stopped: {s.get('stopped') or 'interrupted'}. "
-            "The rows were chosen once, from the planned rounds; how many rounds ran depended on time only. "
-            "Every figure uses all rounds.")
+    rows = len({r for c in cells for r in c.get("rows", [])})
+    budget = f"{float(s.get('budget_s') or 0) / 60:.0f} min from the run's start"
+    if n:
+        head = (f"{when}, {rows} claim row(s) were inconclusive; {n} settle round(s) of at most "
+                f"{int(s.get('most') or 0)} measured what they rest on at the smallest and largest counts, "
+                f"within {budget}{f' ({took})' if took else ''}; stopped: {s.get('stopped') or 'interrupted'}. "
+                "The rows were chosen once, from the planned rounds; how many rounds ran depended on time "
+                "only. Every figure uses all rounds.")
+    else:
+        head = (f"{when}, {rows} claim row(s) were inconclusive, but no settle round fitted within {budget} "
+                f"({s.get('stopped') or 'interrupted'}): they stay as the planned rounds decide them.")
     out = pd.DataFrame({"mode": [an.label(Series(c["mode"], c["kernel"])) if c["kernel"] else c["mode"]
                                  for c in cells],
                         "probe kinds": [", ".join(c["kinds"]) for c in cells],
-                        "claim rows it settles": ["; ".join(c.get("rows", [])) for c in cells]})
+                        "claim rows it settles" if n else "claim rows it would settle":
+                            ["; ".join(c.get("rows", [])) for c in cells]})
     return _html(f'<p class="lk-note">{html.escape(head)}</p>' + table_html(out))
 
 

@@ -542,10 +542,15 @@ class Runner:
         if s is None:
             t0 = time.time()
             bar.set_postfix_str("settle: the claims so far")
-            cells = exp.settle_cells(self.out)
+            why = ""
+            try:
+                cells = exp.settle_cells(self.out)
+            except Exception as exc:   # noqa: BLE001  (what was measured stands; the run completes)
+                log.warning("settle rounds: the claims could not be put to the run: %s", exc)
+                cells, why = [], f"the claims could not be put to the run: {clip(str(exc), 200)}"
             s = {"cells": cells, "rounds": 0, "budget_s": budget_s, "most": most,
                  "decided_at_s": round(t0 - float(self.meta["started"]), 1),
-                 "analysis_s": round(time.time() - t0, 1), "stopped": "", "round_s": []}
+                 "analysis_s": round(time.time() - t0, 1), "stopped": why, "round_s": []}
             self._write_meta(settle=s)
         ran = exp.settle_blocks(s)
         last: float | None = None
@@ -562,11 +567,13 @@ class Runner:
             t0 = time.time()
             bar.total += sum(exp.units(b) for b in nxt)
             self._blocks(nxt, lab, classes, bar, tried)
+            # a guest's segment reads the meta file back into a new dict: this record goes on in it
+            self.meta["settle"] = s
             last = time.time() - t0
             s["round_s"].append(round(last, 1))
             ran += nxt
         else:
-            s["stopped"] = "every settle round ran" if s["cells"] else "no open claim to settle"
+            s["stopped"] = s["stopped"] or ("every settle round ran" if s["cells"] else "no open claim to settle")
         if ran:
             entries = self.meta.get("remeasured", [])
             use = ({b.block for b in blocks if b.remeasure_of < 0 and not b.settle}
