@@ -17,8 +17,8 @@ Two gauges:
   to its median.  A paced probe finds the CPU idle, so it pays for waking
   it; on a virtual machine whose host is busy that wake-up varies, and the
   load gauge does not see it (the guest's CPUs are idle, nothing is stolen).
-  Measured on this machine: 5.6-7.7% in four quiet default runs, 11.5-13.6%
-  in three slow ones (docs/results.md), whose paced rows' intervals were 2-5x
+  Measured on this machine: 5.6-7.7% in four quiet default runs, 10.1-13.6%
+  in five slow ones (docs/results.md), whose paced rows' intervals were 2-5x
   as wide; above :data:`PACED_SPREAD` times the reference run's the report warns.
 """
 from __future__ import annotations
