@@ -18,8 +18,9 @@ Two gauges:
   it; on a virtual machine whose host is busy that wake-up varies, and the
   load gauge does not see it (the guest's CPUs are idle, nothing is stolen).
   Measured on this machine: 5.6-7.7% in four quiet default runs, 10.1-13.6%
-  in five slow ones (docs/results.md), whose paced rows' intervals were 2-5x
-  as wide; above :data:`PACED_SPREAD` times the reference run's the report warns.
+  in five slow runs (docs/results.md); in the slow default run of 14:13 the
+  O(1) and amortization rows' intervals were 2.5-5.7x as wide.  Above
+  :data:`PACED_SPREAD` times the reference run's the report warns.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.analysis import anchors
-from labkit.analysis.run import kernel_names
+from labkit.analysis.run import kernel_names, use_remeasured
 from labkit.core.modes import CALIBRATORS
 from labkit.rundir import schema
 
@@ -83,8 +84,10 @@ def read_load(run_dir: str) -> list[dict]:
 
 
 def read_points(run_dir: str) -> pd.DataFrame | None:
-    """A run's points with the kernel each ran in (host, uml, vm), for
-    :func:`speed_ratio`; None when the run is not there."""
+    """A run's points with the kernel each ran in (host, uml, vm), a
+    disturbed block's read as invalid where it was re-measured (as
+    :func:`labkit.analysis.run.load_run` reads them), for :func:`speed_ratio`
+    and :func:`paced_spread`; None when the run is not there."""
     try:
         with open(os.path.join(run_dir, schema.META), "rb") as f:
             meta = json.loads(f.read(16 << 20))
@@ -93,7 +96,8 @@ def read_points(run_dir: str) -> pd.DataFrame | None:
         return None
     col = "kernel_release" if "kernel_release" in points.columns else "kernel"
     where = kernel_names(meta, run_dir, points[col].astype(str).unique())
-    return points.assign(kernel=points[col].astype(str).map(where))
+    points = points.assign(kernel=points[col].astype(str).map(where))
+    return use_remeasured(points)[0] if "remeasure_of" in points.columns else points   # older: as they are
 
 
 def summarize(samples: list[dict]) -> Load | None:
@@ -140,12 +144,11 @@ def paced_spread(points: pd.DataFrame, pacing: float = PACED, least_rounds: int 
     """The round-to-round spread of SYN probes at ``pacing`` on the host
     (pure): per cell (mode, count, target) of at least ``least_rounds``
     rounds, the median absolute deviation of its rounds' p50 over their
-    median; the median over the cells (nan with none).  A re-measured
-    block's points stand in place of the old one's."""
-    p = points
-    if {"block", "remeasure_of"} <= set(p.columns):
-        p = p[~p["block"].isin(p.loc[p["remeasure_of"] >= 0, "remeasure_of"])]
-    p = p[p["valid"].astype(bool) & (p["probe"] == REF_PROBE) & (p["pacing"] == pacing) & (p["services"] > 0)]
+    median; the median over the cells (nan with none).  Valid points only:
+    a run read as :func:`read_points` or ``load_run`` reads it has a
+    re-measured block's old points invalid."""
+    p = points[points["valid"].astype(bool) & (points["probe"] == REF_PROBE) & (points["pacing"] == pacing)
+               & (points["services"] > 0)]
     if "kernel" in p.columns:
         p = p[p["kernel"] == "host"]
     per = p.groupby(["mode", "services", "target", "round"])["p50_us"].median()

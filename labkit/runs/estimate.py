@@ -39,6 +39,8 @@ from labkit.rundir import schema
 from labkit.rundir.store import read_table
 from labkit.runs.params import SweepParams
 from labkit.runs.sweep import Sweep, pacings
+from labkit.runs.timing import block_gaps as block_gaps  # tests and callers take it from here
+from labkit.runs.timing import point_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 #: where each kernel's rates come from when this machine has measured none
@@ -73,10 +75,8 @@ def rates_of(points: pd.DataFrame, started: float, source: str, kernel: str | No
     time outside its points (the gap is the interruption's)."""
     p = points.dropna(subset=["started", "finished"]).sort_values("started")
     p = p.assign(dur=p["finished"] - p["started"], key=[_key(k, v) for k, v in zip(p["probe"], p["pacing"])])
-    p = p.assign(gap=(p["started"] - p.groupby("block")["finished"].shift()).clip(lower=0))
-    # a point's cost: its probes and what precedes it in the block (warmup, the previous point's
-    # checks), per probe sent; a kind only ever first in its blocks has its probes' time only
-    cost = (p["dur"] + p["gap"]) / p["sent"].clip(lower=1)
+    # a point's cost per probe sent; a kind only ever first in its blocks has its probes' time only
+    cost = point_seconds(p, first=math.nan) / p["sent"].clip(lower=1)
     blocks = block_gaps(p, resumed)
     if kernel is not None and "kernel" in p.columns:
         p = p[p["kernel"] == kernel]
@@ -96,23 +96,6 @@ def rates_of(points: pd.DataFrame, started: float, source: str, kernel: str | No
         and kernel in (None, "host") else 0.0
     eps = p["endpoints"].dropna().unique() if "endpoints" in p.columns else []
     return Rates(source, per_probe, block, max(start, 0.0), int(eps[0]) if len(eps) == 1 else 0)
-
-
-def block_gaps(points: pd.DataFrame, resumed: Collection[float] = ()) -> pd.DataFrame:
-    """One row per block of a points table, in the order measured (pure):
-    ``mode``, ``services``, its first and last probe times, and ``outside``,
-    the time from the previous block's last point to this block's first
-    (teardown, a fresh node, programming); NaN for the first block and for a
-    block a resume (``resumed``: the run meta's times) precedes, whose gap is
-    the interruption's."""
-    p = points.dropna(subset=["started", "finished"])
-    blocks = p.groupby("block").agg(mode=("mode", "first"), services=("services", "first"),
-                                    first=("started", "min"), last=("finished", "max"),
-                                    ).sort_values("first")
-    blocks = blocks.assign(outside=(blocks["first"] - blocks["last"].shift()).clip(lower=0))
-    for t in resumed:
-        blocks.loc[(blocks["last"].shift() < t) & (blocks["first"] >= t), "outside"] = math.nan
-    return blocks
 
 
 @lru_cache(maxsize=None)
@@ -287,7 +270,7 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
                         probes += k * (p.probes + p.warmup)
                         seconds += k * p.probes * per
     return Estimate(points, blocks, probes, seconds, sources or {}, sorted(set(assumed)),
-                    p.settle_minutes, p.settle_rounds if p.settle_minutes else 0)
+                    p.settle_minutes, p.settle_rounds)
 
 
 def _other_modes(r: Rates | None, mode: str, kernel: str, assumed: list[str]) -> list[float]:

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.runs.blocks import Block
+from labkit.runs.timing import block_gaps, point_seconds
 
 #: a block's time outside its probes besides programming (a fresh node, teardown), seconds
 BLOCK_OVERHEAD_S = 1.5
@@ -73,10 +74,8 @@ def round_seconds(blocks: Sequence[Block], points: pd.DataFrame, kernel_of: Mapp
     segment's start and end: the median of ``segment_s`` (each guest
     segment's wall time minus what its blocks measured), else
     :data:`SEGMENT_S`.  A block nothing matches costs the median block."""
-    p = points.dropna(subset=["started", "finished"]).sort_values("started")
-    # a point's time: its probes and what precedes it in its block (the prober's start, warmup)
-    gap = (p["started"] - p.groupby("block")["finished"].shift()).clip(lower=0).fillna(0.0)
-    p = p.assign(kernel=p["block"].map(kernel_of).fillna(""), dur=p["finished"] - p["started"] + gap)
+    p = points.dropna(subset=["started", "finished"])
+    p = p.assign(kernel=p["block"].map(kernel_of).fillna(""), dur=point_seconds(p))
     costs, unknown = [], 0
     for b in blocks:
         m = p[(p["mode"] == b.mode) & (p["services"] == b.services) & (p["kernel"] == b.kernel)]
@@ -101,12 +100,11 @@ def segment_overheads(points: pd.DataFrame, kernel_of: Mapping[int, str], guests
     spans of the runs of consecutive ``kernel`` blocks (first to last probe,
     in the order measured), over the number of guests: one mean, or empty
     when the run has no guest segment."""
-    p = points.dropna(subset=["started", "finished"])
     walls = [float(g.get("command_s") or math.nan) for g in guests if g.get("backend") == kernel]
     walls = [w for w in walls if math.isfinite(w)]
-    if not len(p) or not walls:
+    spans = block_gaps(points)
+    if not len(spans) or not walls:
         return []
-    spans = p.groupby("block").agg(first=("started", "min"), last=("finished", "max")).sort_values("first")
     inside = 0.0
     start: float | None = None
     end = 0.0
