@@ -37,7 +37,11 @@ def jackknife_se(reps: np.ndarray, est=None) -> np.ndarray:
     a 4-round curve in a run of 11 rounds would get a 1.10x wider interval
     (sqrt((10/11) / (3/4)))."""
     reps = np.asarray(reps, dtype=float)
-    use = np.ones(reps.shape, dtype=bool) if est is None else rests_on(reps, est)
+    return _jackknife_se(reps, np.ones(reps.shape, dtype=bool) if est is None else rests_on(reps, est))
+
+
+def _jackknife_se(reps: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """:func:`jackknife_se` over the replicates ``use`` marks, column by column."""
     m = use.sum(axis=0)
     mean = np.where(use, reps, 0.0).sum(axis=0) / m
     dev = np.where(use, reps - mean, 0.0)
@@ -57,8 +61,9 @@ def interval(est, reps, method: str, level: float = 0.95, df: float | None = Non
     est = np.asarray(est, dtype=float)
     reps = np.asarray(reps, dtype=float)
     if method == "rounds":
-        dof = rests_on(reps, est).sum(axis=0) - 1 if df is None else df
-        half = student_t.ppf(0.5 + level / 2, dof) * jackknife_se(reps, est)
+        use = rests_on(reps, est)
+        dof = use.sum(axis=0) - 1 if df is None else df
+        half = student_t.ppf(0.5 + level / 2, dof) * _jackknife_se(reps, use)
         return est - half, est + half
     lo, hi = percentile_ci(reps, level)
     return np.minimum(lo, est), np.maximum(hi, est)

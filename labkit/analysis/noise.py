@@ -17,7 +17,7 @@ Two gauges:
   to its median.  A paced probe finds the CPU idle, so it pays for waking
   it; on a virtual machine whose host is busy that wake-up varies, and the
   load gauge does not see it (the guest's CPUs are idle, nothing is stolen).
-  Measured on this machine: 5.6-7.7% in four quiet default runs, 10.1-13.6%
+  Measured on this machine: 5.6-7.7% in six quiet default runs, 10.1-13.6%
   in five slow runs (docs/results.md); in the slow default run of 14:13 the
   O(1) and amortization rows' intervals were 2.5-5.7x as wide.  Above
   :data:`PACED_SPREAD` times the reference run's the report warns.
@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from labkit.analysis import anchors
+from labkit.analysis.claims import SEED_PACING
 from labkit.analysis.run import kernel_names, use_remeasured
 from labkit.core.modes import CALIBRATORS
 from labkit.rundir import schema
@@ -50,8 +51,8 @@ REF_PROBE, REF_PACING, REF_TARGET = "syn", 0.0, "last"
 #: the paced probes' round-to-round spread (:func:`paced_spread`) is called disturbed at this many
 #: times the reference run's
 PACED_SPREAD = 1.5
-#: the pacing of the paced spread: the seed's load (labkit.analysis.claims.SEED_PACING)
-PACED = 1000.0
+#: the pacing of the paced spread: the seed's load
+PACED = SEED_PACING
 
 
 @dataclass(frozen=True)
