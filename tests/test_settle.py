@@ -50,6 +50,26 @@ def test_settle_blocks_are_the_ends_of_each_cell_per_round_one_kernel_after_the_
     assert settle_blocks(cells, ends, 2, 6, 1000, seed=5, targets=("last", "random")) == bl[:12]
 
 
+def test_a_cell_with_counts_is_measured_there_and_shares_a_block_with_its_modes_other_cell():
+    """The 1,000-5,000 claim's cell (http-new at 1, 1,000 and 5,000) beside
+    amortization's (reuse-3 and http-new at the ends): one block per mode and
+    count, their kinds together; ids unique; cells without counts keep the
+    ids they had before counts existed."""
+    cells = [("iptables-legacy", "host", ("reuse-3", "http-new"), ()),
+             ("iptables-legacy", "host", ("http-new",), (1, 1000, 5000)), ("ipvs", "uml", ("syn",))]
+    ends = {"host": (1, 10000), "uml": (1, 5000)}
+    bl = settle_blocks(cells, ends, 2, 6, 1000, seed=5, targets=("last",))
+    assert len({b.block for b in bl}) == len(bl) == 2 * (4 + 2)
+    r = {(b.mode, b.services): b.kinds for b in bl if b.round == 6}
+    assert r == {("iptables-legacy", 1): ("reuse-3", "http-new"), ("iptables-legacy", 10000): ("reuse-3", "http-new"),
+                 ("iptables-legacy", 1000): ("http-new",), ("iptables-legacy", 5000): ("http-new",),
+                 ("ipvs", 1): ("syn",), ("ipvs", 5000): ("syn",)}
+    old = [("ipvs", "uml", ("syn",)), ("ebpf", "host", ("syn",))]
+    ids = {(b.round, b.mode, b.services): b.block for b in settle_blocks(old, ends, 2, 6, 1000, seed=5)}
+    assert ids == {(6 + i, m, n): 1000 + 4 * i + 2 * j + e for i in range(2)
+                   for j, (m, k, _) in enumerate(old) for e, n in enumerate(ends[k])}
+
+
 def test_the_default_runs_settle_ids_follow_the_planned_and_re_measured_ones():
     sw = Sweep(DEFAULT)
     sw.place({m: None for m in DEFAULT.modes} | {"ipvs": "no IPVS in this kernel"})
@@ -64,6 +84,13 @@ def test_the_default_runs_settle_ids_follow_the_planned_and_re_measured_ones():
     assert {b.round for b in settled} == set(range(DEFAULT.max_rounds, DEFAULT.max_rounds + DEFAULT.settle_rounds))
     assert {(b.kernel, b.services) for b in settled} == {("host", 1), ("host", 10000), ("uml", 1), ("uml", 5000)}
     assert sw.settle_blocks({"cells": cells, "rounds": 0}) == [] and sw.settle_blocks({}) == []
+    # a cell with counts: at the kernel's smallest and those of its counts the kernel measures
+    span = [{"mode": "iptables-nft", "kernel": "host", "kinds": ["http-new"], "counts": [1000, 4000], "rows": []},
+            {"mode": "ipvs", "kernel": "uml", "kinds": ["syn"], "counts": [7500], "rows": []}]   # uml: 1-5,000
+    got = sw.settle_blocks({"cells": span, "rounds": 1})
+    assert sorted((b.mode, b.kernel, b.services, b.kinds) for b in got) == [
+        ("iptables-nft", "host", 1, ("http-new",)), ("iptables-nft", "host", 1000, ("http-new",))]
+    assert not {b.block for b in got} & ({b.block for b in planned} | remeasured)
     # every settle block has its kernel for the rates (estimate's _with_kernel)
     meta = {"remeasured": [], "settle": {"cells": cells, "rounds": 1}}
     assert all(sw.kernel_of(meta)[b.block] == b.kernel for b in settled[:2 * len(cells)])
@@ -89,6 +116,10 @@ def test_cells_are_what_the_run_measures_merged_per_mode_and_kernel():
         {"mode": "ipvs", "kernel": "uml", "kinds": ["syn"], "rows": ["e"]}]
     one = cells_of(found[:2], p.kinds_for, {"iptables-nft": [""]}, two_kernels=False)
     assert [(c["mode"], c["kernel"]) for c in one] == [("iptables-nft", "")]
+    # a cell read at other counts stays apart from the mode's cell at the ends, and keeps them
+    span = {"mode": "iptables-nft", "kernel": "host", "kinds": ["http-new"], "counts": [5000, 1000], "rows": ["g"]}
+    both = cells_of([found[0], span], p.kinds_for, where, two_kernels=True)
+    assert [c.get("counts") for c in both] == [None, [1000, 5000]] and both[1]["rows"] == ["g"]
 
 
 def _claims(rows):
@@ -107,15 +138,19 @@ def test_open_cells_name_the_kinds_each_open_row_rests_on():
         dict(claim="keepalive", mode="iptables-legacy", probe="reuse-10", k=10.0, pacing=1000.0),
     ])
     cells = open_cells(c, ["syn", "http-new", "reuse-1", "reuse-10"])
-    assert [(x["mode"], x["kernel"], x["kinds"]) for x in cells] == [
-        ("ipvs", "uml", ["syn"]), ("ebpf", "uml", ["syn"]), ("ipvs", "uml", ["syn"]),
-        ("iptables-legacy", "host", ["reuse-10", "reuse-1", "http-new"])]
+    assert [(x["mode"], x["kernel"], x["kinds"], x.get("counts")) for x in cells] == [
+        ("ipvs", "uml", ["syn"], None), ("iptables-legacy", "host", ["http-new"], [1000, 5000]),
+        ("ebpf", "uml", ["syn"], None), ("ipvs", "uml", ["syn"], None),
+        ("iptables-legacy", "host", ["reuse-10", "reuse-1", "http-new"], None)]
     assert cells[0]["rows"] == ["O(1): ipvs (uml), last target"]
-    assert cells[1]["rows"] == ["eBPF beats: ebpf vs ipvs (uml), random target"]
-    assert cells[3]["rows"] == ["amortization, k = 10: iptables-legacy (host), last target"]
+    assert cells[1]["rows"] == ["1,000-5,000: iptables-legacy (host), last target"]
+    assert cells[2]["rows"] == ["eBPF beats: ebpf vs ipvs (uml), random target"]
+    assert cells[4]["rows"] == ["amortization, k = 10: iptables-legacy (host), last target"]
     # without reuse-1, amortization's new connection is the SYN's
     assert open_cells(c.iloc[[5]], ["syn", "http-new", "reuse-10"])[0]["kinds"] == ["reuse-10", "syn", "http-new"]
-    assert "1k-5k" not in SETTLED_CLAIMS
+    # the 1,000-5,000 row at the ends of the span still open, as the analysis says
+    assert open_cells(c.iloc[[3]], ["syn", "http-new"], lambda r: [1000])[0]["counts"] == [1000]
+    assert set(SETTLED_CLAIMS) == {"o-n", "o-1", "ebpf-beats", "keepalive", "1k-5k"}
 
 
 # --- the expected time -------------------------------------------------------------
@@ -199,6 +234,49 @@ def test_unsettled_names_the_open_o1_row_and_the_report_says_what_settled_it(tmp
     text = sections.settle_rounds(late).data
     assert "1 claim row(s) were inconclusive, but no settle round fitted within 22 min" in text
     assert "claim rows it would settle" in text
+
+
+def _http_run(out, settle=None, settle_rounds=0, seed=3):
+    """iptables-legacy's http-new, back to back, last target, at 1, 1,000, 3,000
+    and 5,000 services in 4 rounds (``settle_rounds`` more at 1 and 1,000):
+    40 us at 1 service, its penalty at 1,000 exactly the 10% budget (4 us)
+    with a round-to-round spread of a few us there, 20 us at 5,000."""
+    rng = np.random.default_rng(seed)
+    rise = {1: 0.0, 1000: 4.0, 3000: 12.0, 5000: 20.0}
+    samples, points, pid = [], [], 0
+    for r in range(4 + settle_rounds):
+        for n in (rise if r < 4 else [1, 1000]):
+            shift = rng.normal(0, 2.0) if n == 1000 else rng.normal(0, 0.3)
+            rtt = 40 + rise[n] + shift + rng.gamma(4.0, 0.25, 200)
+            smp, pt = point_rows(rtt, run_id="h", point_id=pid, block=pid, mode="iptables-legacy",
+                                 kernel="6.18.0-test", services=n, target="last", probe="http-new", pacing=0.0,
+                                 round=r)
+            samples.append(smp)
+            points.append(pt)
+            pid += 1
+    meta = {"run_id": "h", "params": {"modes": ["iptables-legacy"], "probe_kinds": ["http-new"]},
+            "kernel": "6.18.0-test"}
+    if settle is not None:
+        meta["settle"] = settle
+    return write_run(out, samples, points, meta)
+
+
+def test_an_open_1k_5k_row_is_settled_at_1000_services_where_it_straddles_and_the_report_says_so(tmp_path):
+    """The 1,000-5,000 row of a run whose penalty at 1,000 services lies on
+    the budget is inconclusive; its cell is http-new at 1,000 (5,000, clear
+    of the budget, is left out); the rounds those blocks add are named in the
+    interval text and the settle section."""
+    cells = unsettled(_http_run(tmp_path / "open"))
+    assert cells == [{"mode": "iptables-legacy", "kernel": "host", "kinds": ["http-new"], "counts": [1000],
+                      "rows": ["1,000-5,000: iptables-legacy (host), last target"]}]
+    settle = {"cells": [dict(cells[0], kernel="")], "rounds": 3, "most": 6, "budget_s": 1320.0,
+              "decided_at_s": 900.0, "analysis_s": 5.0, "round_s": [20.0, 20.0, 21.0], "stopped": "every settle round ran"}
+    an = analyze(load_run(_http_run(tmp_path / "settled", settle, settle_rounds=3)), stats=("p50",))
+    assert an.counted_rounds_by_mode() == {"iptables-legacy": (7, [1, 1000], ["http-new"])}
+    assert an.end_rounds_by_mode() == {}
+    assert "7 at 1 and 1,000 services for iptables-legacy's http-new" in sections._interval_text(an)
+    html = sections.settle_rounds(an).data
+    assert "the smallest, 1,000" in html and "1,000-5,000: iptables-legacy (host), last target" in html
 
 
 # --- the one-look procedure, on data with a known answer ----------------------------------------
@@ -290,6 +368,21 @@ def test_settle_rounds_measure_the_open_cells_at_their_ends_and_a_resume_finishe
     pts2 = pd.read_parquet(out / "points.parquet")
     assert again["complete"] and again["settle"]["rounds"] == 2
     assert len(pts2) == len(pts) and len(pts2[pts2["round"] == 3]) == 2
+
+
+@pytest.mark.root
+def test_a_settle_cell_with_counts_is_measured_at_the_smallest_and_those_counts(tmp_path):
+    """On the real kernel: a cell naming its counts (as the 1,000-5,000
+    claim's does) is measured at the smallest count and those, not at the
+    largest."""
+    out = tmp_path / "run"
+    cell = dict(NFT[0], counts=[50], rows=["1,000-5,000: nftables (host), last target"])
+    run_sweep(_params(tmp_path, settle_rounds=1), str(out), progress=False, settle_with=lambda d: [dict(cell)])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["complete"] and meta["settle"]["rounds"] == 1
+    assert meta["settle"]["cells"] == [dict(cell, kernel="")]
+    extra = pd.read_parquet(out / "points.parquet").query("round >= 2")
+    assert sorted(zip(extra["round"], extra["services"])) == [(2, 1), (2, 50)] and extra["valid"].all()
 
 
 @pytest.mark.root

@@ -71,6 +71,8 @@ class Analysis:
         params = self.run.meta.get("params") or {}
         modes, end_kinds = set(params.get("end_rounds") or {}), list(params.get("end_kinds") or ())
         for cell in self.settled_cells():   # settle rounds, too, measure some modes' ends only
+            if cell.get("counts"):   # read at other counts: counted_rounds_by_mode
+                continue
             modes.add(cell["mode"])
             end_kinds += [x for x in cell["kinds"] if x not in end_kinds]
         out: dict[str, tuple[int, list[str]]] = {}
@@ -81,6 +83,26 @@ class Analysis:
                 out[k.mode] = (max(was, n), [x for x in end_kinds if x in kinds or x == k.probe])
         return out
 
+    def counted_rounds_by_mode(self) -> dict[str, tuple[int, list[int], list[str]]]:
+        """Per mode whose settle cells name their counts (the 1,000-5,000
+        claim's), and whose curves of those kinds have more rounds at those
+        counts (and the smallest) than at every count: those rounds, the
+        counts and the probe kinds."""
+        out: dict[str, tuple[int, list[int], list[str]]] = {}
+        for cell in self.settled_cells():
+            want = {float(n) for n in cell.get("counts") or ()}
+            for k, c in self.curves.items():
+                if not want or k.mode != cell["mode"] or k.probe not in cell["kinds"] or c.method != "rounds" \
+                        or len(c.cell_rounds) < 3:
+                    continue
+                at = [i for i, x in enumerate(c.cells) if i == 0 or float(x) in want]
+                n = int(c.cell_rounds[at].min()) if len(at) > 1 else 0
+                if n > c.n_rounds:
+                    was, counts, kinds = out.get(k.mode, (0, [], []))
+                    out[k.mode] = (max(was, n), sorted({*counts, *(int(c.cells[i]) for i in at)}),
+                                   [*kinds, *([k.probe] if k.probe not in kinds else [])])
+        return out
+
     def settle(self) -> dict:
         """The run's settle rounds as its meta file records them
         (:mod:`labkit.runs.settle`: ``cells``, ``rounds``, ``stopped``, ...); {} without."""
@@ -88,7 +110,8 @@ class Analysis:
         return s if isinstance(s, dict) else {}
 
     def settled_cells(self) -> list[dict]:
-        """The cells settle rounds measured ({mode, kernel, kinds, rows}); [] when none ran."""
+        """The cells settle rounds measured ({mode, kernel, kinds, rows}, and
+        ``counts`` where read at counts other than the largest); [] when none ran."""
         s = self.settle()
         return [c for c in s.get("cells") or [] if isinstance(c, dict)] if int(s.get("rounds") or 0) else []
 

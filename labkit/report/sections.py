@@ -113,14 +113,15 @@ def noise_note(an: Analysis, reference: str = noise.REFERENCE_RUN):
 def rounds_by_count(an: Analysis) -> str | None:
     """The modes' rounds where they differ (``mode_rounds``): "4 for
     iptables-legacy, iptables-nft; 6 for ebpf, ...", and the end rounds
-    (``end_rounds``): "6 at the smallest and largest counts for
-    iptables-legacy's http-new, reuse-1 ..."; None where every mode and count
-    has the same."""
+    (``end_rounds``, settle rounds): "6 at the smallest and largest counts
+    for iptables-legacy's http-new, reuse-1 ...", "9 at 1 and 1,000 services
+    for iptables-nft's http-new"; None where every mode and count has the
+    same."""
     by: dict[int, set[str]] = {}
     for mode, n in an.rounds_by_mode().items():
         by.setdefault(n, set()).add(mode)
-    ends = an.end_rounds_by_mode()
-    if len(by) < 2 and not ends:
+    ends, counted = an.end_rounds_by_mode(), an.counted_rounds_by_mode()
+    if len(by) < 2 and not ends and not counted:
         return None
     parts = [f"{n} for {', '.join(sorted(ms))}" for n, ms in sorted(by.items())]
     grouped: dict[tuple[int, tuple[str, ...]], list[str]] = {}
@@ -128,7 +129,18 @@ def rounds_by_count(an: Analysis) -> str | None:
         grouped.setdefault((n, tuple(kinds)), []).append(mode)
     parts += [f"{n} at the smallest and largest counts for {', '.join(ms)}'s {', '.join(kinds)}"
               for (n, kinds), ms in grouped.items()]
+    at: dict[tuple[int, tuple[int, ...], tuple[str, ...]], list[str]] = {}
+    for mode, (n, counts, kinds) in sorted(counted.items()):
+        at.setdefault((n, tuple(counts), tuple(kinds)), []).append(mode)
+    parts += [f"{n} at {_counts_words(counts)} services for {', '.join(ms)}'s {', '.join(kinds)}"
+              for (n, counts, kinds), ms in at.items()]
     return "; ".join(parts)
+
+
+def _counts_words(counts) -> str:
+    """1, 1,000 and 5,000."""
+    w = [f"{int(n):,}" for n in counts]
+    return " and ".join([", ".join(w[:-1]), w[-1]]) if len(w) > 1 else "".join(w)
 
 
 def _interval_text(an: Analysis) -> str:
@@ -384,15 +396,15 @@ def settle_rounds(an: Analysis):
     cells = [c for c in s.get("cells") or [] if isinstance(c, dict)]
     when = f"{float(s.get('decided_at_s') or 0) / 60:.1f} min into the run"
     if not cells:
-        return _html(f'<p class="lk-note">No settle rounds were needed: {when}, every claim row read at a '
-                     "mode's smallest and largest counts was decided.</p>")
+        return _html(f'<p class="lk-note">No settle rounds were needed: {when}, no claim row was '
+                     "inconclusive.</p>")
     n = int(s.get("rounds") or 0)
     took = ", ".join(f"{x:.0f} s" for x in s.get("round_s") or [])
     rows = len({r for c in cells for r in c.get("rows", [])})
     budget = f"{float(s.get('budget_s') or 0) / 60:.0f} min from the run's start"
     if n:
         head = (f"{when}, {rows} claim row(s) were inconclusive; {n} settle round(s) of at most "
-                f"{int(s.get('most') or 0)} measured what they rest on at the smallest and largest counts, "
+                f"{int(s.get('most') or 0)} measured what they rest on at the counts they are read at, "
                 f"within {budget}{f' ({took})' if took else ''}; stopped: {s.get('stopped') or 'interrupted'}. "
                 "The rows were chosen once, from the planned rounds; how many rounds ran depended on time "
                 "only. Every figure uses all rounds.")
@@ -402,6 +414,8 @@ def settle_rounds(an: Analysis):
     out = pd.DataFrame({"mode": [an.label(Series(c["mode"], c["kernel"])) if c["kernel"] else c["mode"]
                                  for c in cells],
                         "probe kinds": [", ".join(c["kinds"]) for c in cells],
+                        "services": [f"the smallest, {_counts_words(c['counts'])}" if c.get("counts")
+                                     else "the smallest and the largest" for c in cells],
                         "claim rows it settles" if n else "claim rows it would settle":
                             ["; ".join(c.get("rows", [])) for c in cells]})
     return _html(f'<p class="lk-note">{html.escape(head)}</p>' + table_html(out))

@@ -87,26 +87,38 @@ def remeasure_blocks(blocks: Sequence[Block], entries: Iterable[Mapping[str, Any
             for e in entries if int(e["of"]) in by_id]
 
 
-def settle_blocks(cells: Sequence[tuple[str, str, Sequence[str]]], ends: Mapping[str, Sequence[int]],
+def settle_blocks(cells: Sequence[tuple], ends: Mapping[str, Sequence[int]],
                   rounds: int, first_round: int, base: int, seed: int, targets: Sequence[str] = (),
                   kernels: Sequence[str] = ("", "host", "uml", "vm")) -> list[Block]:
     """The blocks of the first ``rounds`` settle rounds (pure, deterministic
-    from the seed): per round, each cell (mode, kernel, probe kinds) at each
-    of its kernel's ``ends`` (the smallest and largest count), the cells of
-    one kernel together in ``kernels`` order (one guest boot a round),
-    shuffled within it; round ``i`` is the run's round ``first_round + i``.
-    Ids from ``base`` on, each fixed by its round, cell and count."""
+    from the seed): per round, each cell (mode, kernel, probe kinds[, counts])
+    at each of its counts (default: its kernel's ``ends``, the smallest and
+    largest count), cells of one mode and kernel at one count in one block
+    (their kinds together), the cells of one kernel together in ``kernels``
+    order (one guest boot a round), shuffled within it; round ``i`` is the
+    run's round ``first_round + i``.  Ids from ``base`` on, each fixed by its
+    round, cell and count."""
     rng = random.Random(seed)
     order = {k: i for i, k in enumerate(kernels)}
+    at: list[list[int]] = [list(dict.fromkeys(c[3] if len(c) > 3 and c[3] else ends[c[1]])) for c in cells]
+    offsets = [0]
+    for counts in at:
+        offsets.append(offsets[-1] + max(2, len(counts)))
+    per_round = offsets[-1]
     out: list[Block] = []
-    per_round = 2 * len(cells)
     for i in range(rounds):
         for kernel in sorted({c[1] for c in cells}, key=lambda k: (order.get(k, len(order)), k)):
-            here = [(base + i * per_round + 2 * j + e, mode, n, tuple(kinds))
-                    for j, (mode, k, kinds) in enumerate(cells) if k == kernel
-                    for e, n in enumerate(dict.fromkeys(ends[kernel]))]
-            rng.shuffle(here)
-            for bid, mode, n, kinds in here:
+            here: dict[tuple[str, int], list] = {}
+            for j, (c, counts) in enumerate(zip(cells, at)):
+                if c[1] != kernel:
+                    continue
+                for e, n in enumerate(counts):
+                    bid = base + i * per_round + offsets[j] + e
+                    b = here.setdefault((c[0], n), [bid, c[0], n, []])
+                    b[3] += [k for k in c[2] if k not in b[3]]
+            todo = [(bid, mode, n, tuple(kinds)) for bid, mode, n, kinds in here.values()]
+            rng.shuffle(todo)
+            for bid, mode, n, kinds in todo:
                 ts = list(targets)
                 rng.shuffle(ts)
                 out.append(Block(bid, first_round + i, mode, n, tuple(ts), kernel, kinds=kinds, settle=True))

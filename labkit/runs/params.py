@@ -89,10 +89,9 @@ class SweepParams:
     #: the probe kinds of the ``end_rounds`` (a subset of ``probe_kinds``)
     end_kinds: list[str] = field(default_factory=list)
     #: the sweep's time budget in minutes, its planned blocks included, for settle rounds
-    #: (0: none).  When every planned block is done, the claims still inconclusive whose
-    #: figures are read at a mode's smallest and largest counts (O(n), O(1), eBPF's,
-    #: amortization) name the modes, kernels and probe kinds they rest on; those are
-    #: measured at those two counts in more rounds, one round after another while the
+    #: (0: none).  When every planned block is done, the claims still inconclusive name
+    #: the modes, kernels, probe kinds and counts they rest on; those are measured at
+    #: those counts in more rounds, one round after another while the
     #: next round is expected to end within the budget (:mod:`labkit.runs.settle`)
     settle_minutes: float = 0.0
     #: at most this many settle rounds

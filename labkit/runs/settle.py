@@ -5,14 +5,13 @@ re-measurements of disturbed ones) first.  Then, once, the claims are put to
 what it measured (the caller's ``settle_with``: the CLI and the sweep
 notebook pass :func:`labkit.analysis.settle.unsettled`, the analysis of the
 run directory so far), and every claim row that decides and is still
-*inconclusive*, and whose figure is read at a mode's smallest and largest
-counts (O(n), O(1), eBPF against a datapath, amortization), names the
-*cells* it rests on: mode, kernel and probe kinds.  Those cells are measured
-at those two counts in more rounds (*settle rounds*, :func:`labkit.runs.blocks.settle_blocks`),
-one round after another, while the next round is expected to end within the
-sweep's budget (``settle_minutes`` from the run's start) and up to
-``settle_rounds``.  The 1,000-5,000 claim is read at 1,000 and 5,000
-services, not at the ends: it is not settled.
+*inconclusive* names the *cells* it rests on: mode, kernel, probe kinds and
+the counts its figure is read at besides the smallest (the largest for O(n),
+O(1), eBPF against a datapath and amortization; 1,000 and/or 5,000 for the
+1,000-5,000 claim).  Those cells are measured at those counts in more rounds
+(*settle rounds*, :func:`labkit.runs.blocks.settle_blocks`), one round after
+another, while the next round is expected to end within the sweep's budget
+(``settle_minutes`` from the run's start) and up to ``settle_rounds``.
 
 One look only: the cells are chosen once, from the planned rounds, and how
 many settle rounds run depends on the time they take, never on what they
@@ -43,12 +42,13 @@ SEGMENT_S = 20.0
 def cells_of(found: Iterable[Mapping[str, Any]], kinds_for: Any, kernels_of: Mapping[str, Sequence[str]],
              two_kernels: bool) -> list[dict[str, Any]]:
     """The settle cells of ``found`` (each ``{mode, kernel, kinds, rows}``,
-    what the claims name), as the run can measure them: a mode the run has in
+    and ``counts`` for a cell read at counts other than the largest: what
+    the claims name), as the run can measure them: a mode the run has in
     that kernel (``kernels_of``: mode -> its kernels; a one-kernel run's
     cells take kernel ""), its kinds among ``kinds_for(mode, kernel)`` (in
-    their order); cells of one mode and kernel merged, the rows they settle
-    kept.  Pure."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
+    their order); cells of one mode, kernel and counts merged, the rows they
+    settle kept.  Pure."""
+    out: dict[tuple[str, str, tuple[int, ...]], dict[str, Any]] = {}
     for c in found:
         mode, kernel = str(c["mode"]), str(c["kernel"]) if two_kernels else ""
         if mode not in kernels_of or (two_kernels and kernel not in kernels_of[mode]):
@@ -57,7 +57,9 @@ def cells_of(found: Iterable[Mapping[str, Any]], kinds_for: Any, kernels_of: Map
         want = [k for k in have if k in set(c["kinds"])]
         if not want:
             continue
-        cell = out.setdefault((mode, kernel), {"mode": mode, "kernel": kernel, "kinds": [], "rows": []})
+        counts = tuple(sorted({int(n) for n in c.get("counts") or ()}))
+        cell = out.setdefault((mode, kernel, counts), {"mode": mode, "kernel": kernel, "kinds": [], "rows": []}
+                              | ({"counts": list(counts)} if counts else {}))
         cell["kinds"] = [k for k in have if k in set(cell["kinds"]) | set(want)]
         cell["rows"] += [r for r in c.get("rows", []) if r not in cell["rows"]]
     return list(out.values())

@@ -25,7 +25,7 @@ once more in its round and the re-measurement is judged the same way
 (``disturbed`` and ``remeasure_of`` in ``points.parquet``).
 
 Settle rounds.  With ``settle_minutes``, the claims still open after that are
-given more rounds at the two counts they are read at, within the sweep's time
+given more rounds at the counts they are read at, within the sweep's time
 budget (:mod:`labkit.runs.settle`; the claims' analysis comes from the caller,
 ``settle_with``: this layer does not import the analysis).
 """
@@ -277,16 +277,23 @@ class Sweep(Experiment):
         return cells_of(self.settle_with(run_dir), p.kinds_for, where, two)
 
     def settle_blocks(self, settle: Mapping[str, Any]) -> list[Block]:
-        cells = [(str(c["mode"]), str(c["kernel"]), tuple(c["kinds"])) for c in settle.get("cells") or []]
+        found = [c for c in settle.get("cells") or [] if isinstance(c, dict)]
         rounds = int(settle.get("rounds") or 0)
-        if not cells or rounds <= 0:
+        if not found or rounds <= 0:
             return []
         p, planned = self.p, self.blocks()
         base = 2 * (max(b.block for b in planned) + 1)   # after the planned ids and their re-measurements'
-        ends = {}
-        for kernel in {c[1] for c in cells}:
-            counts = [n for n in p.services_in(kernel) if n > 0] or p.services_in(kernel)
-            ends[kernel] = (min(counts), max(counts))
+        ends, have = {}, {}
+        for kernel in {str(c["kernel"]) for c in found}:
+            have[kernel] = [n for n in p.services_in(kernel) if n > 0] or p.services_in(kernel)
+            ends[kernel] = (min(have[kernel]), max(have[kernel]))
+        cells = []
+        for c in found:   # a cell's counts (the 1,000-5,000 claim's) those its kernel measures, its smallest first
+            k, want = str(c["kernel"]), {int(x) for x in c.get("counts") or ()}
+            at = tuple(n for n in have[k] if n in want and n != ends[k][0])
+            if want and not at:
+                continue
+            cells.append((str(c["mode"]), k, tuple(c["kinds"]), (ends[k][0], *at) if want else ()))
         return settle_blocks(cells, ends, rounds, p.max_rounds, base, p.seed * 7919 + 17, p.targets)
 
     def settle_seconds(self, blocks: Sequence[Block], tables: Tables, meta: Mapping[str, Any]) -> float:
