@@ -92,8 +92,8 @@ class Analysis:
         for cell in self.settled_cells():
             want = {float(n) for n in cell.get("counts") or ()}
             for k, c in self.curves.items():
-                if not want or k.mode != cell["mode"] or k.probe not in cell["kinds"] or c.method != "rounds" \
-                        or len(c.cell_rounds) < 3:
+                if not want or k.mode != cell["mode"] or cell["kernel"] not in ("", k.kernel) \
+                        or k.probe not in cell["kinds"] or c.method != "rounds" or len(c.cell_rounds) < 3:
                     continue
                 at = [i for i, x in enumerate(c.cells) if i == 0 or float(x) in want]
                 n = int(c.cell_rounds[at].min()) if len(at) > 1 else 0
