@@ -190,11 +190,16 @@ def test_settle_parameters_are_checked_and_file_only():
     text = estimate(DEFAULT, {}).text()
     assert f"then up to {DEFAULT.settle_rounds} settle round(s)" in text and "within 22 min" in text
     assert "settle" not in estimate(SweepParams(), {}).text()
+    # the default's rounds beyond its 4 are late rounds, their time said apart
+    e = estimate(DEFAULT, {})
+    assert e.late == "rounds 5-6 of nftables, ipvs, ebpf" and 0 < e.late_seconds < e.seconds / 3
+    assert f"of which {e.late} (" in text and "(late rounds)" in text
+    assert estimate(SweepParams.from_dict({**DEFAULT.to_dict(), "settle_minutes": 0}), {}).late == ""
 
 
 # --- the claims that ask for them, and the report --------------------------------------------
 
-def _ipvs_run(out, settle=None, end_rounds=0, seed=4):
+def _ipvs_run(out, settle=None, end_rounds=0, seed=4, late=None):
     """ipvs SYN probes at 1, 100 and 1,000 services, last target, paced; its
     rise exactly FLAT_US with a round-to-round spread of several us (O(1)
     inconclusive); ``end_rounds`` more rounds at 1 and 1,000 only."""
@@ -212,6 +217,8 @@ def _ipvs_run(out, settle=None, end_rounds=0, seed=4):
     meta = {"run_id": "s", "params": {"modes": ["ipvs"], "probe_kinds": ["syn"]}, "kernel": "6.18.0-test"}
     if settle is not None:
         meta["settle"] = settle
+    if late is not None:
+        meta["late"] = late
     return write_run(out, samples, points, meta)
 
 
@@ -233,7 +240,20 @@ def test_unsettled_names_the_open_o1_row_and_the_report_says_what_settled_it(tmp
                    stats=("p50",))
     text = sections.settle_rounds(late).data
     assert "1 claim row(s) were inconclusive, but no settle round fitted within 22 min" in text
-    assert "claim rows it would settle" in text
+    assert "claim rows it would settle" in text and "Late rounds" not in text
+
+
+def test_the_report_says_which_late_rounds_ran_and_why_the_others_did_not(tmp_path):
+    stop = "round 6 would take about 96 s, 41 s of the 22 min budget were left"
+    late = {"first": 4, "budget_s": 1320.0, "rounds": [4], "round_s": [88.4], "stopped": stop, "disturbed": []}
+    an = analyze(load_run(_ipvs_run(tmp_path / "late", late=late)), stats=("p50",))
+    text = sections.settle_rounds(an).data
+    assert "Late rounds (the planned rounds beyond 4" in text and "within 22 min from the run&#x27;s start" in text
+    assert "run: round 5 (88 s); the rest were not run: " + stop in text and "No settle rounds" in text
+    both = analyze(load_run(_ipvs_run(tmp_path / "both", late=late | {"rounds": [4, 5], "round_s": [88.4, 90.1],
+                                                                       "stopped": "every late round ran"})),
+                   stats=("p50",))
+    assert "run: rounds 5, 6 (88 s, 90 s); every one ran." in sections.settle_rounds(both).data
 
 
 def _http_run(out, settle=None, settle_rounds=0, seed=3):
@@ -430,3 +450,38 @@ def test_the_settle_record_survives_a_guest_segment_reading_the_meta_file_back(t
     s = json.loads((out / "meta.json").read_text())["settle"]
     assert s["rounds"] == 2 and len(s["round_s"]) == 2 and s["stopped"] == "every settle round ran"
     assert s["disturbed"] == [] or all(isinstance(b, int) for b in s["disturbed"])
+
+
+@pytest.mark.root
+def test_late_rounds_run_while_they_fit_and_a_run_late_skips_them_also_on_resume(tmp_path):
+    """On the real kernel: a round beyond ``rounds`` (here nftables' third,
+    of ``mode_rounds``) runs after the planned rounds when it is expected to
+    end within ``settle_minutes``, recorded in the meta file's ``late``; with
+    a budget the planned rounds already spent it is not run, the reason
+    recorded, and a resumed run does not run it either."""
+    out = tmp_path / "fits"
+    run_sweep(_params(tmp_path, mode_rounds={"nftables": 3}), str(out), progress=False, settle_with=lambda d: [])
+    meta = json.loads((out / "meta.json").read_text())
+    late = meta["late"]
+    assert meta["complete"] and late["first"] == 2 and late["rounds"] == [2], late
+    assert late["stopped"] == "every late round ran" and len(late["round_s"]) == 1
+    assert late["disturbed"] == [] or all(isinstance(b, int) for b in late["disturbed"])
+    pts = pd.read_parquet(out / "points.parquet")
+    third = pts[pts["round"] == 2]
+    assert set(third["mode"]) == {"nftables"} and sorted(third["services"]) == [1, 50, 200]
+    assert third["started"].min() > pts.loc[pts["round"] < 2, "finished"].max()   # after the planned rounds
+    assert pts["valid"].all(), pts["reason"].tolist()
+
+    out2 = tmp_path / "late"
+    run_sweep(_params(tmp_path, mode_rounds={"nftables": 3}, settle_minutes=0.001), str(out2), progress=False,
+              settle_with=lambda d: [])
+    meta2 = json.loads((out2 / "meta.json").read_text())
+    assert meta2["complete"] and meta2["late"]["rounds"] == []
+    assert meta2["late"]["stopped"].startswith("round 3 would take about "), meta2["late"]
+    assert set(pd.read_parquet(out2 / "points.parquet")["round"]) == {0, 1}
+    meta2["complete"] = False
+    (out2 / "meta.json").write_text(json.dumps(meta2))
+    run_sweep(None, str(out2), resume=True, progress=False, settle_with=lambda d: [])
+    again = json.loads((out2 / "meta.json").read_text())
+    assert again["complete"] and again["late"]["rounds"] == []
+    assert set(pd.read_parquet(out2 / "points.parquet")["round"]) == {0, 1}

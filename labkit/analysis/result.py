@@ -109,6 +109,13 @@ class Analysis:
         s = self.run.meta.get("settle")
         return s if isinstance(s, dict) else {}
 
+    def late(self) -> dict:
+        """The run's late rounds (the rounds beyond ``rounds``, run only while
+        each fitted the sweep's budget) as its meta file records them
+        (``first``, ``rounds``, ``round_s``, ``stopped``, ...); {} without."""
+        s = self.run.meta.get("late")
+        return s if isinstance(s, dict) else {}
+
     def settled_cells(self) -> list[dict]:
         """The cells settle rounds measured ({mode, kernel, kinds, rows}, and
         ``counts`` where read at counts other than the largest); [] when none ran."""

@@ -389,14 +389,14 @@ def settle_rounds(an: Analysis):
     """What the settle rounds (:mod:`labkit.runs.settle`) measured and why:
     the claim rows still open after the planned rounds, the cells they rest
     on, the rounds run and why they stopped; or a line saying there were none."""
-    s = an.settle()
+    s, late = an.settle(), late_rounds_text(an)
     if not s:
-        return _html('<p class="lk-note">No settle rounds: this run had no time budget for them '
+        return _html(late + '<p class="lk-note">No settle rounds: this run had no time budget for them '
                      "(<code>settle_minutes</code>).</p>")
     cells = [c for c in s.get("cells") or [] if isinstance(c, dict)]
     when = f"{float(s.get('decided_at_s') or 0) / 60:.1f} min into the run"
     if not cells:
-        return _html(f'<p class="lk-note">No settle rounds were needed: {when}, no claim row was '
+        return _html(late + f'<p class="lk-note">No settle rounds were needed: {when}, no claim row was '
                      "inconclusive.</p>")
     n = int(s.get("rounds") or 0)
     took = ", ".join(f"{x:.0f} s" for x in s.get("round_s") or [])
@@ -418,7 +418,28 @@ def settle_rounds(an: Analysis):
                                      else "the smallest and the largest" for c in cells],
                         "claim rows it settles" if n else "claim rows it would settle":
                             ["; ".join(c.get("rows", [])) for c in cells]})
-    return _html(f'<p class="lk-note">{html.escape(head)}</p>' + table_html(out))
+    return _html(late + f'<p class="lk-note">{html.escape(head)}</p>' + table_html(out))
+
+
+def late_rounds_text(an: Analysis) -> str:
+    """One paragraph (HTML) on the late rounds: the planned rounds beyond
+    ``rounds`` that ran only while each fitted the sweep's budget; which ran,
+    and why the others did not; "" for a run without them."""
+    rec = an.late()
+    if not rec:
+        return ""
+    first, ran = int(rec.get("first") or 0), [int(r) + 1 for r in rec.get("rounds") or []]
+    budget = f"{float(rec.get('budget_s') or 0) / 60:g} min from the run's start"
+    took = ", ".join(f"{x:.0f} s" for x in rec.get("round_s") or [])
+    what = (f"rounds {', '.join(map(str, ran))} ({took})" if len(ran) > 1 else
+            f"round {ran[0]} ({took})" if ran else "none")
+    stopped = str(rec.get("stopped") or "interrupted")
+    text = (f"Late rounds (the planned rounds beyond {first}, of the modes measured in more rounds; each runs "
+            f"only if it is expected to end within {budget}): run: {what}; ")
+    text += ("every one ran." if stopped == "every late round ran" else
+             f"the rest were not run: {stopped}. The intervals of those modes take the rounds they have "
+             "(the interval text above names each curve's rounds).")
+    return f'<p class="lk-note">{html.escape(text)}</p>'
 
 
 def published_tables(an: Analysis, target: str | None = None):

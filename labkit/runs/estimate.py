@@ -219,11 +219,17 @@ class Estimate:
     #: the settle rounds' budget (``settle_minutes``, minutes from the start; 0: none) and most rounds
     settle_minutes: float = 0.0
     settle_rounds: int = 0
+    #: the late rounds (beyond ``rounds``, with ``settle_minutes``): what they are, and their seconds
+    late: str = ""
+    late_seconds: float = 0.0
 
     def text(self) -> str:
         m, s = divmod(round(self.seconds), 60)
         lines = [f"{self.points:,} points in {self.blocks:,} blocks, {self.probes:,} probes; "
                  f"estimated {m} min {s:02d} s"]
+        if self.settle_minutes and self.late:
+            lines.append(f"  of which {self.late} ({self.late_seconds / 60:.1f} min) only while each round is "
+                         f"expected to end within {self.settle_minutes:g} min of the start (late rounds)")
         if self.settle_minutes:
             lines.append(f"  then up to {self.settle_rounds} settle round(s) for the claims left open, while "
                          f"each is expected to end within {self.settle_minutes:g} min of the start")
@@ -237,7 +243,7 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
     """Points, probes and seconds of a sweep of ``p`` with ``rates`` per kernel (pure)."""
     where = kernels_of(p, host_lacks)
     points = probes = blocks = 0
-    seconds = 0.0
+    seconds = late_s = 0.0
     assumed: list[str] = []
     used = sorted({k for ks in where.values() for k in ks})
     for kernel in used:
@@ -257,7 +263,9 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
                 if r and not r.endpoints:
                     _assume(assumed, f"{kernel} rates: their endpoints per service are not recorded, "
                                      "so programming is not scaled to the plan's", None)
-                seconds += rounds * (a + b * n * endpoint_scale(mode, p.endpoints, r.endpoints if r else 0))
+                per_block = a + b * n * endpoint_scale(mode, p.endpoints, r.endpoints if r else 0)
+                seconds += rounds * per_block
+                late_s += max(rounds - p.rounds, 0) * per_block
                 for kind in p.kinds_for(mode, here):
                     kind_rounds = rounds if kind in end_kinds else p.rounds_of(mode)
                     for pace in pacings(p, kind):
@@ -269,8 +277,13 @@ def estimate(p: SweepParams, rates: dict[str, Rates | None], sources: dict[str, 
                         points += k
                         probes += k * (p.probes + p.warmup)
                         seconds += k * p.probes * per
+                        late_s += len(p.targets) * max(kind_rounds - p.rounds, 0) * p.probes * per
+    more = [m for m in p.modes if p.end_rounds_of(m) > p.rounds]
+    late = "" if not (p.settle_minutes and more) else (
+        f"round{'s' if p.max_rounds > p.rounds + 1 else ''} {p.rounds + 1}"
+        f"{f'-{p.max_rounds}' if p.max_rounds > p.rounds + 1 else ''} of {', '.join(more)}")
     return Estimate(points, blocks, probes, seconds, sources or {}, sorted(set(assumed)),
-                    p.settle_minutes, p.settle_rounds)
+                    p.settle_minutes, p.settle_rounds, late, late_s if late else 0.0)
 
 
 def _other_modes(r: Rates | None, mode: str, kernel: str, assumed: list[str]) -> list[float]:

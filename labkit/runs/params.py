@@ -77,7 +77,9 @@ class SweepParams:
     #: rounds of some modes, where a mode's blocks are cheap and its claims' intervals
     #: wide (mode -> rounds; a mode is measured in the larger of this and ``rounds``, so
     #: ``--rounds 8`` over a file's ``mode_rounds`` of 6 measures every mode 8 times).
-    #: The extra rounds run after the run's ``rounds``, in every kernel the mode runs in
+    #: The extra rounds run after the run's ``rounds``, in every kernel the mode runs in;
+    #: with ``settle_minutes`` they are *late rounds*: each runs only while it is expected
+    #: to end within that budget
     mode_rounds: dict[str, int] = field(default_factory=dict)
     #: rounds at the smallest and the largest count only (mode -> rounds), of the probe
     #: kinds ``end_kinds``: for the figures read at those two counts alone (a penalty's
@@ -88,8 +90,11 @@ class SweepParams:
     end_rounds: dict[str, int] = field(default_factory=dict)
     #: the probe kinds of the ``end_rounds`` (a subset of ``probe_kinds``)
     end_kinds: list[str] = field(default_factory=list)
-    #: the sweep's time budget in minutes, its planned blocks included, for settle rounds
-    #: (0: none).  When every planned block is done, the claims still inconclusive name
+    #: the sweep's time budget in minutes, its planned blocks included, for late rounds
+    #: (the rounds beyond ``rounds`` of ``mode_rounds`` and ``end_rounds``: after the
+    #: other planned blocks and their re-measurements, each runs only while it is
+    #: expected to end within the budget) and settle rounds (0: none: every planned
+    #: round runs).  When the planned blocks are done, the claims still inconclusive name
     #: the modes, kernels, probe kinds and counts they rest on; those are measured at
     #: those counts in more rounds, one round after another while the
     #: next round is expected to end within the budget (:mod:`labkit.runs.settle`)

@@ -18,12 +18,21 @@ around the blocks, once for every experiment:
   drops the rows of blocks that were not done (a kill mid-block), removes the
   temporary files a killed writer left, and runs the remaining blocks.  A
   finished run is never touched again;
-* **disturbed blocks**: once every planned block is done, a block with a point
+* **disturbed blocks**: once the planned blocks (late rounds aside) are done, a block with a point
   outside what its cell's other rounds allow (:meth:`Experiment.mark_disturbed`,
   :mod:`labkit.core.disturbed`) is measured once more in its round, as a block
   of its own (``remeasure_of``; in the meta file's ``remeasured`` before it runs,
   so a resume runs it too).  Both are kept, flags in the data; once only: one
   outside too is flagged and recorded (``still_disturbed``);
+* **late rounds**: the experiment may name a first round from which its
+  planned rounds are optional (:meth:`Experiment.late_rounds`: the sweep's
+  rounds beyond ``rounds``, of ``mode_rounds`` and ``end_rounds``).  They run
+  after the other planned blocks and their re-measurements, one round after
+  another while the next is expected to end within the experiment's budget
+  (in the meta file's ``late``, each round recorded before it runs; a round
+  that would not fit ends them).  Their blocks are judged like settle rounds'
+  (flagged, not measured again), so a run's time is bounded by its budget
+  once the rounds it must have and their re-measurements are done;
 * **settle rounds** (:mod:`labkit.runs.settle`), last: the experiment names
   what its open answers rest on (:meth:`Experiment.settle_cells`, decided once,
   in the meta file's ``settle`` before a round runs) and the runner measures
@@ -42,9 +51,7 @@ import platform
 import shlex
 import sys
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 from tqdm.auto import tqdm
 
@@ -62,6 +69,9 @@ from labkit.rundir.provenance import environment
 from labkit.runs.blocks import Block as Block  # the experiments import it from here
 from labkit.runs.blocks import new_remeasures, remeasure_blocks
 from labkit.runs.blocks import plan as plan
+from labkit.runs.experiment import BlockContext as BlockContext  # the experiments import them from here
+from labkit.runs.experiment import Experiment as Experiment
+from labkit.runs.experiment import same_what
 from labkit.runs.outdir import open_out as open_out  # the experiments and the CLI import them from here
 from labkit.runs.outdir import prepare_out, read_meta
 from labkit.runs.outdir import release_out as release_out
@@ -78,118 +88,6 @@ def here() -> str:
     return guest_kind() or "host"
 
 
-# ---------------------------------------------------------------------------
-# experiments
-
-@dataclass
-class BlockContext:
-    """What a block's code gets from the runner."""
-    lab: Lab
-    block: Block
-    mode: "type[Datapath]"
-    tables: Tables
-    run_id: str
-    kernel_release: str
-    bar: Any
-
-    def ident(self) -> dict[str, Any]:
-        """The columns every row of this block carries."""
-        b = self.block
-        return {"run_id": self.run_id, "block": b.block, "round": b.round, "mode": b.mode,
-                "kernel_release": self.kernel_release, "services": b.services, "remeasure_of": b.remeasure_of}
-
-
-def _same_what(given: "Experiment", stored: "Experiment") -> bool:
-    """Whether ``given`` asks for the run ``stored`` is: the same parameters,
-    apart from where it runs (``where_keys``) and what the plan fills in
-    when they are not given (``planned_keys``, compared when given)."""
-    a, b = given.params_dict(), stored.params_dict()
-    skip = set(given.where_keys) | {k for k in given.planned_keys if not a.get(k)}
-    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
-
-
-class Experiment(ABC):
-    """One kind of run.  Subclasses say what the blocks are and what one
-    block measures; the runner does the rest.  An experiment is valid once
-    built (its constructor checks its parameters)."""
-    #: run kind (a key of :data:`labkit.rundir.schema.KINDS`)
-    kind: ClassVar[str]
-    #: the unit the progress bar counts
-    unit: ClassVar[str] = "block"
-    #: the parameters (a frozen dataclass with at least ``modes``)
-    p: Any
-    #: parameters that say where the run is measured, not what (a guest stores
-    #: the kernel it runs in): resume does not compare them; where to run is
-    #: checked by the kernel choice
-    where_keys: ClassVar[frozenset[str]] = frozenset()
-    #: parameters the plan fills in when they are not given (a host+uml plan:
-    #: each mode's kernel): resume compares them only when given
-    planned_keys: ClassVar[frozenset[str]] = frozenset()
-
-    @abstractmethod
-    def params_dict(self) -> dict[str, Any]:
-        """The parameters, as stored in the meta file (and read back by resume)."""
-
-    @classmethod
-    @abstractmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> "Experiment":
-        """The experiment a meta file describes (for resume)."""
-
-    @abstractmethod
-    def blocks(self) -> list[Block]: ...
-
-    @abstractmethod
-    def run_block(self, ctx: BlockContext) -> None:
-        """Measure one block into ``ctx.tables`` (the node is fresh)."""
-
-    @abstractmethod
-    def largest_catalog(self) -> ServiceCatalog:
-        """The largest catalog the run programs: the memory pre-flight checks
-        the machine can hold it, and the lab's address ranges come from it."""
-
-    def lab_options(self, largest: ServiceCatalog) -> dict[str, Any]:
-        """Keyword arguments of :class:`~labkit.lab.lab.Lab` for a run whose
-        largest catalog is ``largest``."""
-        return {"endpoint_cidr": largest.endpoint_cidr, "ports": tuple(largest.ports)}
-
-    def place(self, lacking: Mapping[str, str | None]) -> None:  # noqa: B027  (optional hook)
-        """Plan which kernel each mode runs in from what this host lacks
-        (:meth:`Runner.lacking`), before :meth:`blocks` is first asked."""
-
-    def units(self, block: Block) -> int:
-        return 1
-
-    def mark_disturbed(self, tables: Tables, use: set[int], judge: set[int]) -> set[int]:
-        """Among the points of blocks ``use`` (one per cell and round), flag
-        those of blocks ``judge`` outside what their cell's other rounds allow,
-        in ``tables``; return the judged blocks with a flagged point.  The
-        default: an experiment without such points flags nothing."""
-        return set()
-
-    def settle_budget(self) -> tuple[float, int]:
-        """Settle rounds: (seconds from the run's start they must end within,
-        most rounds); the default (0, 0): none."""
-        return 0.0, 0
-
-    def settle_cells(self, run_dir: str) -> list[dict[str, Any]]:
-        """What settle rounds measure, from the run so far in ``run_dir`` (the
-        meta file's ``settle`` ``cells``); the default: nothing."""
-        return []
-
-    def settle_blocks(self, settle: Mapping[str, Any]) -> list[Block]:
-        """The blocks of the settle rounds the meta file's ``settle`` has started."""
-        return []
-
-    def settle_seconds(self, blocks: Sequence[Block], tables: "Tables", meta: Mapping[str, Any]) -> float:
-        """The seconds ``blocks`` (one settle round) are expected to take."""
-        return 0.0
-
-    def meta_extra(self) -> dict[str, Any]:
-        return {}
-
-    @property
-    def modes(self) -> list[str]:
-        return list(self.p.modes)
 
 
 def default_command(kind: str) -> str:
@@ -232,7 +130,7 @@ class Runner:
         except (UsageError, TypeError, ValueError, KeyError) as exc:   # stored parameters, checked again
             raise UsageError(f"{self.out} is not a valid labkit run: its params: "
                              f"{clip(str(exc))}") from None
-        if isinstance(given, Experiment) and not _same_what(given, exp):
+        if isinstance(given, Experiment) and not same_what(given, exp):
             raise UsageError(f"--resume: parameters differ from the run in {self.out}; "
                              f"resume with the stored ones (omit the {self.kind} options)")
         return exp
@@ -263,7 +161,7 @@ class Runner:
         largest catalog (:class:`Unavailable` otherwise).  Touches no namespace."""
         exp, lacking = self.exp, self.lacking()
         exp.place(lacking)
-        blocks = exp.blocks()
+        blocks = self._not_skipped(exp.blocks())
         blocks += remeasure_blocks(blocks, self.meta.get("remeasured", []))   # resume: already planned
         blocks += exp.settle_blocks(self.meta.get("settle") or {})   # resume: settle rounds started
         mine = dict.fromkeys(b.mode for b in blocks if self._local(b) and (self.only is None or b.block in self.only))
@@ -341,13 +239,18 @@ class Runner:
                     self.meta["run_id"] = lab.run_id
                 self._write_meta()
                 tried: set[str] = set()
-                self._blocks(todo, lab, classes, bar, tried)
-                if self.only is None:   # every planned block done: the disturbed ones once more
-                    again = self._plan_remeasure(blocks)
+                late = self._late_of(blocks) if self.only is None else []
+                optional = {b.block for b in late}
+                self._blocks([b for b in todo if b.block not in optional], lab, classes, bar, tried)
+                if self.only is None:   # the planned blocks done: the disturbed ones once more
+                    base = [b for b in blocks if b.block not in optional]
+                    again = self._plan_remeasure(base)
                     bar.total += sum(exp.units(b) for b in again)
                     self._blocks(again, lab, classes, bar, tried)
-                    self._recheck(blocks + again)
-                    self._settle(blocks + again, lab, classes, bar, tried)
+                    self._recheck(base + again)
+                    late_ran = self._late(late, lab, classes, bar, tried)
+                    settled = self._settle(lab, classes, bar, tried)
+                    self._judge_extra(base + again + late_ran, late_ran, settled)
         finally:
             self.tables.flush_all()  # what an interrupted block measured, for a look (resume drops it)
             bar.close()
@@ -442,8 +345,8 @@ class Runner:
         return ({b.block for b in blocks if b.remeasure_of < 0 and not b.settle}
                 - {int(e["of"]) for e in entries} | {int(e["block"]) for e in entries})
 
-    def _settle(self, blocks: list[Block], lab: Lab, classes: Mapping[str, "type[Datapath]"], bar: Any,
-                tried: set[str]) -> None:
+    def _settle(self, lab: Lab, classes: Mapping[str, "type[Datapath]"], bar: Any,
+                tried: set[str]) -> list[Block]:
         """Settle rounds (:mod:`labkit.runs.settle`): what they measure decided
         once, from the run so far, and kept in the meta file's ``settle``; then
         one round after another while the next is expected to end within the
@@ -454,7 +357,7 @@ class Runner:
         exp = self.exp
         budget_s, most = exp.settle_budget()
         if most <= 0 or self.out is None:
-            return
+            return []
         s = self.meta.get("settle")
         if s is None:
             t0 = time.time()
@@ -491,12 +394,85 @@ class Runner:
             ran += nxt
         else:
             s["stopped"] = s["stopped"] or ("every settle round ran" if s["cells"] else "no open claim to settle")
-        if ran:
-            mine = {b.block for b in ran}
-            s["disturbed"] = sorted(self.exp.mark_disturbed(self.tables, self._peers(blocks) | mine, mine))
-            self.tables.flush_all()
         if s["cells"]:
             log.warning("settle rounds: %d of %d (%s)", s["rounds"], most, s["stopped"])
+        self._write_meta()
+        return ran
+
+    def _late_of(self, blocks: list[Block]) -> list[Block]:
+        """The planned blocks of the late rounds (:meth:`Experiment.late_rounds`)."""
+        first = (self.exp.late_rounds() or (None, 0.0))[0]
+        if first is None:
+            return []
+        return [b for b in blocks if b.remeasure_of < 0 and not b.settle and b.round >= first]
+
+    def _not_skipped(self, blocks: list[Block]) -> list[Block]:
+        """``blocks`` without the late rounds a resumed run had decided not to run."""
+        rec = self.meta.get("late") or {}
+        first = (self.exp.late_rounds() or (None, 0.0))[0]
+        if first is None or not rec.get("stopped"):
+            return blocks
+        kept = {int(r) for r in rec.get("rounds", [])}
+        return [b for b in blocks if b.round < first or b.round in kept or b.remeasure_of >= 0 or b.settle]
+
+    def _late(self, late: list[Block], lab: Lab, classes: Mapping[str, "type[Datapath]"], bar: Any,
+              tried: set[str]) -> list[Block]:
+        """Late rounds (:meth:`Experiment.late_rounds`): one round after another
+        while the next is expected to end within the budget (the first from the
+        run's own blocks of the same mode, count and kernel, each later one
+        scaled by how the last round's measured time compared with its
+        expectation), each round recorded in the meta file's ``late`` before it
+        runs; the first round that would not fit ends them, and a resumed run
+        skips what was skipped.  Returns the late blocks run."""
+        if not late:
+            return []
+        exp, (first, budget_s) = self.exp, self.exp.late_rounds() or (0, 0.0)
+        rec = self.meta.setdefault("late", {"first": first, "budget_s": budget_s, "rounds": [], "round_s": [],
+                                            "stopped": ""})
+        done = {int(b) for b in self.meta.get("blocks_done", [])}
+        ran: list[Block] = []
+        scale = 1.0
+        for r in sorted({b.round for b in late}):
+            blocks = [b for b in late if b.round == r]
+            expect = exp.settle_seconds(blocks, self.tables, self.meta) * scale
+            if r not in rec["rounds"]:
+                left = float(self.meta["started"]) + budget_s - time.time()
+                if rec["stopped"] or expect > left:
+                    rec["stopped"] = rec["stopped"] or (
+                        f"round {r + 1} would take about {expect:.0f} s, {max(left, 0.0):.0f} s of the "
+                        f"{budget_s / 60:g} min budget were left")
+                    skipped = [b for b in late if b.round >= r and b.block not in done]
+                    bar.total -= sum(exp.units(b) for b in skipped)
+                    bar.refresh()
+                    log.warning("late rounds: from round %d not run (%s)", r + 1, rec["stopped"])
+                    break
+                rec["rounds"].append(r)
+                self._write_meta()
+            t0 = time.time()
+            self._blocks([b for b in blocks if b.block not in done], lab, classes, bar, tried)
+            self.meta["late"] = rec   # a guest's segment reads the meta file back into a new dict
+            took = time.time() - t0
+            rec["round_s"].append(round(took, 1))
+            scale = took / expect if expect > 0 and took > 0 else scale
+            ran += blocks
+        else:
+            rec["stopped"] = rec["stopped"] or "every late round ran"
+        self._write_meta()
+        return ran
+
+    def _judge_extra(self, blocks: list[Block], late: list[Block], settled: list[Block]) -> None:
+        """Judge the late and settle rounds' blocks against the other rounds
+        (among the planned blocks, the re-measurements in place of what they
+        re-measure): flagged, not measured again; the flagged ones in the meta
+        file's ``late`` and ``settle`` ``disturbed``."""
+        mine = {b.block for b in late + settled}
+        if not mine:
+            return
+        flagged = self.exp.mark_disturbed(self.tables, self._peers(blocks) | mine, mine)
+        self.tables.flush_all()
+        for key, part in (("late", late), ("settle", settled)):
+            if part and isinstance(self.meta.get(key), dict):
+                self.meta[key]["disturbed"] = sorted(flagged & {b.block for b in part})
         self._write_meta()
 
     def _local(self, b: Block) -> bool:

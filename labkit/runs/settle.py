@@ -1,7 +1,8 @@
 """Settle rounds: the sweep's leftover time spent on the claims it left open.
 
 A sweep with ``settle_minutes`` > 0 runs its planned blocks (and the
-re-measurements of disturbed ones) first.  Then, once, the claims are put to
+re-measurements of disturbed ones, and the late rounds that fit its budget:
+:mod:`labkit.runs.runner`) first.  Then, once, the claims are put to
 what it measured (the caller's ``settle_with``: the CLI and the sweep
 notebook pass :func:`labkit.analysis.settle.unsettled`, the analysis of the
 run directory so far), and every claim row that decides and is still

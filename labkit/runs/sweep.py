@@ -17,12 +17,18 @@ that are not (see :mod:`labkit.runs.runner`).
 After its probes every block also times the control plane (add one service,
 remove it: :mod:`labkit.runs.control`) into ``control.parquet``.
 
-Disturbed blocks.  Once every planned block is done, :meth:`Sweep.mark_disturbed`
+Disturbed blocks.  Once the planned blocks (late rounds aside) are done, :meth:`Sweep.mark_disturbed`
 flags each valid point whose p50 lies outside what its cell's other rounds
 allow (cell: mode, kernel release, count, target, probe kind, pacing; the
 rule of :mod:`labkit.core.disturbed`); the runner measures each such block
 once more in its round and the re-measurement is judged the same way
 (``disturbed`` and ``remeasure_of`` in ``points.parquet``).
+
+Late rounds.  With ``settle_minutes``, the rounds beyond ``rounds`` (of
+``mode_rounds`` and ``end_rounds``) run after that, each only while it is
+expected to end within the budget (:meth:`Sweep.late_rounds`; the runner's
+``late``), so a slow hour costs the cheap modes' extra rounds, not the
+budget.
 
 Settle rounds.  With ``settle_minutes``, the claims still open after that are
 given more rounds at the counts they are read at, within the sweep's time
@@ -257,6 +263,15 @@ class Sweep(Experiment):
 
     def largest_catalog(self) -> ServiceCatalog:
         return self.p.catalog(max(self.p.services))
+
+    def late_rounds(self) -> tuple[int, float] | None:
+        """The rounds beyond ``rounds`` (of ``mode_rounds`` and ``end_rounds``)
+        are late rounds when the sweep has a time budget (``settle_minutes``):
+        each runs only if it is expected to end within it."""
+        p = self.p
+        if p.settle_minutes <= 0 or p.max_rounds <= p.rounds:
+            return None
+        return p.rounds, p.settle_minutes * 60.0
 
     def settle_budget(self) -> tuple[float, int]:
         p = self.p
