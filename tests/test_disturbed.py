@@ -131,10 +131,12 @@ class FakeSweep(Sweep):
                 "disturbed": False}])
 
 
-def _sweep(out, slow_again=False):
+def _sweep(out, slow_again=False, late_round=None):
     """Run a FakeSweep the way the runner does (planned blocks, then
     :meth:`Runner._plan_remeasure`, the re-measurements, :meth:`Runner._recheck`),
-    into ``out``; returns (runner, the disturbed planned block)."""
+    into ``out``; returns (runner, the disturbed planned block).  With
+    ``late_round``, that round's blocks are late rounds': measured after the
+    re-measurements are planned and not judged with them."""
     p = SweepParams(modes=["ebpf"], services=list(COUNTS), targets=["last", "random"], rounds=ROUNDS, probes=PROBES)
     probe = Sweep(p).blocks()
     slow = next(b.block for b in probe if b.round == 1 and b.services == 300)
@@ -152,9 +154,10 @@ def _sweep(out, slow_again=False):
             runner.meta["blocks_done"].append(b.block)
 
     blocks = runner.exp.blocks()
-    run(blocks)
-    again = runner._plan_remeasure(blocks)
-    run(again)
+    late = [b for b in blocks if b.round == late_round]
+    run([b for b in blocks if b not in late])
+    again = runner._plan_remeasure(blocks, {b.block for b in late})
+    run(again + late)
     runner._recheck(blocks + again)
     runner.tables.flush_all()
     store.write_json(schema.META, {**runner.meta, "complete": True}, dir_fd=fd)
@@ -182,6 +185,19 @@ def test_the_runner_measures_a_disturbed_block_again_and_keeps_both(tmp_path):
     assert runner._plan_remeasure(runner.exp.blocks()) == []
     os.close(runner.tables.fd)
     assert json.load(open(tmp_path / "run" / schema.META))["remeasured"][0]["of"] == slow
+
+
+def test_a_remeasurement_before_the_late_rounds_takes_an_id_after_theirs_too(tmp_path):
+    """Re-measurements are planned before the late rounds run (a default run
+    on 2026-12-08 gave one the id of a late round's block, and its guest
+    segment was asked for a host block): the id follows every planned one,
+    the late rounds' included, and the late blocks are not judged then."""
+    runner, slow = _sweep(tmp_path / "run", late_round=ROUNDS - 1)
+    (e,) = runner.meta["remeasured"]
+    planned = {b.block for b in runner.exp.blocks()}
+    assert e["of"] == slow and e["block"] not in planned and e["block"] == max(planned) + 1 + slow
+    late = {b.block for b in runner.exp.blocks() if b.round == ROUNDS - 1}
+    assert late <= set(runner.meta["blocks_done"])
 
 
 def test_a_remeasurement_outside_too_is_flagged_and_not_measured_a_third_time(tmp_path):

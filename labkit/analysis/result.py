@@ -77,8 +77,8 @@ class Analysis:
             end_kinds += [x for x in cell["kinds"] if x not in end_kinds]
         out: dict[str, tuple[int, list[str]]] = {}
         for k, c in self.curves.items():
-            n = int(min(c.cell_rounds[0], c.cell_rounds[-1])) if len(c.cell_rounds) > 2 else 0
-            if c.method == "rounds" and k.mode in modes and k.probe in end_kinds and n > c.n_rounds:
+            n = _more_rounds_at(c, [0, len(c.cells) - 1])
+            if n and k.mode in modes and k.probe in end_kinds:
                 was, kinds = out.get(k.mode, (0, []))
                 out[k.mode] = (max(was, n), [x for x in end_kinds if x in kinds or x == k.probe])
         return out
@@ -93,11 +93,11 @@ class Analysis:
             want = {float(n) for n in cell.get("counts") or ()}
             for k, c in self.curves.items():
                 if not want or k.mode != cell["mode"] or cell["kernel"] not in ("", k.kernel) \
-                        or k.probe not in cell["kinds"] or c.method != "rounds" or len(c.cell_rounds) < 3:
+                        or k.probe not in cell["kinds"]:
                     continue
                 at = [i for i, x in enumerate(c.cells) if i == 0 or float(x) in want]
-                n = int(c.cell_rounds[at].min()) if len(at) > 1 else 0
-                if n > c.n_rounds:
+                n = _more_rounds_at(c, at)
+                if n:
                     was, counts, kinds = out.get(k.mode, (0, [], []))
                     out[k.mode] = (max(was, n), sorted({*counts, *(int(c.cells[i]) for i in at)}),
                                    [*kinds, *([k.probe] if k.probe not in kinds else [])])
@@ -187,3 +187,14 @@ class Analysis:
                  & (cx["n_star"] > cx["range_lo"])
                  & ((cx["kind"] == "budget-abs") | cx["baseline"].astype(str).str.startswith("http-new"))]
         return list(fit["finding"]) + list(bud["finding"])
+
+
+def _more_rounds_at(c: Curve, at: list[int]) -> int:
+    """The fewest rounds among the counts ``at`` (indexes) of a delete-one-round
+    curve of three counts or more, when that is more than the curve's own
+    (its fewest-measured count's: end and settle rounds measure some counts
+    only); else 0."""
+    if c.method != "rounds" or len(c.cell_rounds) < 3 or len(at) < 2:
+        return 0
+    n = int(c.cell_rounds[at].min())
+    return n if n > c.n_rounds else 0

@@ -51,7 +51,7 @@ import platform
 import shlex
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 from tqdm.auto import tqdm
 
@@ -161,7 +161,7 @@ class Runner:
         largest catalog (:class:`Unavailable` otherwise).  Touches no namespace."""
         exp, lacking = self.exp, self.lacking()
         exp.place(lacking)
-        blocks = self._not_skipped(exp.blocks())
+        blocks = exp.blocks()   # a late round not run stays planned: the ids of what follows keep theirs
         blocks += remeasure_blocks(blocks, self.meta.get("remeasured", []))   # resume: already planned
         blocks += exp.settle_blocks(self.meta.get("settle") or {})   # resume: settle rounds started
         mine = dict.fromkeys(b.mode for b in blocks if self._local(b) and (self.only is None or b.block in self.only))
@@ -244,7 +244,7 @@ class Runner:
                 self._blocks([b for b in todo if b.block not in optional], lab, classes, bar, tried)
                 if self.only is None:   # the planned blocks done: the disturbed ones once more
                     base = [b for b in blocks if b.block not in optional]
-                    again = self._plan_remeasure(base)
+                    again = self._plan_remeasure(blocks, optional)
                     bar.total += sum(exp.units(b) for b in again)
                     self._blocks(again, lab, classes, bar, tried)
                     self._recheck(base + again)
@@ -311,14 +311,17 @@ class Runner:
             self.meta["blocks_done"].append(b.block)
             self._write_meta()
 
-    def _plan_remeasure(self, blocks: list[Block]) -> list[Block]:
-        """Every planned block done: the blocks with a point outside what its
+    def _plan_remeasure(self, blocks: list[Block], late: Collection[int] = ()) -> list[Block]:
+        """The planned blocks done (the ``late`` ones aside: they are judged
+        later, not measured again): the blocks with a point outside what its
         other rounds allow (flagged in the tables), each planned once more in
-        its round with an id of its own (after every planned id), recorded in
-        the meta file before it runs.  On a resume the blocks already planned
-        keep their flags and are not planned twice."""
+        its round with an id of its own (after every planned id, the late
+        ones' included), recorded in the meta file before it runs.  On a
+        resume the blocks already planned keep their flags and are not
+        planned twice."""
         planned = [b for b in blocks if b.remeasure_of < 0 and not b.settle]
-        ids, entries = {b.block for b in planned}, self.meta.setdefault("remeasured", [])
+        ids = {b.block for b in planned} - set(late)
+        entries = self.meta.setdefault("remeasured", [])
         judge = ids - {int(e["of"]) for e in entries}
         new = new_remeasures(planned, self.exp.mark_disturbed(self.tables, ids, judge), entries)
         self.tables.flush_all()
@@ -405,15 +408,6 @@ class Runner:
         if first is None:
             return []
         return [b for b in blocks if b.remeasure_of < 0 and not b.settle and b.round >= first]
-
-    def _not_skipped(self, blocks: list[Block]) -> list[Block]:
-        """``blocks`` without the late rounds a resumed run had decided not to run."""
-        rec = self.meta.get("late") or {}
-        first = (self.exp.late_rounds() or (None, 0.0))[0]
-        if first is None or not rec.get("stopped"):
-            return blocks
-        kept = {int(r) for r in rec.get("rounds", [])}
-        return [b for b in blocks if b.round < first or b.round in kept or b.remeasure_of >= 0 or b.settle]
 
     def _late(self, late: list[Block], lab: Lab, classes: Mapping[str, "type[Datapath]"], bar: Any,
               tried: set[str]) -> list[Block]:
