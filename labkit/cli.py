@@ -13,6 +13,7 @@ and exit status 1; Ctrl-C or SIGTERM one line and exit status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -27,7 +28,7 @@ from typing import Any, NoReturn
 from labkit.core.errors import LabkitError, UsageError
 from labkit.core.modes import IPVS_SCHEDULERS
 from labkit.core.modes import NAMES as MODE_NAMES
-from labkit.core.validate import clip, names, short, split, whole
+from labkit.core.validate import clip, names, number, short, split, whole
 from labkit.guests.dispatch import KERNELS, choose_kernel, in_guest, relaunch
 from labkit.host import netns
 from labkit.host.clean import clean
@@ -152,7 +153,8 @@ def _run(args: argparse.Namespace, exp: Experiment | None, exp_cls: type[Experim
     root; the kernel (``--kernel``, from what the runner found the host lacks);
     the run, here or relaunched in that kernel (then None)."""
     runner = Runner(exp if exp is not None else exp_cls, args.out, resume=args.resume,
-                    command=_command(args.cmd, args), progress=not args.quiet, only=only)
+                    command=_command(args.cmd, args), progress=not args.quiet, only=only,
+                    end_by=getattr(args, "end_by", None))
     if isinstance(runner.exp, Sweep) and only is None:   # a guest's segment never settles
         runner.exp.settle_with = _unsettled
     netns.require_root()
@@ -206,6 +208,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     params = _sweep_params(args) if (options_given or not args.resume) else None
     only = {whole(b, "only-blocks", 0, 10**9) for b in split(args.only_blocks, "only-blocks")} \
         if args.only_blocks else None
+    if args.end_by is not None:
+        with contextlib.suppress(ValueError):
+            args.end_by = float(args.end_by)
+        args.end_by = number(args.end_by, "--end-by (seconds since the epoch)", 1e9, 1e11)
     # a resume goes back to the kernel the run was planned for; --kernel may only agree
     kernel = args.kernel if args.resume else (params.kernel if params else "host")
     runner = _run(args, Sweep(params) if params else None, Sweep, kernel, only)
@@ -383,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "they relate the kernels)")
     s.add_argument("--ipvs-scheduler", dest="ipvs_scheduler",
                    help=f"IPVS scheduler: {', '.join(IPVS_SCHEDULERS)} (default {default('ipvs_scheduler')})")
+    s.add_argument("--end-by", dest="end_by", metavar="SECONDS",
+                   help="a time (seconds since the epoch, e.g. $(date -d '+25 min' +%%s)) the late and settle "
+                        "rounds must also be expected to end by, besides settle_minutes: `make report` passes "
+                        "its own start plus REPORT_MINUTES (30) less 90 s for the report")
     s.add_argument("--only-blocks", dest="only_blocks", help=argparse.SUPPRESS)  # a segment run in another kernel
     s.add_argument("--probe-kinds", dest="probe_kinds", help=f"probe kinds (default {default('probe_kinds')})")
     s.add_argument("--pacing", help="probe rates per second, Poisson gaps; 0 = back to back, each when the "

@@ -45,6 +45,8 @@ BAD = [
     (["sweep", "--targets", "last,nowhere", "--out", "{tmp}/o"], "unknown target 'nowhere'"),
     (["sweep", "--kernel", "cloud", "--out", "{tmp}/o"], "kernel must be one of"),
     (["sweep", "--timeout", "0", "--out", "{tmp}/o"], "timeout must be"),
+    (["sweep", "--end-by", "soon", "--out", "{tmp}/o"], "--end-by (seconds since the epoch) must be a number"),
+    (["sweep", "--end-by", "90", "--out", "{tmp}/o"], "--end-by (seconds since the epoch) must be a number in"),
     (["sweep", "--services", "0,5000", "--service-cidr", "10.96.0.0/24", "--out", "{tmp}/o"],
      "too small for 5,000 services"),
     (["sweep", "--service-cidr", "10.128.0.0/12", "--out", "{tmp}/o"], "overlaps"),

@@ -91,6 +91,15 @@ def test_the_speed_against_the_reference_compares_the_same_point():
     assert (mode, n) == ("iptables-legacy", 1) and np.isclose(a / b, 2.2)
     text = " ".join(noise.lines(None, 1.0, (mode, n, a, b)))
     assert "2.2x slower than" in text and "not recorded" in text
+    assert "Another CPU" not in text
+    # the CPU each run ran on: named where both are recorded and differ
+    two = " ".join(noise.lines(noise.summarize(_samples(1.0)), 1.0, (mode, n, a, b), cpus=("AMD EPYC", "Intel Xeon")))
+    assert "2 CPUs, AMD EPYC)" in two and "Another CPU: AMD EPYC here, Intel Xeon there" in two
+    same = " ".join(noise.lines(None, 1.0, (mode, n, a, b), cpus=("AMD EPYC", "AMD EPYC")))
+    older = " ".join(noise.lines(None, 1.0, (mode, n, a, b), cpus=("AMD EPYC", "")))
+    assert "Another CPU" not in same + older
+    assert noise.cpu_of({"host": {"cpu_model": "AMD EPYC"}}) == "AMD EPYC" and noise.cpu_of({"host": {}}) == ""
+    assert noise.cpu_of(None) == ""
     # no common point: nothing said
     assert noise.speed_ratio(here, _points([10.0], mode="nftables")) is None
 

@@ -5,6 +5,7 @@ data with a known answer); on the real kernel, the runner measuring them
 within its budget, and a resumed run finishing an interrupted one."""
 import json
 import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -254,6 +255,10 @@ def test_the_report_says_which_late_rounds_ran_and_why_the_others_did_not(tmp_pa
                                                                        "stopped": "every late round ran"})),
                    stats=("p50",))
     assert "run: rounds 5, 6 (88 s, 90 s); every one ran." in sections.settle_rounds(both).data
+    given = analyze(load_run(_ipvs_run(tmp_path / "given", late=late | {"budget_s": 1224.0, "end_by": True})),
+                    stats=("p50",))
+    assert "within 20.4 min from the run&#x27;s start (the end it was given: --end-by)" in \
+        sections.settle_rounds(given).data
 
 
 def _http_run(out, settle=None, settle_rounds=0, seed=3):
@@ -472,11 +477,13 @@ def test_late_rounds_run_while_they_fit_and_a_run_late_skips_them_also_on_resume
     assert third["started"].min() > pts.loc[pts["round"] < 2, "finished"].max()   # after the planned rounds
     assert pts["valid"].all(), pts["reason"].tolist()
 
+    # an end given (make report's aim: --end-by) that comes before the budget, already past
     out2 = tmp_path / "late"
-    run_sweep(_params(tmp_path, mode_rounds={"nftables": 3}, settle_minutes=0.001), str(out2), progress=False,
-              settle_with=lambda d: [])
+    run_sweep(_params(tmp_path, mode_rounds={"nftables": 3}), str(out2), progress=False,
+              settle_with=lambda d: [], end_by=time.time())
     meta2 = json.loads((out2 / "meta.json").read_text())
-    assert meta2["complete"] and meta2["late"]["rounds"] == []
+    assert meta2["complete"] and meta2["late"]["rounds"] == [] and meta2["late"]["end_by"] is True
+    assert meta2["late"]["budget_s"] < 600 and meta2["end_by"] < meta2["finished"]
     assert meta2["late"]["stopped"].startswith("round 3 would take about "), meta2["late"]
     assert set(pd.read_parquet(out2 / "points.parquet")["round"]) == {0, 1}
     meta2["complete"] = False

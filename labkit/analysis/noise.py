@@ -84,6 +84,22 @@ def read_load(run_dir: str) -> list[dict]:
     return [s for s in samples if isinstance(s, dict)] if isinstance(samples, list) else []
 
 
+def cpu_of(meta: dict | None) -> str:
+    """The CPU model a run's meta file records (``host.cpu_model``), "" for a
+    run recorded before labkit kept it."""
+    host = (meta or {}).get("host")
+    return str(host.get("cpu_model") or "") if isinstance(host, dict) else ""
+
+
+def read_meta(run_dir: str) -> dict | None:
+    """A run's meta file, None when it is not there."""
+    try:
+        with open(os.path.join(run_dir, schema.META), "rb") as f:
+            return dict(json.loads(f.read(16 << 20)))
+    except (OSError, ValueError):
+        return None
+
+
 def read_points(run_dir: str) -> pd.DataFrame | None:
     """A run's points with the kernel each ran in (host, uml, vm), a
     disturbed block's read as invalid where it was re-measured (as
@@ -180,11 +196,14 @@ def speed_ratio(points: pd.DataFrame, reference: pd.DataFrame) -> tuple[str, int
 
 
 def lines(load: Load | None, drift_ratio: float, speed: tuple[str, int, float, float] | None,
-          reference_name: str = "the reference run", paced: tuple[float, float] | None = None) -> list[str]:
+          reference_name: str = "the reference run", paced: tuple[float, float] | None = None,
+          cpus: tuple[str, str] = ("", "")) -> list[str]:
     """What the report says of the run's noise: one warning line when it was
     disturbed, a second when its paced probes spread more than
     :data:`PACED_SPREAD` times the reference run's (``paced``: this run's
-    :func:`paced_spread` and the reference's), then the facts (pure)."""
+    :func:`paced_spread` and the reference's), then the facts (pure);
+    ``cpus``: this run's CPU model and the reference's ("" where not
+    recorded): a speed against a run on another CPU says so."""
     out = []
     busy = load is not None and load.disturbed
     drifted = np.isfinite(drift_ratio) and drift_ratio > DRIFT
@@ -210,8 +229,9 @@ def lines(load: Load | None, drift_ratio: float, speed: tuple[str, int, float, f
                    "The paced rows' intervals are wider, and verdicts a quieter hour decides may stay "
                    "inconclusive here: measure again in a quieter hour to decide them.")
     if load is not None:
+        model = f", {cpus[0]}" if cpus[0] else ""
         out.append(f"Machine load while measuring ({load.samples} samples over {load.seconds / 60:.0f} min, "
-                   f"{load.cores} CPUs): other processes {load.others_median:.0f}% of a CPU (median; at most "
+                   f"{load.cores} CPUs{model}): other processes {load.others_median:.0f}% of a CPU (median; at most "
                    f"{load.others_max:.0f}%), steal {load.steal_median:.1f}%, load average {load.load1_median:.2f}.")
     else:
         out.append("Machine load while measuring: not recorded (a run of an older labkit).")
@@ -223,7 +243,9 @@ def lines(load: Load | None, drift_ratio: float, speed: tuple[str, int, float, f
         out.append(f"Against {reference_name}: {mode} at {n:,} service{'s' * (n != 1)} (SYN back to back, last "
                    f"target, p50) is {here:.1f} us here and {there:.1f} us there: this machine is {how} "
                    "the reference run's" + (f" (round-to-round drift here {drift_ratio:.2f}x)."
-                                            if np.isfinite(drift_ratio) else "."))
+                                            if np.isfinite(drift_ratio) else ".")
+                   + (f" Another CPU: {cpus[0]} here, {cpus[1]} there; compare verdicts, not levels."
+                      if all(cpus) and cpus[0] != cpus[1] else ""))
     if np.isfinite(spread_here):
         out.append(f"Paced probes (SYN at {PACED:,.0f}/s) spread {spread_here:.1%} between rounds here (median over "
                    "cells of the rounds' median absolute deviation)"

@@ -102,8 +102,9 @@ def noise_note(an: Analysis, reference: str = noise.REFERENCE_RUN):
         ref = noise.read_points(reference)
     speed = noise.speed_ratio(an.run.points, ref) if ref is not None else None
     paced = (noise.paced_spread(an.run.points), noise.paced_spread(ref) if ref is not None else float("nan"))
+    cpus = (noise.cpu_of(an.run.meta), noise.cpu_of(noise.read_meta(reference)) if ref is not None else "")
     lines = noise.lines(load, noise.drift(an.run.points), speed,
-                        f"the reference run data/reference/{os.path.basename(reference)}", paced)
+                        f"the reference run data/reference/{os.path.basename(reference)}", paced, cpus)
     warn = [x for x in lines if x.startswith("Warning")]
     rest = [x for x in lines if not x.startswith("Warning")]
     return _html("".join(f'<p class="lk-warn">{html.escape(x)}</p>' for x in warn)
@@ -401,7 +402,7 @@ def settle_rounds(an: Analysis):
     n = int(s.get("rounds") or 0)
     took = ", ".join(f"{x:.0f} s" for x in s.get("round_s") or [])
     rows = len({r for c in cells for r in c.get("rows", [])})
-    budget = f"{float(s.get('budget_s') or 0) / 60:.0f} min from the run's start"
+    budget = _budget_words(s)
     if n:
         head = (f"{when}, {rows} claim row(s) were inconclusive; {n} settle round(s) of at most "
                 f"{int(s.get('most') or 0)} measured what they rest on at the counts they are read at, "
@@ -429,7 +430,7 @@ def late_rounds_text(an: Analysis) -> str:
     if not rec:
         return ""
     first, ran = int(rec.get("first") or 0), [int(r) + 1 for r in rec.get("rounds") or []]
-    budget = f"{float(rec.get('budget_s') or 0) / 60:g} min from the run's start"
+    budget = _budget_words(rec)
     took = ", ".join(f"{x:.0f} s" for x in rec.get("round_s") or [])
     what = (f"rounds {', '.join(map(str, ran))} ({took})" if len(ran) > 1 else
             f"round {ran[0]} ({took})" if ran else "none")
@@ -440,6 +441,16 @@ def late_rounds_text(an: Analysis) -> str:
              f"the rest were not run: {stopped}. The intervals of those modes take the rounds they have "
              "(the interval text above names each curve's rounds).")
     return f'<p class="lk-note">{html.escape(text)}</p>'
+
+
+def _budget_words(rec: dict) -> str:
+    """"22 min from the run's start", or, when the end the sweep was given
+    (``--end-by``: ``make report``'s aim) came first, "20.4 min from the
+    run's start (the end it was given: --end-by)"."""
+    m = float(rec.get("budget_s") or 0) / 60
+    if rec.get("end_by"):
+        return f"{m:.1f} min from the run's start (the end it was given: --end-by)"
+    return f"{m:.0f} min from the run's start"
 
 
 def published_tables(an: Analysis, target: str | None = None):

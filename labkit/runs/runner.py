@@ -102,8 +102,12 @@ class Runner:
     ``resume`` must have those very parameters."""
 
     def __init__(self, experiment: Experiment | type[Experiment], out: str | None, *, resume: bool = False,
-                 command: str | None = None, progress: bool = True, only: set[int] | None = None) -> None:
+                 command: str | None = None, progress: bool = True, only: set[int] | None = None,
+                 end_by: float | None = None) -> None:
         self.only = only   # run just these blocks (a segment relaunched in another kernel)
+        #: a time (seconds since the epoch) the late and settle rounds must also be expected to
+        #: end by (``make report`` passes its own start plus its aim); None: their budget alone
+        self.end_by = end_by
         self.kind = experiment.kind
         self.out = prepare_out(out, self.kind, resume)   # checked once, and again under its lock
         self.resume = resume
@@ -237,6 +241,8 @@ class Runner:
             with gauge, Lab(**exp.lab_options(largest)) as lab:
                 if not self.meta["run_id"]:
                     self.meta["run_id"] = lab.run_id
+                if self.end_by is not None and self.only is None:
+                    self.meta["end_by"] = self.end_by
                 self._write_meta()
                 tried: set[str] = set()
                 late = self._late_of(blocks) if self.only is None else []
@@ -361,6 +367,7 @@ class Runner:
         budget_s, most = exp.settle_budget()
         if most <= 0 or self.out is None:
             return []
+        budget_s, by = self._budget(budget_s)
         s = self.meta.get("settle")
         if s is None:
             t0 = time.time()
@@ -371,7 +378,7 @@ class Runner:
             except Exception as exc:   # noqa: BLE001  (what was measured stands; the run completes)
                 log.warning("settle rounds: the claims could not be put to the run: %s", exc)
                 cells, why = [], f"the claims could not be put to the run: {clip(str(exc), 200)}"
-            s = {"cells": cells, "rounds": 0, "budget_s": budget_s, "most": most,
+            s = {"cells": cells, "rounds": 0, "budget_s": budget_s, "most": most, "end_by": by,
                  "decided_at_s": round(t0 - float(self.meta["started"]), 1),
                  "analysis_s": round(time.time() - t0, 1), "stopped": why, "round_s": []}
             self._write_meta(settle=s)
@@ -402,6 +409,14 @@ class Runner:
         self._write_meta()
         return ran
 
+    def _budget(self, budget_s: float) -> tuple[float, bool]:
+        """An experiment's budget (seconds from the run's start), cut to
+        ``end_by`` when that comes first; and whether it did."""
+        if self.end_by is None:
+            return budget_s, False
+        to_end = self.end_by - float(self.meta["started"])
+        return (to_end, True) if to_end < budget_s else (budget_s, False)
+
     def _late_of(self, blocks: list[Block]) -> list[Block]:
         """The planned blocks of the late rounds (:meth:`Experiment.late_rounds`)."""
         first = (self.exp.late_rounds() or (None, 0.0))[0]
@@ -421,8 +436,9 @@ class Runner:
         if not late:
             return []
         exp, (first, budget_s) = self.exp, self.exp.late_rounds() or (0, 0.0)
+        budget_s, by = self._budget(budget_s)
         rec = self.meta.setdefault("late", {"first": first, "budget_s": budget_s, "rounds": [], "round_s": [],
-                                            "stopped": ""})
+                                            "stopped": "", "end_by": by})
         done = {int(b) for b in self.meta.get("blocks_done", [])}
         ran: list[Block] = []
         scale = 1.0
@@ -434,7 +450,7 @@ class Runner:
                 if rec["stopped"] or expect > left:
                     rec["stopped"] = rec["stopped"] or (
                         f"round {r + 1} would take about {expect:.0f} s, {max(left, 0.0):.0f} s of the "
-                        f"{budget_s / 60:g} min budget were left")
+                        f"{budget_s / 60:.3g} min budget were left")
                     skipped = [b for b in late if b.round >= r and b.block not in done]
                     bar.total -= sum(exp.units(b) for b in skipped)
                     bar.refresh()

@@ -494,14 +494,16 @@ def kernels_by_mode(modes: list[str], lacking: Mapping[str, str | None]) -> dict
 def run_sweep(params: SweepParams | None, out: str, *, resume: bool = False,
               command: str | None = None, progress: bool = True,
               on_point: Callable[[dict], None] | None = None, only: set[int] | None = None,
-              settle_with: Callable[[str], list[dict[str, Any]]] | None = None) -> str:
+              settle_with: Callable[[str], list[dict[str, Any]]] | None = None,
+              end_by: float | None = None) -> str:
     """Measure ``params`` into directory ``out`` (or, with ``resume``, continue
     the run there with its stored parameters; ``params`` must then be None or
     equal to them); returns ``out``.  ``settle_with``: what the run's open
     claims rest on (:func:`labkit.analysis.settle.unsettled`), for the settle
-    rounds of ``settle_minutes``."""
+    rounds of ``settle_minutes``; ``end_by``: the time (seconds since the
+    epoch) the late and settle rounds must also be expected to end by."""
     runner = Runner(Sweep if params is None else Sweep(params), out, resume=resume, command=command,
-                    progress=progress, only=only)
+                    progress=progress, only=only, end_by=end_by)
     assert isinstance(runner.exp, Sweep)
     runner.exp.on_point = on_point
     runner.exp.settle_with = settle_with
