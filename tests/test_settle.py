@@ -24,7 +24,7 @@ from labkit.runs.blocks import Block, new_remeasures, settle_blocks
 from labkit.runs.estimate import estimate
 from labkit.runs.params import FILE_ONLY, SweepParams
 from labkit.runs.runner import Runner
-from labkit.runs.settle import cells_of, round_seconds, segment_overheads
+from labkit.runs.settle import RoundClock, cells_of, round_seconds, segment_overheads
 from labkit.runs.sweep import Sweep, run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -419,7 +419,7 @@ def test_settle_rounds_stop_at_the_budget_and_say_so(tmp_path):
     run_sweep(_params(tmp_path, settle_minutes=0.001), str(out), progress=False,
               settle_with=lambda d: [dict(c) for c in NFT])
     s = json.loads((out / "meta.json").read_text())["settle"]
-    assert s["rounds"] == 0 and "of the budget were left" in s["stopped"], s
+    assert s["rounds"] == 0 and "min budget were left" in s["stopped"], s
     assert set(pd.read_parquet(out / "points.parquet")["round"]) == {0, 1}
     out2 = tmp_path / "none"
     run_sweep(_params(tmp_path), str(out2), progress=False, settle_with=lambda d: [])
@@ -492,3 +492,20 @@ def test_late_rounds_run_while_they_fit_and_a_run_late_skips_them_also_on_resume
     again = json.loads((out2 / "meta.json").read_text())
     assert again["complete"] and again["late"]["rounds"] == []
     assert set(pd.read_parquet(out2 / "points.parquet")["round"]) == {0, 1}
+
+
+def test_the_round_clock_scales_by_the_last_rounds_measured_over_estimated_time():
+    """Three extra rounds of one estimate, each measured at twice it: the
+    second and the third are expected at twice it.  (The runner once divided
+    by the scaled expectation, so the third was expected at the bare
+    estimate again.)  Rounds of other estimates take the same scale."""
+    clock = RoundClock()
+    assert clock.expect(100.0) == 100.0
+    clock.took(100.0, 200.0)
+    assert clock.expect(100.0) == pytest.approx(200.0)
+    clock.took(100.0, 200.0)
+    assert clock.expect(100.0) == pytest.approx(200.0) and clock.expect(50.0) == pytest.approx(100.0)
+    clock.took(50.0, 25.0)   # a quicker round: the scale follows it
+    assert clock.expect(100.0) == pytest.approx(50.0)
+    clock.took(0.0, 10.0)    # no estimate: nothing to scale by, the scale stays
+    assert clock.expect(100.0) == pytest.approx(50.0)

@@ -105,9 +105,10 @@ def read_points(run_dir: str) -> pd.DataFrame | None:
     disturbed block's read as invalid where it was re-measured (as
     :func:`labkit.analysis.run.load_run` reads them), for :func:`speed_ratio`
     and :func:`paced_spread`; None when the run is not there."""
+    meta = read_meta(run_dir)
+    if meta is None:
+        return None
     try:
-        with open(os.path.join(run_dir, schema.META), "rb") as f:
-            meta = json.loads(f.read(16 << 20))
         points = pd.read_parquet(os.path.join(run_dir, schema.POINTS))
     except (OSError, ValueError):
         return None

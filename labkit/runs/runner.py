@@ -51,7 +51,7 @@ import platform
 import shlex
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Collection, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Mapping
 
 from tqdm.auto import tqdm
 
@@ -75,6 +75,7 @@ from labkit.runs.experiment import same_what
 from labkit.runs.outdir import open_out as open_out  # the experiments and the CLI import them from here
 from labkit.runs.outdir import prepare_out, read_meta
 from labkit.runs.outdir import release_out as release_out
+from labkit.runs.settle import RoundClock
 from labkit.runs.tables import Tables as Tables  # the experiments import it from here
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -358,11 +359,9 @@ class Runner:
                 tried: set[str]) -> list[Block]:
         """Settle rounds (:mod:`labkit.runs.settle`): what they measure decided
         once, from the run so far, and kept in the meta file's ``settle``; then
-        one round after another while the next is expected to end within the
-        budget (the first round's expectation from the run's own blocks, each
-        later one the last round's measured time), each round recorded as
-        started before it runs.  Its blocks judged against the other rounds
-        afterwards: flagged, not measured again."""
+        one round after another while it fits (:meth:`_while_they_fit`), each
+        round recorded as started before it runs.  Its blocks judged against
+        the other rounds afterwards: flagged, not measured again."""
         exp = self.exp
         budget_s, most = exp.settle_budget()
         if most <= 0 or self.out is None:
@@ -383,31 +382,57 @@ class Runner:
                  "analysis_s": round(time.time() - t0, 1), "stopped": why, "round_s": []}
             self._write_meta(settle=s)
         ran = exp.settle_blocks(s)
-        last: float | None = None
-        while s["cells"] and s["rounds"] < most:
-            nxt = exp.settle_blocks({**s, "rounds": s["rounds"] + 1})[len(ran):]
-            expect = last if last is not None else exp.settle_seconds(nxt, self.tables, self.meta)
-            left = float(self.meta["started"]) + budget_s - time.time()
-            if expect > left:
-                s["stopped"] = (f"round {s['rounds'] + 1} would take about {expect:.0f} s, "
-                                f"{max(left, 0.0):.0f} s of the budget were left")
-                break
+
+        def rounds() -> Iterator[tuple[int, list[Block]]]:
+            while s["cells"] and s["rounds"] < most:
+                yield s["rounds"], exp.settle_blocks({**s, "rounds": s["rounds"] + 1})[len(exp.settle_blocks(s)):]
+
+        def start(r: int, blocks: list[Block]) -> None:
             s["rounds"] += 1
-            self._write_meta()
-            t0 = time.time()
-            bar.total += sum(exp.units(b) for b in nxt)
-            self._blocks(nxt, lab, classes, bar, tried)
-            # a guest's segment reads the meta file back into a new dict: this record goes on in it
-            self.meta["settle"] = s
-            last = time.time() - t0
-            s["round_s"].append(round(last, 1))
-            ran += nxt
-        else:
+            bar.total += sum(exp.units(b) for b in blocks)
+
+        every = self._while_they_fit("settle", s, rounds(), budget_s, start, lambda r: False, lab, classes, bar,
+                                     tried, ran)
+        if every:
             s["stopped"] = s["stopped"] or ("every settle round ran" if s["cells"] else "no open claim to settle")
         if s["cells"]:
             log.warning("settle rounds: %d of %d (%s)", s["rounds"], most, s["stopped"])
         self._write_meta()
         return ran
+
+    def _while_they_fit(self, key: str, rec: dict, rounds: Iterable[tuple[int, list[Block]]], budget_s: float,
+                        start: Callable[[int, list[Block]], None], started: Callable[[int], bool], lab: Lab,
+                        classes: Mapping[str, "type[Datapath]"], bar: Any, tried: set[str],
+                        ran: list[Block]) -> bool:
+        """Extra rounds (late or settle), one after another while the next is
+        expected to end within ``budget_s`` from the run's start: its estimate
+        from the run's own blocks, scaled by how the last round compared with
+        its own (:class:`~labkit.runs.settle.RoundClock`).  A round not yet
+        ``started`` asks the budget; one that fits is ``start``-ed and recorded
+        in the meta file before it runs (a resumed run runs a started round's
+        blocks not done, without asking).  The first that does not fit ends
+        them, the reason in ``rec["stopped"]``.  Appends the rounds' blocks to
+        ``ran``; True when every round ran."""
+        clock, done = RoundClock(), {int(b) for b in self.meta.get("blocks_done", [])}
+        for r, blocks in rounds:
+            estimate = self.exp.settle_seconds(blocks, self.tables, self.meta)
+            if not started(r):
+                expect, left = clock.expect(estimate), float(self.meta["started"]) + budget_s - time.time()
+                if rec["stopped"] or expect > left:
+                    rec["stopped"] = rec["stopped"] or (
+                        f"round {r + 1} would take about {expect:.0f} s, {max(left, 0.0):.0f} s of the "
+                        f"{budget_s / 60:.3g} min budget were left")
+                    return False
+                start(r, blocks)
+                self._write_meta()
+            t0 = time.time()
+            self._blocks([b for b in blocks if b.block not in done], lab, classes, bar, tried)
+            self.meta[key] = rec   # a guest's segment reads the meta file back into a new dict: the record goes on
+            took = time.time() - t0
+            rec["round_s"].append(round(took, 1))
+            clock.took(estimate, took)
+            ran += blocks
+        return True
 
     def _budget(self, budget_s: float) -> tuple[float, bool]:
         """An experiment's budget (seconds from the run's start), cut to
@@ -427,12 +452,10 @@ class Runner:
     def _late(self, late: list[Block], lab: Lab, classes: Mapping[str, "type[Datapath]"], bar: Any,
               tried: set[str]) -> list[Block]:
         """Late rounds (:meth:`Experiment.late_rounds`): one round after another
-        while the next is expected to end within the budget (the first from the
-        run's own blocks of the same mode, count and kernel, each later one
-        scaled by how the last round's measured time compared with its
-        expectation), each round recorded in the meta file's ``late`` before it
-        runs; the first round that would not fit ends them, and a resumed run
-        skips what was skipped.  Returns the late blocks run."""
+        while it fits (:meth:`_while_they_fit`), each recorded in the meta
+        file's ``late`` before it runs; the first round that would not fit ends
+        them (its blocks and the later ones taken off the progress bar), and a
+        resumed run skips what was skipped.  Returns the late blocks run."""
         if not late:
             return []
         exp, (first, budget_s) = self.exp, self.exp.late_rounds() or (0, 0.0)
@@ -441,32 +464,16 @@ class Runner:
                                             "stopped": "", "end_by": by})
         done = {int(b) for b in self.meta.get("blocks_done", [])}
         ran: list[Block] = []
-        scale = 1.0
-        for r in sorted({b.round for b in late}):
-            blocks = [b for b in late if b.round == r]
-            expect = exp.settle_seconds(blocks, self.tables, self.meta) * scale
-            if r not in rec["rounds"]:
-                left = float(self.meta["started"]) + budget_s - time.time()
-                if rec["stopped"] or expect > left:
-                    rec["stopped"] = rec["stopped"] or (
-                        f"round {r + 1} would take about {expect:.0f} s, {max(left, 0.0):.0f} s of the "
-                        f"{budget_s / 60:.3g} min budget were left")
-                    skipped = [b for b in late if b.round >= r and b.block not in done]
-                    bar.total -= sum(exp.units(b) for b in skipped)
-                    bar.refresh()
-                    log.warning("late rounds: from round %d not run (%s)", r + 1, rec["stopped"])
-                    break
-                rec["rounds"].append(r)
-                self._write_meta()
-            t0 = time.time()
-            self._blocks([b for b in blocks if b.block not in done], lab, classes, bar, tried)
-            self.meta["late"] = rec   # a guest's segment reads the meta file back into a new dict
-            took = time.time() - t0
-            rec["round_s"].append(round(took, 1))
-            scale = took / expect if expect > 0 and took > 0 else scale
-            ran += blocks
-        else:
+        order = sorted({b.round for b in late})
+        if self._while_they_fit("late", rec, ((r, [b for b in late if b.round == r]) for r in order), budget_s,
+                                lambda r, blocks: rec["rounds"].append(r), lambda r: r in rec["rounds"], lab,
+                                classes, bar, tried, ran):
             rec["stopped"] = rec["stopped"] or "every late round ran"
+        else:
+            r = next(r for r in order if r not in rec["rounds"])
+            bar.total -= sum(exp.units(b) for b in late if b.round >= r and b.block not in done)
+            bar.refresh()
+            log.warning("late rounds: from round %d not run (%s)", r + 1, rec["stopped"])
         self._write_meta()
         return ran
 

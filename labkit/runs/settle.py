@@ -120,3 +120,24 @@ def segment_overheads(points: pd.DataFrame, kernel_of: Mapping[int, str], guests
     if start is not None:
         inside += end - start
     return [max(sum(walls) - inside, 0.0) / len(walls)]
+
+
+class RoundClock:
+    """How long the next extra round (late or settle) is expected to take:
+    its estimate from the run's own blocks (:func:`round_seconds`), scaled by
+    how the last round run compared with *its* estimate (1 before any ran).
+    The scale is the last round's measured over estimated seconds, never
+    over the scaled expectation: dividing by that would undo the scale every
+    second round (expected 2x, measured 2x: the next taken as 1x).  Pure."""
+
+    def __init__(self) -> None:
+        self.scale = 1.0
+
+    def expect(self, estimate: float) -> float:
+        """The seconds a round estimated at ``estimate`` is expected to take."""
+        return estimate * self.scale
+
+    def took(self, estimate: float, seconds: float) -> None:
+        """A round estimated at ``estimate`` took ``seconds``."""
+        if estimate > 0 and seconds > 0:
+            self.scale = seconds / estimate
