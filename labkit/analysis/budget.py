@@ -41,6 +41,7 @@ import pandas as pd
 from labkit.analysis.crossover import first_exceed
 from labkit.analysis.curves import Curve, joint_df
 from labkit.analysis.intervals import bracket, interval, resolved
+from labkit.analysis.replicate import Side, agreement
 
 #: the budget fractions of the crossing-against-fraction figure
 FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
@@ -161,6 +162,14 @@ def span_excess(pen: Curve, budget_of: Curve, fraction: float, span: tuple[float
                  for n in span)
 
 
+def span_agreement(verdict: str, e_lo: Est, e_hi: Est, level: float = 0.95) -> float:
+    """How often a second run would reach :func:`span_verdict`'s ``verdict``
+    (:func:`labkit.analysis.replicate.agreement`)."""
+    def side(e: Est, above: bool) -> Side:
+        return Side(e.value, e.lo, e.hi, 0.0, above, e.df)
+    return agreement(verdict, [side(e_lo, False), side(e_hi, True)], [side(e_lo, True), side(e_hi, False)], level)
+
+
 def span_verdict(e_lo: Est, e_hi: Est) -> str:
     """holds: the penalty is below the budget at the span's start and above
     it at its end (both intervals clear of 0)."""
@@ -173,7 +182,8 @@ def span_verdict(e_lo: Est, e_hi: Est) -> str:
 
 AMORTIZATION_COLUMNS = ["k", "n", "penalty_us", "penalty_lo", "penalty_hi", "base_us", "expected_us",
                         "expected_lo", "expected_hi", "excess_us", "excess_lo", "excess_hi", "new_us",
-                        "margin_us", "margin_lo", "margin_hi", "over_us", "over_lo", "over_hi", "verdict"]
+                        "margin_us", "margin_lo", "margin_hi", "over_us", "over_lo", "over_hi", "verdict",
+                        "agreement"]
 
 
 def amortization(reuse: dict[int, Curve], new: Curve, level: float = 0.95,
@@ -210,9 +220,12 @@ def amortization(reuse: dict[int, Curve], new: Curve, level: float = 0.95,
         over = combine(c, ex, m, 1.0, -1.0, level)
         verdict = ("does not hold" if over.lo > 0 else "holds" if over.hi < 0 and pk.hi < p_new.value
                    else "inconclusive")
+        agree = agreement(verdict, [Side(over.value, over.lo, over.hi, 0.0, False, over.df),
+                                    Side(pk.value, pk.lo, pk.hi, p_new.value, False, pk.df)],
+                          [Side(over.value, over.lo, over.hi, 0.0, True, over.df)], level)
         rows.append(dict(k=int(k), n=n, penalty_us=pk.value, penalty_lo=pk.lo, penalty_hi=pk.hi,
                          base_us=float(c.predict([c.xmin])[0]), expected_us=exp.value, expected_lo=exp.lo,
                          expected_hi=exp.hi, excess_us=ex.value, excess_lo=ex.lo, excess_hi=ex.hi,
                          new_us=p_new.value, margin_us=m.value, margin_lo=m.lo, margin_hi=m.hi,
-                         over_us=over.value, over_lo=over.lo, over_hi=over.hi, verdict=verdict))
+                         over_us=over.value, over_lo=over.lo, over_hi=over.hi, verdict=verdict, agreement=agree))
     return pd.DataFrame(rows, columns=AMORTIZATION_COLUMNS)

@@ -50,7 +50,10 @@ are judged on both targets (``last``: the service iptables' walk reaches
 last; ``random``: any service, whose entry may be cold).  Statistic: p50.
 Verdicts: ``holds``, ``does not hold``, ``inconclusive`` (the interval
 straddles the line) and ``not measured here`` (the run lacks the deciding
-measurement: the row names it and the option that measures it).
+measurement: the row names it and the option that measures it).  Each
+judged row's ``agreement`` is how often a second run like this one would
+reach the same verdict (:func:`labkit.analysis.replicate.agreement`; the
+report marks a verdict under :data:`~labkit.analysis.replicate.FRAGILE`).
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from labkit.analysis import budget
+from labkit.analysis import budget, replicate
 from labkit.analysis.curves import Curve, joint_df
 from labkit.analysis.intervals import interval
 from labkit.analysis.result import Analysis
@@ -81,7 +84,7 @@ O1_MODES = modes.with_lookup(modes.CONSTANT)
 IPTABLES_MODES = modes.of_family("iptables")
 CLAIM_COLUMNS = ["claim", "statement", "mode", "versus", "verdict", "value", "ci_low", "ci_high",
                  "unit", "evidence", "kernel", "target", "probe", "pacing", "statistic",
-                 "role", "instrument", "k"]
+                 "role", "instrument", "k", "agreement"]
 STATEMENTS = {
     "o-n": "iptables' rule walk is O(n): latency grows with the number of services",
     "o-1": "IPVS (and hash-based datapaths) are O(1): latency stays constant with the number of services",
@@ -103,25 +106,38 @@ def instrument(probe: str, pacing: float, target: str, stat: str = "p50") -> str
     return f"{probe_label(probe, pacing)} ({how}), {target} target, {stat}"
 
 
-def _growth(c: Curve, level: float) -> tuple[float, float, float]:
+def _growth(c: Curve, level: float) -> tuple[float, float, float, float | None]:
     """The rise of the straight-line fit from the curve's smallest to its largest
-    count, with its interval (:func:`labkit.analysis.budget.line_rise`; the line,
+    count, with its interval and degrees of freedom (:func:`labkit.analysis.budget.line_rise`; the line,
     not the chosen model: a curve chosen flat would claim a rise of exactly
     zero, with no interval)."""
     r = budget.line_rise(c, level)
-    return (r.value, r.lo, r.hi) if r is not None else (math.nan, math.nan, math.nan)
+    return (r.value, r.lo, r.hi, r.df) if r is not None else (math.nan, math.nan, math.nan, None)
 
 
-def _diff_at(ca: Curve, cb: Curve, n: float, level: float) -> tuple[float, float, float]:
+def _line_verdict(est: float, lo: float, hi: float, line: float, df: float | None, holds_above: bool,
+                  level: float) -> dict:
+    """A verdict on one figure against one line (holds when its interval lies
+    above it, ``holds_above``, or below), and its agreement
+    (:func:`labkit.analysis.replicate.agreement`)."""
+    holds, fails = replicate.line_sides(est, lo, hi, line, df, holds_above)
+    above, below = lo > line, hi < line
+    verdict = replicate.verdict_of([above if holds_above else below], [below if holds_above else above])
+    return dict(verdict=verdict, agreement=replicate.agreement(verdict, holds, fails, level))
+
+
+def _diff_at(ca: Curve, cb: Curve, n: float, level: float) -> tuple[float, float, float, float | None]:
     """ca - cb at n services on the measured curves (each count's mean over the
     rounds; the replicates of both are paired by round), not the fitted models:
     at a measured count the means are what was measured, where a line the
-    rounds kept through a jump can miss them by tens of microseconds."""
+    rounds kept through a jump can miss them by tens of microseconds.  Also
+    the interval's degrees of freedom."""
     est = float(ca.measured([n])[0] - cb.measured([n])[0])
     ra, rb = ca.boot_measured([n])[:, 0], cb.boot_measured([n])[:, 0]
     B = min(len(ra), len(rb))
-    lo, hi = interval(est, ra[:B] - rb[:B], ca.method, level, joint_df(ca, cb))
-    return est, float(lo), float(hi)
+    df = joint_df(ca, cb)
+    lo, hi = interval(est, ra[:B] - rb[:B], ca.method, level, df)
+    return est, float(lo), float(hi), df
 
 
 class _Claims:
@@ -184,7 +200,7 @@ class _Claims:
                                    versus=versus.mode if versus else "", verdict="not measured here",
                                    value=math.nan, ci_low=math.nan, ci_high=math.nan, unit="", evidence="",
                                    kernel=mode.kernel if mode else "", target="", probe="", pacing=math.nan,
-                                   statistic=self.stat, role="decides", k=math.nan) | kw
+                                   statistic=self.stat, role="decides", k=math.nan, agreement=math.nan) | kw
         row["instrument"] = instrument(row["probe"], row["pacing"], row["target"], self.stat) if row["probe"] else ""
         decider = self.decided_elsewhere(mode, versus, row["target"] or None, row["probe"] or None) if mode else ""
         if decider:
@@ -237,16 +253,13 @@ def _growth_judge(cl: _Claims, s: Series, target: str, o1: bool) -> Callable[[fl
         c = cl.curve(s, target, "syn", pacing)
         if c is None:
             return []
-        g, lo, hi = _growth(c, cl.level)
-        if o1:
-            verdict = "holds" if hi < FLAT_US else "does not hold" if lo > FLAT_US else "inconclusive"
-        else:
-            verdict = "holds" if lo > FLAT_US else "does not hold" if hi < FLAT_US else "inconclusive"
+        g, lo, hi, df = _growth(c, cl.level)
+        judged = _line_verdict(g, lo, hi, FLAT_US, df, not o1, cl.level)
         ev = (f"{probe_label('syn', pacing)}, {target} target: the straight-line fit of p50 rises {g:+.1f} us "
               f"[{lo:+.1f}, {hi:+.1f}] from {c.xmin:,.0f} to {c.xmax:,.0f} services (chosen model: "
               f"{c.fit.describe()}); {'O(1)' if o1 else 'O(n)'} means "
               f"{'less' if o1 else 'more'} than {FLAT_US:g} us over the range")
-        return [dict(verdict=verdict, value=g, ci_low=lo, ci_high=hi, unit="us", evidence=ev)]
+        return [dict(judged, value=g, ci_low=lo, ci_high=hi, unit="us", evidence=ev)]
     return judge
 
 
@@ -318,11 +331,12 @@ def _budget_row(cl: _Claims, pen: Curve, http: Curve) -> dict:
     ev = (f"{own}; budget {frac:.0%} of its http-new request at {http.xmin:,.0f} service"
           f"{'s' * (http.xmin != 1)} = {cx['budget_us']:.1f} us [{cx['budget_lo']:.1f}, {cx['budget_hi']:.1f}]")
     ends = budget.span_excess(pen, http, frac, budget.SPAN, level)
-    verdict = "not measured here"
+    verdict, agree = "not measured here", math.nan
     if ends is None:
         ev += f"; the run does not cover {budget.SPAN[0]:,.0f} to {budget.SPAN[1]:,.0f} services"
     else:
         verdict = budget.span_verdict(*ends)
+        agree = budget.span_agreement(verdict, *ends, level=level)
         ev += "; penalty minus budget " + ", ".join(
             f"{e.value:+.1f} us [{e.lo:+.1f}, {e.hi:+.1f}] at {n:,.0f}" for e, n in zip(ends, budget.SPAN))
     if np.isfinite(cx["n_star"]):
@@ -331,10 +345,11 @@ def _budget_row(cl: _Claims, pen: Curve, http: Curve) -> dict:
             ev += (f" (between the measured {cx['bracket_lo']:,.0f} and {cx['bracket_hi']:,.0f}, too far apart to "
                    "locate it)")
         return dict(verdict=verdict, value=cx["n_star"], ci_low=cx["ci_low"], ci_high=cx["ci_high"],
-                    unit="services", evidence=ev)
+                    unit="services", evidence=ev, agreement=agree)
     top = budget.rise(pen, pen.xmax, level)
     ev += f"; it never reaches the budget up to {pen.xmax:,.0f} services (the figure: its penalty there)"
-    return dict(verdict=verdict, value=top.value, ci_low=top.lo, ci_high=top.hi, unit="us", evidence=ev)
+    return dict(verdict=verdict, value=top.value, ci_low=top.lo, ci_high=top.hi, unit="us", evidence=ev,
+                agreement=agree)
 
 
 def _span_only(cl: _Claims, syn: Curve) -> dict:
@@ -381,9 +396,9 @@ def _keepalive_claims(cl: _Claims) -> None:
         for s in cl.of(IPTABLES_MODES):
             def judge(pacing: float, s: Series = s, target: str = target) -> Judged:
                 t = _amortization(cl, s, target, pacing)
-                return [dict(verdict=r["verdict"], value=r["excess_us"], ci_low=r["excess_lo"],
-                             ci_high=r["excess_hi"], unit="us", k=r["k"], probe=f"reuse-{r['k']}",
-                             evidence=_amortization_text(r, pacing)) for _, r in t.iterrows()]
+                return [dict(verdict=r["verdict"], agreement=r["agreement"], value=r["excess_us"],
+                             ci_low=r["excess_lo"], ci_high=r["excess_hi"], unit="us", k=r["k"],
+                             probe=f"reuse-{r['k']}", evidence=_amortization_text(r, pacing)) for _, r in t.iterrows()]
             if not reuse_curves(cl, s, target, SEED_PACING) and not reuse_curves(cl, s, target, 0.0):
                 if not any_reuse and target == cl.targets[0]:   # said once, not per target
                     _no_reuse(cl, s, target)
@@ -445,10 +460,9 @@ def _no_reuse(cl: _Claims, s: Series, target: str) -> None:
     for pacing in (SEED_PACING, 0.0):
         k = cl.curve(s, target, "keepalive", pacing)
         if k is not None:
-            g, lo, hi = _growth(k, cl.level)
+            g, lo, hi, df = _growth(k, cl.level)
             cl.add("keepalive", s, target=target, probe="keepalive", pacing=pacing, role="beside",
-                   verdict="holds" if hi < FLAT_US else "does not hold" if lo > FLAT_US else "inconclusive",
-                   value=g, ci_low=lo, ci_high=hi, unit="us",
+                   **_line_verdict(g, lo, hi, FLAT_US, df, False, cl.level), value=g, ci_low=lo, ci_high=hi, unit="us",
                    evidence=f"the mechanism only: a request on an already open connection rises {g:+.1f} us "
                             f"[{lo:+.1f}, {hi:+.1f}] from {k.xmin:,.0f} to {k.xmax:,.0f} services")
 
@@ -467,9 +481,9 @@ def _ebpf_claims(cl: _Claims) -> None:
                     if ce is None or co is None:
                         return []
                     n = min(ce.xmax, co.xmax)
-                    d, lo, hi = _diff_at(co, ce, n, cl.level)
-                    verdict = "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"
-                    return [dict(verdict=verdict, value=d, ci_low=lo, ci_high=hi, unit="us",
+                    d, lo, hi, df = _diff_at(co, ce, n, cl.level)
+                    return [dict(_line_verdict(d, lo, hi, 0.0, df, True, cl.level), value=d, ci_low=lo, ci_high=hi,
+                                 unit="us",
                                  evidence=f"{probe_label('syn', pacing)}, {target} target: {cl.an.label(o)} minus "
                                           f"{cl.an.label(e)} at {n:,.0f} services: {d:+.1f} us [{lo:+.1f}, {hi:+.1f}]")]
                 cl.judged("ebpf-beats", e, target, "syn", judge, versus=o)

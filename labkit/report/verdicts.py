@@ -16,6 +16,7 @@ from labkit.analysis import Analysis
 from labkit.analysis.claims import COLD_ENTRY, FLAT_US, SEED_PACING, budget_fractions
 from labkit.analysis.intervals import bracket, resolved
 from labkit.analysis.ipvs_answer import unlocated
+from labkit.analysis.replicate import FRAGILE
 from labkit.analysis.run import Series, probe_label
 from labkit.report.markup import details
 from labkit.report.sections import _ci, _html, ipvs_item, table_html
@@ -36,6 +37,18 @@ def _figure(r) -> str:
     return _ci(r["value"], r["ci_low"], r["ci_high"], fmt) + f" {r['unit']}"
 
 
+def _fragile(r) -> bool:
+    """Whether a row's verdict is near its line: a second run like this one
+    would repeat it less often than :data:`~labkit.analysis.replicate.FRAGILE`."""
+    a = r.get("agreement", np.nan)
+    return bool(np.isfinite(a) and a < FRAGILE)
+
+
+def _agreement(r) -> str:
+    a = r.get("agreement", np.nan)
+    return f"{a:.0%}" if np.isfinite(a) else ""
+
+
 def _shown(an: Analysis) -> pd.DataFrame:
     """claims.csv with the series' labels, the probe kind kept bare (the pacing is its own column)."""
     return an.shown(an.claims, "mode", "versus").assign(probe=an.claims["probe"])
@@ -50,7 +63,9 @@ def _cell(rows: pd.DataFrame) -> str:
     figure beside it (another instrument of the run, which decides nothing)."""
     dec = rows[rows["role"] == "decides"]
     beside = rows[rows["role"] == "beside"]
-    parts = [f"{VERDICT_MARK.get(r['verdict'], r['verdict'])} {_figure(r)}".strip() for _, r in dec.iterrows()]
+    parts = [f"{VERDICT_MARK.get(r['verdict'], r['verdict'])} {_figure(r)}".strip()
+             + (f" (near its line: a second run repeats it ~{_agreement(r)})" if _fragile(r) else "")
+             for _, r in dec.iterrows()]
     if not len(beside) and len(dec) and (dec["verdict"] == "not measured here").all():
         parts[-1] += f": {dec['evidence'].iloc[0]}"
     for _, r in beside.iterrows():
@@ -99,6 +114,7 @@ def claims_table(an: Analysis):
                           "mode": [f"{m} vs {v}" if v else m for m, v in zip(c["mode"], c["versus"])],
                           "target": c["target"], "instrument": c["instrument"], "role": c["role"],
                           "verdict": c["verdict"], f"figure [{level} CI]": [_figure(r) for _, r in c.iterrows()],
+                          "a second run agrees": [_agreement(r) for _, r in c.iterrows()],
                           "evidence": c["evidence"]})
     return _html(table_html(out, cls="lk lk-claims")
                  + details(f"how each verdict was reached: the {len(c)} rows of claims.csv, with their evidence",
@@ -136,7 +152,8 @@ def _per_target(g: pd.DataFrame) -> str:
             continue
         r = dec.iloc[0]
         b = rows[(rows["role"] == "beside") & (rows["probe"] == r["probe"]) & rows["value"].notna()]
-        use, tag = (b.iloc[0], "b2b") if r["verdict"] == "not measured here" and len(b) else (r, _mark(r["verdict"]))
+        use, tag = ((b.iloc[0], "b2b") if r["verdict"] == "not measured here" and len(b)
+                    else (r, _mark(r["verdict"]) + "*" * _fragile(r)))
         if np.isfinite(use["value"]):
             out.append(f"{t} {tag} {use['value']:+,.1f}")
             unit = use["unit"]
@@ -160,7 +177,7 @@ def _hurts_from(r, counts: np.ndarray | None = None) -> str:
         where = f"not within the measured range (its penalty at the largest count: {_figure(r)})"
     else:
         where = "not located"
-    return f"{r['mode']} {where} ({note}1,000\u20135,000: {_mark(r['verdict'])} {r['verdict']})"
+    return f"{r['mode']} {where} ({note}1,000\u20135,000: {_mark(r['verdict'])}{'*' * _fragile(r)} {r['verdict']})"
 
 
 def _measured_counts(an: Analysis, i) -> np.ndarray | None:
@@ -217,15 +234,17 @@ def answer(an: Analysis):
     if len(a):
         byk: dict[tuple[str, str], list[str]] = {}
         for _, r in a.iterrows():
-            byk.setdefault((r["mode"], r["target"]), []).append(f"k = {r['k']:.0f} {_mark(r['verdict'])}")
+            byk.setdefault((r["mode"], r["target"]), []).append(
+                f"k = {r['k']:.0f} {_mark(r['verdict'])}{'*' * _fragile(r)}")
         items.append("<b>Reuse amortizes</b> (per-request penalty at most 1/k of a new connection's "
                      "plus the budget): "
                      + html.escape("; ".join(f"{m} ({t}): {', '.join(v)}" for (m, t), v in byk.items())) + ".")
     level = f"{an.settings['level']:.0%}"
     return _html(f'<p class="lk-answer">{html.escape(_pacing_sentence(c))}</p><ul class="lk-answer">'
                  + "".join(f"<li>{x}</li>" for x in items)
-                 + f'</ul><p class="lk-note">(\u2714 holds, \u2718 does not hold, ? inconclusive; {level} '
-                 "intervals and how each verdict was reached: the claims table.)</p>")
+                 + f'</ul><p class="lk-note">(\u2714 holds, \u2718 does not hold, ? inconclusive; * near its line: '
+                 f"a second run like this one would repeat that verdict less than {FRAGILE:.0%} of the time; {level} "
+                 "intervals, each verdict's chance to repeat and how it was reached: the claims table.)</p>")
 
 
 def budget_table(an: Analysis, table: pd.DataFrame | None = None):
