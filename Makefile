@@ -9,7 +9,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PARAMS ?= params/default.yaml
-RUN ?= runs/$(basename $(notdir $(PARAMS)))-$(shell date +%Y%m%d-%H%M%S)
+# the run's time taken once (`:=`): a `?=` of $(shell date) is expanded at each use, and the sweep's
+# and the report's lines of `make report` once straddled a second (sweep into ...-040639, report of ...-040640)
+RUN_STAMP := $(shell date +%Y%m%d-%H%M%S)
+RUN ?= runs/$(basename $(notdir $(PARAMS)))-$(RUN_STAMP)
 REFERENCE ?= data/reference/default-6.18
 PUBLISH_DIR ?= build/publish
 # `make report` aims to end within REPORT_MINUTES of its start, set-up and kernel build included:
