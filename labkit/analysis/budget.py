@@ -41,7 +41,7 @@ import pandas as pd
 from labkit.analysis.crossover import first_exceed
 from labkit.analysis.curves import Curve, joint_df
 from labkit.analysis.intervals import bracket, interval, resolved
-from labkit.analysis.replicate import Side, agreement
+from labkit.analysis.replicate import Side, decide, passes, verdict_of
 
 #: the budget fractions of the crossing-against-fraction figure
 FRACTIONS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
@@ -162,22 +162,22 @@ def span_excess(pen: Curve, budget_of: Curve, fraction: float, span: tuple[float
                  for n in span)
 
 
-def span_agreement(verdict: str, e_lo: Est, e_hi: Est, level: float = 0.95) -> float:
-    """How often a second run would reach :func:`span_verdict`'s ``verdict``
-    (:func:`labkit.analysis.replicate.agreement`)."""
-    def side(e: Est, above: bool) -> Side:
-        return Side(e.value, e.lo, e.hi, 0.0, above, e.df)
-    return agreement(verdict, [side(e_lo, False), side(e_hi, True)], [side(e_lo, True), side(e_hi, False)], level)
+def _side(e: Est, line: float, above: bool) -> Side:
+    return Side(e.value, e.lo, e.hi, line, above, e.df)
+
+
+def span_sides(e_lo: Est, e_hi: Est) -> tuple[list[Side], list[Side]]:
+    """The sides of the 1,000-5,000 verdict (:func:`labkit.analysis.replicate.decide`):
+    holds when the penalty is below the budget at the span's start and above
+    it at its end (both intervals clear of 0); does not hold when it is
+    clearly above at the start or clearly below at the end."""
+    return ([_side(e_lo, 0.0, False), _side(e_hi, 0.0, True)], [_side(e_lo, 0.0, True), _side(e_hi, 0.0, False)])
 
 
 def span_verdict(e_lo: Est, e_hi: Est) -> str:
-    """holds: the penalty is below the budget at the span's start and above
-    it at its end (both intervals clear of 0)."""
-    if e_lo.hi < 0 < e_hi.lo:
-        return "holds"
-    if e_lo.lo > 0 or e_hi.hi < 0:
-        return "does not hold"
-    return "inconclusive"
+    """The 1,000-5,000 verdict of the span's two ends (:func:`span_sides`)."""
+    holds, fails = span_sides(e_lo, e_hi)
+    return verdict_of([passes(s) for s in holds], [passes(s) for s in fails])
 
 
 AMORTIZATION_COLUMNS = ["k", "n", "penalty_us", "penalty_lo", "penalty_hi", "base_us", "expected_us",
@@ -218,11 +218,8 @@ def amortization(reuse: dict[int, Curve], new: Curve, level: float = 0.95,
         exp = _est(new, p_new.value / k, p_new.reps / k, level, p_new.df)
         ex = combine(c, pk, p_new, 1.0, -1.0 / k, level)
         over = combine(c, ex, m, 1.0, -1.0, level)
-        verdict = ("does not hold" if over.lo > 0 else "holds" if over.hi < 0 and pk.hi < p_new.value
-                   else "inconclusive")
-        agree = agreement(verdict, [Side(over.value, over.lo, over.hi, 0.0, False, over.df),
-                                    Side(pk.value, pk.lo, pk.hi, p_new.value, False, pk.df)],
-                          [Side(over.value, over.lo, over.hi, 0.0, True, over.df)], level)
+        verdict, agree = decide([_side(over, 0.0, False), _side(pk, p_new.value, False)],
+                                [_side(over, 0.0, True)], level)
         rows.append(dict(k=int(k), n=n, penalty_us=pk.value, penalty_lo=pk.lo, penalty_hi=pk.hi,
                          base_us=float(c.predict([c.xmin])[0]), expected_us=exp.value, expected_lo=exp.lo,
                          expected_hi=exp.hi, excess_us=ex.value, excess_lo=ex.lo, excess_hi=ex.hi,

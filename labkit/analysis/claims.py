@@ -119,11 +119,9 @@ def _line_verdict(est: float, lo: float, hi: float, line: float, df: float | Non
                   level: float) -> dict:
     """A verdict on one figure against one line (holds when its interval lies
     above it, ``holds_above``, or below), and its agreement
-    (:func:`labkit.analysis.replicate.agreement`)."""
-    holds, fails = replicate.line_sides(est, lo, hi, line, df, holds_above)
-    above, below = lo > line, hi < line
-    verdict = replicate.verdict_of([above if holds_above else below], [below if holds_above else above])
-    return dict(verdict=verdict, agreement=replicate.agreement(verdict, holds, fails, level))
+    (:func:`labkit.analysis.replicate.decide`)."""
+    verdict, agree = replicate.decide(*replicate.line_sides(est, lo, hi, line, df, holds_above), level=level)
+    return dict(verdict=verdict, agreement=agree)
 
 
 def _diff_at(ca: Curve, cb: Curve, n: float, level: float) -> tuple[float, float, float, float | None]:
@@ -335,8 +333,7 @@ def _budget_row(cl: _Claims, pen: Curve, http: Curve) -> dict:
     if ends is None:
         ev += f"; the run does not cover {budget.SPAN[0]:,.0f} to {budget.SPAN[1]:,.0f} services"
     else:
-        verdict = budget.span_verdict(*ends)
-        agree = budget.span_agreement(verdict, *ends, level=level)
+        verdict, agree = replicate.decide(*budget.span_sides(*ends), level=level)
         ev += "; penalty minus budget " + ", ".join(
             f"{e.value:+.1f} us [{e.lo:+.1f}, {e.hi:+.1f}] at {n:,.0f}" for e, n in zip(ends, budget.SPAN))
     if np.isfinite(cx["n_star"]):
